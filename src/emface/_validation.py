@@ -1,0 +1,153 @@
+"""Checks at the boundary, with scikit-learn-style messages: what was expected, what was given."""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+__all__ = [
+    "check_stack",
+    "check_face_shape",
+    "check_int",
+    "check_real",
+    "check_choice",
+    "check_params_arrays",
+    "check_prior",
+]
+
+
+def _describe(x):
+    if isinstance(x, np.ndarray):
+        return f"an array of shape {x.shape} and dtype {x.dtype}"
+    return f"{type(x).__name__} {x!r}" if not hasattr(x, "shape") else f"{type(x).__name__} of shape {x.shape}"
+
+
+def _is_array_like(X):
+    return hasattr(X, "shape") and hasattr(X, "dtype") and hasattr(X, "__getitem__")
+
+
+def check_stack(X, name="X", *, layout="khw"):
+    """Validate an image stack and return an array-like of shape (K, H, W).
+
+    Arrays that live outside memory (memory maps, zarr, HDF5, dask) are
+    returned as they are; lists are converted. NaN and inf are checked later,
+    chunk by chunk, by the source.
+    """
+    if X is None:
+        raise ValueError(f"{name} must be an array of shape (K, H, W), got None")
+    if not _is_array_like(X):
+        try:
+            X = np.asarray(X)
+        except Exception as exc:  # pragma: no cover - numpy's own message is kept
+            raise ValueError(f"{name} must be an array of shape (K, H, W), got {_describe(X)}") from exc
+    dtype = np.dtype(X.dtype)
+    if dtype.kind not in "biuf":
+        raise ValueError(
+            f"{name} must hold real numbers (float, int, uint or bool), got dtype {dtype}"
+        )
+    shape = tuple(X.shape)
+    if len(shape) != 3:
+        what = "(H, W, K)" if layout == "hwk" else "(K, H, W)"
+        hint = ""
+        if len(shape) == 2:
+            hint = "; for a single image use X[None]" if layout != "hwk" else "; for a single image use X[..., None]"
+        elif len(shape) == 4:
+            hint = "; colour stacks are not supported yet: convert to grey first"
+        raise ValueError(f"{name} must be a 3-D array of shape {what}, got {len(shape)}-D shape {shape}{hint}")
+    if 0 in shape:
+        raise ValueError(f"{name} must hold at least one image of at least one pixel, got shape {shape}")
+    return X
+
+
+def check_face_shape(face_shape, image_shape=None, name="face_shape"):
+    """A pair of positive ints that fits inside the images."""
+    if isinstance(face_shape, (str, bytes)) or not hasattr(face_shape, "__len__") or len(face_shape) != 2:
+        raise ValueError(f"{name} must be a pair of positive ints (h, w), got {face_shape!r}")
+    out = []
+    for v in face_shape:
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral) or int(v) < 1:
+            raise ValueError(f"{name} must be a pair of positive ints (h, w), got {face_shape!r}")
+        out.append(int(v))
+    h, w = out
+    if image_shape is not None:
+        H, W = image_shape
+        if h > H or w > W:
+            raise ValueError(
+                f"{name}={tuple(out)} does not fit in images of shape (H, W)=({H}, {W}): "
+                f"expected h <= {H} and w <= {W}"
+            )
+    return h, w
+
+
+def check_int(value, name, *, low=None, high=None):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{name} must be an int, got {value!r}")
+    value = int(value)
+    if low is not None and value < low:
+        raise ValueError(f"{name} must be >= {low}, got {value}")
+    if high is not None and value > high:
+        raise ValueError(f"{name} must be <= {high}, got {value}")
+    return value
+
+
+def check_real(value, name, *, low=None, low_inclusive=True):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) or not np.isfinite(value):
+        raise ValueError(f"{name} must be a finite real number, got {value!r}")
+    value = float(value)
+    if low is not None:
+        bad = value < low if low_inclusive else value <= low
+        if bad:
+            op = ">=" if low_inclusive else ">"
+            raise ValueError(f"{name} must be {op} {low}, got {value}")
+    return value
+
+
+def check_choice(value, name, choices):
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
+    return value
+
+
+def _check_array(value, name, shape):
+    arr = np.asarray(value)
+    if arr.dtype.kind not in "biuf":
+        raise ValueError(f"{name} must be a real array of shape {shape}, got dtype {arr.dtype}")
+    arr = arr.astype(np.float64)
+    if arr.shape != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{name} must hold finite values only")
+    return arr
+
+
+def check_prior(prior, shape, name="prior_init"):
+    """A non-negative (P, Q) array summing to one."""
+    A = _check_array(prior, name, shape)
+    if (A < 0).any():
+        raise ValueError(f"{name} must be non-negative, got a minimum of {A.min():g}")
+    total = A.sum()
+    if not abs(total - 1.0) <= 1e-6:
+        raise ValueError(f"{name} must sum to 1, got a sum of {total:.6g}")
+    return A / total
+
+
+def check_params_arrays(image_shape, face_shape, *, face=None, background=None, noise_std=None,
+                        prior=None, names=("face_init", "background_init", "noise_std_init", "prior_init")):
+    """Validate user-given parameter arrays against the data's geometry.
+
+    Returns a dict with the given ones, as float64 arrays (the prior normalised).
+    """
+    H, W = image_shape
+    h, w = face_shape
+    nf, nb, ns, na = names
+    out = {}
+    if face is not None:
+        out["face"] = _check_array(face, nf, (h, w))
+    if background is not None:
+        out["background"] = _check_array(background, nb, (H, W))
+    if noise_std is not None:
+        out["noise_std"] = check_real(noise_std, ns, low=0.0, low_inclusive=False)
+    if prior is not None:
+        out["prior"] = check_prior(prior, (H - h + 1, W - w + 1), na)
+    return out

@@ -1,0 +1,129 @@
+"""Run one pass of the engine over a source, on this machine.
+
+An executor maps `emface.engine.chunk_stats` over a source's chunks and sums
+the results. The EM driver only talks to executors, so the same loop runs on
+threads here or on a Dask cluster (`emface.distributed.DaskExecutor`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .engine import chunk_stats, make_plan, resolve_backend, stats_from_q
+from .engine import costs
+
+__all__ = ["EngineConfig", "LocalExecutor"]
+
+
+@dataclass
+class EngineConfig:
+    """How the engine computes (not what it computes).
+
+    Attributes
+    ----------
+    dtype : numpy dtype
+        float64 (default) or float32 for the correlations; sums stay float64.
+    backend : {"auto", "numba", "numpy"}
+    route : {None, "fft", "direct"}
+        Correlation route; None lets the cost model choose.
+    workers : int
+        Threads (FFT workers and fused-kernel threads).
+    """
+
+    dtype: object = np.float64
+    backend: str | None = None
+    route: str | None = None
+    workers: int = 1
+
+    def __post_init__(self):
+        self.dtype = np.dtype(self.dtype)
+        if self.dtype not in (np.dtype(np.float64), np.dtype(np.float32)):
+            raise ValueError(f"dtype must be float64 or float32, got {self.dtype}")
+        self.backend = resolve_backend(self.backend)
+
+
+class LocalExecutor:
+    """Sums the engine's statistics over a source's chunks, in this process.
+
+    Parameters
+    ----------
+    source : emface.sources.ArraySource
+    config : EngineConfig
+    """
+
+    def __init__(self, source, config=None):
+        self.source = source
+        self.config = config or EngineConfig()
+        self.n_images = source.n_images
+        self.image_shape = source.image_shape
+        if self.config.backend == "numba":
+            import numba
+
+            numba.set_num_threads(max(1, min(self.config.workers, numba.config.NUMBA_NUM_THREADS)))
+
+    def _plan(self, params, hard):
+        cached = self.source.cache_budget > 0
+        return make_plan(params, hard=hard, dtype=self.config.dtype, backend=self.config.backend,
+                         route=self.config.route, workers=self.config.workers, cache_spectra=cached)
+
+    def pass_stats(self, params, *, hard=False, per_image=True):
+        """One E-step over all images: the summed `Stats` of θ = `params` (working units)."""
+        plan = self._plan(params, hard)
+        total = None
+        for chunk in self.source.chunks():
+            s = chunk_stats(chunk, plan, per_image=per_image)
+            total = s if total is None else total + s
+        return total
+
+    def collect(self, params, *, hard=False, output="q"):
+        """Like `pass_stats`, but also gather the posterior or log joint of every image.
+
+        Returns
+        -------
+        Stats, ndarray (K, P, Q)
+        """
+        plan = self._plan(params, hard)
+        P, Q = plan.grid_shape
+        full = np.empty((self.n_images, P, Q))
+        total = None
+        for (a, b), chunk in zip(self.source.bounds, self.source.chunks()):
+            s, out = chunk_stats(chunk, plan, output=output)
+            full[a:b] = out
+            total = s if total is None else total + s
+        return total, full
+
+    def stats_from_q(self, q_of_chunk):
+        """M-step statistics under a posterior given per chunk.
+
+        Parameters
+        ----------
+        q_of_chunk : callable (a, b) -> ndarray (b - a, P, Q)
+        """
+        total = None
+        h, w = self.source.face_shape
+        for (a, b), chunk in zip(self.source.bounds, self.source.chunks()):
+            s = stats_from_q(chunk, q_of_chunk(a, b), (h, w), backend=self.config.backend,
+                             workers=self.config.workers)
+            total = s if total is None else total + s
+        return total
+
+    def stats_from_positions(self, positions):
+        """M-step statistics when every image's face is at the given (row, col)."""
+        H, W = self.image_shape
+        h, w = self.source.face_shape
+        P, Q = H - h + 1, W - w + 1
+        positions = np.asarray(positions)
+
+        def onehot(a, b):
+            q = np.zeros((b - a, P, Q))
+            q[np.arange(b - a), positions[a:b, 0], positions[a:b, 1]] = 1.0
+            return q
+
+        return self.stats_from_q(onehot)
+
+
+def default_config(dtype=np.float64, backend=None, route=None, n_jobs=None):
+    """An `EngineConfig` with `n_jobs` resolved to a thread count (all cores by default)."""
+    return EngineConfig(dtype=dtype, backend=backend, route=route, workers=costs.default_workers(n_jobs))

@@ -1,0 +1,93 @@
+"""Starting points for EM: the note's random start, a data-driven start, or the user's arrays.
+
+Every function returns `Params` in working units (see `emface.sources`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .engine import kernels
+from .model import Params
+
+__all__ = ["random_start", "auto_start", "user_start", "INIT_METHODS"]
+
+INIT_METHODS = ("auto", "random")
+
+# images used by the data-driven start at most (a random subset beyond)
+_AUTO_MAX_IMAGES = 2000
+
+
+def _grid(source):
+    H, W = source.image_shape
+    h, w = source.face_shape
+    return H, W, h, w, H - h + 1, W - w + 1
+
+
+def random_start(source, rng):
+    """The note's start: every pixel of F and B uniform over the data's range,
+    s from the data's spread, A uniform."""
+    H, W, h, w, P, Q = _grid(source)
+    lo, hi = source.working_range()
+    if not hi > lo:
+        hi = lo + 1.0
+    F = rng.uniform(lo, hi, size=(h, w))
+    B = rng.uniform(lo, hi, size=(H, W))
+    s = max(source.working_std(), 1e-3 * (hi - lo))
+    A = np.full((P, Q), 1.0 / (P * Q))
+    return Params(F, B, s, A)
+
+
+def _subset(source, rng):
+    K = source.n_images
+    if K <= _AUTO_MAX_IMAGES:
+        idx = np.arange(K)
+    else:
+        idx = np.sort(rng.choice(K, _AUTO_MAX_IMAGES, replace=False))
+    x = np.asarray(source.data[idx] if not hasattr(source.data, "oindex") else source.data.oindex[idx])
+    x = (x.astype(np.float64) - source.offset) / source.scale
+    return x
+
+
+def auto_start(source, rng):
+    """A data-driven start.
+
+    The background is the per-pixel median of the images; each image's face
+    position is the window where the image departs most from it; the face is
+    the mean of those windows; s is the spread of what is left; A is uniform
+    (smoothed towards those positions).
+    """
+    H, W, h, w, P, Q = _grid(source)
+    x = _subset(source, rng)
+    B = np.median(x, axis=0)
+    r = x - B
+    energy = kernels.box_sums(r * r, (h, w))  # (n, P, Q)
+    flat = energy.reshape(len(x), -1)
+    arg = np.argmax(flat, axis=1)
+    pos = np.stack([arg // Q, arg % Q], axis=1)
+    F = kernels.crops(x, pos, (h, w)).mean(axis=0)
+    counts = np.bincount(arg, minlength=P * Q).reshape(P, Q).astype(float)
+    A = (counts + 1.0) / (counts.sum() + P * Q)
+    mu_err = []
+    for k in range(min(len(x), 200)):
+        i, j = pos[k]
+        m = B.copy()
+        m[i:i + h, j:j + w] = F
+        mu_err.append(np.mean((x[k] - m) ** 2))
+    s = float(np.sqrt(np.mean(mu_err)))
+    s = max(s, 1e-3)
+    return Params(F, B, s, A)
+
+
+def user_start(source, base, *, face=None, background=None, noise_std=None, prior=None):
+    """Replace parts of `base` (working units) by arrays given in data units."""
+    F, B, s, A = base.face, base.background, base.noise_std, base.prior
+    if face is not None:
+        F = (np.asarray(face, dtype=np.float64) - source.offset) / source.scale
+    if background is not None:
+        B = (np.asarray(background, dtype=np.float64) - source.offset) / source.scale
+    if noise_std is not None:
+        s = float(noise_std) / source.scale
+    if prior is not None:
+        A = np.asarray(prior, dtype=np.float64)
+    return Params(F, B, s, A)

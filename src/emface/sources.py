@@ -1,0 +1,212 @@
+"""Chunked access to image stacks, with the per-chunk caches the engine keeps.
+
+A source turns an array-like of shape (K, H, W) -- an in-memory array, a
+memory-mapped ``.npy``, a zarr array, an HDF5 dataset, a lazily read TIFF --
+into a sequence of `emface.engine.Chunk` objects. It also fixes the affine map
+to working units (centre and scale), so that the engine's expanded sums of
+squares stay well conditioned whatever the data's range: the model is
+equivariant, and the estimator maps the parameters back.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+
+from .engine import costs
+from .engine.stats import Chunk, ChunkCache
+
+__all__ = ["ArraySource", "available_memory"]
+
+# raw dtypes the fused kernels read directly; others are converted per chunk
+_DIRECT_DTYPES = (np.dtype(np.float64), np.dtype(np.float32), np.dtype(np.uint8))
+
+
+def available_memory():
+    """Bytes of physical memory currently available (best effort)."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:  # pragma: no cover - not Linux
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover
+        return 8 * 2**30
+
+
+def _is_in_memory(data):
+    return isinstance(data, np.ndarray) and not isinstance(data, np.memmap)
+
+
+class ArraySource:
+    """Chunks of a (K, H, W) stack, with caches and the map to working units.
+
+    Parameters
+    ----------
+    data : array-like (K, H, W)
+        Anything that slices along the first axis into numpy arrays.
+    face_shape : (h, w)
+    compute_dtype : {np.float64, np.float32}
+        Precision of the correlations (and so of the cached spectra).
+    max_memory : int or None
+        Bound in bytes on what the engine holds besides `data` itself (cached
+        spectra and chunk buffers). None: cache up to about the data's own size
+        and never more than half the available memory.
+    chunk_size : int or None
+        Images per chunk; None picks it from a memory target.
+    standardize : bool
+        Centre and scale to zero mean and unit spread (working units).
+    moments : tuple (offset, scale), optional
+        Use this map instead of computing it.
+    check_finite : bool
+        Scan the data for NaN and inf (raises ValueError).
+    """
+
+    def __init__(self, data, face_shape, *, compute_dtype=np.float64, max_memory=None,
+                 chunk_size=None, standardize=True, moments=None, check_finite=True):
+        self.data = data
+        self.n_images = int(data.shape[0])
+        self.image_shape = tuple(int(v) for v in data.shape[1:3])
+        self.face_shape = tuple(face_shape)
+        self.compute_dtype = np.dtype(compute_dtype)
+        self.raw_dtype = np.dtype(data.dtype)
+        self.max_memory = costs.parse_memory(max_memory)
+        H, W = self.image_shape
+        itemsize = self.compute_dtype.itemsize
+        target = 48 * 2**20
+        if self.max_memory is not None:
+            target = max(2**20, min(target, self.max_memory // 8))
+        if chunk_size is None:
+            chunk_size = costs.chunk_size(self.image_shape, self.face_shape, itemsize,
+                                          target_bytes=target, n_images=self.n_images)
+        self.chunk_size = max(1, int(chunk_size))
+        self._bounds = [(a, min(a + self.chunk_size, self.n_images))
+                        for a in range(0, self.n_images, self.chunk_size)]
+        spec_bytes_per_image = H * (W // 2 + 1) * 2 * itemsize
+        if self.max_memory is None:
+            raw_bytes = self.n_images * H * W * max(self.raw_dtype.itemsize, 1)
+            budget = min(max(raw_bytes, 512 * 2**20), available_memory() // 2)
+        else:
+            budget = max(0, int(0.6 * self.max_memory) - 4 * target)
+        self.cache_budget = budget
+        n_cached = budget // spec_bytes_per_image if spec_bytes_per_image else 0
+        self._caches = []
+        for a, b in self._bounds:
+            keep = b <= n_cached
+            self._caches.append(ChunkCache(keep_spectra=keep))
+        self.data_range = None
+        self.data_std = None
+        if moments is not None:
+            self.offset, self.scale = float(moments[0]), float(moments[1])
+        elif standardize:
+            self.offset, self.scale = self._moments(check_finite)
+        else:
+            self.offset, self.scale = 0.0, 1.0
+            if check_finite:
+                self._moments(True)
+
+    # ------------------------------------------------------------------ reading
+    def _read(self, a, b):
+        x = self.data[a:b]
+        x = np.asarray(x)
+        if x.dtype == np.bool_:
+            x = x.view(np.uint8)
+        if x.dtype not in _DIRECT_DTYPES:
+            x = x.astype(np.float64)
+        if not x.flags.c_contiguous:
+            x = np.ascontiguousarray(x)
+        return x
+
+    def _moments(self, check_finite):
+        total = 0.0
+        count = 0
+        lo, hi = np.inf, -np.inf
+        for a, b in self._bounds:
+            x = self._read(a, b)
+            if check_finite and x.dtype.kind == "f" and not np.isfinite(x).all():
+                bad = int(np.size(x) - np.count_nonzero(np.isfinite(x)))
+                raise ValueError(
+                    f"X must hold finite values only, but images {a}..{b - 1} contain "
+                    f"{bad} NaN or infinite pixel(s)"
+                )
+            s = float(np.sum(x, dtype=np.float64))
+            if x.size:
+                lo = min(lo, float(x.min()))
+                hi = max(hi, float(x.max()))
+            total += s
+            count += x.size
+        mean = total / max(count, 1)
+        ss = 0.0
+        for a, b in self._bounds:
+            x = self._read(a, b)
+            d = x.astype(np.float64) - mean
+            ss += float(np.vdot(d, d))
+        std = math.sqrt(ss / max(count, 1))
+        if not np.isfinite(std) or std <= 0.0 or std < 1e-300:
+            scale = max(abs(mean), 1.0) if np.isfinite(mean) else 1.0
+        else:
+            scale = std
+        if not np.isfinite(mean):
+            raise ValueError("X holds values too large to sum in float64")
+        self.data_range = (lo, hi)
+        self.data_std = std
+        return mean, scale
+
+    # ------------------------------------------------------------------ chunks
+    @property
+    def n_chunks(self):
+        return len(self._bounds)
+
+    @property
+    def bounds(self):
+        return list(self._bounds)
+
+    def chunk(self, i):
+        a, b = self._bounds[i]
+        return Chunk(self._read(a, b), self.offset, 1.0 / self.scale, self._caches[i])
+
+    def chunks(self):
+        """Yield every chunk in order (caches persist between passes)."""
+        for i in range(len(self._bounds)):
+            yield self.chunk(i)
+
+    @property
+    def cached_bytes(self):
+        return sum(c.nbytes for c in self._caches)
+
+    def drop_spectra(self):
+        """Forget cached spectra (when the precision changes)."""
+        for c in self._caches:
+            c.spectra = None
+
+    def working_range(self):
+        """(min, max) of the data in working units (scanned once on demand)."""
+        if self.data_range is None:
+            self._moments(False)
+        lo, hi = self.data_range
+        return (lo - self.offset) / self.scale, (hi - self.offset) / self.scale
+
+    def working_std(self):
+        """Standard deviation of all pixels in working units."""
+        if self.data_std is None:
+            self._moments(False)
+        return self.data_std / self.scale
+
+    # ------------------------------------------------------------------ units
+    def to_working(self, params):
+        """Parameters in data units -> working units."""
+        return params.affine(1.0 / self.scale, -self.offset / self.scale)
+
+    def to_data(self, params):
+        """Parameters in working units -> data units."""
+        return params.affine(self.scale, self.offset)
+
+    def loglik_to_data(self, value_per_image):
+        """A per-image log density in working units -> data units (the Jacobian term)."""
+        H, W = self.image_shape
+        return value_per_image - H * W * math.log(self.scale)
