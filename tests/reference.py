@@ -84,8 +84,12 @@ def lower_bound(X, F, B, s, A, q):
     return total
 
 
-def m_step(X, q, h, w, alpha=0.0):
-    """F, B, s, A maximising E_q[log p(X, d | θ)] (+ α Σ log A), by explicit loops."""
+def m_step(X, q, h, w, alpha=0.0, previous_B=None):
+    """F, B, s, A maximising E_q[log p(X, d | θ)] (+ α Σ log A), by explicit loops.
+
+    A background pixel with (almost) no evidence -- covered by the face in all
+    images up to 1e-9 of an image -- keeps `previous_B` (or the images' mean).
+    """
     K, H, W = X.shape
     P, Q = H - h + 1, W - w + 1
     N = q.sum(axis=0)
@@ -103,7 +107,9 @@ def m_step(X, q, h, w, alpha=0.0):
                 num_B += p * np.where(outside, X[k], 0.0)
                 den_B += p * outside
     F /= K
-    B = np.where(den_B > 1e-12, num_B / np.where(den_B > 1e-12, den_B, 1.0), 0.0)
+    ok = den_B > 1e-9 * K
+    fallback = X.mean(axis=0) if previous_B is None else previous_B
+    B = np.where(ok, num_B / np.where(ok, den_B, 1.0), fallback)
     sse = 0.0
     for k in range(K):
         for i in range(P):

@@ -181,7 +181,7 @@ def run_m_step(X, q, h, w, use_MAP=False):
     return theta.face, theta.background, theta.noise_std, theta.prior
 
 
-def _em(X, h, w, F, B, s, A, tolerance, max_iter, use_MAP, n_starts, random_state=None):
+def _em(X, h, w, F, B, s, A, tolerance, max_iter, use_MAP, n_starts):
     Xk = _stack(X)
     K, H, W = Xk.shape
     h, w = v.check_face_shape((h, w), (H, W), name="(h, w)")
@@ -191,7 +191,9 @@ def _em(X, h, w, F, B, s, A, tolerance, max_iter, use_MAP, n_starts, random_stat
 
     est = FaceEM((h, w), hard=use_MAP, n_init=n_starts, max_iter=max_iter, tol=tolerance / K,
                  init="random", face_init=F, background_init=B, noise_std_init=s, prior_init=A,
-                 shift_escape=False, random_state=random_state)
+                 shift_escape=False,
+                 # random starts follow numpy's global seed, as the course's code does
+                 random_state=int(np.random.randint(0, 2**31 - 1)))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         est.fit(Xk)

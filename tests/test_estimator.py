@@ -1,0 +1,156 @@
+"""FaceEM's scikit-learn-style API."""
+
+import warnings
+
+import numpy as np
+import pytest
+
+import reference as ref
+from conftest import contrast_problem
+from emface import ConvergenceWarning, FaceEM
+
+
+@pytest.fixture
+def data(rng):
+    theta, X, pos = contrast_problem(rng, 80, 20, 24, 7, 8, s=25.0)
+    return theta, X, pos
+
+
+def test_fit_attributes_and_predict(data):
+    theta, X, pos = data
+    est = FaceEM((7, 8), init="auto", shift_escape=True, random_state=0).fit(X)
+    assert est.face_.shape == (7, 8)
+    assert est.background_.shape == (20, 24)
+    assert est.prior_.shape == (14, 17)
+    assert est.prior_.sum() == pytest.approx(1.0)
+    assert est.noise_std_ > 0
+    assert est.converged_ is True
+    assert est.n_iter_ == len(est.lower_bounds_)
+    assert est.lower_bound_ == est.lower_bounds_[-1]
+    assert np.array_equal(est.predict(X), pos)
+    assert est.predict(X).dtype.kind == "i"
+    assert abs(est.noise_std_ - 25.0) / 25.0 < 0.05
+
+
+def test_predict_proba_and_scores_match_the_reference(data):
+    theta, X, pos = data
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est = FaceEM((7, 8), random_state=0, max_iter=5).fit(X[:10])
+    Xs = X[:6]
+    q = est.predict_proba(Xs)
+    qr = ref.posterior(Xs, est.face_, est.background_, est.noise_std_, est.prior_)
+    assert q.shape == (6, 14, 17)
+    assert np.abs(q - qr).max() < 1e-10
+    ss = est.score_samples(Xs)
+    want = [ref.log_likelihood(Xs[k:k + 1], est.face_, est.background_, est.noise_std_, est.prior_)
+            for k in range(6)]
+    assert np.allclose(ss, want, rtol=1e-10, atol=0)
+    assert est.score(Xs) == pytest.approx(np.mean(want), rel=1e-10)
+
+
+def test_lower_bound_is_the_mean_log_likelihood(data):
+    theta, X, pos = data
+    est = FaceEM((7, 8), random_state=1).fit(X)
+    assert est.lower_bound_ == pytest.approx(est.score(X), rel=1e-10)
+
+
+def test_hard_lower_bound_is_the_map_joint(data):
+    theta, X, pos = data
+    est = FaceEM((7, 8), hard=True, prior_smoothing=5.0, random_state=1).fit(X)
+    lj = ref.log_joint(X[:5], est.face_, est.background_, est.noise_std_, est.prior_)
+    # per-image MAP joint, plus the smoothing prior's alpha * sum log A / K
+    full = FaceEM((7, 8), hard=True, face_init=est.face_, background_init=est.background_,
+                  noise_std_init=est.noise_std_, prior_init=est.prior_, max_iter=0).fit(X[:5])
+    want = lj.reshape(5, -1).max(axis=1).mean()
+    assert full.lower_bound_ == pytest.approx(want, rel=1e-10)
+
+
+def test_fit_predict_and_sample(data):
+    theta, X, pos = data
+    est = FaceEM((7, 8), init="auto", shift_escape=True, random_state=0)
+    assert np.array_equal(est.fit_predict(X), pos)
+    Xs, ps = est.sample(30, random_state=3)
+    assert Xs.shape == (30, 20, 24) and ps.shape == (30, 2)
+    # the sampled images are explained by the model at their positions
+    assert np.array_equal(est.predict(Xs), ps)
+
+
+def test_convergence_warning(data):
+    theta, X, pos = data
+    with pytest.warns(ConvergenceWarning):
+        est = FaceEM((7, 8), max_iter=1, tol=0.0, random_state=0).fit(X)
+    assert est.converged_ is False
+    assert est.n_iter_ == 1
+
+
+def test_no_warning_when_converged(data):
+    theta, X, pos = data
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        FaceEM((7, 8), random_state=0).fit(X)
+
+
+def test_warm_start_continues_history(data):
+    theta, X, pos = data
+    est = FaceEM((7, 8), max_iter=2, tol=0.0, random_state=0)
+    with pytest.warns(ConvergenceWarning):
+        est.fit(X)
+    first = list(est._history_full)
+    est.set_params(warm_start=True, max_iter=6)
+    with pytest.warns(ConvergenceWarning):
+        est.fit(X)
+    assert est._history_full[:3] == pytest.approx(first, rel=1e-12)
+    assert len(est._history_full) == 7
+
+
+def test_random_state_reproducible(data):
+    theta, X, pos = data
+    a = FaceEM((7, 8), n_init=2, random_state=5).fit(X)
+    b = FaceEM((7, 8), n_init=2, random_state=5).fit(X)
+    assert np.array_equal(a.face_, b.face_)
+    assert a.lower_bounds_ == b.lower_bounds_
+
+
+def test_restarts_keep_the_best_objective(data):
+    theta, X, pos = data
+    est = FaceEM((7, 8), n_init=4, random_state=2, max_iter=20).fit(X)
+    finals = [r["objectives"][-1] for r in est.runs_]
+    assert est.lower_bound_ == pytest.approx(max(finals))
+
+
+def test_get_set_params_and_repr():
+    est = FaceEM((3, 4), hard=True)
+    p = est.get_params()
+    assert p["face_shape"] == (3, 4) and p["hard"] is True
+    est.set_params(n_init=3)
+    assert est.n_init == 3
+    assert "hard=True" in repr(est) and "n_init=3" in repr(est)
+    with pytest.raises(ValueError, match="invalid parameter 'nope'"):
+        est.set_params(nope=1)
+
+
+def test_save_and_load(tmp_path, data):
+    theta, X, pos = data
+    est = FaceEM((7, 8), random_state=0).fit(X)
+    path = tmp_path / "m.npz"
+    est.save(path)
+    back = FaceEM.load(path)
+    assert np.array_equal(back.face_, est.face_)
+    assert back.noise_std_ == est.noise_std_
+    assert np.array_equal(back.predict(X), est.predict(X))
+    assert np.allclose(back.score_samples(X[:5]), est.score_samples(X[:5]), rtol=1e-10)
+
+
+def test_unfitted_predict_raises():
+    with pytest.raises(AttributeError, match="not fitted"):
+        FaceEM((2, 2)).predict(np.zeros((1, 4, 4)))
+
+
+@pytest.mark.parametrize("backend", ["numba", "numpy"])
+def test_backends_agree_on_a_fit(data, backend):
+    theta, X, pos = data
+    a = FaceEM((7, 8), random_state=0, backend=backend).fit(X)
+    b = FaceEM((7, 8), random_state=0, backend="numba").fit(X)
+    assert np.allclose(a.face_, b.face_, rtol=1e-9, atol=1e-9)
+    assert a.lower_bound_ == pytest.approx(b.lower_bound_, rel=1e-10)

@@ -1,0 +1,53 @@
+"""EM never decreases its objective: the cheapest strong test there is."""
+
+import numpy as np
+import pytest
+
+from conftest import contrast_problem, random_problem
+from emface import FaceEM
+
+
+def _assert_monotone(history):
+    h = np.asarray(history)
+    assert len(h) >= 2
+    # a decrease beyond rounding is a bug
+    slack = 1e-9 * np.abs(h).max()
+    assert np.all(np.diff(h) >= -slack), np.diff(h).min()
+
+
+@pytest.mark.parametrize("hard", [False, True])
+@pytest.mark.parametrize("alpha", [0.0, 3.0])
+@pytest.mark.parametrize("seed", range(3))
+def test_objective_never_decreases_over_50_iterations(hard, alpha, seed):
+    rng = np.random.default_rng(100 + seed)
+    theta, X, _ = contrast_problem(rng, 30, 14, 17, 5, 6, s=60.0)
+    est = FaceEM((5, 6), hard=hard, prior_smoothing=alpha, init="random", max_iter=50, tol=0.0,
+                 random_state=seed)
+    with pytest.warns(Warning):
+        est.fit(X)  # tol=0 never converges: a ConvergenceWarning is expected
+    hist = est._history_full
+    assert len(hist) == 51
+    _assert_monotone(hist)
+
+
+@pytest.mark.parametrize("hard", [False, True])
+def test_monotone_on_data_far_from_the_model(hard):
+    rng = np.random.default_rng(5)
+    X = rng.exponential(size=(20, 9, 12)) ** 3  # heavy-tailed, no face at all
+    est = FaceEM((4, 4), hard=hard, init="random", max_iter=50, tol=0.0, random_state=1)
+    with pytest.warns(Warning):
+        est.fit(X)
+    _assert_monotone(est._history_full)
+
+
+@pytest.mark.parametrize("hard", [False, True])
+def test_monotone_with_zeros_in_the_prior(hard):
+    rng = np.random.default_rng(8)
+    theta, X, _ = random_problem(rng, 25, 10, 11, 4, 5)
+    est = FaceEM((4, 5), hard=hard, init="random", prior_init=theta.prior, max_iter=50, tol=0.0,
+                 random_state=2)
+    with pytest.warns(Warning):
+        est.fit(X)
+    _assert_monotone(est._history_full)
+    # positions with A = 0 stay at zero without smoothing
+    assert (est.prior_[theta.prior == 0] == 0).all()
