@@ -167,3 +167,22 @@ def test_float32_gives_same_positions_and_close_sums(rng):
         b = _executor(X, (8, 9), "numba", route, chunk_size=7, dtype=np.float32).pass_stats(theta)
         assert np.array_equal(a.positions, b.positions)
         assert abs(a.loglik - b.loglik) <= 1e-4 * abs(a.loglik)
+
+
+@pytest.mark.parametrize("route", ["fft", "direct"])
+def test_float32_route_against_the_reference(route):
+    """float32 correlations: the same hard positions, posteriors and M-step to float32 accuracy."""
+    rng = np.random.default_rng(_seed("f32", route))
+    K, H, W, h, w = 6, 12, 13, 4, 5
+    theta, X, _ = random_problem(rng, K, H, W, h, w, s=0.8)
+    ex = _executor(X, (h, w), "numba", route, dtype=np.float32)
+    stats, q = ex.collect(theta, output="q")
+    qr = ref.posterior(X, theta.face, theta.background, theta.noise_std, theta.prior)
+    assert np.abs(q - qr).max() < 1e-4
+    hard = ex.pass_stats(theta, hard=True)
+    assert np.array_equal(hard.positions, ref.hard_positions(X, theta.face, theta.background,
+                                                             theta.noise_std, theta.prior))
+    new, _ = params_from(stats, theta, face_shape=(h, w))
+    F, B, s, A = ref.m_step(X, qr, h, w, previous_B=theta.background)
+    assert _close(new.face, F, 1e-4)
+    assert _close(new.noise_std, s, 1e-4)

@@ -78,7 +78,7 @@ class ArraySource:
         self.max_memory = costs.parse_memory(max_memory)
         H, W = self.image_shape
         itemsize = self.compute_dtype.itemsize
-        target = 48 * 2**20
+        target = 16 * 2**20
         if self.max_memory is not None:
             target = max(2**20, min(target, self.max_memory // 8))
         if chunk_size is None:

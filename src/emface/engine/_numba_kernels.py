@@ -69,13 +69,20 @@ def _logits(corr, sat, logA, boxB2, F2, inv2s2, h, w, out):
     return mx, am
 
 
+# exp(-80) = 1.8e-35: a position this far below the best one weighs less than
+# 1e-35 of it; it gets q = 0 without an exponential. Over any grid under 10^18
+# positions that changes q, N, the entropy and the log-likelihood by less than
+# float64 rounding of their sums.
+LOG_CUTOFF = -80.0
+
+
 @nb.njit(**_OPTS)
 def _softmax_inplace(out, mx, thr):
     """Turn logits into q in place; return (logsumexp, entropy, max prob, #q > thr).
 
-    One exponential per position: e = exp(l - max) is kept, then scaled by 1/sum.
-    The entropy is ``log z - sum(e (l - max)) / z``; positions with q = 0
-    (including log A = -inf) contribute nothing.
+    One exponential per position within `LOG_CUTOFF` of the maximum, kept and
+    then scaled by 1/sum. The entropy is ``log z - sum(e (l - max)) / z``;
+    positions with q = 0 (including log A = -inf) contribute nothing.
     """
     P, Q = out.shape
     z = 0.0
@@ -83,11 +90,13 @@ def _softmax_inplace(out, mx, thr):
     for i in range(P):
         for j in range(Q):
             d = out[i, j] - mx
-            e = math.exp(d)
-            if e > 0.0:
+            if d > LOG_CUTOFF:
+                e = math.exp(d)
                 z += e
                 el += e * d
-            out[i, j] = e
+                out[i, j] = e
+            else:
+                out[i, j] = 0.0
     logz = math.log(z)
     iz = 1.0 / z
     ent = logz - el * iz
@@ -97,12 +106,14 @@ def _softmax_inplace(out, mx, thr):
     qmax = 0.0
     for i in range(P):
         for j in range(Q):
-            q = out[i, j] * iz
-            if q > thr:
-                cnt += 1
-            if q > qmax:
-                qmax = q
-            out[i, j] = q
+            e = out[i, j]
+            if e > 0.0:
+                q = e * iz
+                if q > thr:
+                    cnt += 1
+                if q > qmax:
+                    qmax = q
+                out[i, j] = q
     return mx + logz, ent, qmax, cnt
 
 

@@ -51,7 +51,8 @@ def _corr_fft_cost(H, W, h, w, cached):
         cost += _C_FFT * H * Wr * math.log2(max(H, 2))
     cost += 0.5 * _C_FFT * P * W * math.log2(max(W, 2))
     if not cached:
-        cost += _rfft2_cost(H, W)
+        # a forward transform, and the chunk standardized into a buffer first
+        cost += _rfft2_cost(H, W) + 2.0 * H * W
     return cost
 
 
@@ -128,7 +129,7 @@ def parse_memory(value):
     return int(v * mult)
 
 
-def chunk_size(image_shape, face_shape, itemsize, *, target_bytes=48 * 2**20, n_images=None):
+def chunk_size(image_shape, face_shape, itemsize, *, target_bytes=16 * 2**20, n_images=None):
     """Images per chunk so that the chunk's working buffers stay near `target_bytes`.
 
     Per image the engine holds the logits/posterior (P·Q float64), a spectrum
