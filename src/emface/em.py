@@ -57,7 +57,7 @@ class EMSettings:
     tol_per_image: bool = True
     noise_floor: float = 1e-6
     shift_escape: bool = False
-    max_shift: int = 3
+    max_shift: int = 2
     max_escape_rounds: int = 3
 
 
@@ -177,16 +177,86 @@ def _hard_score(stats, params, H, W):
     return -0.5 * K * H * W * (math.log(2 * math.pi * s2) + 1.0)
 
 
-def escape_shifts(executor, run, settings, *, callback=None):
-    """Escape shifted optima: try the face moved by small offsets, keep what raises the objective.
+def _offsets(P, Q, m):
+    return [(di, dj) for di in range(-m, m + 1) for dj in range(-m, m + 1)
+            if (di, dj) != (0, 0) and abs(di) < P and abs(dj) < Q]
 
-    For each offset δ with ``|δ| ≤ max_shift``, every image's most probable
-    position moves by -δ and the face, background and noise are re-estimated
-    from those positions (one M-step from hard assignments, which fills the
-    revealed strip of the face from the data and hands the uncovered strip
-    back to the background); A is shifted with the face. The candidate whose
-    refitted noise is smallest is evaluated by a full E-step and kept if the
-    objective rises, and EM continues from it. Repeats while moves help.
+
+def _inside(pos, P, Q):
+    return (pos[:, 0] >= 0) & (pos[:, 0] < P) & (pos[:, 1] >= 0) & (pos[:, 1] < Q)
+
+
+def _otsu_upper(g):
+    """The upper class of the best two-class split of the values g (Otsu's threshold)."""
+    order = np.sort(g)
+    n = len(order)
+    if n < 2 or order[0] == order[-1]:
+        return None
+    csum = np.cumsum(order)
+    k = np.arange(1, n)
+    m0 = csum[:-1] / k
+    m1 = (csum[-1] - csum[:-1]) / (n - k)
+    between = k * (n - k) * (m1 - m0) ** 2
+    cut = order[int(np.argmax(between))]
+    return g > cut
+
+
+def _escape_candidates(executor, run, settings):
+    """Moves to try from a converged run: (label, positions, prior).
+
+    - global shifts: every image moves by -δ, |δ| <= max_shift, the prior moves along;
+    - partial shifts: for each neighbouring offset δ, the images whose second
+      choice lies in direction δ (by Otsu's split of the log-joint gains, and the
+      better half) move by +δ -- the escape from optima where the images split
+      into two groups a pixel apart and F is their blend.
+    """
+    H, W = executor.image_shape
+    h, w = run.params.face.shape
+    P, Q = H - h + 1, W - w + 1
+    pos = run.stats.positions
+    for di, dj in _offsets(P, Q, settings.max_shift):
+        newpos = pos - np.array([di, dj])
+        if _inside(newpos, P, Q).mean() < 0.9:
+            continue
+        newpos[:, 0] = np.clip(newpos[:, 0], 0, P - 1)
+        newpos[:, 1] = np.clip(newpos[:, 1], 0, Q - 1)
+        yield ("shift", (di, dj)), newpos, _shift_prior(run.params.prior, di, dj)
+    near = _offsets(P, Q, 1)
+    if not near or len(pos) < 2:
+        return
+    # rank by likelihood alone: a learned A that collapsed onto the current
+    # positions would otherwise hide every move
+    flat = Params(run.params.face, run.params.background, run.params.noise_std,
+                  np.full((P, Q), 1.0 / (P * Q)))
+    values = executor.gather_log_joint(flat, pos, [(0, 0)] + near)
+    for t, (di, dj) in enumerate(near, start=1):
+        gain = values[:, t] - values[:, 0]
+        ok = np.isfinite(gain)
+        if ok.sum() < 2:
+            continue
+        subsets = []
+        upper = _otsu_upper(gain[ok])
+        if upper is not None:
+            subsets.append(upper)
+        subsets.append(gain[ok] >= np.median(gain[ok]))
+        idx = np.flatnonzero(ok)
+        for sub in subsets:
+            moved = idx[sub]
+            if 0 < len(moved) < len(pos):
+                newpos = pos.copy()
+                newpos[moved] += np.array([di, dj])
+                yield ("split", (di, dj), len(moved)), newpos, run.params.prior
+
+
+def escape_shifts(executor, run, settings, *, callback=None):
+    """Escape shifted optima: try moving the face by small offsets, keep what raises the objective.
+
+    Each candidate (see `_escape_candidates`) is a new set of hard positions;
+    the face, background and noise are re-estimated from them by one M-step
+    (which fills a revealed strip of the face from the data and hands an
+    uncovered strip back to the background). The candidate whose refitted
+    noise is smallest is evaluated by a full E-step and kept if the objective
+    rises, and EM continues from it. Repeats while moves help.
 
     Returns
     -------
@@ -194,37 +264,32 @@ def escape_shifts(executor, run, settings, *, callback=None):
     """
     H, W = executor.image_shape
     h, w = run.params.face.shape
-    P, Q = H - h + 1, W - w + 1
-    m = settings.max_shift
-    offsets = [(di, dj) for di in range(-m, m + 1) for dj in range(-m, m + 1)
-               if (di, dj) != (0, 0) and abs(di) < P and abs(dj) < Q]
-    if not offsets:
-        return run
     a = settings.prior_smoothing
     for _ in range(settings.max_escape_rounds):
-        pos = run.stats.positions
-        base_stats = executor.stats_from_positions(pos)
+        if not run.converged:  # only from a settled optimum, within the iteration budget
+            break
+        base_stats = executor.stats_from_positions(run.stats.positions)
         base_params, _ = params_from(base_stats, run.params, face_shape=(h, w), prior_smoothing=a,
                                      noise_floor=settings.noise_floor)
-        base_score = _hard_score(base_stats, base_params, H, W)
+        best_score = _hard_score(base_stats, base_params, H, W)
         best = None
-        for di, dj in offsets:
-            newpos = pos - np.array([di, dj])
-            inside = ((newpos[:, 0] >= 0) & (newpos[:, 0] < P) & (newpos[:, 1] >= 0) & (newpos[:, 1] < Q))
-            if inside.mean() < 0.9:
-                continue
-            newpos[:, 0] = np.clip(newpos[:, 0], 0, P - 1)
-            newpos[:, 1] = np.clip(newpos[:, 1], 0, Q - 1)
+        for label, newpos, prior in _escape_candidates(executor, run, settings):
             st = executor.stats_from_positions(newpos)
             cand, _ = params_from(st, run.params, face_shape=(h, w), prior_smoothing=a,
                                   noise_floor=settings.noise_floor)
             score = _hard_score(st, cand, H, W)
-            if score > base_score and (best is None or score > best[0]):
-                cand = Params(cand.face, cand.background, cand.noise_std, _shift_prior(run.params.prior, di, dj))
-                best = (score, (di, dj), cand)
+            if score > best_score:
+                best_score = score
+                if a > 0:  # the smoothed M-step's A has full support already
+                    A = cand.prior
+                else:
+                    # the moved images' new positions may have A ~ 0 under the old
+                    # prior: give the candidate both the old support and the new counts
+                    A = 0.5 * prior + 0.5 * st.N / st.n_images
+                best = (label, Params(cand.face, cand.background, cand.noise_std, A))
         if best is None:
             break
-        _, delta, cand = best
+        label, cand = best
         cand_stats = executor.pass_stats(cand, hard=settings.hard)
         cand_obj = _per_image(objective(cand_stats, cand, a), cand_stats)
         if not cand_obj > run.objective:
@@ -232,7 +297,7 @@ def escape_shifts(executor, run, settings, *, callback=None):
         history = run.objectives + [cand_obj]
         new = run_em(executor, cand, settings, callback=callback, run_index=run.init_index,
                      history=history, stats=cand_stats)
-        new.escapes = run.escapes + [delta]
+        new.escapes = run.escapes + [label]
         if not new.objective > run.objective:
             break
         run = new
@@ -273,16 +338,10 @@ def fit_restarts(executor, starts, settings, *, callback=None, history=None):
             callback(info)
 
     try:
-        for i, start in enumerate(starts):
-            params = start() if callable(start) else start
-            r = run_em(executor, params, settings, callback=_track, run_index=i,
-                       history=history if i == 0 else None)
-            if settings.shift_escape:
-                r = escape_shifts(executor, r, settings, callback=_track)
-            runs.append(r)
-            if best is None or r.objective > best.objective:
-                best = r
+        with executor.running():
+            best, runs = _restarts(executor, starts, settings, _track, history, runs)
     except KeyboardInterrupt as exc:
+        best = max(runs, key=lambda r: r.objective) if runs else None
         info = current["run"]
         if info is not None:
             partial = EMRun(params=info["params"], objective=info["objective"],
@@ -296,6 +355,20 @@ def fit_restarts(executor, starts, settings, *, callback=None, history=None):
         exc.emface_best = best
         exc.emface_runs = runs
         raise
+    return best, runs
+
+
+def _restarts(executor, starts, settings, callback, history, runs):
+    best = None
+    for i, start in enumerate(starts):
+        params = start() if callable(start) else start
+        r = run_em(executor, params, settings, callback=callback, run_index=i,
+                   history=history if i == 0 else None)
+        if settings.shift_escape:
+            r = escape_shifts(executor, r, settings, callback=callback)
+        runs.append(r)
+        if best is None or r.objective > best.objective:
+            best = r
     return best, runs
 
 

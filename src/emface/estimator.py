@@ -49,8 +49,12 @@ class FaceEM:
         Size of the face.
     hard : bool, default=False
         Hard (MAP) EM: each image's posterior is one-hot at its most probable position.
-    n_init : int, default=1
-        Number of EM runs from different starts; the one with the best objective is kept.
+    n_init : int or "auto", default="auto"
+        Number of EM runs from different starts; the one with the best objective
+        is kept. The first run starts from `init`, the others from the note's
+        random start. ``"auto"``: ``clip(round(2000 / K), 1, 8)`` runs -- small
+        stacks, where a single run most often stops in a local optimum, get
+        more restarts, which are cheap there (see ``benchmarks/accuracy.py``).
     max_iter : int, default=100
         Most EM iterations per run.
     tol : float, default=1e-3
@@ -58,9 +62,10 @@ class FaceEM:
     prior_smoothing : float, default=0.0
         Dirichlet pseudo-count α added to every position of A in the M-step
         (the note uses about K/10 with hard EM).
-    init : {"random", "auto"}, default="random"
-        ``"random"``: the note's start (F and B uniform over the data's range).
-        ``"auto"``: a data-driven start (per-pixel median background).
+    init : {"auto", "random"}, default="auto"
+        ``"auto"``: a data-driven start (per-pixel median background, the face
+        from the windows that depart most from it). ``"random"``: the note's
+        start (F and B uniform over the data's range).
     face_init, background_init : ndarray, optional
         Starting F (h, w) and B (H, W), in data units; override `init`.
     noise_std_init : float, optional
@@ -73,9 +78,10 @@ class FaceEM:
     verbose : int, default=0
         1: one line per run; 2: also every `verbose_interval` iterations.
     verbose_interval : int, default=10
-    shift_escape : bool, default=False
-        After convergence, try the face shifted by a few pixels and keep moves
-        that raise the objective.
+    shift_escape : bool, default=True
+        After convergence, try the face shifted by a few pixels (all images, or
+        the group of images whose second choice lies in one direction) and keep
+        moves that raise the objective; EM then continues.
     dtype : {np.float64, np.float32}, default=np.float64
         Precision of the correlations; statistics are always float64.
     n_jobs : int or None, default=None
@@ -110,9 +116,9 @@ class FaceEM:
         History of every run (for reports).
     """
 
-    def __init__(self, face_shape, *, hard=False, n_init=1, max_iter=100, tol=1e-3, prior_smoothing=0.0,
-                 init="random", face_init=None, background_init=None, noise_std_init=None, prior_init=None,
-                 random_state=None, warm_start=False, verbose=0, verbose_interval=10, shift_escape=False,
+    def __init__(self, face_shape, *, hard=False, n_init="auto", max_iter=100, tol=1e-3, prior_smoothing=0.0,
+                 init="auto", face_init=None, background_init=None, noise_std_init=None, prior_init=None,
+                 random_state=None, warm_start=False, verbose=0, verbose_interval=10, shift_escape=True,
                  dtype=np.float64, n_jobs=None, backend="auto", max_memory=None, checkpoint=None,
                  checkpoint_every=10, noise_floor=1e-6, callback=None):
         self.face_shape = face_shape
@@ -176,7 +182,8 @@ class FaceEM:
 
     # ------------------------------------------------------------------ validation
     def _validate_settings(self):
-        v.check_int(self.n_init, "n_init", low=1)
+        if not (isinstance(self.n_init, str) and self.n_init == "auto"):
+            v.check_int(self.n_init, "n_init", low=1)
         v.check_int(self.max_iter, "max_iter", low=0)
         v.check_real(self.tol, "tol", low=0.0)
         v.check_real(self.prior_smoothing, "prior_smoothing", low=0.0)
@@ -235,9 +242,14 @@ class FaceEM:
         return X
 
     # ------------------------------------------------------------------ fitting
+    def _n_init(self, n_images):
+        if isinstance(self.n_init, str):
+            return int(np.clip(round(2000 / max(n_images, 1)), 1, 8))
+        return int(self.n_init)
+
     def _starts(self, executor, user, rng):
         src = executor.source
-        n_init = int(self.n_init)
+        n_init = self._n_init(src.n_images)
         if self.warm_start and hasattr(self, "face_"):
             p = src.to_working(self._params())
             return [p]

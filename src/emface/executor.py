@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .engine import chunk_stats, make_plan, resolve_backend, stats_from_q
+from .engine import chunk_stats, make_plan, resolve_backend, stats_from_positions, stats_from_q
 from .engine import costs
 
 __all__ = ["EngineConfig", "LocalExecutor", "single_threaded_blas"]
@@ -84,6 +84,10 @@ class LocalExecutor:
 
             numba.set_num_threads(max(1, min(self.config.workers, numba.config.NUMBA_NUM_THREADS)))
 
+    def running(self):
+        """Context for a whole fit: BLAS on one thread beside the engine's own threads."""
+        return single_threaded_blas()
+
     def _plan(self, params, hard):
         cached = self.source.cache_budget > 0
         return make_plan(params, hard=hard, dtype=self.config.dtype, backend=self.config.backend,
@@ -117,6 +121,24 @@ class LocalExecutor:
                 total = s if total is None else total + s
         return total, full
 
+    def gather_log_joint(self, params, positions, offsets):
+        """log p(x_k, d | θ) at ``d = positions[k] + offset`` for each offset.
+
+        Returns
+        -------
+        ndarray (K, len(offsets)); -inf where a position falls off the grid.
+        """
+        positions = np.asarray(positions)
+        offsets = np.asarray(offsets).reshape(-1, 2)
+        plan = self._plan(params, False)
+        P, Q = plan.grid_shape
+        out = np.full((self.n_images, len(offsets)), -np.inf)
+        with single_threaded_blas():
+            for (a, b), chunk in zip(self.source.bounds, self.source.chunks()):
+                _, lj = chunk_stats(chunk, plan, output="log_joint", per_image=False)
+                out[a:b] = _gather(lj, positions[a:b], offsets, P, Q)
+        return out
+
     def stats_from_q(self, q_of_chunk):
         """M-step statistics under a posterior given per chunk.
 
@@ -133,18 +155,26 @@ class LocalExecutor:
         return total
 
     def stats_from_positions(self, positions):
-        """M-step statistics when every image's face is at the given (row, col)."""
-        H, W = self.image_shape
-        h, w = self.source.face_shape
-        P, Q = H - h + 1, W - w + 1
+        """M-step statistics when every image's face is at the given (row, col): crops, no FFT."""
         positions = np.asarray(positions)
+        h, w = self.source.face_shape
+        total = None
+        for (a, b), chunk in zip(self.source.bounds, self.source.chunks()):
+            s = stats_from_positions(chunk, positions[a:b], (h, w), backend=self.config.backend,
+                                     workers=self.config.workers)
+            total = s if total is None else total + s
+        return total
 
-        def onehot(a, b):
-            q = np.zeros((b - a, P, Q))
-            q[np.arange(b - a), positions[a:b, 0], positions[a:b, 1]] = 1.0
-            return q
 
-        return self.stats_from_q(onehot)
+def _gather(lj, positions, offsets, P, Q):
+    n = lj.shape[0]
+    out = np.full((n, len(offsets)), -np.inf)
+    for t, (di, dj) in enumerate(offsets):
+        r = positions[:, 0] + di
+        c = positions[:, 1] + dj
+        ok = (r >= 0) & (r < P) & (c >= 0) & (c < Q)
+        out[ok, t] = lj[np.flatnonzero(ok), r[ok], c[ok]]
+    return out
 
 
 def default_config(dtype=np.float64, backend=None, route=None, n_jobs=None):

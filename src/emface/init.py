@@ -15,7 +15,7 @@ __all__ = ["random_start", "auto_start", "user_start", "INIT_METHODS"]
 INIT_METHODS = ("auto", "random")
 
 # images used by the data-driven start at most (a random subset beyond)
-_AUTO_MAX_IMAGES = 2000
+_AUTO_MAX_IMAGES = 500
 
 
 def _grid(source):
@@ -38,27 +38,36 @@ def random_start(source, rng):
     return Params(F, B, s, A)
 
 
-def _subset(source, rng):
+def _subset(source, rng, fraction=1.0):
     K = source.n_images
-    if K <= _AUTO_MAX_IMAGES:
+    n = min(_AUTO_MAX_IMAGES, max(1, int(np.ceil(fraction * K))))
+    if n >= K:
         idx = np.arange(K)
     else:
-        idx = np.sort(rng.choice(K, _AUTO_MAX_IMAGES, replace=False))
+        idx = np.sort(rng.choice(K, n, replace=False))
     x = np.asarray(source.data[idx] if not hasattr(source.data, "oindex") else source.data.oindex[idx])
     x = (x.astype(np.float64) - source.offset) / source.scale
     return x
 
 
-def auto_start(source, rng):
+def auto_start(source, rng, fraction=1.0):
     """A data-driven start.
 
     The background is the per-pixel median of the images; each image's face
     position is the window where the image departs most from it; the face is
     the mean of those windows; s is the spread of what is left; A is uniform
     (smoothed towards those positions).
+
+    Parameters
+    ----------
+    source : ArraySource
+    rng : numpy Generator
+    fraction : float
+        Share of the images to use (at most 500 are used in any case); a
+        random half gives restarts that differ from each other.
     """
     H, W, h, w, P, Q = _grid(source)
-    x = _subset(source, rng)
+    x = _subset(source, rng, fraction)
     B = np.median(x, axis=0)
     r = x - B
     energy = kernels.box_sums(r * r, (h, w))  # (n, P, Q)

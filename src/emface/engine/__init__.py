@@ -12,6 +12,7 @@ from .stats import (
     objective,
     params_from,
     resolve_backend,
+    stats_from_positions,
     stats_from_q,
 )
 
@@ -24,5 +25,6 @@ __all__ = [
     "objective",
     "params_from",
     "resolve_backend",
+    "stats_from_positions",
     "stats_from_q",
 ]

@@ -69,18 +69,16 @@ def _logits(corr, sat, logA, boxB2, F2, inv2s2, h, w, out):
     return mx, am
 
 
-# exp(-80) = 1.8e-35: a position this far below the best one weighs less than
-# 1e-35 of it; it gets q = 0 without an exponential. Over any grid under 10^18
-# positions that changes q, N, the entropy and the log-likelihood by less than
-# float64 rounding of their sums.
-LOG_CUTOFF = -80.0
+# exp(x) underflows to exactly 0.0 in float64 below x = -745.14; positions that
+# far below the best one get q = 0 without calling exp, bit for bit as exp would.
+LOG_CUTOFF = -745.2
 
 
 @nb.njit(**_OPTS)
 def _softmax_inplace(out, mx, thr):
     """Turn logits into q in place; return (logsumexp, entropy, max prob, #q > thr).
 
-    One exponential per position within `LOG_CUTOFF` of the maximum, kept and
+    One exponential per position (none where it would underflow), kept and
     then scaled by 1/sum. The entropy is ``log z - sum(e (l - max)) / z``;
     positions with q = 0 (including log A = -inf) contribute nothing.
     """
@@ -308,3 +306,16 @@ def standardize(X, off, inv, out):
         for r in range(xk.shape[0]):
             for c in range(xk.shape[1]):
                 ok[r, c] = (xk[r, c] - off) * inv
+
+
+@nb.njit(parallel=True, **_OPTS)
+def crops_at_positions(X, off, inv, rows, cols, N_part, SF_part, XC_part):
+    """N, S_F and XC of a chunk whose posteriors are one-hot at (rows[k], cols[k])."""
+    n = X.shape[0]
+    n_blocks = N_part.shape[0]
+    for blk in nb.prange(n_blocks):
+        for k in range((blk * n) // n_blocks, ((blk + 1) * n) // n_blocks):
+            i = rows[k]
+            j = cols[k]
+            N_part[blk, i, j] += 1.0
+            _add_crop_one(X[k], off, inv, i, j, SF_part[blk], XC_part[blk])

@@ -30,6 +30,7 @@ __all__ = [
     "make_plan",
     "chunk_stats",
     "stats_from_q",
+    "stats_from_positions",
     "params_from",
     "objective",
     "resolve_backend",
@@ -220,7 +221,8 @@ def _spectra(chunk, plan, xs=None):
 
 
 def _n_blocks(n, workers):
-    return max(1, min(n, 4 * workers))
+    # one block of images per thread: each block owns its partial sums
+    return max(1, min(n, workers))
 
 
 def _correlations(chunk, plan):
@@ -363,6 +365,36 @@ def _chunk_stats_numpy(chunk, plan, output):
         N, S_F, S_F_hat, XC = kernels.accumulate_from_q(xs, q, (h, w), xhat=sp, workers=plan.workers)
     stats = _finish_stats(chunk, plan, N, S_F, S_F_hat, XC, ll, arg, maxp, ent)
     return stats, (q if output is not None else None)
+
+
+def stats_from_positions(chunk, positions, face_shape, *, backend=None, workers=1):
+    """M-step statistics of a chunk whose posteriors are one-hot at `positions` (n, 2).
+
+    The hard-EM statistics without an E-step: sums of crops, no FFT.
+    """
+    backend = resolve_backend(backend)
+    h, w = face_shape
+    H, W = chunk.data.shape[-2:]
+    P, Q = H - h + 1, W - w + 1
+    positions = np.asarray(positions, dtype=np.int64)
+    n = chunk.n
+    if backend != "numba":
+        q = np.zeros((n, P, Q))
+        q[np.arange(n), positions[:, 0], positions[:, 1]] = 1.0
+        return stats_from_q(chunk, q, face_shape, backend=backend, workers=workers)
+    from . import _numba_kernels as nk
+
+    _ensure_moments(chunk, backend)
+    nblk = _n_blocks(n, workers)
+    N_part = np.zeros((nblk, P, Q))
+    SF_part = np.zeros((nblk, h, w))
+    XC_part = np.zeros((nblk, H, W))
+    nk.crops_at_positions(chunk.data, float(chunk.offset), float(chunk.inv_scale),
+                          np.ascontiguousarray(positions[:, 0]), np.ascontiguousarray(positions[:, 1]),
+                          N_part, SF_part, XC_part)
+    c = chunk.cache
+    return Stats(n_images=n, N=N_part.sum(0), S_F=SF_part.sum(0), XC=XC_part.sum(0), SX=c.SX.copy(),
+                 SXX=float(c.SXX), loglik=0.0)
 
 
 def stats_from_q(chunk, q, face_shape, *, backend=None, workers=1):
