@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import math
 import numbers
+import os
 import time
 import warnings
 
@@ -201,6 +202,12 @@ class FaceEM:
                 raise ValueError("n_jobs must be a positive int, -1 or None (all cores), got 0")
         v.check_choice(self.backend, "backend", ("auto", "numba", "numpy"))
         costs.parse_memory(self.max_memory)
+        if self.checkpoint is not None:
+            folder = os.path.dirname(os.path.abspath(os.fspath(self.checkpoint)))
+            if not os.path.isdir(folder):
+                raise ValueError(f"checkpoint folder {folder!r} does not exist")
+            if not os.access(folder, os.W_OK):
+                raise ValueError(f"checkpoint folder {folder!r} is not writable")
 
     def _config(self):
         return EngineConfig(dtype=self.dtype, backend=self.backend, workers=costs.default_workers(self.n_jobs))
@@ -321,6 +328,13 @@ class FaceEM:
         if self.verbose:
             print(f"FaceEM: best objective {self.lower_bound_:.6g} per image after {self.n_iter_} iterations "
                   f"({'converged' if self.converged_ else 'not converged'}) in {self.fit_time_:.2f} s")
+        if best.n_uncovered:
+            warnings.warn(
+                f"{best.n_uncovered} background pixel(s) are covered by the face in every image: "
+                "they have no background evidence and keep their starting values",
+                UserWarning,
+                stacklevel=2,
+            )
         if not self.converged_ and settings.max_iter > 0:
             warnings.warn(
                 f"Best EM run did not converge in max_iter={self.max_iter} iterations (tol={self.tol}). "

@@ -26,13 +26,20 @@ def _grid(source):
 
 def random_start(source, rng):
     """The note's start: every pixel of F and B uniform over the data's range,
-    s from the data's spread, A uniform."""
+    s from the data's spread, A uniform.
+
+    The draws are measured from the end of the range that the data's skewness
+    points away from, so that the start for ``c·X + d`` is exactly ``c·F + d``
+    of the start for X, for negative c too: fits are equivariant.
+    """
     H, W, h, w, P, Q = _grid(source)
     lo, hi = source.working_range()
     if not hi > lo:
         hi = lo + 1.0
-    F = rng.uniform(lo, hi, size=(h, w))
-    B = rng.uniform(lo, hi, size=(H, W))
+    o = source.working_orientation()
+    base, span = (lo, hi - lo) if o > 0 else (hi, lo - hi)
+    F = base + span * rng.random(size=(h, w))
+    B = base + span * rng.random(size=(H, W))
     s = max(source.working_std(), 1e-3 * (hi - lo))
     A = np.full((P, Q), 1.0 / (P * Q))
     return Params(F, B, s, A)

@@ -101,6 +101,7 @@ class ArraySource:
             self._caches.append(ChunkCache(keep_spectra=keep))
         self.data_range = None
         self.data_std = None
+        self.orientation = None
         if moments is not None:
             self.offset, self.scale = float(moments[0]), float(moments[1])
         elif standardize:
@@ -129,10 +130,11 @@ class ArraySource:
         for a, b in self._bounds:
             x = self._read(a, b)
             if check_finite and x.dtype.kind == "f" and not np.isfinite(x).all():
-                bad = int(np.size(x) - np.count_nonzero(np.isfinite(x)))
+                per_image = (~np.isfinite(x)).reshape(len(x), -1).sum(axis=1)
+                first = int(np.flatnonzero(per_image)[0])
                 raise ValueError(
-                    f"X must hold finite values only, but images {a}..{b - 1} contain "
-                    f"{bad} NaN or infinite pixel(s)"
+                    f"X must hold finite values only (NaN and inf are not supported), but image "
+                    f"{a + first} has {int(per_image[first])} NaN or infinite pixel(s)"
                 )
             s = float(np.sum(x, dtype=np.float64))
             if x.size:
@@ -142,10 +144,12 @@ class ArraySource:
             count += x.size
         mean = total / max(count, 1)
         ss = 0.0
+        s3 = 0.0
         for a, b in self._bounds:
             x = self._read(a, b)
             d = x.astype(np.float64) - mean
             ss += float(np.vdot(d, d))
+            s3 += float(np.vdot(d * d, d))
         std = math.sqrt(ss / max(count, 1))
         if not np.isfinite(std) or std <= 0.0 or std < 1e-300:
             scale = max(abs(mean), 1.0) if np.isfinite(mean) else 1.0
@@ -155,6 +159,9 @@ class ArraySource:
             raise ValueError("X holds values too large to sum in float64")
         self.data_range = (lo, hi)
         self.data_std = std
+        # the sign of the data's skewness: random starts drawn relative to it
+        # make fits of X and of -X mirror each other exactly
+        self.orientation = -1.0 if s3 < 0 else 1.0
         return mean, scale
 
     # ------------------------------------------------------------------ chunks
@@ -190,6 +197,12 @@ class ArraySource:
             self._moments(False)
         lo, hi = self.data_range
         return (lo - self.offset) / self.scale, (hi - self.offset) / self.scale
+
+    def working_orientation(self):
+        """+1 or -1: the sign of the data's skewness (see `emface.init.random_start`)."""
+        if self.orientation is None:
+            self._moments(False)
+        return self.orientation
 
     def working_std(self):
         """Standard deviation of all pixels in working units."""

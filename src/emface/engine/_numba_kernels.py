@@ -29,9 +29,10 @@ _OPTS = dict(cache=True, nogil=True, error_model="numpy")
 
 @nb.njit(**_OPTS)
 def _sat_xb(x, off, inv, B, sat):
-    """Fill ``sat`` (H+1, W+1) with the SAT of x'·B; return ||x' - B||²."""
+    """Fill ``sat`` (H+1, W+1) with the SAT of x'·B; return (||x' - B||², ||x'||²)."""
     H, W = x.shape
     rss = 0.0
+    xx = 0.0
     for c in range(W + 1):
         sat[0, c] = 0.0
     for r in range(H):
@@ -44,7 +45,8 @@ def _sat_xb(x, off, inv, B, sat):
             sat[r + 1, c + 1] = sat[r, c + 1] + run
             d = v - b
             rss += d * d
-    return rss
+            xx += v * v
+    return rss, xx
 
 
 @nb.njit(**_OPTS)
@@ -67,6 +69,49 @@ def _logits(corr, sat, logA, boxB2, F2, inv2s2, h, w, out):
                 mx = v
                 am = i * Q + j
     return mx, am
+
+
+@nb.njit(**_OPTS)
+def _window_L(x, off, inv, F, B, i, j):
+    """L(i, j) = Σ_window (x' - F)² - (x' - B)², summed directly (no cancellation)."""
+    h, w = F.shape
+    acc = 0.0
+    for a in range(h):
+        for b in range(w):
+            v = (x[i + a, j + b] - off) * inv
+            d1 = v - F[a, b]
+            d2 = v - B[i + a, j + b]
+            acc += d1 * d1 - d2 * d2
+    return acc
+
+
+# the expanded logits carry a rounding error of about rel_eps·(||F||² + ||x||² + ||B||²)/(2s²)
+# nats; where that exceeds this, the leading positions are recomputed directly
+REFINE_ABOVE = 1e-6
+
+
+@nb.njit(**_OPTS)
+def _refine(x, off, inv, F, B, logA, inv2s2, err, band, out, mx, am):
+    """Recompute the logits near the maximum directly when the fast ones are imprecise.
+
+    At low noise 1/(2s²) magnifies the rounding of the expanded sums; the
+    positions that carry the posterior are few then, and summing their windows
+    directly makes q and the log-likelihood exact to float64.
+    """
+    P, Q = out.shape
+    cut = mx - band - 2.0 * err
+    nmx = -np.inf
+    nam = am
+    for i in range(P):
+        for j in range(Q):
+            v = out[i, j]
+            if v > cut:
+                v = logA[i, j] - _window_L(x, off, inv, F, B, i, j) * inv2s2
+                out[i, j] = v
+            if v > nmx:
+                nmx = v
+                nam = i * Q + j
+    return nmx, nam
 
 
 # exp(x) underflows to exactly 0.0 in float64 below x = -745.14; positions that
@@ -168,8 +213,8 @@ def _add_coverage_xc(x, off, inv, q, satq, XC):
 
 @nb.njit(parallel=True, **_OPTS)
 def fused_pass(
-    X, off, inv, corr, out, logA, boxB2, B, F2, inv2s2, log_const, hard, mode, thr,
-    max_sparse, N_part, SF_part, XC_part, dense, pos, ll, maxp, ent,
+    X, off, inv, corr, out, logA, boxB2, B, F, F2, BB, inv2s2, log_const, hard, mode, thr,
+    max_sparse, rel_eps, band, N_part, SF_part, XC_part, dense, pos, ll, maxp, ent,
 ):
     """One E-step and the M-step sums for a chunk.
 
@@ -181,8 +226,9 @@ def fused_pass(
         May be the same array as `corr` when that is float64.
     logA, boxB2 : (P, Q) float64
     B : (H, W) float64
-    F2, inv2s2, log_const : float
-        ||F||², 1/(2s²) and -HW/2·log(2πs²).
+    F : (h, w) float64
+    F2, BB, inv2s2, log_const : float
+        ||F||², ||B||², 1/(2s²) and -HW/2·log(2πs²).
     hard : bool
     mode : int
         0: posterior and sums; 1: only the log joint (no sums).
@@ -190,6 +236,11 @@ def fused_pass(
         Smallest q that counts in the sparse sums.
     max_sparse : int
         Images with more positions above `thr` go to the dense route.
+    rel_eps, band : float
+        Relative rounding of the correlations (about 1e-13 in float64, 1e-6 in
+        float32), which sets when the logits within `band` nats (plus twice
+        the rounding) of the best are recomputed directly: 40 in float64
+        (q exact to float64), 2 in float32 (the arg-max and leading q exact).
     N_part, SF_part, XC_part : (n_blocks, ...) float64, zeroed
         Partial sums, one per block.
     dense : (n,) uint8, out -- 1 where the dense route must finish S_F and XC.
@@ -209,9 +260,12 @@ def fused_pass(
         XCb = XC_part[blk]
         for k in range(k0, k1):
             x = X[k]
-            rss = _sat_xb(x, off, inv, B, sat)
+            rss, xx = _sat_xb(x, off, inv, B, sat)
             o = out[k]
             mx, am = _logits(corr[k], sat, logA, boxB2, F2, inv2s2, h, w, o)
+            err = rel_eps * (F2 + xx + BB) * inv2s2
+            if err > REFINE_ABOVE and mx > -np.inf:
+                mx, am = _refine(x, off, inv, F, B, logA, inv2s2, err, band, o, mx, am)
             pos[k] = am
             base = log_const - rss * inv2s2
             if mode == 1:

@@ -100,6 +100,7 @@ class Plan:
     logA: np.ndarray
     box_b2: np.ndarray
     face_sq: float
+    bg_sq: float
     inv2s2: float
     log_const: float
     fhat_conj: np.ndarray | None
@@ -167,6 +168,7 @@ def make_plan(params, *, hard=False, dtype=np.float64, backend=None, route=None,
         logA=logA,
         box_b2=box_b2,
         face_sq=float(np.dot(params.face.ravel(), params.face.ravel())),
+        bg_sq=float(np.dot(B.ravel(), B.ravel())),
         inv2s2=1.0 / (2.0 * s2),
         log_const=-0.5 * H * W * (_LOG_2PI + math.log(s2)),
         fhat_conj=fhat,
@@ -313,10 +315,12 @@ def _chunk_stats_numba(chunk, plan, output):
     ent = np.empty(n)
     mode = 1 if output == "log_joint" else 0
     B = plan.params.background
+    rel_eps, band = (1e-6, 2.0) if corr.dtype == np.float32 else (1e-13, 40.0)
     nk.fused_pass(
         chunk.data, float(chunk.offset), float(chunk.inv_scale), corr, out, plan.logA,
-        plan.box_b2, B, plan.face_sq, plan.inv2s2, plan.log_const, plan.hard, mode,
-        Q_THRESHOLD, plan.max_sparse, N_part, SF_part, XC_part, dense, arg, ll, maxp, ent,
+        plan.box_b2, B, plan.params.face, plan.face_sq, plan.bg_sq, plan.inv2s2, plan.log_const,
+        plan.hard, mode, Q_THRESHOLD, plan.max_sparse, rel_eps, band, N_part, SF_part, XC_part, dense,
+        arg, ll, maxp, ent,
     )
     S_F_hat = None
     if mode == 0:
