@@ -21,7 +21,7 @@ for k in range(K):
     X[k, rows[k]:rows[k] + h, cols[k]:cols[k] + w] = face
 X += rng.normal(0, s, X.shape)
 
-est = FaceEM((h, w), init="auto", shift_escape=True, random_state=0).fit(X)
+est = FaceEM((h, w), random_state=0).fit(X)  # defaults: data-driven start, shift escape
 pos = est.predict(X)
 print(f"positions exactly right: {np.mean((pos[:, 0] == rows) & (pos[:, 1] == cols)):.1%}")
 print(f"noise: estimated {est.noise_std_:.2f}, true {s}")

@@ -1,0 +1,358 @@
+"""The ``emface`` command: image stacks in, pictures and a report out.
+
+    emface fit INPUT --face-shape HxW --out DIR     fit, write pictures, tables, model and report
+    emface predict MODEL INPUT --out FILE.csv       positions of new images under a saved model
+    emface generate --out FILE.npy ...              a synthetic stack, the truth saved beside it
+    emface demo --out DIR                           the note's experiments on a bundled example
+
+Bad input ends with exit code 2 and one line on stderr; Ctrl-C writes what has
+been computed so far and ends with exit code 130.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import time
+import warnings
+
+import click
+import numpy as np
+
+from ._version import __version__
+from .io import InputError
+
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+
+
+class Interrupted(Exception):
+    """Ctrl-C after partial results were written."""
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def _parse_shape(ctx, param, value):
+    if value is None:
+        return None
+    m = re.fullmatch(r"\s*(\d+)\s*[xX,*]\s*(\d+)\s*", str(value))
+    if not m or int(m.group(1)) < 1 or int(m.group(2)) < 1:
+        raise click.BadParameter(f"expected HxW with two positive integers, such as 48x40; got {value!r}",
+                                 param_hint=f"'--{param.name.replace('_', '-')}'")
+    return int(m.group(1)), int(m.group(2))
+
+
+def _prepare_out_dir(path):
+    """Create the output folder now, so a long fit never ends on an unwritable folder."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create the output folder {path}: {exc.strerror or exc}") from None
+    if not os.path.isdir(path):
+        raise InputError(f"{path} exists and is not a folder")
+    probe = os.path.join(path, f".emface-write-test-{os.getpid()}")
+    try:
+        with open(probe, "w") as fh:
+            fh.write("ok")
+        os.unlink(probe)
+    except OSError as exc:
+        raise InputError(f"cannot write to the output folder {path}: {exc.strerror or exc}") from None
+
+
+def _prepare_out_file(path):
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise InputError(f"cannot write {path}: the folder {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise InputError(f"cannot write {path}: the folder {folder} is not writable")
+
+
+class _Progress:
+    """One progress bar per EM run, showing the current objective."""
+
+    def __init__(self, n_runs, max_iter, quiet):
+        self.n_runs = n_runs
+        self.max_iter = max_iter
+        self.quiet = quiet
+        self.bar = None
+        self.run = None
+
+    def __call__(self, info):
+        if self.quiet:
+            return
+        from tqdm.auto import tqdm
+
+        if info["run"] != self.run:
+            self.close()
+            self.run = info["run"]
+            self.bar = tqdm(total=self.max_iter, desc=f"run {self.run + 1}/{self.n_runs}", unit="it",
+                            leave=True, file=sys.stderr, dynamic_ncols=True)
+        n = min(info["iter"], self.max_iter)
+        self.bar.update(n - self.bar.n)
+        self.bar.set_postfix_str(f"objective {info['objective']:.6g}")
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _echo(quiet, msg):
+    if not quiet:
+        click.echo(msg, err=True)
+
+
+# ----------------------------------------------------------------------------- commands
+
+@click.group(context_settings=dict(help_option_names=["-h", "--help"], max_content_width=100))
+@click.version_option(__version__, prog_name="emface")
+def cli():
+    """Recover an object seen at unknown positions in many noisy images, by EM."""
+
+
+@cli.command()
+@click.argument("input", metavar="INPUT")
+@click.option("--face-shape", required=True, callback=_parse_shape, metavar="HxW",
+              help="Size of the face (object), e.g. 48x40.")
+@click.option("--out", "out_dir", required=True, metavar="DIR", help="Folder for pictures, tables, model and report.")
+@click.option("--hard", is_flag=True, help="Hard (MAP) EM instead of soft EM.")
+@click.option("--restarts", type=click.IntRange(min=1), default=None,
+              help="EM runs from different starts [default: auto, more for small stacks].")
+@click.option("--smoothing", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="Prior smoothing: a pseudo-count added to every position of A.")
+@click.option("--max-iter", type=click.IntRange(min=0), default=100, show_default=True)
+@click.option("--tol", type=click.FloatRange(min=0), default=1e-3, show_default=True,
+              help="Stop when the per-image objective changes by less.")
+@click.option("--seed", type=int, default=None, help="Random seed.")
+@click.option("--init", type=click.Choice(["auto", "random"]), default="auto", show_default=True)
+@click.option("--dtype", type=click.Choice(["float64", "float32"]), default="float64", show_default=True)
+@click.option("--layout", type=click.Choice(["khw", "hwk"]), default="khw", show_default=True,
+              help="Axis order of .npy/.npz input: images first (khw) or last (hwk).")
+@click.option("--no-shift-escape", is_flag=True, help="Do not try shifted faces after convergence.")
+@click.option("--n-jobs", type=int, default=None, help="Threads [default: all cores].")
+@click.option("--max-memory", default=None, metavar="SIZE", help="Bound on the engine's memory, e.g. 2GB.")
+@click.option("--checkpoint", default=None, metavar="FILE.npz", help="Save the best state so far as it runs.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar or messages.")
+def fit(input, face_shape, out_dir, hard, restarts, smoothing, max_iter, tol, seed, init, dtype, layout,
+        no_shift_escape, n_jobs, max_memory, checkpoint, quiet):
+    """Fit the model to the image stack INPUT and write the results to DIR.
+
+    INPUT is a .npy or .npz array, a multi-page TIFF, a folder of PNG/JPEG/TIFF
+    frames (natural sort order), a video file, a zarr store or an HDF5 file.
+    """
+    from .estimator import FaceEM
+    from .io import load_stack
+
+    _prepare_out_dir(out_dir)
+    X, names = load_stack(input, layout=layout)
+    K, H, W = (int(v) for v in X.shape)
+    h, w = face_shape
+    if h > H or w > W:
+        raise InputError(f"--face-shape {h}x{w} is larger than the frames ({H}x{W})")
+    est = FaceEM((h, w), hard=hard, n_init="auto" if restarts is None else restarts, max_iter=max_iter,
+                 tol=tol, prior_smoothing=smoothing, init=init, random_state=seed,
+                 shift_escape=not no_shift_escape, dtype=np.dtype(dtype), n_jobs=n_jobs,
+                 max_memory=max_memory, checkpoint=checkpoint)
+    n_runs = est._n_init(K)
+    progress = _Progress(n_runs, max_iter, quiet)
+    est.set_params(callback=progress)
+    _echo(quiet, f"emface: {K} images of {H}x{W}, face {h}x{w}, {'hard' if hard else 'soft'} EM, "
+                 f"{n_runs} run(s)")
+    interrupted = False
+    t0 = time.perf_counter()
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            est.fit(X)
+    except KeyboardInterrupt:
+        interrupted = True
+        caught = []
+    finally:
+        progress.close()
+    elapsed = time.perf_counter() - t0
+    if not hasattr(est, "face_"):
+        raise Interrupted("interrupted before the first iteration finished; nothing to write")
+    for w_ in caught:
+        _echo(quiet, f"emface: warning: {w_.message}")
+    est.set_params(callback=None)
+    _write_fit_outputs(out_dir, est, X, names, input, elapsed, interrupted, quiet)
+    if interrupted:
+        raise Interrupted(f"interrupted: wrote the best state so far to {out_dir}")
+    _echo(quiet, f"emface: wrote {out_dir}/report.html ({elapsed:.1f} s)")
+
+
+def _posterior_table(est, X):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _, stats, _ = est._pass(X)
+    return stats
+
+
+def _write_fit_outputs(out_dir, est, X, names, input, elapsed, interrupted, quiet):
+    from .io import write_positions
+    from .report import write_fit_pictures, write_html
+
+    stats = _posterior_table(est, X)
+    write_positions(os.path.join(out_dir, "positions.csv"), stats.positions, stats.max_prob, stats.entropy, names)
+    est.save(os.path.join(out_dir, "model.npz"))
+    pics = write_fit_pictures(out_dir, est)
+    K, H, W = (int(v) for v in X.shape)
+    h, w = est.face_.shape
+    summary = [
+        ("input", os.fspath(input)),
+        ("images", f"{K} of {H}x{W}"),
+        ("face", f"{h}x{w}"),
+        ("EM", ("hard (MAP)" if est.hard else "soft") + (f", prior smoothing {est.prior_smoothing:g}" if est.prior_smoothing else "")),
+        ("runs", len(est.runs_)),
+        ("best run", est.best_run_),
+        ("iterations", est.n_iter_),
+        ("converged", "no (interrupted)" if interrupted else ("yes" if est.converged_ else "no")),
+        ("objective per image", f"{est.lower_bound_:.6g}"),
+        ("noise s", f"{est.noise_std_:.6g}"),
+        ("mean posterior probability of the chosen position", f"{np.mean(stats.max_prob):.4f}"),
+        ("time", f"{elapsed:.1f} s"),
+    ]
+    runs = [(r["run"], r["n_iter"], "yes" if r["converged"] else "no", f"{r['objectives'][-1]:.6g}",
+             ", ".join(str(e) for e in r.get("escapes", [])) or "-") for r in est.runs_]
+    first = [(k, "" if names is None else names[k], int(stats.positions[k, 0]), int(stats.positions[k, 1]),
+              f"{stats.max_prob[k]:.4f}", f"{stats.entropy[k]:.3g}") for k in range(min(K, 25))]
+    side = max(h, w)
+    write_html(
+        os.path.join(out_dir, "report.html"),
+        "emface fit",
+        subtitle=f"{os.path.basename(os.fspath(input))}: {K} images",
+        notes=["The objective is the mean per-image log-likelihood (soft EM) or MAP joint (hard EM)"
+               + (", plus the smoothing prior's term." if est.prior_smoothing else ".")]
+        + (["The fit was interrupted: these are the best parameters found so far."] if interrupted else []),
+        pictures=[
+            ("face", pics["face.png"], max(192, 4 * side) if side < 64 else None, True),
+            ("background", pics["background.png"], max(320, 2 * W) if W < 200 else None, True),
+            ("prior A", pics["prior.png"], None, False),
+            ("objective per iteration", pics["objective.png"], None, False),
+        ],
+        tables=[
+            ("Summary", summary, None),
+            ("Runs", runs, ("run", "iterations", "converged", "final objective", "escapes")),
+            (f"Positions (first {len(first)} of {K}; all in positions.csv)", first,
+             ("index", "file", "row", "col", "probability", "entropy")),
+        ],
+    )
+
+
+@cli.command()
+@click.argument("model", metavar="MODEL")
+@click.argument("input", metavar="INPUT")
+@click.option("--out", "out_file", required=True, metavar="FILE.csv")
+@click.option("--layout", type=click.Choice(["khw", "hwk"]), default="khw", show_default=True)
+@click.option("-q", "--quiet", is_flag=True)
+def predict(model, input, out_file, layout, quiet):
+    """Positions of the face in the images INPUT under the saved MODEL (model.npz)."""
+    from .estimator import FaceEM
+    from .io import load_stack, write_positions
+
+    if not os.path.isfile(model):
+        raise InputError(f"{model}: no such model file")
+    try:
+        est = FaceEM.load(model)
+    except (ValueError, OSError, KeyError) as exc:
+        raise InputError(f"{model}: not an emface model ({exc})") from None
+    _prepare_out_file(out_file)
+    X, names = load_stack(input, layout=layout)
+    if tuple(X.shape[1:3]) != est.background_.shape:
+        H, W = est.background_.shape
+        raise InputError(f"{input}: frames are {X.shape[1]}x{X.shape[2]} but the model was fitted on {H}x{W}")
+    stats = _posterior_table(est, X)
+    write_positions(out_file, stats.positions, stats.max_prob, stats.entropy, names)
+    _echo(quiet, f"emface: wrote positions of {len(stats.positions)} images to {out_file}")
+
+
+@cli.command()
+@click.option("--out", "out_file", required=True, metavar="FILE.npy")
+@click.option("--n-images", type=click.IntRange(min=1), default=1000, show_default=True)
+@click.option("--image-shape", callback=_parse_shape, default="100x120", show_default=True, metavar="HxW")
+@click.option("--face-shape", callback=_parse_shape, default="40x32", show_default=True, metavar="HxW")
+@click.option("--noise", type=click.FloatRange(min=0), default=1.0, show_default=True,
+              help="Noise standard deviation relative to the face's contrast.")
+@click.option("--prior", type=click.Choice(["uniform", "band", "blob"]), default="uniform", show_default=True)
+@click.option("--face", default="astronaut", show_default=True, help="Face photo (a bundled name or an image file).")
+@click.option("--background", default="camera", show_default=True, help="Background photo (name or file).")
+@click.option("--dtype", type=click.Choice(["float64", "float32", "uint8"]), default="float64", show_default=True)
+@click.option("--seed", type=int, default=None)
+@click.option("-q", "--quiet", is_flag=True)
+def generate(out_file, n_images, image_shape, face_shape, noise, prior, face, background, dtype, seed, quiet):
+    """Write a synthetic stack made from photographs, and its truth beside it (FILE.truth.npz)."""
+    from .datasets import PHOTOS, make_faces
+    from .io import _read_image
+
+    _prepare_out_file(out_file)
+    if face_shape[0] > image_shape[0] or face_shape[1] > image_shape[1]:
+        raise InputError(f"--face-shape {face_shape[0]}x{face_shape[1]} is larger than "
+                         f"--image-shape {image_shape[0]}x{image_shape[1]}")
+    photos = [p if p in PHOTOS else _read_image(p) for p in (face, background)]
+    X, truth = make_faces(n_images, image_shape, face_shape, face=photos[0], background=photos[1], noise=noise,
+                          prior=prior, dtype=np.dtype(dtype), random_state=seed)
+    np.save(out_file, X)
+    stem = out_file[:-4] if out_file.endswith(".npy") else out_file
+    np.savez(stem + ".truth.npz", face=truth.face, background=truth.background, noise_std=truth.noise_std,
+             prior=truth.prior, positions=truth.positions)
+    _echo(quiet, f"emface: wrote {X.shape[0]} images of {X.shape[1]}x{X.shape[2]} to {out_file} "
+                 f"and the truth to {stem}.truth.npz")
+
+
+@cli.command()
+@click.option("--out", "out_dir", default="emface-demo", show_default=True, metavar="DIR")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("-q", "--quiet", is_flag=True)
+def demo(out_dir, seed, quiet):
+    """Reproduce the note's experiments on a bundled example made from real photographs.
+
+    Hard EM from one random start, hard EM for 10 iterations, soft EM with 10
+    restarts, hard EM with prior smoothing 100, emface's defaults, and the truth:
+    one figure grid with each run's face, background and objective, and a report.
+    """
+    from .demo import run_demo
+
+    _prepare_out_dir(out_dir)
+    run_demo(out_dir, seed=seed, quiet=quiet, echo=lambda m: _echo(quiet, m))
+
+
+# ----------------------------------------------------------------------------- entry point
+
+def _one_line(msg):
+    return " ".join(str(msg).split())
+
+
+def main(argv=None):
+    """Run the command line; exit 2 with one line on bad input, 130 on Ctrl-C."""
+    try:
+        rv = cli.main(args=argv, prog_name="emface", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("emface: interrupted", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    except KeyboardInterrupt:
+        click.echo("emface: interrupted", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    except Interrupted as exc:
+        click.echo(f"emface: {_one_line(exc)}", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    except click.exceptions.UsageError as exc:
+        hint = f" (see: emface {exc.ctx.info_name} --help)" if exc.ctx is not None and exc.ctx.info_name != "emface" else \
+            " (see: emface --help)"
+        click.echo(f"emface: error: {_one_line(exc.format_message())}{hint}", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+    except click.ClickException as exc:
+        click.echo(f"emface: error: {_one_line(exc.format_message())}", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+    except (InputError, ValueError, MemoryError) as exc:
+        click.echo(f"emface: error: {_one_line(exc)}", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+    except OSError as exc:
+        where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+        click.echo(f"emface: error: {where}{_one_line(exc.strerror or exc)}", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+    sys.exit(rv if isinstance(rv, int) else 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,249 @@
+"""End-to-end tests of the emface command on tiny generated stacks."""
+
+import csv
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import optional
+from emface.datasets import make_faces
+
+K, IMG, FACE = 40, (24, 30), (10, 8)
+
+
+def run(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "emface.cli", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def stack():
+    X, truth = make_faces(K, IMG, FACE, noise=0.5, random_state=1)
+    return X, truth
+
+
+def _check_outputs(out, truth, names=None):
+    for f in ("face.png", "background.png", "prior.png", "objective.png", "positions.csv", "model.npz",
+              "report.html"):
+        assert (out / f).is_file() and (out / f).stat().st_size > 0, f
+    with open(out / "positions.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == K
+    assert list(rows[0]) == ["index", "file", "row", "col", "probability", "entropy"]
+    pos = np.array([[int(r["row"]), int(r["col"])] for r in rows])
+    assert np.mean((pos == truth.positions).all(axis=1)) >= 0.95
+    assert all(0 <= float(r["probability"]) <= 1 for r in rows)
+    if names is not None:
+        assert [r["file"] for r in rows] == names
+    with np.load(out / "model.npz") as z:
+        assert z["face"].shape == FACE and z["background"].shape == IMG
+        assert "history" in z.files
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 4 and "http://" not in html and "https://" not in html
+
+
+def test_fit_npy(tmp_path, stack):
+    X, truth = stack
+    np.save(tmp_path / "s.npy", X)
+    r = run("fit", tmp_path / "s.npy", "--face-shape", "10x8", "--out", tmp_path / "out", "--seed", 0)
+    assert r.returncode == 0, r.stderr
+    assert "run 1/" in r.stderr and "objective" in r.stderr  # the progress bar
+    _check_outputs(tmp_path / "out", truth)
+
+
+def test_fit_quiet_hard_options(tmp_path, stack):
+    X, truth = stack
+    np.save(tmp_path / "s.npy", X)
+    r = run("fit", tmp_path / "s.npy", "--face-shape", "10x8", "--out", tmp_path / "o", "--hard", "--restarts", 2,
+            "--smoothing", 4, "--max-iter", 30, "--tol", 1e-4, "--init", "random", "--dtype", "float32", "-q")
+    assert r.returncode == 0, r.stderr
+    assert r.stderr == "" and r.stdout == ""
+    with np.load(tmp_path / "o" / "model.npz") as z:
+        import json
+
+        meta = json.loads(str(z["meta"]))
+    assert meta["settings"]["hard"] is True and meta["settings"]["n_init"] == 2
+    assert meta["settings"]["prior_smoothing"] == 4.0 and meta["settings"]["dtype"] == "float32"
+
+
+def test_fit_npz_and_hwk_layout(tmp_path, stack):
+    X, truth = stack
+    np.savez(tmp_path / "s.npz", images=np.moveaxis(X, 0, -1))
+    r = run("fit", tmp_path / "s.npz", "--face-shape", "10x8", "--out", tmp_path / "out", "--layout", "hwk", "-q")
+    assert r.returncode == 0, r.stderr
+    _check_outputs(tmp_path / "out", truth)
+
+
+def test_fit_multipage_tiff(tmp_path, stack):
+    tifffile = optional("tifffile")
+    X, truth = stack
+    tifffile.imwrite(tmp_path / "s.tif", X.astype(np.float32))
+    r = run("fit", tmp_path / "s.tif", "--face-shape", "10x8", "--out", tmp_path / "out", "-q")
+    assert r.returncode == 0, r.stderr
+    _check_outputs(tmp_path / "out", truth)
+
+
+def test_fit_folder_of_frames_in_natural_order(tmp_path, stack):
+    iio = optional("imageio.v3")
+    X, truth = stack
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    u8 = np.clip(np.round(X), 0, 255).astype(np.uint8)
+    names = [f"frame{k}.png" for k in range(K)]  # frame2 before frame10: natural order
+    for k, n in enumerate(names):
+        # colour frames are converted to grey
+        iio.imwrite(frames / n, np.repeat(u8[k][..., None], 3, axis=2))
+    r = run("fit", frames, "--face-shape", "10x8", "--out", tmp_path / "out", "-q")
+    assert r.returncode == 0, r.stderr
+    _check_outputs(tmp_path / "out", truth, names)
+
+
+def test_fit_video(tmp_path, stack):
+    optional("imageio_ffmpeg")
+    import imageio.v3 as iio
+
+    X, truth = make_faces(K, (48, 64), (20, 16), noise=0.3, random_state=2)
+    u8 = np.clip(np.round(X), 0, 255).astype(np.uint8)
+    iio.imwrite(tmp_path / "v.avi", np.repeat(u8[..., None], 3, axis=3), plugin="FFMPEG", codec="ffv1", fps=10)
+    r = run("fit", tmp_path / "v.avi", "--face-shape", "20x16", "--out", tmp_path / "out", "-q")
+    assert r.returncode == 0, r.stderr
+    with open(tmp_path / "out" / "positions.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    pos = np.array([[int(r["row"]), int(r["col"])] for r in rows])
+    assert len(rows) == K and np.mean((pos == truth.positions).all(axis=1)) >= 0.9
+
+
+def test_predict_and_generate(tmp_path):
+    r = run("generate", "--out", tmp_path / "g.npy", "--n-images", 30, "--image-shape", "24x30",
+            "--face-shape", "10x8", "--noise", 0.4, "--seed", 5, "--prior", "band", "-q")
+    assert r.returncode == 0, r.stderr
+    X = np.load(tmp_path / "g.npy")
+    with np.load(tmp_path / "g.truth.npz") as t:
+        truth_pos = t["positions"]
+        assert t["face"].shape == (10, 8) and t["prior"].shape == (15, 23)
+    assert X.shape == (30, 24, 30)
+    r = run("fit", tmp_path / "g.npy", "--face-shape", "10x8", "--out", tmp_path / "m", "-q")
+    assert r.returncode == 0, r.stderr
+    r = run("predict", tmp_path / "m" / "model.npz", tmp_path / "g.npy", "--out", tmp_path / "p.csv")
+    assert r.returncode == 0, r.stderr
+    with open(tmp_path / "p.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    pos = np.array([[int(r["row"]), int(r["col"])] for r in rows])
+    assert np.mean((pos == truth_pos).all(axis=1)) >= 0.95
+
+
+def test_version_and_help():
+    r = run("--version")
+    assert r.returncode == 0 and "emface" in r.stdout
+    r = run("fit", "--help")
+    assert r.returncode == 0 and "--face-shape" in r.stdout
+
+
+# ------------------------------------------------------------------------------ errors
+
+def _bad(r, *phrases):
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert "Traceback" not in r.stderr
+    for p in phrases:
+        assert p in lines[0], lines[0]
+    return lines[0]
+
+
+def test_error_missing_file(tmp_path):
+    _bad(run("fit", tmp_path / "nope.npy", "--face-shape", "4x4", "--out", tmp_path / "o"), "no such file")
+
+
+def test_error_unreadable_file(tmp_path, stack):
+    p = tmp_path / "locked.npy"
+    np.save(p, stack[0])
+    if os.geteuid() == 0:  # root reads anything: a dangling link is the unreadable file here
+        p.unlink()
+        p.symlink_to(tmp_path / "gone.npy")
+        _bad(run("fit", p, "--face-shape", "4x4", "--out", tmp_path / "o"), "no such file")
+    else:
+        p.chmod(0)
+        _bad(run("fit", p, "--face-shape", "4x4", "--out", tmp_path / "o"), "not readable")
+
+
+def test_error_truncated_npy(tmp_path, stack):
+    p = tmp_path / "t.npy"
+    np.save(p, stack[0])
+    data = p.read_bytes()
+    p.write_bytes(data[: len(data) // 2])
+    _bad(run("fit", p, "--face-shape", "4x4", "--out", tmp_path / "o"), "truncated or damaged .npy")
+
+
+def test_error_image_that_is_not_an_image(tmp_path):
+    frames = tmp_path / "f"
+    frames.mkdir()
+    (frames / "a.png").write_text("this is not a picture")
+    _bad(run("fit", frames, "--face-shape", "4x4", "--out", tmp_path / "o"), "not an image this tool can read")
+    (tmp_path / "b.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    _bad(run("fit", tmp_path / "b.png", "--face-shape", "4x4", "--out", tmp_path / "o"), "not an image")
+
+
+def test_error_frames_of_different_sizes(tmp_path):
+    iio = optional("imageio.v3")
+    frames = tmp_path / "f"
+    frames.mkdir()
+    iio.imwrite(frames / "1.png", np.zeros((10, 12), np.uint8))
+    iio.imwrite(frames / "2.png", np.zeros((10, 13), np.uint8))
+    _bad(run("fit", frames, "--face-shape", "4x4", "--out", tmp_path / "o"),
+         "frames differ in size", "1.png is 10x12", "2.png is 10x13")
+
+
+def test_error_face_larger_than_frames(tmp_path, stack):
+    np.save(tmp_path / "s.npy", stack[0])
+    _bad(run("fit", tmp_path / "s.npy", "--face-shape", "25x8", "--out", tmp_path / "o"),
+         "--face-shape 25x8 is larger than the frames (24x30)")
+
+
+@pytest.mark.parametrize("shape", ["10", "10x", "ax8", "0x8", "10x-8", "10x8x2"])
+def test_error_malformed_face_shape(tmp_path, stack, shape):
+    np.save(tmp_path / "s.npy", stack[0])
+    _bad(run("fit", tmp_path / "s.npy", "--face-shape", shape, "--out", tmp_path / "o"),
+         "--face-shape", "expected HxW with two positive integers")
+
+
+def test_error_output_folder_cannot_be_written(tmp_path, stack):
+    np.save(tmp_path / "s.npy", stack[0])
+    (tmp_path / "file").write_text("x")
+    _bad(run("fit", tmp_path / "s.npy", "--face-shape", "4x4", "--out", tmp_path / "file" / "out"),
+         "cannot create the output folder")
+
+
+def test_error_unknown_option(tmp_path):
+    _bad(run("fit", "x.npy", "--face-shape", "4x4", "--out", tmp_path, "--frobnicate"), "No such option")
+
+
+def test_ctrl_c_writes_partial_results_and_exits_130(tmp_path):
+    X, truth = make_faces(3000, (64, 64), (24, 24), noise=1.5, random_state=0)
+    np.save(tmp_path / "big.npy", X)
+    proc = subprocess.Popen([sys.executable, "-m", "emface.cli", "fit", str(tmp_path / "big.npy"),
+                             "--face-shape", "24x24", "--out", str(tmp_path / "out"), "--init", "random",
+                             "--restarts", "3", "--tol", "0", "--max-iter", "1000"],
+                            stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    # wait until the progress bar shows iterations, then press Ctrl-C
+    import signal
+    import time
+
+    buf = ""
+    t0 = time.time()
+    while time.time() - t0 < 120:
+        ch = proc.stderr.read(1)
+        if not ch:
+            break
+        buf += ch
+        if "objective" in buf and buf.count("it/s") + buf.count("s/it") >= 1:
+            break
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, (proc.returncode, err[-2000:])
+    assert "interrupted" in err
+    assert (tmp_path / "out" / "model.npz").is_file() and (tmp_path / "out" / "report.html").is_file()
+    assert "interrupted" in (tmp_path / "out" / "report.html").read_text()
