@@ -126,16 +126,19 @@ def cli():
               help="Stop when the per-image objective changes by less.")
 @click.option("--seed", type=int, default=None, help="Random seed.")
 @click.option("--init", type=click.Choice(["auto", "random"]), default="auto", show_default=True)
-@click.option("--dtype", type=click.Choice(["float64", "float32"]), default="float64", show_default=True)
+@click.option("--dtype", type=click.Choice(["auto", "float64", "float32"]), default="auto", show_default=True,
+              help="Precision of the correlations (auto: float64 on the CPU, float32 on a GPU).")
 @click.option("--layout", type=click.Choice(["khw", "hwk"]), default="khw", show_default=True,
               help="Axis order of .npy/.npz input: images first (khw) or last (hwk).")
+@click.option("--device", default="cpu", show_default=True, help="cpu, or cuda / cuda:N for an NVIDIA GPU.")
+@click.option("--scheduler", default=None, metavar="ADDRESS", help="Fit on this Dask cluster.")
 @click.option("--no-shift-escape", is_flag=True, help="Do not try shifted faces after convergence.")
 @click.option("--n-jobs", type=int, default=None, help="Threads [default: all cores].")
 @click.option("--max-memory", default=None, metavar="SIZE", help="Bound on the engine's memory, e.g. 2GB.")
 @click.option("--checkpoint", default=None, metavar="FILE.npz", help="Save the best state so far as it runs.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or messages.")
 def fit(input, face_shape, out_dir, hard, restarts, smoothing, max_iter, tol, seed, init, dtype, layout,
-        no_shift_escape, n_jobs, max_memory, checkpoint, quiet):
+        device, scheduler, no_shift_escape, n_jobs, max_memory, checkpoint, quiet):
     """Fit the model to the image stack INPUT and write the results to DIR.
 
     INPUT is a .npy or .npz array, a multi-page TIFF, a folder of PNG/JPEG/TIFF
@@ -152,8 +155,8 @@ def fit(input, face_shape, out_dir, hard, restarts, smoothing, max_iter, tol, se
         raise InputError(f"--face-shape {h}x{w} is larger than the frames ({H}x{W})")
     est = FaceEM((h, w), hard=hard, n_init="auto" if restarts is None else restarts, max_iter=max_iter,
                  tol=tol, prior_smoothing=smoothing, init=init, random_state=seed,
-                 shift_escape=not no_shift_escape, dtype=np.dtype(dtype), n_jobs=n_jobs,
-                 max_memory=max_memory, checkpoint=checkpoint)
+                 shift_escape=not no_shift_escape, dtype=None if dtype == "auto" else np.dtype(dtype),
+                 n_jobs=n_jobs, max_memory=max_memory, checkpoint=checkpoint, device=device, scheduler=scheduler)
     n_runs = est._n_init(K)
     progress = _Progress(n_runs, max_iter, quiet)
     est.set_params(callback=progress)

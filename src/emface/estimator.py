@@ -83,8 +83,9 @@ class FaceEM:
         After convergence, try the face shifted by a few pixels (all images, or
         the group of images whose second choice lies in one direction) and keep
         moves that raise the objective; EM then continues.
-    dtype : {np.float64, np.float32}, default=np.float64
-        Precision of the correlations; statistics are always float64.
+    dtype : {None, np.float64, np.float32}, default=None
+        Precision of the correlations; statistics are always float64. None:
+        float64 on the CPU, float32 on a GPU.
     n_jobs : int or None, default=None
         Threads; None or -1 for all cores.
     backend : {"auto", "numba", "numpy"}, default="auto"
@@ -97,6 +98,12 @@ class FaceEM:
         Smallest s, relative to the data's standard deviation.
     callback : callable(dict), optional
         Called after every iteration with ``run``, ``iter``, ``objective``, ``params``.
+    device : str, default="cpu"
+        ``"cuda"`` (or ``"cuda:N"``) runs the engine on an NVIDIA GPU through
+        PyTorch (the ``gpu`` extra); ``"cpu"`` uses the fused CPU kernels.
+    scheduler : str or distributed.Client, optional
+        Fit on this Dask cluster (an address such as ``"tcp://host:8786"``).
+        A dask array is fitted on the active client when there is one.
 
     Attributes
     ----------
@@ -121,7 +128,7 @@ class FaceEM:
                  init="auto", face_init=None, background_init=None, noise_std_init=None, prior_init=None,
                  random_state=None, warm_start=False, verbose=0, verbose_interval=10, shift_escape=True,
                  dtype=np.float64, n_jobs=None, backend="auto", max_memory=None, checkpoint=None,
-                 checkpoint_every=10, noise_floor=1e-6, callback=None):
+                 checkpoint_every=10, noise_floor=1e-6, callback=None, scheduler=None, device="cpu"):
         self.face_shape = face_shape
         self.hard = hard
         self.n_init = n_init
@@ -146,6 +153,8 @@ class FaceEM:
         self.checkpoint_every = checkpoint_every
         self.noise_floor = noise_floor
         self.callback = callback
+        self.scheduler = scheduler
+        self.device = device
 
     # ------------------------------------------------------------------ sklearn plumbing
     @classmethod
@@ -193,14 +202,15 @@ class FaceEM:
         v.check_int(self.verbose_interval, "verbose_interval", low=1)
         v.check_int(self.checkpoint_every, "checkpoint_every", low=1)
         v.check_real(self.noise_floor, "noise_floor", low=0.0, low_inclusive=False)
-        dt = np.dtype(self.dtype)
-        if dt not in (np.dtype(np.float64), np.dtype(np.float32)):
-            raise ValueError(f"dtype must be numpy.float64 or numpy.float32, got {self.dtype!r}")
+        if self.dtype is not None and np.dtype(self.dtype) not in (np.dtype(np.float64), np.dtype(np.float32)):
+            raise ValueError(f"dtype must be None, numpy.float64 or numpy.float32, got {self.dtype!r}")
+        if not isinstance(self.device, str) or not (self.device == "cpu" or self.device.startswith("cuda")):
+            raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
         if self.n_jobs is not None:
             n = v.check_int(self.n_jobs, "n_jobs")
             if n == 0:
                 raise ValueError("n_jobs must be a positive int, -1 or None (all cores), got 0")
-        v.check_choice(self.backend, "backend", ("auto", "numba", "numpy"))
+        v.check_choice(self.backend, "backend", ("auto", "numba", "numpy", "torch"))
         costs.parse_memory(self.max_memory)
         if self.checkpoint is not None:
             folder = os.path.dirname(os.path.abspath(os.fspath(self.checkpoint)))
@@ -209,8 +219,14 @@ class FaceEM:
             if not os.access(folder, os.W_OK):
                 raise ValueError(f"checkpoint folder {folder!r} is not writable")
 
+    def _compute_dtype(self):
+        if self.dtype is not None:
+            return np.dtype(self.dtype)
+        return np.dtype(np.float32 if self.device != "cpu" else np.float64)
+
     def _config(self):
-        return EngineConfig(dtype=self.dtype, backend=self.backend, workers=costs.default_workers(self.n_jobs))
+        return EngineConfig(dtype=self._compute_dtype(), backend=self.backend,
+                            workers=costs.default_workers(self.n_jobs), device=self.device)
 
     def _settings(self, image_shape):
         return EMSettings(
@@ -223,12 +239,21 @@ class FaceEM:
         )
 
     def _make_executor(self, X, face_shape, *, moments=None):
-        if _is_dask(X):
-            from .distributed import DaskExecutor
+        if _is_dask(X) or self.scheduler is not None:
+            from .distributed import DaskExecutor, get_client
 
-            return DaskExecutor(X, face_shape, config=self._config(), max_memory=self.max_memory,
-                                moments=moments)
-        source = ArraySource(X, face_shape, compute_dtype=self.dtype, max_memory=self.max_memory,
+            client = get_client(self.scheduler)
+            if client is not None:
+                if not _is_dask(X):
+                    import dask.array as da
+
+                    n = costs.chunk_size(tuple(X.shape[1:3]), face_shape, self._compute_dtype().itemsize,
+                                         target_bytes=64 * 2**20)
+                    X = da.from_array(X, chunks=(n, -1, -1))
+                return DaskExecutor(X, face_shape, config=self._config(), client=client,
+                                    max_memory=self.max_memory, moments=moments)
+            # a dask array without a cluster: its slices are computed here, chunk by chunk
+        source = ArraySource(X, face_shape, compute_dtype=self._compute_dtype(), max_memory=self.max_memory,
                              moments=moments)
         return LocalExecutor(source, self._config())
 
@@ -378,7 +403,7 @@ class FaceEM:
         hist = np.asarray(best_info["history"]) - logscale
         settings = {k: val for k, val in self.get_params().items()
                     if k not in ("face_init", "background_init", "prior_init", "callback", "checkpoint")}
-        settings["dtype"] = np.dtype(self.dtype).name
+        settings["dtype"] = self._compute_dtype().name
 
         def write(tmp):
             save_model(tmp, p, history=hist, n_iter=int(best_info["iter"]), run=int(best_info["run"]),
@@ -477,7 +502,7 @@ class FaceEM:
         self._check_fitted()
         settings = {k: val for k, val in self.get_params().items()
                     if k not in ("face_init", "background_init", "prior_init", "callback")}
-        settings["dtype"] = np.dtype(self.dtype).name
+        settings["dtype"] = self._compute_dtype().name
         save_model(path, self._params(), history=np.asarray(self._history_full),
                    n_iter=int(self.n_iter_), converged=bool(self.converged_), settings=settings,
                    moments=list(self._moments), kind="model", runs=self.runs_)

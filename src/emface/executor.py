@@ -19,6 +19,19 @@ from .engine import costs
 __all__ = ["EngineConfig", "LocalExecutor", "single_threaded_blas"]
 
 
+def _check_torch_device(device):
+    try:
+        import torch
+    except ImportError:
+        raise ImportError("the torch backend needs PyTorch: pip install 'emface[gpu]'") from None
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} was asked for, but torch sees no CUDA GPU on this machine")
+
+
 @functools.lru_cache(maxsize=1)
 def _blas_controller():
     from threadpoolctl import ThreadpoolController
@@ -51,18 +64,26 @@ class EngineConfig:
         Correlation route; None lets the cost model choose.
     workers : int
         Threads (FFT workers and fused-kernel threads).
+    device : str
+        ``"cpu"``, or a torch device such as ``"cuda"`` (implies the torch backend).
     """
 
     dtype: object = np.float64
     backend: str | None = None
     route: str | None = None
     workers: int = 1
+    device: str = "cpu"
 
     def __post_init__(self):
         self.dtype = np.dtype(self.dtype)
         if self.dtype not in (np.dtype(np.float64), np.dtype(np.float32)):
             raise ValueError(f"dtype must be float64 or float32, got {self.dtype}")
+        self.device = str(self.device)
+        if self.device != "cpu" and self.backend in (None, "auto"):
+            self.backend = "torch"
         self.backend = resolve_backend(self.backend)
+        if self.backend == "torch":
+            _check_torch_device(self.device)
 
 
 class LocalExecutor:
@@ -91,7 +112,8 @@ class LocalExecutor:
     def _plan(self, params, hard):
         cached = self.source.cache_budget > 0
         return make_plan(params, hard=hard, dtype=self.config.dtype, backend=self.config.backend,
-                         route=self.config.route, workers=self.config.workers, cache_spectra=cached)
+                         route=self.config.route, workers=self.config.workers, cache_spectra=cached,
+                         device=self.config.device)
 
     def pass_stats(self, params, *, hard=False, per_image=True):
         """One E-step over all images: the summed `Stats` of θ = `params` (working units)."""

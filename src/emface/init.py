@@ -46,15 +46,19 @@ def random_start(source, rng):
 
 
 def _subset(source, rng, fraction=1.0):
+    """Up to 500 images in working units: all of a small stack, else runs of consecutive
+    images from random places (runs read fast from chunked files: zarr, HDF5, TIFF)."""
     K = source.n_images
     n = min(_AUTO_MAX_IMAGES, max(1, int(np.ceil(fraction * K))))
     if n >= K:
-        idx = np.arange(K)
+        x = np.asarray(source.data[0:K])
     else:
-        idx = np.sort(rng.choice(K, n, replace=False))
-    x = np.asarray(source.data[idx] if not hasattr(source.data, "oindex") else source.data.oindex[idx])
-    x = (x.astype(np.float64) - source.offset) / source.scale
-    return x
+        run = max(1, n // 10)
+        starts = np.sort(rng.choice(K - run + 1, size=max(1, n // run), replace=False))
+        # overlapping runs would repeat images: keep them apart
+        keep = np.concatenate([[True], np.diff(starts) >= run])
+        x = np.concatenate([np.asarray(source.data[a:a + run]) for a in starts[keep]])
+    return (x.astype(np.float64) - source.offset) / source.scale
 
 
 def auto_start(source, rng, fraction=1.0):

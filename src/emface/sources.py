@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass
 
 import numpy as np
 
 from .engine import costs
 from .engine.stats import Chunk, ChunkCache
 
-__all__ = ["ArraySource", "available_memory"]
+__all__ = ["ArraySource", "Moments", "WorkingUnits", "available_memory"]
 
 # raw dtypes the fused kernels read directly; others are converted per chunk
 _DIRECT_DTYPES = (np.dtype(np.float64), np.dtype(np.float32), np.dtype(np.uint8))
@@ -39,11 +40,139 @@ def available_memory():
         return 8 * 2**30
 
 
+def as_chunk_array(x):
+    """A block of images as the kernels read it: C-contiguous, float64, float32 or uint8."""
+    x = np.asarray(x)
+    if x.dtype == np.bool_:
+        x = x.view(np.uint8)
+    if x.dtype not in _DIRECT_DTYPES:
+        x = x.astype(np.float64)
+    if not x.flags.c_contiguous:
+        x = np.ascontiguousarray(x)
+    return x
+
+
+def spectrum_bytes_per_image(image_shape, compute_dtype):
+    H, W = image_shape
+    return H * (W // 2 + 1) * 2 * np.dtype(compute_dtype).itemsize
+
+
 def _is_in_memory(data):
     return isinstance(data, np.ndarray) and not isinstance(data, np.memmap)
 
 
-class ArraySource:
+@dataclass
+class Moments:
+    """Count, mean, central moments and range of pixel values; combine with ``+``.
+
+    One pass over the data, block by block (Chan et al.'s pairwise update), so
+    a stack is read once and Dask workers can each summarise their blocks.
+    """
+
+    n: int = 0
+    mean: float = 0.0
+    m2: float = 0.0
+    m3: float = 0.0
+    lo: float = math.inf
+    hi: float = -math.inf
+
+    @classmethod
+    def of(cls, x, *, first_index=0, check_finite=True):
+        """The moments of one block of images (n, H, W); NaN and inf raise ValueError."""
+        x = np.asarray(x)
+        if check_finite and x.dtype.kind == "f" and not np.isfinite(x).all():
+            per_image = (~np.isfinite(x)).reshape(len(x), -1).sum(axis=1)
+            first = int(np.flatnonzero(per_image)[0])
+            raise ValueError(
+                f"X must hold finite values only (NaN and inf are not supported), but image "
+                f"{first_index + first} has {int(per_image[first])} NaN or infinite pixel(s)"
+            )
+        if x.size == 0:
+            return cls()
+        mean = float(np.sum(x, dtype=np.float64)) / x.size
+        d = x.astype(np.float64) - mean
+        d2 = d * d
+        return cls(int(x.size), mean, float(d2.sum()), float(np.vdot(d2, d)), float(x.min()), float(x.max()))
+
+    def __add__(self, o):
+        if o.n == 0:
+            return self
+        if self.n == 0:
+            return o
+        n = self.n + o.n
+        delta = o.mean - self.mean
+        mean = self.mean + delta * o.n / n
+        m2 = self.m2 + o.m2 + delta * delta * self.n * o.n / n
+        m3 = (self.m3 + o.m3 + delta ** 3 * self.n * o.n * (self.n - o.n) / (n * n)
+              + 3.0 * delta * (self.n * o.m2 - o.n * self.m2) / n)
+        return Moments(n, mean, m2, m3, min(self.lo, o.lo), max(self.hi, o.hi))
+
+
+class WorkingUnits:
+    """The affine map between data units and working units, and what it needs from the data.
+
+    Subclasses set `offset`, `scale`, `data_range`, `data_std` and `orientation`
+    through `_adopt`, and provide `_moments` to compute them on demand.
+    """
+
+    image_shape = None
+    offset = 0.0
+    scale = 1.0
+    data_range = None
+    data_std = None
+    orientation = None
+
+    def _adopt(self, m):
+        """Take the map and the data's summary from `Moments`; return (offset, scale)."""
+        if not np.isfinite(m.mean):
+            raise ValueError("X holds values too large to sum in float64")
+        std = math.sqrt(m.m2 / max(m.n, 1))
+        if not np.isfinite(std) or std < 1e-300:
+            scale = max(abs(m.mean), 1.0)
+        else:
+            scale = std
+        self.data_range = (m.lo, m.hi)
+        self.data_std = std
+        # the sign of the data's skewness: random starts drawn relative to it
+        # make fits of X and of -X mirror each other exactly
+        self.orientation = -1.0 if m.m3 < 0 else 1.0
+        return m.mean, scale
+
+    def working_range(self):
+        """(min, max) of the data in working units (scanned once on demand)."""
+        if self.data_range is None:
+            self._moments(False)
+        lo, hi = self.data_range
+        return (lo - self.offset) / self.scale, (hi - self.offset) / self.scale
+
+    def working_orientation(self):
+        """+1 or -1: the sign of the data's skewness (see `emface.init.random_start`)."""
+        if self.orientation is None:
+            self._moments(False)
+        return self.orientation
+
+    def working_std(self):
+        """Standard deviation of all pixels in working units."""
+        if self.data_std is None:
+            self._moments(False)
+        return self.data_std / self.scale
+
+    # ------------------------------------------------------------------ units
+    def to_working(self, params):
+        """Parameters in data units -> working units."""
+        return params.affine(1.0 / self.scale, -self.offset / self.scale)
+
+    def to_data(self, params):
+        """Parameters in working units -> data units."""
+        return params.affine(self.scale, self.offset)
+
+    def loglik_to_data(self, value_per_image):
+        """A per-image log density in working units -> data units (the Jacobian term)."""
+        H, W = self.image_shape
+        return value_per_image - H * W * math.log(self.scale)
+
+
+class ArraySource(WorkingUnits):
     """Chunks of a (K, H, W) stack, with caches and the map to working units.
 
     Parameters
@@ -113,56 +242,13 @@ class ArraySource:
 
     # ------------------------------------------------------------------ reading
     def _read(self, a, b):
-        x = self.data[a:b]
-        x = np.asarray(x)
-        if x.dtype == np.bool_:
-            x = x.view(np.uint8)
-        if x.dtype not in _DIRECT_DTYPES:
-            x = x.astype(np.float64)
-        if not x.flags.c_contiguous:
-            x = np.ascontiguousarray(x)
-        return x
+        return as_chunk_array(self.data[a:b])
 
     def _moments(self, check_finite):
-        total = 0.0
-        count = 0
-        lo, hi = np.inf, -np.inf
+        m = Moments()
         for a, b in self._bounds:
-            x = self._read(a, b)
-            if check_finite and x.dtype.kind == "f" and not np.isfinite(x).all():
-                per_image = (~np.isfinite(x)).reshape(len(x), -1).sum(axis=1)
-                first = int(np.flatnonzero(per_image)[0])
-                raise ValueError(
-                    f"X must hold finite values only (NaN and inf are not supported), but image "
-                    f"{a + first} has {int(per_image[first])} NaN or infinite pixel(s)"
-                )
-            s = float(np.sum(x, dtype=np.float64))
-            if x.size:
-                lo = min(lo, float(x.min()))
-                hi = max(hi, float(x.max()))
-            total += s
-            count += x.size
-        mean = total / max(count, 1)
-        ss = 0.0
-        s3 = 0.0
-        for a, b in self._bounds:
-            x = self._read(a, b)
-            d = x.astype(np.float64) - mean
-            ss += float(np.vdot(d, d))
-            s3 += float(np.vdot(d * d, d))
-        std = math.sqrt(ss / max(count, 1))
-        if not np.isfinite(std) or std <= 0.0 or std < 1e-300:
-            scale = max(abs(mean), 1.0) if np.isfinite(mean) else 1.0
-        else:
-            scale = std
-        if not np.isfinite(mean):
-            raise ValueError("X holds values too large to sum in float64")
-        self.data_range = (lo, hi)
-        self.data_std = std
-        # the sign of the data's skewness: random starts drawn relative to it
-        # make fits of X and of -X mirror each other exactly
-        self.orientation = -1.0 if s3 < 0 else 1.0
-        return mean, scale
+            m = m + Moments.of(self._read(a, b), first_index=a, check_finite=check_finite)
+        return self._adopt(m)
 
     # ------------------------------------------------------------------ chunks
     @property
@@ -191,35 +277,3 @@ class ArraySource:
         for c in self._caches:
             c.spectra = None
 
-    def working_range(self):
-        """(min, max) of the data in working units (scanned once on demand)."""
-        if self.data_range is None:
-            self._moments(False)
-        lo, hi = self.data_range
-        return (lo - self.offset) / self.scale, (hi - self.offset) / self.scale
-
-    def working_orientation(self):
-        """+1 or -1: the sign of the data's skewness (see `emface.init.random_start`)."""
-        if self.orientation is None:
-            self._moments(False)
-        return self.orientation
-
-    def working_std(self):
-        """Standard deviation of all pixels in working units."""
-        if self.data_std is None:
-            self._moments(False)
-        return self.data_std / self.scale
-
-    # ------------------------------------------------------------------ units
-    def to_working(self, params):
-        """Parameters in data units -> working units."""
-        return params.affine(1.0 / self.scale, -self.offset / self.scale)
-
-    def to_data(self, params):
-        """Parameters in working units -> data units."""
-        return params.affine(self.scale, self.offset)
-
-    def loglik_to_data(self, value_per_image):
-        """A per-image log density in working units -> data units (the Jacobian term)."""
-        H, W = self.image_shape
-        return value_per_image - H * W * math.log(self.scale)

@@ -46,15 +46,15 @@ _LOG_2PI = math.log(2.0 * math.pi)
 
 
 def resolve_backend(backend):
-    """``"numba"`` when Numba imports, else ``"numpy"``; validates explicit names."""
+    """``"numba"`` when Numba imports, else ``"numpy"``; validates explicit names (also ``"torch"``)."""
     if backend in (None, "auto"):
         try:
             from . import _numba_kernels  # noqa: F401
         except ImportError:  # pragma: no cover - numba is a dependency
             return "numpy"
         return "numba"
-    if backend not in ("numba", "numpy"):
-        raise ValueError(f"backend must be 'auto', 'numba' or 'numpy', got {backend!r}")
+    if backend not in ("numba", "numpy", "torch"):
+        raise ValueError(f"backend must be 'auto', 'numba', 'numpy' or 'torch', got {backend!r}")
     return backend
 
 
@@ -107,6 +107,7 @@ class Plan:
     idft_rows: np.ndarray | None
     max_sparse: int
     cache_spectra: bool
+    device: str = "cpu"
 
     @property
     def grid_shape(self):
@@ -122,7 +123,7 @@ class Plan:
 
 
 def make_plan(params, *, hard=False, dtype=np.float64, backend=None, route=None,
-              workers=1, cache_spectra=True):
+              workers=1, cache_spectra=True, device="cpu"):
     """Prepare one iteration's E-step from θ.
 
     Parameters
@@ -140,13 +141,17 @@ def make_plan(params, *, hard=False, dtype=np.float64, backend=None, route=None,
         Threads for the FFTs and the fused kernels.
     cache_spectra : bool
         Whether chunks may keep their image spectra between iterations.
+    device : str
+        The torch device for ``backend="torch"`` (``"cuda"``, ``"cuda:1"``, ``"cpu"``).
     """
     dtype = np.dtype(dtype)
     H, W = params.background.shape
     h, w = params.face.shape
     P, Q = H - h + 1, W - w + 1
     backend = resolve_backend(backend)
-    if route is None:
+    if backend == "torch":
+        route = "fft"  # the torch kernels correlate through the FFT only
+    elif route is None:
         route = costs.choose_correlation_route((H, W), (h, w), cached=cache_spectra)
     elif route not in ("fft", "direct"):
         raise ValueError(f"route must be None, 'fft' or 'direct', got {route!r}")
@@ -175,6 +180,7 @@ def make_plan(params, *, hard=False, dtype=np.float64, backend=None, route=None,
         idft_rows=idft,
         max_sparse=costs.max_sparse_positions((H, W), (h, w), cached=cache_spectra),
         cache_spectra=bool(cache_spectra),
+        device=str(device),
     )
 
 
@@ -264,6 +270,10 @@ def chunk_stats(chunk, plan, *, output=None, per_image=True):
     """
     if plan.backend == "numba":
         stats, out = _chunk_stats_numba(chunk, plan, output)
+    elif plan.backend == "torch":
+        from .torch_kernels import chunk_stats_torch
+
+        stats, out = chunk_stats_torch(chunk, plan, plan.device, output)
     else:
         stats, out = _chunk_stats_numpy(chunk, plan, output)
     if not per_image:
@@ -377,6 +387,8 @@ def stats_from_positions(chunk, positions, face_shape, *, backend=None, workers=
     The hard-EM statistics without an E-step: sums of crops, no FFT.
     """
     backend = resolve_backend(backend)
+    if backend == "torch":  # crops are cheap: the host's fused kernels do them
+        backend = resolve_backend(None)
     h, w = face_shape
     H, W = chunk.data.shape[-2:]
     P, Q = H - h + 1, W - w + 1
@@ -413,6 +425,8 @@ def stats_from_q(chunk, q, face_shape, *, backend=None, workers=1):
     face_shape : (h, w)
     """
     backend = resolve_backend(backend)
+    if backend == "torch":
+        backend = resolve_backend(None)
     h, w = face_shape
     H, W = chunk.data.shape[-2:]
     P, Q = H - h + 1, W - w + 1

@@ -1,0 +1,164 @@
+"""Stacks bigger than memory, and scaling on a Dask cluster (issue 8). Run by hand:
+
+    python benchmarks/scale.py memory          # K=40,000 of 64x64 float32, 8x8 face: peak RSS vs data
+    python benchmarks/scale.py zarr [DIR]      # K=200,000 of 100x80 float32 in zarr (6.4 GB): max_memory=1GB
+    python benchmarks/scale.py cluster [DIR]   # the same store on a LocalCluster of 1, then 2 workers
+
+Each measurement runs in a child process so that its peak RSS is its own. The
+zarr store is written once (uncompressed, 1,000 images a chunk) to DIR
+(default /tmp/emface-bench.zarr) and reused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+import warnings
+
+import numpy as np
+
+DEFAULT_STORE = "/tmp/emface-bench.zarr"
+ZK, ZH, ZW, ZH_F, ZW_F = 200_000, 100, 80, 40, 30
+
+
+def _peak_gb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
+
+
+def _synthetic_block(rng, n, face, bg, s):
+    H, W = bg.shape
+    h, w = face.shape
+    X = np.repeat(bg[None], n, axis=0).astype(np.float32)
+    rows = rng.integers(0, H - h + 1, n)
+    cols = rng.integers(0, W - w + 1, n)
+    for k in range(n):
+        X[k, rows[k]:rows[k] + h, cols[k]:cols[k] + w] = face
+    X += rng.normal(0, s, X.shape).astype(np.float32)
+    return X
+
+
+def memory_child():
+    from emface import FaceEM
+    from emface.datasets import photo
+
+    K, H, W, h, w = 40_000, 64, 64, 8, 8
+    rng = np.random.default_rng(0)
+    face = photo("astronaut", (h, w))
+    bg = photo("camera", (H, W))
+    X = np.empty((K, H, W), dtype=np.float32)
+    for a in range(0, K, 5000):
+        X[a:a + 5000] = _synthetic_block(rng, 5000, face, bg, face.std())
+    base = _peak_gb()
+    t = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        est = FaceEM((h, w), random_state=0).fit(X)
+    dt = time.perf_counter() - t
+    peak = _peak_gb()
+    data = X.nbytes / 1e9
+    print(json.dumps(dict(what="memory", K=K, data_gb=round(data, 3), peak_rss_gb=round(peak, 3),
+                          ratio=round(peak / data, 2), rss_before_fit_gb=round(base, 3), fit_s=round(dt, 1),
+                          n_iter=est.n_iter_, posterior_if_held_gb=round(K * 57 * 57 * 8 / 1e9, 2))))
+
+
+def make_store(path):
+    import zarr
+
+    if os.path.exists(path):
+        return
+    from emface.datasets import photo
+
+    rng = np.random.default_rng(0)
+    face = photo("astronaut", (ZH_F, ZW_F))
+    bg = photo("camera", (ZH, ZW))
+    z = zarr.create_array(path, shape=(ZK, ZH, ZW), chunks=(1000, ZH, ZW), dtype="float32", compressors=None)
+    t = time.perf_counter()
+    for a in range(0, ZK, 1000):
+        z[a:a + 1000] = _synthetic_block(rng, 1000, face, bg, face.std())
+    print(f"wrote {path}: {ZK} images of {ZH}x{ZW} float32 ({ZK * ZH * ZW * 4 / 1e9:.1f} GB) "
+          f"in {time.perf_counter() - t:.0f} s", flush=True)
+
+
+class _Timer:
+    def __init__(self):
+        self.times = []
+        self.last = None
+
+    def __call__(self, info):
+        now = time.perf_counter()
+        if self.last is not None:
+            self.times.append(now - self.last)
+        self.last = now
+
+
+def zarr_child(path, iters=3):
+    import zarr
+
+    from emface import FaceEM
+
+    z = zarr.open_array(path, mode="r")
+    timer = _Timer()
+    t = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        FaceEM((ZH_F, ZW_F), random_state=0, n_init=1, max_iter=iters, tol=0.0, max_memory="1GB",
+               callback=timer).fit(z)
+    total = time.perf_counter() - t
+    print(json.dumps(dict(what="zarr", K=ZK, store_gb=round(ZK * ZH * ZW * 4 / 1e9, 1), max_memory="1GB",
+                          peak_rss_gb=round(_peak_gb(), 3), s_per_iter=[round(x, 1) for x in timer.times],
+                          fit_s=round(total, 1))))
+
+
+def cluster_child(path, n_workers, iters=3):
+    import dask.array as da
+    from distributed import Client, LocalCluster
+
+    from emface import FaceEM
+
+    cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                           dashboard_address=None, silence_logs=50, memory_limit="6GB")
+    client = Client(cluster)
+    try:
+        X = da.from_zarr(path)
+        timer = _Timer()
+        t = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            FaceEM((ZH_F, ZW_F), random_state=0, n_init=1, max_iter=iters, tol=0.0, max_memory="1GB",
+                   callback=timer).fit(X)
+        total = time.perf_counter() - t
+        print(json.dumps(dict(what="cluster", workers=n_workers, s_per_iter=[round(x, 1) for x in timer.times],
+                              fit_s=round(total, 1))))
+    finally:
+        client.close()
+        cluster.close()
+
+
+def _child(*args):
+    subprocess.run([sys.executable, __file__, *args], check=True)
+
+
+if __name__ == "__main__":
+    what = sys.argv[1] if len(sys.argv) > 1 else "memory"
+    store = sys.argv[2] if len(sys.argv) > 2 else DEFAULT_STORE
+    if what == "memory":
+        _child("_memory")
+    elif what == "zarr":
+        make_store(store)
+        _child("_zarr", store)
+    elif what == "cluster":
+        make_store(store)
+        _child("_cluster", store, "1")
+        _child("_cluster", store, "2")
+    elif what == "_memory":
+        memory_child()
+    elif what == "_zarr":
+        zarr_child(store)
+    elif what == "_cluster":
+        cluster_child(store, int(sys.argv[3]))
+    else:
+        sys.exit(__doc__)

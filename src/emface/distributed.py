@@ -1,0 +1,250 @@
+"""Fitting on a Dask cluster: the engine's statistics computed where the data live.
+
+`DaskExecutor` has the interface of `emface.executor.LocalExecutor`, so the EM
+driver runs unchanged. For a dask array chunked along images, every block
+becomes an `emface.engine.Chunk` held in a worker's memory (persisted), so
+its image spectra are computed once and reused by every iteration. Each pass:
+
+1. the plan derived from θ is broadcast to the workers;
+2. every block's sufficient statistics are computed on the worker that holds it;
+3. they are summed by a tree reduction; the driver gets one `Stats`.
+
+Requires the ``distributed`` extra: ``pip install 'emface[distributed]'``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import operator
+
+import numpy as np
+
+from .engine import chunk_stats, make_plan, stats_from_positions
+from .engine.stats import Chunk, ChunkCache
+from .executor import EngineConfig, _gather, single_threaded_blas
+from .sources import Moments, WorkingUnits, as_chunk_array, spectrum_bytes_per_image
+from .engine import costs
+
+
+def distributed_wait(futures):
+    from distributed import wait
+
+    wait(futures)
+
+
+__all__ = ["DaskExecutor", "get_client"]
+
+
+def get_client(scheduler=None):
+    """The active `distributed.Client`, one connected to `scheduler` (an address or a Client), or None."""
+    try:
+        from distributed import Client, default_client
+    except ImportError:  # pragma: no cover - optional
+        if scheduler is not None:
+            raise ImportError("scheduler= needs the distributed extra: pip install 'emface[distributed]'") from None
+        return None
+    if scheduler is not None:
+        if isinstance(scheduler, Client):
+            return scheduler
+        return Client(scheduler)
+    try:
+        return default_client()
+    except ValueError:
+        return None
+
+
+# ----------------------------------------------------------------------------- worker-side tasks
+
+def _threads_here():
+    try:
+        from distributed import get_worker
+
+        return max(1, int(get_worker().state.nthreads))
+    except Exception:  # not on a worker (e.g. a local scheduler)
+        return 1
+
+
+def _make_chunk(block, offset, inv_scale, keep_spectra):
+    return Chunk(as_chunk_array(block), float(offset), float(inv_scale), ChunkCache(keep_spectra=keep_spectra))
+
+
+def _on_worker(plan):
+    n = _threads_here()
+    try:
+        import numba
+
+        numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
+    except ImportError:  # pragma: no cover - numba is a dependency
+        pass
+    return dataclasses.replace(plan, workers=n) if plan is not None else None
+
+
+def _stats_task(chunk, plan, per_image):
+    plan = _on_worker(plan)
+    with single_threaded_blas():
+        return chunk_stats(chunk, plan, per_image=per_image)
+
+
+def _collect_task(chunk, plan, output):
+    plan = _on_worker(plan)
+    with single_threaded_blas():
+        return chunk_stats(chunk, plan, output=output)
+
+
+def _gather_task(chunk, plan, positions, offsets):
+    plan = _on_worker(plan)
+    P, Q = plan.grid_shape
+    with single_threaded_blas():
+        _, lj = chunk_stats(chunk, plan, output="log_joint", per_image=False)
+    return _gather(lj, positions, offsets, P, Q)
+
+
+def _positions_task(chunk, positions, face_shape, backend):
+    _on_worker(None)
+    return stats_from_positions(chunk, positions, face_shape, backend=backend, workers=_threads_here())
+
+
+def _moments_task(block, first_index, check_finite):
+    return Moments.of(np.asarray(block), first_index=first_index, check_finite=check_finite)
+
+
+# ----------------------------------------------------------------------------- the executor
+
+class DaskSource(WorkingUnits):
+    """A dask array's blocks, summarised on the workers; the map to working units."""
+
+    def __init__(self, X, face_shape, client, *, moments=None, check_finite=True):
+        if X.ndim != 3:
+            raise ValueError(f"X must be a 3-D dask array (K, H, W), got {X.ndim}-D")
+        if len(X.chunks[1]) > 1 or len(X.chunks[2]) > 1:
+            X = X.rechunk({1: -1, 2: -1})
+        self.data = X
+        self.client = client
+        self.n_images = int(X.shape[0])
+        self.image_shape = (int(X.shape[1]), int(X.shape[2]))
+        self.face_shape = tuple(face_shape)
+        edges = np.concatenate([[0], np.cumsum(X.chunks[0])]).astype(int)
+        self.bounds = [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:]) if b > a]
+        self.blocks = list(X.to_delayed().ravel())
+        self.data_range = None
+        self.data_std = None
+        self.orientation = None
+        self._check_finite = check_finite
+        if moments is not None:
+            self.offset, self.scale = float(moments[0]), float(moments[1])
+        else:
+            self.offset, self.scale = self._moments(check_finite)
+
+    def _moments(self, check_finite=False):
+        import dask
+
+        tasks = [dask.delayed(_moments_task)(b, a, check_finite) for b, (a, _) in zip(self.blocks, self.bounds)]
+        parts = self.client.gather(self.client.compute(tasks))
+        m = Moments()
+        for p in parts:
+            m = m + p
+        return self._adopt(m)
+
+
+class DaskExecutor:
+    """Sums the engine's statistics over a dask array's blocks on a Dask cluster.
+
+    Parameters
+    ----------
+    X : dask.array.Array (K, H, W)
+        Chunked along images (other axes are merged into one block).
+    face_shape : (h, w)
+    config : EngineConfig
+    client : distributed.Client, optional
+        Defaults to the active client.
+    max_memory : int or str, optional
+        Bound on the spectra each worker caches.
+    moments : (offset, scale), optional
+        The map to working units (from a fitted model).
+    """
+
+    def __init__(self, X, face_shape, *, config=None, client=None, max_memory=None, moments=None):
+        self.client = client or get_client()
+        if self.client is None:
+            raise ValueError("DaskExecutor needs a distributed.Client: start one, or pass scheduler=ADDRESS")
+        self.config = config or EngineConfig()
+        self.source = DaskSource(X, face_shape, self.client, moments=moments)
+        self.n_images = self.source.n_images
+        self.image_shape = self.source.image_shape
+        src = self.source
+        n_workers = max(1, len(self.client.scheduler_info().get("workers", {})))
+        per_image = spectrum_bytes_per_image(self.image_shape, self.config.dtype)
+        budget = costs.parse_memory(max_memory)
+        if budget is None:
+            K, (H, W) = self.n_images, self.image_shape
+            raw = K * H * W * max(np.dtype(X.dtype).itemsize, 1)
+            budget = max(raw // n_workers, 512 * 2**20)
+        else:
+            budget = int(0.6 * budget)
+        n_cached = (budget * n_workers) // per_image
+        import dask
+
+        tasks = [dask.delayed(_make_chunk)(blk, src.offset, 1.0 / src.scale, b <= n_cached)
+                 for blk, (a, b) in zip(src.blocks, src.bounds)]
+        # the chunks (and the spectra they will cache) stay in the workers' memory,
+        # and every later task on a chunk runs where it lives
+        self._chunks = self.client.compute(tasks)
+        distributed_wait(self._chunks)
+        holders = self.client.who_has(self._chunks)
+        self._where = [list(holders[f.key])[:1] for f in self._chunks]
+        self.cache_spectra = n_cached > 0
+
+    def running(self):
+        return contextlib.nullcontext()
+
+    def close(self):
+        """Release the persisted chunks on the workers."""
+        for f in self._chunks:
+            f.release()
+        self._chunks = []
+
+    def _plan(self, params, hard):
+        return make_plan(params, hard=hard, dtype=self.config.dtype, backend=self.config.backend,
+                         route=self.config.route, workers=1, cache_spectra=self.cache_spectra)
+
+    def _tree_sum(self, futures):
+        while len(futures) > 1:
+            nxt = [self.client.submit(operator.add, futures[i], futures[i + 1], pure=False)
+                   if i + 1 < len(futures) else futures[i] for i in range(0, len(futures), 2)]
+            futures = nxt
+        return futures[0].result()
+
+    def pass_stats(self, params, *, hard=False, per_image=True):
+        """One E-step over all blocks, computed on the workers and tree-summed."""
+        plan = self.client.scatter(self._plan(params, hard), broadcast=True, hash=False)
+        futures = [self._submit(_stats_task, i, plan, per_image) for i in range(len(self._chunks))]
+        return self._tree_sum(futures)
+
+    def _submit(self, fn, i, *args):
+        """Run fn(chunk_i, *args) on the worker that holds chunk i."""
+        return self.client.submit(fn, self._chunks[i], *args, pure=False, workers=self._where[i] or None,
+                                  allow_other_workers=not self._where[i])
+
+    def collect(self, params, *, hard=False, output="q"):
+        plan = self.client.scatter(self._plan(params, hard), broadcast=True, hash=False)
+        futures = [self._submit(_collect_task, i, plan, output) for i in range(len(self._chunks))]
+        parts = self.client.gather(futures)
+        total = None
+        for s, _ in parts:
+            total = s if total is None else total + s
+        return total, np.concatenate([o for _, o in parts])
+
+    def gather_log_joint(self, params, positions, offsets):
+        positions = np.asarray(positions)
+        offsets = np.asarray(offsets).reshape(-1, 2)
+        plan = self.client.scatter(self._plan(params, False), broadcast=True, hash=False)
+        futures = [self._submit(_gather_task, i, plan, positions[a:b], offsets)
+                   for i, (a, b) in enumerate(self.source.bounds)]
+        return np.concatenate(self.client.gather(futures))
+
+    def stats_from_positions(self, positions):
+        positions = np.asarray(positions)
+        futures = [self._submit(_positions_task, i, positions[a:b], self.source.face_shape, self.config.backend)
+                   for i, (a, b) in enumerate(self.source.bounds)]
+        return self._tree_sum(futures)
