@@ -314,10 +314,7 @@ def _chunk_stats_numba(chunk, plan, output):
         out = corr
     else:
         out = np.empty((n, P, Q), dtype=np.float64)
-    nblk = _n_blocks(n, plan.workers)
-    N_part = np.zeros((nblk, P, Q))
-    SF_part = np.zeros((nblk, h, w))
-    XC_part = np.zeros((nblk, H, W))
+    N_part, SF_part, XC_part = _partials(chunk, (h, w), plan.workers)
     dense = np.zeros(n, dtype=np.uint8)
     arg = np.empty(n, dtype=np.int64)
     ll = np.empty(n)
@@ -381,36 +378,46 @@ def _chunk_stats_numpy(chunk, plan, output):
     return stats, (q if output is not None else None)
 
 
+def _host_backend(backend):
+    """The CPU kernels for M-step sums from given posteriors (crops are cheap on the host)."""
+    backend = resolve_backend(backend)
+    return resolve_backend(None) if backend == "torch" else backend
+
+
+def _partials(chunk, face_shape, workers):
+    """Zeroed per-thread partial sums (N, S_F, XC) for a chunk."""
+    h, w = face_shape
+    H, W = chunk.data.shape[-2:]
+    nblk = _n_blocks(chunk.n, workers)
+    return np.zeros((nblk, H - h + 1, W - w + 1)), np.zeros((nblk, h, w)), np.zeros((nblk, H, W))
+
+
+def _given_q_stats(chunk, N, S_F, S_F_hat, XC):
+    c = chunk.cache
+    return Stats(n_images=chunk.n, N=N, S_F=S_F, XC=XC, SX=c.SX.copy(), SXX=float(c.SXX), loglik=0.0,
+                 S_F_hat=S_F_hat)
+
+
 def stats_from_positions(chunk, positions, face_shape, *, backend=None, workers=1):
     """M-step statistics of a chunk whose posteriors are one-hot at `positions` (n, 2).
 
     The hard-EM statistics without an E-step: sums of crops, no FFT.
     """
-    backend = resolve_backend(backend)
-    if backend == "torch":  # crops are cheap: the host's fused kernels do them
-        backend = resolve_backend(None)
-    h, w = face_shape
-    H, W = chunk.data.shape[-2:]
-    P, Q = H - h + 1, W - w + 1
+    backend = _host_backend(backend)
     positions = np.asarray(positions, dtype=np.int64)
-    n = chunk.n
     if backend != "numba":
-        q = np.zeros((n, P, Q))
-        q[np.arange(n), positions[:, 0], positions[:, 1]] = 1.0
+        H, W = chunk.data.shape[-2:]
+        q = np.zeros((chunk.n, H - face_shape[0] + 1, W - face_shape[1] + 1))
+        q[np.arange(chunk.n), positions[:, 0], positions[:, 1]] = 1.0
         return stats_from_q(chunk, q, face_shape, backend=backend, workers=workers)
     from . import _numba_kernels as nk
 
     _ensure_moments(chunk, backend)
-    nblk = _n_blocks(n, workers)
-    N_part = np.zeros((nblk, P, Q))
-    SF_part = np.zeros((nblk, h, w))
-    XC_part = np.zeros((nblk, H, W))
+    N_part, SF_part, XC_part = _partials(chunk, face_shape, workers)
     nk.crops_at_positions(chunk.data, float(chunk.offset), float(chunk.inv_scale),
                           np.ascontiguousarray(positions[:, 0]), np.ascontiguousarray(positions[:, 1]),
                           N_part, SF_part, XC_part)
-    c = chunk.cache
-    return Stats(n_images=n, N=N_part.sum(0), S_F=SF_part.sum(0), XC=XC_part.sum(0), SX=c.SX.copy(),
-                 SXX=float(c.SXX), loglik=0.0)
+    return _given_q_stats(chunk, N_part.sum(0), SF_part.sum(0), None, XC_part.sum(0))
 
 
 def stats_from_q(chunk, q, face_shape, *, backend=None, workers=1):
@@ -424,32 +431,20 @@ def stats_from_q(chunk, q, face_shape, *, backend=None, workers=1):
     q : ndarray (n, P, Q)
     face_shape : (h, w)
     """
-    backend = resolve_backend(backend)
-    if backend == "torch":
-        backend = resolve_backend(None)
-    h, w = face_shape
-    H, W = chunk.data.shape[-2:]
-    P, Q = H - h + 1, W - w + 1
+    backend = _host_backend(backend)
     q = np.ascontiguousarray(q, dtype=np.float64)
-    n = chunk.n
     if backend == "numba":
         from . import _numba_kernels as nk
 
         _ensure_moments(chunk, backend)
-        nblk = _n_blocks(n, workers)
-        N_part = np.zeros((nblk, P, Q))
-        SF_part = np.zeros((nblk, h, w))
-        XC_part = np.zeros((nblk, H, W))
+        N_part, SF_part, XC_part = _partials(chunk, face_shape, workers)
         nk.crops_from_q(chunk.data, float(chunk.offset), float(chunk.inv_scale), q, Q_THRESHOLD,
                         N_part, SF_part, XC_part)
-        N, S_F, S_F_hat, XC = N_part.sum(0), SF_part.sum(0), None, XC_part.sum(0)
-    else:
-        xs = _standardized(chunk, np.dtype(np.float64), backend)
-        _ensure_moments(chunk, backend, xs)
-        N, S_F, S_F_hat, XC = kernels.accumulate_from_q(xs, q, (h, w), workers=workers)
-    c = chunk.cache
-    return Stats(n_images=n, N=N, S_F=S_F, XC=XC, SX=c.SX.copy(), SXX=float(c.SXX), loglik=0.0,
-                 S_F_hat=S_F_hat)
+        return _given_q_stats(chunk, N_part.sum(0), SF_part.sum(0), None, XC_part.sum(0))
+    xs = _standardized(chunk, np.dtype(np.float64), backend)
+    _ensure_moments(chunk, backend, xs)
+    N, S_F, S_F_hat, XC = kernels.accumulate_from_q(xs, q, face_shape, workers=workers)
+    return _given_q_stats(chunk, N, S_F, S_F_hat, XC)
 
 
 # ----------------------------------------------------------------------------- M-step
