@@ -229,7 +229,8 @@ def _read_image(path):
     try:
         img = iio.imread(path)
     except Exception as exc:
-        raise InputError(f"{path}: not an image this tool can read ({type(exc).__name__}: {exc})") from None
+        raise InputError(f"{path}: not an image this tool can read; expected a PNG, JPEG or TIFF picture "
+                         f"({type(exc).__name__})") from None
     img = np.asarray(img)
     if img.ndim == 3 and img.shape[0] > 4 and img.shape[-1] not in (1, 3, 4):
         img = img[0]  # a multi-page file read as a stack: take the first page
