@@ -372,16 +372,6 @@ def _restarts(executor, starts, settings, callback, history, runs):
     return best, runs
 
 
-def warn_not_converged(run, max_iter):
-    """Issue scikit-learn's ConvergenceWarning for a run that hit `max_iter`."""
-    warnings.warn(
-        f"EM did not converge in max_iter={max_iter} iterations: the objective still "
-        f"changed by more than tol. Increase max_iter or tol, or check the data.",
-        ConvergenceWarning,
-        stacklevel=3,
-    )
-
-
 def atomic_save(path, save_fn):
     """Write through a temporary file in the same folder, then rename it into place."""
     path = os.fspath(path)

@@ -197,8 +197,3 @@ def _gather(lj, positions, offsets, P, Q):
         ok = (r >= 0) & (r < P) & (c >= 0) & (c < Q)
         out[ok, t] = lj[np.flatnonzero(ok), r[ok], c[ok]]
     return out
-
-
-def default_config(dtype=np.float64, backend=None, route=None, n_jobs=None):
-    """An `EngineConfig` with `n_jobs` resolved to a thread count (all cores by default)."""
-    return EngineConfig(dtype=dtype, backend=backend, route=route, workers=costs.default_workers(n_jobs))

@@ -8,7 +8,7 @@ files, screens or restarts.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -132,7 +132,6 @@ class Stats:
     image_loglik: np.ndarray | None = None
     max_prob: np.ndarray | None = None
     entropy: np.ndarray | None = None
-    extra: dict = field(default_factory=dict)
 
     def __add__(self, other: "Stats") -> "Stats":
         if other is None or other == 0:

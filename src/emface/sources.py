@@ -57,10 +57,6 @@ def spectrum_bytes_per_image(image_shape, compute_dtype):
     return H * (W // 2 + 1) * 2 * np.dtype(compute_dtype).itemsize
 
 
-def _is_in_memory(data):
-    return isinstance(data, np.ndarray) and not isinstance(data, np.memmap)
-
-
 @dataclass
 class Moments:
     """Count, mean, central moments and range of pixel values; combine with ``+``.
@@ -216,7 +212,7 @@ class ArraySource(WorkingUnits):
         self.chunk_size = max(1, int(chunk_size))
         self._bounds = [(a, min(a + self.chunk_size, self.n_images))
                         for a in range(0, self.n_images, self.chunk_size)]
-        spec_bytes_per_image = H * (W // 2 + 1) * 2 * itemsize
+        spec_bytes_per_image = spectrum_bytes_per_image(self.image_shape, self.compute_dtype)
         if self.max_memory is None:
             raw_bytes = self.n_images * H * W * max(self.raw_dtype.itemsize, 1)
             budget = min(max(raw_bytes, 512 * 2**20), available_memory() // 2)
@@ -252,10 +248,6 @@ class ArraySource(WorkingUnits):
 
     # ------------------------------------------------------------------ chunks
     @property
-    def n_chunks(self):
-        return len(self._bounds)
-
-    @property
     def bounds(self):
         return list(self._bounds)
 
@@ -271,9 +263,4 @@ class ArraySource(WorkingUnits):
     @property
     def cached_bytes(self):
         return sum(c.nbytes for c in self._caches)
-
-    def drop_spectra(self):
-        """Forget cached spectra (when the precision changes)."""
-        for c in self._caches:
-            c.spectra = None
 

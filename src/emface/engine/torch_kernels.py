@@ -195,17 +195,6 @@ def _stats(chunk, N, S_F, S_F_hat, XC, ll, arg, maxp, ent, Q):
                  max_prob=maxp, entropy=ent)
 
 
-def available(device="cuda"):
-    """Whether torch is installed and the device exists."""
-    try:
-        torch = _torch()
-    except ImportError:
-        return False
-    if str(device).startswith("cuda"):
-        return torch.cuda.is_available()
-    return True
-
-
 def peak_bandwidth_gbs(device="cuda"):  # pragma: no cover - GPU only
     """The card's theoretical memory bandwidth (GB/s), from its properties when torch reports them."""
     torch = _torch()
