@@ -77,7 +77,7 @@ class FaceEM:
     warm_start : bool, default=False
         Start from the fitted parameters of the previous `fit` and continue its history.
     verbose : int, default=0
-        1: one line per run; 2: also every `verbose_interval` iterations.
+        1: a line when the fit ends; 2: also one every `verbose_interval` iterations.
     verbose_interval : int, default=10
     shift_escape : bool, default=True
         After convergence, try the face shifted by a few pixels (all images, or
@@ -228,7 +228,7 @@ class FaceEM:
         return EngineConfig(dtype=self._compute_dtype(), backend=self.backend,
                             workers=costs.default_workers(self.n_jobs), device=self.device)
 
-    def _settings(self, image_shape):
+    def _settings(self):
         return EMSettings(
             hard=bool(self.hard),
             prior_smoothing=float(self.prior_smoothing),
@@ -321,9 +321,9 @@ class FaceEM:
             (H, W), (h, w), face=self.face_init, background=self.background_init,
             noise_std=self.noise_std_init, prior=self.prior_init,
         )
-        moments = None
         history = None
-        if self.warm_start and hasattr(self, "face_"):
+        warm = self.warm_start and hasattr(self, "face_")
+        if warm:
             if self.background_.shape != (H, W) or self.face_.shape != (h, w):
                 raise ValueError(
                     f"warm_start needs images of shape {self.background_.shape} and a face of shape "
@@ -331,12 +331,12 @@ class FaceEM:
                 )
         executor = self._make_executor(X, (h, w))
         src = executor.source
-        settings = self._settings((H, W))
+        settings = self._settings()
         settings.noise_floor = float(self.noise_floor) * src.working_std() if src.working_std() > 0 \
             else float(self.noise_floor)
         rng = _check_random_state(self.random_state)
         starts = self._starts(executor, user, rng)
-        if self.warm_start and hasattr(self, "face_"):
+        if warm:
             history = [self._to_working_objective(src, o) for o in getattr(self, "_history_full", [])]
         callback = self._make_callback(src)
         t0 = time.perf_counter()
