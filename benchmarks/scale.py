@@ -95,44 +95,37 @@ class _Timer:
         self.last = now
 
 
-def zarr_child(path, iters=3):
-    import zarr
-
+def _timed_fit(X, iters):
+    """Fit `iters` iterations with max_memory=1GB; seconds per iteration and in all."""
     from emface import FaceEM
 
-    z = zarr.open_array(path, mode="r")
     timer = _Timer()
     t = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         FaceEM((ZH_F, ZW_F), random_state=0, n_init=1, max_iter=iters, tol=0.0, max_memory="1GB",
-               callback=timer).fit(z)
-    total = time.perf_counter() - t
+               callback=timer).fit(X)
+    return dict(s_per_iter=[round(x, 1) for x in timer.times], fit_s=round(time.perf_counter() - t, 1))
+
+
+def zarr_child(path, iters=3):
+    import zarr
+
+    times = _timed_fit(zarr.open_array(path, mode="r"), iters)
     print(json.dumps(dict(what="zarr", K=ZK, store_gb=round(ZK * ZH * ZW * 4 / 1e9, 1), max_memory="1GB",
-                          peak_rss_gb=round(_peak_gb(), 3), s_per_iter=[round(x, 1) for x in timer.times],
-                          fit_s=round(total, 1))))
+                          peak_rss_gb=round(_peak_gb(), 3), **times)))
 
 
 def cluster_child(path, n_workers, iters=3):
     import dask.array as da
     from distributed import Client, LocalCluster
 
-    from emface import FaceEM
-
     cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, host="127.0.0.1",
                            dashboard_address=None, silence_logs=50, memory_limit="6GB")
     client = Client(cluster)
     try:
-        X = da.from_zarr(path)
-        timer = _Timer()
-        t = time.perf_counter()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            FaceEM((ZH_F, ZW_F), random_state=0, n_init=1, max_iter=iters, tol=0.0, max_memory="1GB",
-                   callback=timer).fit(X)
-        total = time.perf_counter() - t
-        print(json.dumps(dict(what="cluster", workers=n_workers, s_per_iter=[round(x, 1) for x in timer.times],
-                              fit_s=round(total, 1))))
+        times = _timed_fit(da.from_zarr(path), iters)
+        print(json.dumps(dict(what="cluster", workers=n_workers, **times)))
     finally:
         client.close()
         cluster.close()
