@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import inspect
-import math
 import numbers
 import os
 import time
@@ -337,7 +336,7 @@ class FaceEM:
         rng = _check_random_state(self.random_state)
         starts = self._starts(executor, user, rng)
         if warm:
-            history = [self._to_working_objective(src, o) for o in getattr(self, "_history_full", [])]
+            history = [src.loglik_to_working(o) for o in getattr(self, "_history_full", [])]
         callback = self._make_callback(src)
         t0 = time.perf_counter()
         try:
@@ -369,10 +368,6 @@ class FaceEM:
             )
         return self
 
-    def _to_working_objective(self, src, value):
-        H, W = src.image_shape
-        return value + H * W * math.log(src.scale)
-
     def _make_callback(self, src):
         user_cb = self.callback
         verbose = int(self.verbose)
@@ -380,11 +375,8 @@ class FaceEM:
         ckpt = self.checkpoint
         every = int(self.checkpoint_every)
         state = {"best": None}
-        H, W = src.image_shape
-        logscale = H * W * math.log(src.scale)
-
         def cb(info):
-            obj = info["objective"] - logscale
+            obj = src.loglik_to_data(info["objective"])
             if state["best"] is None or obj > state["best"][0]:
                 state["best"] = (obj, info)
             if verbose >= 2 and info["iter"] % interval == 0:
@@ -397,10 +389,8 @@ class FaceEM:
         return cb
 
     def _write_checkpoint(self, path, src, best_info, current):
-        H, W = src.image_shape
-        logscale = H * W * math.log(src.scale)
         p = src.to_data(best_info["params"])
-        hist = np.asarray(best_info["history"]) - logscale
+        hist = src.loglik_to_data(np.asarray(best_info["history"]))
         settings = {k: val for k, val in self.get_params().items()
                     if k not in ("face_init", "background_init", "prior_init", "callback", "checkpoint")}
         settings["dtype"] = self._compute_dtype().name
@@ -413,20 +403,20 @@ class FaceEM:
 
     def _store(self, best, runs, src, settings):
         H, W = src.image_shape
-        logscale = H * W * math.log(src.scale)
+        to_data = src.loglik_to_data
         p = src.to_data(best.params)
         self.face_ = p.face
         self.background_ = p.background
         self.noise_std_ = p.noise_std
         self.prior_ = p.prior
-        self.lower_bound_ = best.objective - logscale
-        self._history_full = [o - logscale for o in best.objectives]
+        self.lower_bound_ = to_data(best.objective)
+        self._history_full = [to_data(o) for o in best.objectives]
         self.lower_bounds_ = self._history_full[1:]
         self.n_iter_ = best.n_iter
         self.converged_ = best.converged
         self.positions_ = None if best.stats is None else best.stats.positions
         self.best_run_ = best.init_index
-        self.runs_ = [dict(run=r.init_index, objectives=[o - logscale for o in r.objectives],
+        self.runs_ = [dict(run=r.init_index, objectives=[to_data(o) for o in r.objectives],
                            n_iter=r.n_iter, converged=r.converged, escapes=list(r.escapes)) for r in runs]
         self.n_features_in_ = H * W
         self.image_shape_ = (H, W)

@@ -167,6 +167,11 @@ class WorkingUnits:
         H, W = self.image_shape
         return value_per_image - H * W * math.log(self.scale)
 
+    def loglik_to_working(self, value_per_image):
+        """The inverse of `loglik_to_data`."""
+        H, W = self.image_shape
+        return value_per_image + H * W * math.log(self.scale)
+
 
 class ArraySource(WorkingUnits):
     """Chunks of a (K, H, W) stack, with caches and the map to working units.

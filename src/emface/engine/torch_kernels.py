@@ -21,7 +21,7 @@ import math
 
 import numpy as np
 
-from ..model import Stats
+from .stats import _finish_stats
 
 __all__ = ["chunk_stats_torch", "device_plan", "TorchChunkCache"]
 
@@ -152,7 +152,8 @@ def chunk_stats_torch(chunk, plan, device, output=None):
         ll = (mx + base).cpu().numpy()
         nanv = np.full(n, np.nan)
         argn = arg.cpu().numpy()
-        stats = _stats(chunk, np.zeros((P, Q)), np.zeros((h, w)), None, np.zeros((H, W)), ll, argn, nanv, nanv, Q)
+        stats = _finish_stats(chunk, plan, np.zeros((P, Q)), np.zeros((h, w)), None, np.zeros((H, W)), ll, argn,
+                              nanv, nanv)
         return stats, out
     if plan.hard:
         q = torch.zeros_like(flat)
@@ -182,17 +183,9 @@ def chunk_stats_torch(chunk, plan, device, output=None):
         S_F = np.zeros((h, w))
     N = q.sum(dim=0).cpu().numpy()
     XC = (x64 * _coverage(q, h, w)).sum(dim=0).cpu().numpy()
-    stats = _stats(chunk, N, S_F, S_F_hat, XC, ll.cpu().numpy(), arg.cpu().numpy(), maxp.cpu().numpy(),
-                   ent.cpu().numpy(), Q)
+    stats = _finish_stats(chunk, plan, N, S_F, S_F_hat, XC, ll.cpu().numpy(), arg.cpu().numpy(),
+                          maxp.cpu().numpy(), ent.cpu().numpy())
     return stats, (q.cpu().numpy() if output == "q" else None)
-
-
-def _stats(chunk, N, S_F, S_F_hat, XC, ll, arg, maxp, ent, Q):
-    c = chunk.cache
-    positions = np.stack([arg // Q, arg % Q], axis=1).astype(np.int64)
-    return Stats(n_images=chunk.n, N=N, S_F=S_F, XC=XC, SX=c.SX.copy(), SXX=float(c.SXX),
-                 loglik=float(np.sum(ll)), S_F_hat=S_F_hat, positions=positions, image_loglik=ll,
-                 max_prob=maxp, entropy=ent)
 
 
 def peak_bandwidth_gbs(device="cuda"):  # pragma: no cover - GPU only
