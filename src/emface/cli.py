@@ -185,7 +185,17 @@ def fit(input, face_shape, out_dir, hard, restarts, smoothing, max_iter, tol, se
     _echo(quiet, f"emface: wrote {out_dir}/report.html ({elapsed:.1f} s)")
 
 
-def _posterior_table(est, X):
+def _posterior_table(est, X, *, fitted_on_X=False):
+    """Per-image soft posterior summaries under the fitted θ.
+
+    After a soft fit the last E-step of the best run computed exactly these for
+    the returned parameters, so they are reused; hard fits (one-hot posteriors)
+    and new images need a soft pass.
+    """
+    last = getattr(est, "_last_stats", None)
+    if (not est.hard and last is not None and last.positions is not None
+            and fitted_on_X and len(last.positions) == X.shape[0]):
+        return last
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         _, stats, _ = est._pass(X)
@@ -196,7 +206,7 @@ def _write_fit_outputs(out_dir, est, X, names, input, elapsed, interrupted, quie
     from .io import write_positions
     from .report import write_fit_pictures, write_html
 
-    stats = _posterior_table(est, X)
+    stats = _posterior_table(est, X, fitted_on_X=True)
     write_positions(os.path.join(out_dir, "positions.csv"), stats.positions, stats.max_prob, stats.entropy, names)
     est.save(os.path.join(out_dir, "model.npz"))
     pics = write_fit_pictures(out_dir, est)
