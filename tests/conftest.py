@@ -15,44 +15,69 @@ def optional(module):
     return pytest.importorskip(module)
 
 
-def random_problem(rng, K, H, W, h, w, *, zeros_in_prior=True, s=None):
-    """Random θ (A with zeros) and images drawn from it."""
+def ref_args(theta):
+    """θ (engine layout) as the brute-force reference takes it: F (C,h,w,Ch), B (H,W,Ch), s (Ch,), A (C,P,Q)."""
+    return (np.moveaxis(theta.faces, 1, -1), np.moveaxis(theta.background, 0, -1), theta.noise_std,
+            theta.prior)
+
+
+def as_ref(F=None, B=None):
+    """Engine-layout faces (C,Ch,h,w) or background (Ch,H,W) in the reference's layout."""
+    if F is not None:
+        return np.moveaxis(F, 1, -1)
+    return np.moveaxis(B, 0, -1)
+
+
+def random_problem(rng, K, H, W, h, w, *, n_faces=1, n_channels=1, zeros_in_prior=True, s=None,
+                   empty_face=False, per_channel=False):
+    """Random θ (A with zeros; optionally a face with no weight at all) and images drawn from it.
+
+    Returns θ (engine layout), X ((K, H, W) for one channel, else (K, H, W, Ch)),
+    and the true labels and positions.
+    """
+    C, Ch = n_faces, n_channels
     P, Q = H - h + 1, W - w + 1
-    F = rng.normal(size=(h, w))
-    B = rng.normal(size=(H, W))
-    A = rng.random((P, Q)) + 0.05
+    F = rng.normal(size=(C, Ch, h, w))
+    B = rng.normal(size=(Ch, H, W))
+    A = rng.random((C, P, Q)) + 0.05
     if zeros_in_prior and P * Q > 2:
-        flat = A.ravel()
-        flat[rng.choice(P * Q, size=max(1, P * Q // 4), replace=False)] = 0.0
+        for c in range(C):
+            A[c].ravel()[rng.choice(P * Q, size=max(1, P * Q // 4), replace=False)] = 0.0
+    if empty_face and C > 1:
+        A[-1] = 0.0
     A /= A.sum()
-    s = float(rng.uniform(0.5, 2.0)) if s is None else s
+    if s is None:
+        s = rng.uniform(0.5, 2.0, size=Ch) if per_channel else float(rng.uniform(0.5, 2.0))
     theta = Params(F, B, s, A)
-    X, pos = sample_images(rng, theta, K)
-    return theta, X, pos
+    X, labels, pos = sample_images(rng, theta, K)
+    return theta, X, labels, pos
 
 
 def sample_images(rng, theta, K, noise=True):
-    P, Q = theta.prior.shape
-    h, w = theta.face.shape
-    flat = rng.choice(P * Q, size=K, p=theta.prior.ravel())
-    pos = np.stack([flat // Q, flat % Q], axis=1)
+    """Images drawn from θ in the user's layout, with their faces and positions."""
+    C, P, Q = theta.prior.shape
+    Ch, h, w = theta.faces.shape[1:]
+    flat = rng.choice(C * P * Q, size=K, p=theta.prior.ravel())
+    labels, rem = flat // (P * Q), flat % (P * Q)
+    pos = np.stack([rem // Q, rem % Q], axis=1)
     X = np.repeat(theta.background[None], K, axis=0)
     for k, (i, j) in enumerate(pos):
-        X[k, i:i + h, j:j + w] = theta.face
+        X[k, :, i:i + h, j:j + w] = theta.faces[labels[k]]
     if noise:
-        X = X + rng.normal(0.0, theta.noise_std, size=X.shape)
-    return X, pos
+        X = X + rng.normal(size=X.shape) * theta.noise_std[None, :, None, None]
+    X = X[:, 0] if Ch == 1 else np.moveaxis(X, 1, -1)
+    return X, labels, pos
 
 
 def contrast_problem(rng, K, H, W, h, w, s, prior=None):
-    """A face of strong structure on a textured background, values 0..255."""
+    """One grey face of strong structure on a textured background, values 0..255."""
     P, Q = H - h + 1, W - w + 1
     yy, xx = np.mgrid[0:h, 0:w]
     F = 128 + 100 * np.sin(yy / 2.0) * np.cos(xx / 3.0) + rng.uniform(-20, 20, (h, w))
     B = rng.uniform(60, 200, (H, W))
     A = np.full((P, Q), 1.0 / (P * Q)) if prior is None else prior
     theta = Params(F, B, s, A)
-    X, pos = sample_images(rng, theta, K)
+    X, _, pos = sample_images(rng, theta, K)
     return theta, X, pos
 
 

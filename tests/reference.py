@@ -1,7 +1,12 @@
 """A brute-force implementation of the model, written from MODEL.md for the tests.
 
-Loops over positions and builds every mean image μ_d explicitly. Slow and
-obvious on purpose: it shares no code with emface.
+Loops over faces and positions and builds every mean image μ_(c,d)
+explicitly. Slow and obvious on purpose: it shares no code with emface.
+
+Layouts are the user's, images first and channels last: X (K, H, W) or
+(K, H, W, Ch); faces (h, w) for one grey face, (C, h, w) grey, (C, h, w, Ch)
+in colour; background (H, W) or (H, W, Ch); s a number or (Ch,); prior
+(C, P, Q) (a (P, Q) prior means one face).
 """
 
 import math
@@ -9,56 +14,86 @@ import math
 import numpy as np
 
 
+def _canon(X, F, B, s, A):
+    """Everything with a channel axis: X (K,H,W,Ch), F (C,h,w,Ch), B (H,W,Ch), s (Ch,), A (C,P,Q)."""
+    X = np.asarray(X, dtype=np.float64)
+    if X.ndim == 3:
+        X = X[..., None]
+    Ch = X.shape[-1]
+    F = np.asarray(F, dtype=np.float64)
+    B = np.asarray(B, dtype=np.float64)
+    if B.ndim == 2:
+        B = B[..., None]
+    if F.ndim == 2:  # one grey face
+        F = F[None, ..., None]
+    elif F.ndim == 3:  # grey faces (C, h, w)
+        F = F[..., None]
+    s = np.broadcast_to(np.asarray(s, dtype=np.float64), (Ch,))
+    A = np.asarray(A, dtype=np.float64)
+    if A.ndim == 2:
+        A = A[None]
+    return X, F, B, s, A
+
+
 def mean_image(F, B, i, j):
+    """μ: the background (H, W, Ch) with the face (h, w, Ch) pasted at (i, j)."""
     mu = np.array(B, dtype=np.float64, copy=True)
-    h, w = F.shape
+    h, w = F.shape[:2]
     mu[i:i + h, j:j + w] = F
     return mu
 
 
-def log_p_given_d(X, F, B, s):
-    """log p(X_k | d, θ) for every image and position: shape (K, P, Q)."""
-    K, H, W = X.shape
-    h, w = F.shape
+def log_p_given_cd(X, F, B, s, A):
+    """log p(X_k | c, d, θ) for every image, face and position: shape (K, C, P, Q)."""
+    X, F, B, s, A = _canon(X, F, B, s, A)
+    K, H, W, Ch = X.shape
+    C, h, w, _ = F.shape
     P, Q = H - h + 1, W - w + 1
-    out = np.empty((K, P, Q))
-    for i in range(P):
-        for j in range(Q):
-            mu = mean_image(F, B, i, j)
-            for k in range(K):
-                r = X[k] - mu
-                out[k, i, j] = -0.5 * H * W * math.log(2 * math.pi * s * s) - (r * r).sum() / (2 * s * s)
+    out = np.empty((K, C, P, Q))
+    const = sum(-0.5 * H * W * math.log(2 * math.pi * s[ch] ** 2) for ch in range(Ch))
+    for c in range(C):
+        for i in range(P):
+            for j in range(Q):
+                mu = mean_image(F[c], B, i, j)
+                for k in range(K):
+                    r = X[k] - mu
+                    total = const
+                    for ch in range(Ch):
+                        total -= (r[..., ch] ** 2).sum() / (2 * s[ch] ** 2)
+                    out[k, c, i, j] = total
     return out
 
 
 def log_joint(X, F, B, s, A):
+    _, _, _, _, A4 = _canon(X, F, B, s, A)
     with np.errstate(divide="ignore"):
-        return log_p_given_d(X, F, B, s) + np.log(A)[None]
+        return log_p_given_cd(X, F, B, s, A) + np.log(A4)[None]
 
 
 def posterior(X, F, B, s, A):
     lj = log_joint(X, F, B, s, A)
-    K = X.shape[0]
     q = np.zeros_like(lj)
-    for k in range(K):
+    for k in range(lj.shape[0]):
         m = lj[k].max()
         e = np.exp(lj[k] - m)
         q[k] = e / e.sum()
     return q
 
 
-def hard_positions(X, F, B, s, A):
+def hard_assignments(X, F, B, s, A):
+    """(labels (K,), positions (K, 2)) of each image's most probable (face, position)."""
     lj = log_joint(X, F, B, s, A)
-    K, P, Q = lj.shape
+    K, C, P, Q = lj.shape
     flat = lj.reshape(K, -1).argmax(axis=1)
-    return np.stack([flat // Q, flat % Q], axis=1)
+    rem = flat % (P * Q)
+    return flat // (P * Q), np.stack([rem // Q, rem % Q], axis=1)
 
 
-def one_hot(positions, P, Q):
+def one_hot(labels, positions, C, P, Q):
     K = len(positions)
-    q = np.zeros((K, P, Q))
+    q = np.zeros((K, C, P, Q))
     for k, (i, j) in enumerate(positions):
-        q[k, i, j] = 1.0
+        q[k, labels[k], i, j] = 1.0
     return q
 
 
@@ -66,17 +101,17 @@ def log_likelihood(X, F, B, s, A):
     """Σ_k log p(X_k | θ)."""
     lj = log_joint(X, F, B, s, A)
     total = 0.0
-    for k in range(X.shape[0]):
+    for k in range(lj.shape[0]):
         m = lj[k].max()
         total += m + math.log(np.exp(lj[k] - m).sum())
     return total
 
 
 def lower_bound(X, F, B, s, A, q):
-    """E_q[log p(X, d | θ)] + H(q), with 0·log 0 = 0."""
+    """E_q[log p(X, c, d | θ)] + H(q), with 0·log 0 = 0."""
     lj = log_joint(X, F, B, s, A)
     total = 0.0
-    for k in range(X.shape[0]):
+    for k in range(lj.shape[0]):
         for idx in np.ndindex(q.shape[1:]):
             p = q[k][idx]
             if p > 0:
@@ -84,39 +119,55 @@ def lower_bound(X, F, B, s, A, q):
     return total
 
 
-def m_step(X, q, h, w, alpha=0.0, previous_B=None):
-    """F, B, s, A maximising E_q[log p(X, d | θ)] (+ α Σ log A), by explicit loops.
+def m_step(X, q, h, w, alpha=0.0, previous_B=None, previous_F=None, per_channel=False):
+    """F, B, s, A maximising E_q[log p(X, c, d | θ)] (+ α Σ log A), by explicit loops.
 
-    A background pixel with (almost) no evidence -- covered by the face in all
-    images up to 1e-9 of an image -- keeps `previous_B` (or the images' mean).
+    q is (K, C, P, Q). A face with no weight keeps `previous_F`; a background
+    pixel with (almost) no evidence -- covered by a face in all images up to
+    1e-9 of an image -- keeps `previous_B` (or the images' mean).
+
+    Returns F (C, h, w, Ch), B (H, W, Ch), s (Ch,), A (C, P, Q).
     """
-    K, H, W = X.shape
-    P, Q = H - h + 1, W - w + 1
+    X = np.asarray(X, dtype=np.float64)
+    if X.ndim == 3:
+        X = X[..., None]
+    K, H, W, Ch = X.shape
+    C, P, Q = q.shape[1:]
     N = q.sum(axis=0)
-    A = (N + alpha) / (K + alpha * P * Q)
-    F = np.zeros((h, w))
-    num_B = np.zeros((H, W))
+    A = (N + alpha) / (K + alpha * C * P * Q)
+    F = np.zeros((C, h, w, Ch))
+    num_B = np.zeros((H, W, Ch))
     den_B = np.zeros((H, W))
     for k in range(K):
-        for i in range(P):
-            for j in range(Q):
-                p = q[k, i, j]
-                F += p * X[k, i:i + h, j:j + w]
-                outside = np.ones((H, W), dtype=bool)
-                outside[i:i + h, j:j + w] = False
-                num_B += p * np.where(outside, X[k], 0.0)
-                den_B += p * outside
-    F /= K
+        for c in range(C):
+            for i in range(P):
+                for j in range(Q):
+                    p = q[k, c, i, j]
+                    F[c] += p * X[k, i:i + h, j:j + w]
+                    outside = np.ones((H, W), dtype=bool)
+                    outside[i:i + h, j:j + w] = False
+                    num_B += p * np.where(outside[..., None], X[k], 0.0)
+                    den_B += p * outside
+    Nc = N.sum(axis=(1, 2))
+    for c in range(C):
+        if Nc[c] > 1e-12 * K:
+            F[c] /= Nc[c]
+        else:
+            F[c] = previous_F[c] if previous_F is not None else 0.0
     ok = den_B > 1e-9 * K
-    fallback = X.mean(axis=0) if previous_B is None else previous_B
-    B = np.where(ok, num_B / np.where(ok, den_B, 1.0), fallback)
-    sse = 0.0
+    if previous_B is None:
+        fallback = X.mean(axis=0)
+    else:
+        fallback = np.asarray(previous_B, dtype=np.float64).reshape(H, W, Ch)
+    B = np.where(ok[..., None], num_B / np.where(ok, den_B, 1.0)[..., None], fallback)
+    sse = np.zeros(Ch)
     for k in range(K):
-        for i in range(P):
-            for j in range(Q):
-                p = q[k, i, j]
-                if p > 0:
-                    r = X[k] - mean_image(F, B, i, j)
-                    sse += p * (r * r).sum()
-    s = math.sqrt(sse / (K * H * W))
+        for c in range(C):
+            for i in range(P):
+                for j in range(Q):
+                    p = q[k, c, i, j]
+                    if p > 0:
+                        r = X[k] - mean_image(F[c], B, i, j)
+                        sse += p * (r * r).sum(axis=(0, 1))
+    s = np.sqrt(sse / (K * H * W)) if per_channel else np.full(Ch, math.sqrt(sse.sum() / (K * H * W * Ch)))
     return F, B, s, A

@@ -98,21 +98,22 @@ def test_hard_m_step_by_hand():
 
 
 def test_classic_functions_match_the_reference(rng):
-    theta, Xk, _ = random_problem(rng, 6, 7, 8, 3, 4)
+    theta, Xk, _, _ = random_problem(rng, 6, 7, 8, 3, 4)
     X = np.moveaxis(Xk, 0, -1)
-    F, B, s, A = theta.face, theta.background, theta.noise_std, theta.prior
+    F, B, s, A = theta.faces[0, 0], theta.background[0], float(theta.noise_std[0]), theta.prior[0]
     ll = classic.calculate_log_probability(X, F, B, s)
-    assert np.allclose(np.moveaxis(ll, -1, 0), ref.log_p_given_d(Xk, F, B, s), rtol=1e-10, atol=0)
+    assert np.allclose(np.moveaxis(ll, -1, 0), ref.log_p_given_cd(Xk, F, B, s, A)[:, 0], rtol=1e-10, atol=0)
     q = classic.run_e_step(X, F, B, s, A)
-    qr = ref.posterior(Xk, F, B, s, A)
+    qr = ref.posterior(Xk, F, B, s, A)[:, 0]
     assert np.abs(np.moveaxis(q, -1, 0) - qr).max() < 1e-10
     lb = classic.calculate_lower_bound(X, F, B, s, A, q)
-    assert lb == pytest.approx(ref.lower_bound(Xk, F, B, s, A, qr), rel=1e-10)
+    assert lb == pytest.approx(ref.lower_bound(Xk, F, B, s, A, qr[:, None]), rel=1e-10)
     F2, B2, s2, A2 = classic.run_m_step(X, q, 3, 4)
-    Fr, Br, sr, Ar = ref.m_step(Xk, qr, 3, 4)
-    assert np.allclose(F2, Fr, rtol=1e-10, atol=1e-12)
-    assert np.allclose(A2, Ar, rtol=1e-10, atol=1e-14)
-    assert s2 == pytest.approx(sr, rel=1e-9)
+    Fr, Br, sr, Ar = ref.m_step(Xk, qr[:, None], 3, 4)
+    assert F2.shape == (3, 4) and B2.shape == (7, 8) and A2.shape == (5, 5) and isinstance(s2, float)
+    assert np.allclose(F2, Fr[0, ..., 0], rtol=1e-10, atol=1e-12)
+    assert np.allclose(A2, Ar[0], rtol=1e-10, atol=1e-14)
+    assert s2 == pytest.approx(sr[0], rel=1e-9)
 
 
 def test_run_em_history_and_stopping(rng):

@@ -32,14 +32,18 @@ def _check_outputs(out, truth, names=None):
     with open(out / "positions.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == K
-    assert list(rows[0]) == ["index", "file", "row", "col", "probability", "entropy"]
+    assert list(rows[0]) == ["index", "file", "face", "row", "col", "probability", "face_probability", "entropy"]
     pos = np.array([[int(r["row"]), int(r["col"])] for r in rows])
     assert np.mean((pos == truth.positions).all(axis=1)) >= 0.95
     assert all(0 <= float(r["probability"]) <= 1 for r in rows)
+    assert all(r["face"] == "0" for r in rows)
     if names is not None:
         assert [r["file"] for r in rows] == names
+    from emface import FaceEM
+
+    est = FaceEM.load(out / "model.npz")
+    assert est.face_.shape == FACE and est.background_.shape == IMG
     with np.load(out / "model.npz") as z:
-        assert z["face"].shape == FACE and z["background"].shape == IMG
         assert "history" in z.files
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 4 and "http://" not in html and "https://" not in html
@@ -50,7 +54,7 @@ def test_fit_npy(tmp_path, stack):
     np.save(tmp_path / "s.npy", X)
     r = run("fit", tmp_path / "s.npy", "--face-shape", "10x8", "--out", tmp_path / "out", "--seed", 0)
     assert r.returncode == 0, r.stderr
-    assert "run 1/" in r.stderr and "objective" in r.stderr  # the progress bar
+    assert "run 1" in r.stderr and "objective" in r.stderr  # the progress bar
     _check_outputs(tmp_path / "out", truth)
 
 
@@ -94,9 +98,9 @@ def test_fit_folder_of_frames_in_natural_order(tmp_path, stack):
     u8 = np.clip(np.round(X), 0, 255).astype(np.uint8)
     names = [f"frame{k}.png" for k in range(K)]  # frame2 before frame10: natural order
     for k, n in enumerate(names):
-        # colour frames are converted to grey
+        # colour frames are converted to grey with --grey
         iio.imwrite(frames / n, np.repeat(u8[k][..., None], 3, axis=2))
-    r = run("fit", frames, "--face-shape", "10x8", "--out", tmp_path / "out", "-q")
+    r = run("fit", frames, "--face-shape", "10x8", "--out", tmp_path / "out", "-q", "--grey")
     assert r.returncode == 0, r.stderr
     _check_outputs(tmp_path / "out", truth, names)
 
@@ -108,7 +112,7 @@ def test_fit_video(tmp_path, stack):
     X, truth = make_faces(K, (48, 64), (20, 16), noise=0.3, random_state=2)
     u8 = np.clip(np.round(X), 0, 255).astype(np.uint8)
     iio.imwrite(tmp_path / "v.avi", np.repeat(u8[..., None], 3, axis=3), plugin="FFMPEG", codec="ffv1", fps=10)
-    r = run("fit", tmp_path / "v.avi", "--face-shape", "20x16", "--out", tmp_path / "out", "-q")
+    r = run("fit", tmp_path / "v.avi", "--face-shape", "20x16", "--out", tmp_path / "out", "-q", "--grey")
     assert r.returncode == 0, r.stderr
     with open(tmp_path / "out" / "positions.csv") as fh:
         rows = list(csv.DictReader(fh))
@@ -123,7 +127,7 @@ def test_predict_and_generate(tmp_path):
     X = np.load(tmp_path / "g.npy")
     with np.load(tmp_path / "g.truth.npz") as t:
         truth_pos = t["positions"]
-        assert t["face"].shape == (10, 8) and t["prior"].shape == (15, 23)
+        assert t["faces"].shape == (1, 10, 8) and t["prior"].shape == (15, 23)
     assert X.shape == (30, 24, 30)
     r = run("fit", tmp_path / "g.npy", "--face-shape", "10x8", "--out", tmp_path / "m", "-q")
     assert r.returncode == 0, r.stderr
@@ -133,6 +137,100 @@ def test_predict_and_generate(tmp_path):
         rows = list(csv.DictReader(fh))
     pos = np.array([[int(r["row"]), int(r["col"])] for r in rows])
     assert np.mean((pos == truth_pos).all(axis=1)) >= 0.95
+
+
+def test_several_faces_end_to_end(tmp_path):
+    """generate --faces 3, fit --faces 3: every face with its weight in the report, a face column, predict."""
+    r = run("generate", "--out", tmp_path / "g.npy", "--n-images", 150, "--image-shape", "30x34",
+            "--face-shape", "12x10", "--faces", 3, "--noise", 0.5, "--seed", 2, "-q")
+    assert r.returncode == 0, r.stderr
+    with np.load(tmp_path / "g.truth.npz") as t:
+        labels, truth_pos = t["labels"], t["positions"]
+        assert t["faces"].shape == (3, 12, 10)
+    r = run("fit", tmp_path / "g.npy", "--face-shape", "12x10", "--faces", 3, "--out", tmp_path / "m", "-q",
+            "--seed", 0)
+    assert r.returncode == 0, r.stderr
+    out = tmp_path / "m"
+    for f in ("face_0.png", "face_1.png", "face_2.png", "faces.png", "prior.png", "report.html"):
+        assert (out / f).is_file()
+    html = (out / "report.html").read_text()
+    assert "face 0: weight" in html and "face 2: weight" in html and "<h2>Faces</h2>" in html
+    r = run("predict", out / "model.npz", tmp_path / "g.npy", "--out", tmp_path / "p.csv")
+    assert r.returncode == 0, r.stderr
+    with open(tmp_path / "p.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    faces = np.array([int(r["face"]) for r in rows])
+    pos = np.array([[int(r["row"]), int(r["col"])] for r in rows])
+    # the same partition as the truth, whatever the faces' numbering
+    pairs = set(zip(faces.tolist(), labels.tolist()))
+    assert len(pairs) == 3 and len({a for a, _ in pairs}) == 3
+    assert np.mean((pos == truth_pos).all(axis=1)) >= 0.95
+
+
+def test_colour_stays_colour(tmp_path):
+    iio = optional("imageio.v3")
+    r = run("generate", "--out", tmp_path / "g.npy", "--n-images", 60, "--image-shape", "24x30",
+            "--face-shape", "10x8", "--colour", "--noise", 0.5, "--seed", 3, "-q", "--dtype", "uint8")
+    assert r.returncode == 0, r.stderr
+    X = np.load(tmp_path / "g.npy")
+    assert X.shape == (60, 24, 30, 3)
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for k in range(len(X)):  # RGBA frames: the alpha channel is dropped with a note
+        iio.imwrite(frames / f"{k}.png", np.concatenate([X[k], np.full((24, 30, 1), 255, np.uint8)], axis=2))
+    r = run("fit", frames, "--face-shape", "10x8", "--out", tmp_path / "o", "--seed", 0)
+    assert r.returncode == 0, r.stderr
+    notes = [ln for ln in r.stderr.splitlines() if "alpha channel is dropped" in ln]
+    assert len(notes) == 1 and notes[0].startswith("emface: note:")
+    face = iio.imread(tmp_path / "o" / "face.png")
+    assert face.shape == (10, 8, 3)
+    assert not np.array_equal(face[..., 0], face[..., 2])  # really in colour
+    bg = iio.imread(tmp_path / "o" / "background.png")
+    assert bg.shape == (24, 30, 3)
+
+
+def test_frames_with_different_channel_counts(tmp_path):
+    iio = optional("imageio.v3")
+    frames = tmp_path / "f"
+    frames.mkdir()
+    iio.imwrite(frames / "1.png", np.zeros((10, 12, 3), np.uint8))
+    iio.imwrite(frames / "2.png", np.zeros((10, 12), np.uint8))
+    _bad(run("fit", frames, "--face-shape", "4x4", "--out", tmp_path / "o"),
+         "frames differ in channel count", "1.png is 10x12, 3 channels", "2.png is 10x12, grey")
+
+
+def test_a_missing_extra_is_named_with_its_pip_install(tmp_path, stack):
+    """Without the distributed extra, --scheduler says which pip install adds it: one line, exit 2."""
+    np.save(tmp_path / "s.npy", stack[0])
+    code = ("import sys, builtins\n"
+            "real = builtins.__import__\n"
+            "def fake(name, globals=None, locals=None, fromlist=(), level=0):\n"
+            "    if level == 0 and name.split('.')[0] in ('distributed', 'dask'):\n"
+            "        raise ImportError('No module named ' + repr(name))\n"
+            "    return real(name, globals, locals, fromlist, level)\n"
+            "builtins.__import__ = fake\n"
+            "from emface.cli import main\n"
+            "main(sys.argv[1:])\n")
+    r = subprocess.run([sys.executable, "-c", code, "fit", str(tmp_path / "s.npy"), "--face-shape", "4x4",
+                        "--out", str(tmp_path / "o"), "--scheduler", "tcp://127.0.0.1:1"],
+                       capture_output=True, text=True, timeout=120)
+    _bad(r, "pip install 'emface[distributed]'")
+
+
+def test_the_cli_uses_only_public_names():
+    """The CLI is a client: no private name of another emface module or of the estimator."""
+    import ast
+    import emface.cli
+
+    tree = ast.parse(open(emface.cli.__file__).read())
+    private = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level:
+            private += [a.name for a in node.names if a.name.startswith("_") and not a.name.startswith("__")]
+        if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__"):
+            if isinstance(node.value, ast.Name) and node.value.id in ("est", "estimator", "io", "model", "em"):
+                private.append(f"{node.value.id}.{node.attr}")
+    assert private == []
 
 
 def test_version_and_help():

@@ -69,10 +69,11 @@ def test_spectra_stay_cached_on_the_workers(client, data):
     from emface.distributed import DaskExecutor
     from emface.executor import EngineConfig
     from emface.init import random_start
+    from emface.mixture import FaceMixture
 
     X, _ = data
     ex = DaskExecutor(da.from_array(X, chunks=(100, -1, -1)), (12, 10), config=EngineConfig(), client=client)
-    p = random_start(ex.source, np.random.default_rng(0))
+    p = random_start(ex.source, FaceMixture((12, 10)), np.random.default_rng(0))
     ex.pass_stats(p)
     def spectra_id(c):
         return None if c.cache.spectra is None else id(c.cache.spectra)

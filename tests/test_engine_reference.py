@@ -1,13 +1,18 @@
-"""The engine against the brute-force reference (tests/reference.py), to 1e-10 relative."""
+"""The engine against the brute-force reference (tests/reference.py), to 1e-10 relative.
 
+Every backend and correlation route, one and several faces, one and several
+channels, priors with zeros and a face with no weight at all.
+"""
+
+import importlib.util
 import zlib
 
 import numpy as np
 import pytest
 
 import reference as ref
-from conftest import random_problem
-from emface.engine import params_from
+from conftest import as_ref, random_problem, ref_args
+from emface.engine import free_energy, params_from
 from emface.executor import EngineConfig, LocalExecutor
 from emface.sources import ArraySource
 
@@ -22,6 +27,10 @@ SHAPES = [
     (6, 8, 7, 1, 1),    # one-pixel face
 ]
 ROUTES = [("numba", "fft"), ("numba", "direct"), ("numpy", "fft"), ("numpy", "direct")]
+if importlib.util.find_spec("torch") is not None:
+    ROUTES.append(("torch", "fft"))
+# (faces C, channels Ch)
+MODELS = [(1, 1), (3, 1), (1, 3), (2, 2)]
 
 
 def _seed(*parts):
@@ -31,7 +40,7 @@ def _seed(*parts):
 def _close(a, b, rtol=RTOL):
     a = np.asarray(a, dtype=float)
     b = np.asarray(b, dtype=float)
-    assert a.shape == b.shape
+    assert a.shape == b.shape, (a.shape, b.shape)
     if a.size == 0:
         return True
     scale = max(np.abs(b).max(), 1e-300)
@@ -43,146 +52,210 @@ def _executor(X, face_shape, backend, route, chunk_size=2, dtype=np.float64):
     return LocalExecutor(src, EngineConfig(backend=backend, route=route, dtype=dtype))
 
 
+def _problem(shape, model, *parts, **kw):
+    K, H, W, h, w = shape
+    C, Ch = model
+    rng = np.random.default_rng(_seed(shape, model, *parts))
+    return random_problem(rng, K, H, W, h, w, n_faces=C, n_channels=Ch, **kw)
+
+
+def background_evidence(q, h, w):
+    """Expected number of images in which each pixel shows the background (by loops), q (K, C, P, Q)."""
+    K, C, P, Q = q.shape
+    H, W = P + h - 1, Q + w - 1
+    free = np.zeros((H, W))
+    for k in range(K):
+        for c in range(C):
+            for i in range(P):
+                for j in range(Q):
+                    m = np.ones((H, W))
+                    m[i:i + h, j:j + w] = 0
+                    free += q[k, c, i, j] * m
+    return free
+
+
+def _check_m_step(new, q, X, theta, h, w, alpha=0.0, per_channel=False):
+    F, B, s, A = ref.m_step(X, q, h, w, alpha=alpha, previous_B=as_ref(B=theta.background),
+                            previous_F=as_ref(F=theta.faces), per_channel=per_channel)
+    assert _close(as_ref(F=new.faces), F)
+    assert _close(new.prior, A)
+    # s² is an expanded sum of squares, exact to the rounding of ||X||²: an
+    # exact fit (s = 0, as when each face explains one image) comes out near 1e-16
+    assert np.allclose(new.noise_std ** 2, s ** 2, rtol=RTOL, atol=1e-13 * np.mean(np.square(X)))
+    # B is (SX - XC) / (K - C): where the evidence K - C is tiny the ratio is
+    # ill-conditioned in any arithmetic; compare where there is real evidence
+    free = background_evidence(q, h, w)
+    assert _close(as_ref(B=new.background)[free > 1e-4], B[free > 1e-4])
+
+
+@pytest.mark.parametrize("model", MODELS)
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("backend,route", ROUTES)
-def test_log_joint_and_posterior(shape, backend, route):
-    rng = np.random.default_rng(_seed(shape, backend, route))
-    K, H, W, h, w = shape
-    theta, X, _ = random_problem(rng, K, H, W, h, w)
+def test_log_joint_and_posterior(shape, backend, route, model):
+    theta, X, _, _ = _problem(shape, model, backend, route)
+    K = len(X)
+    h, w = theta.face_shape
     ex = _executor(X, (h, w), backend, route)
     stats, lj = ex.collect(theta, output="log_joint")
-    want = ref.log_joint(X, theta.face, theta.background, theta.noise_std, theta.prior)
+    want = ref.log_joint(X, *ref_args(theta))
     finite = np.isfinite(want)
     assert np.array_equal(np.isfinite(lj), finite)
     assert _close(lj[finite], want[finite])
     stats, q = ex.collect(theta, output="q")
-    qr = ref.posterior(X, theta.face, theta.background, theta.noise_std, theta.prior)
+    qr = ref.posterior(X, *ref_args(theta))
     assert np.abs(q - qr).max() <= RTOL
     assert np.allclose(q.reshape(K, -1).sum(1), 1.0, rtol=0, atol=1e-12)
     assert (q[:, theta.prior == 0] == 0).all()
-    ll = ref.log_likelihood(X, theta.face, theta.background, theta.noise_std, theta.prior)
+    assert np.abs(stats.class_prob - qr.sum(axis=(2, 3))).max() <= RTOL
+    ll = ref.log_likelihood(X, *ref_args(theta))
     assert _close(stats.loglik, ll)
-    # with the exact posterior the lower bound is the log-likelihood
-    lb = ref.lower_bound(X, theta.face, theta.background, theta.noise_std, theta.prior, qr)
+    # with the exact posterior the lower bound is the log-likelihood, and the
+    # free energy computed from the sufficient statistics is the same number
+    lb = ref.lower_bound(X, *ref_args(theta), qr)
     assert _close(stats.loglik, lb)
+    assert _close(free_energy(stats, theta), lb)
 
 
+@pytest.mark.parametrize("model", MODELS)
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("backend,route", ROUTES)
 @pytest.mark.parametrize("alpha", [0.0, 2.5])
-def test_soft_m_step(shape, backend, route, alpha):
-    rng = np.random.default_rng(_seed(shape, backend, route, alpha, 1))
-    K, H, W, h, w = shape
-    theta, X, _ = random_problem(rng, K, H, W, h, w)
+def test_soft_m_step(shape, backend, route, alpha, model):
+    per_channel = model[1] > 1 and alpha > 0
+    theta, X, _, _ = _problem(shape, model, backend, route, alpha, 1, per_channel=per_channel)
+    h, w = theta.face_shape
     ex = _executor(X, (h, w), backend, route)
     stats = ex.pass_stats(theta)
-    new, info = params_from(stats, theta, face_shape=(h, w), prior_smoothing=alpha, noise_floor=1e-300)
-    q = ref.posterior(X, theta.face, theta.background, theta.noise_std, theta.prior)
-    F, B, s, A = ref.m_step(X, q, h, w, alpha=alpha, previous_B=theta.background)
-    assert _close(new.face, F)
-    assert _close(new.prior, A)
-    assert _close(new.noise_std, s)
-    # B is (SX - XC) / (K - C): where the evidence K - C is tiny the ratio is
-    # ill-conditioned in any arithmetic; compare where there is real evidence
-    free = background_evidence(q, h, w)
-    assert _close(new.background[free > 1e-4], B[free > 1e-4])
+    new, info = params_from(stats, theta, prior_smoothing=alpha, noise_floor=1e-300,
+                            noise="per_channel" if per_channel else "shared")
+    q = ref.posterior(X, *ref_args(theta))
+    _check_m_step(new, q, X, theta, h, w, alpha=alpha, per_channel=per_channel)
 
 
-def background_evidence(q, h, w):
-    """Expected number of images in which each pixel shows the background (by loops)."""
-    K, P, Q = q.shape
-    H, W = P + h - 1, Q + w - 1
-    free = np.zeros((H, W))
-    for k in range(K):
-        for i in range(P):
-            for j in range(Q):
-                m = np.ones((H, W))
-                m[i:i + h, j:j + w] = 0
-                free += q[k, i, j] * m
-    return free
-
-
+@pytest.mark.parametrize("model", MODELS)
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("backend,route", ROUTES)
-def test_hard_e_and_m_step(shape, backend, route):
-    rng = np.random.default_rng(_seed(shape, backend, route, 2))
+def test_hard_e_and_m_step(shape, backend, route, model):
+    theta, X, _, _ = _problem(shape, model, backend, route, 2)
     K, H, W, h, w = shape
-    theta, X, _ = random_problem(rng, K, H, W, h, w)
     ex = _executor(X, (h, w), backend, route)
     stats = ex.pass_stats(theta, hard=True)
-    pos = ref.hard_positions(X, theta.face, theta.background, theta.noise_std, theta.prior)
+    labels, pos = ref.hard_assignments(X, *ref_args(theta))
     assert np.array_equal(stats.positions, pos)
-    P, Q = H - h + 1, W - w + 1
-    q = ref.one_hot(pos, P, Q)
+    assert np.array_equal(stats.labels, labels)
+    C, P, Q = theta.prior.shape
+    q = ref.one_hot(labels, pos, C, P, Q)
     # the hard objective is the lower bound of the one-hot q (its entropy is 0)
-    lb = ref.lower_bound(X, theta.face, theta.background, theta.noise_std, theta.prior, q)
+    lb = ref.lower_bound(X, *ref_args(theta), q)
     assert _close(stats.loglik, lb)
-    new, _ = params_from(stats, theta, face_shape=(h, w), noise_floor=1e-300)
-    F, B, s, A = ref.m_step(X, q, h, w, previous_B=theta.background)
-    assert _close(new.face, F)
-    assert _close(new.prior, A)
-    assert _close(new.noise_std, s)
-    # B is (SX - XC) / (K - C): where the evidence K - C is tiny the ratio is
-    # ill-conditioned in any arithmetic; compare where there is real evidence
-    free = background_evidence(q, h, w)
-    assert _close(new.background[free > 1e-4], B[free > 1e-4])
+    assert stats.entropy_sum == 0.0
+    new, _ = params_from(stats, theta, noise_floor=1e-300)
+    _check_m_step(new, q, X, theta, h, w)
+
+
+@pytest.mark.parametrize("backend,route", ROUTES)
+@pytest.mark.parametrize("hard", [False, True])
+def test_a_face_with_no_images_keeps_its_face(backend, route, hard):
+    """A face whose prior is 0 everywhere gets no posterior mass: it keeps its last value, no NaN."""
+    shape, model = (6, 8, 9, 3, 4), (3, 2)
+    theta, X, labels, _ = _problem(shape, model, "empty", backend, route, hard, empty_face=True)
+    assert not (labels == 2).any()
+    h, w = theta.face_shape
+    stats = _executor(X, (h, w), backend, route).pass_stats(theta, hard=hard)
+    assert stats.N[2].sum() == 0.0
+    new, info = params_from(stats, theta, noise_floor=1e-300)
+    assert 2 in info.empty_faces
+    assert np.array_equal(new.faces[2], theta.faces[2])
+    assert np.isfinite(new.faces).all() and np.isfinite(new.background).all() and np.isfinite(new.noise_std).all()
+    q = ref.posterior(X, *ref_args(theta)) if not hard else ref.one_hot(
+        *ref.hard_assignments(X, *ref_args(theta)), *theta.prior.shape)
+    _check_m_step(new, q, X, theta, h, w)
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_free_energy_of_old_posteriors_under_new_parameters(model):
+    """free_energy(stats of θ, θ') is E_q[log p(X, c, d | θ')] + H(q) for the posteriors of θ."""
+    theta, X, _, _ = _problem((5, 7, 8, 3, 3), model, "fe")
+    h, w = theta.face_shape
+    stats = _executor(X, (h, w), "numba", None).pass_stats(theta)
+    new, _ = params_from(stats, theta, noise_floor=1e-300)
+    q = ref.posterior(X, *ref_args(theta))
+    want = ref.lower_bound(X, *ref_args(new), q)
+    assert _close(free_energy(stats, new), want)
+    # the M-step maximises it over θ: never below the start's
+    assert free_energy(stats, new) >= free_energy(stats, theta) - 1e-12 * abs(want)
 
 
 @pytest.mark.parametrize("backend", ["numba", "numpy"])
-def test_chunking_does_not_change_sums(backend):
-    rng = np.random.default_rng(7)
-    theta, X, _ = random_problem(rng, 13, 9, 10, 4, 3)
+@pytest.mark.parametrize("model", [(1, 1), (3, 2)])
+def test_chunking_does_not_change_sums(backend, model):
+    theta, X, _, _ = _problem((13, 9, 10, 4, 3), model, "chunks")
     one = _executor(X, (4, 3), backend, None, chunk_size=13).pass_stats(theta)
     many = _executor(X, (4, 3), backend, None, chunk_size=3).pass_stats(theta)
-    for name in ("N", "S_F", "XC", "SX"):
+    for name in ("N", "S_F", "XC", "SX", "SXX"):
         assert _close(getattr(many, name), getattr(one, name), 1e-12)
     assert _close(many.loglik, one.loglik, 1e-12)
     assert np.array_equal(many.positions, one.positions)
+    assert np.array_equal(many.labels, one.labels)
 
 
-def test_dense_and_sparse_routes_agree():
-    """Broad posteriors take the FFT route for S_F, peaked ones the crop route: same sums."""
-    rng = np.random.default_rng(3)
-    theta, X, _ = random_problem(rng, 6, 16, 17, 5, 6, zeros_in_prior=True)
-    ex = _executor(X, (5, 6), "numba", "fft")
-    ex_np = _executor(X, (5, 6), "numpy", "fft")
+@pytest.mark.parametrize("model", [(1, 1), (3, 2)])
+def test_dense_and_sparse_routes_agree_with_the_reference(model):
+    """Broad posteriors take the FFT route for S_F, peaked ones the crop route: both equal the loops."""
+    theta, X, _, _ = _problem((6, 16, 17, 5, 6), model, "dense")
     for s in (50.0, 0.3):  # broad, then sharp posteriors
         th = theta.copy()
-        th.noise_std = s
-        a = ex.pass_stats(th)
-        b = ex_np.pass_stats(th)
-        fa, _ = params_from(a, th, face_shape=(5, 6))
-        fb, _ = params_from(b, th, face_shape=(5, 6))
-        assert _close(fa.face, fb.face)
-        assert _close(fa.background, fb.background)
-        assert _close(fa.noise_std, fb.noise_std)
+        th.noise_std = np.full(model[1], s)
+        stats = _executor(X, (5, 6), "numba", "fft").pass_stats(th)
+        if s == 50.0:
+            assert stats.S_F_hat is not None  # the dense route was taken
+        new, _ = params_from(stats, th, noise_floor=1e-300)
+        _check_m_step(new, ref.posterior(X, *ref_args(th)), X, th, 5, 6)
 
 
-def test_float32_gives_same_positions_and_close_sums(rng):
-    from conftest import contrast_problem
-
-    theta, X, _ = contrast_problem(rng, 40, 24, 30, 8, 9, s=40.0)
+@pytest.mark.parametrize("model", [(1, 1), (2, 3)])
+def test_float32_gives_same_positions_and_close_sums(model):
+    theta, X, _, _ = _problem((40, 24, 30, 8, 9), model, "f32", s=0.4)
     for route in ("fft", "direct"):
         a = _executor(X, (8, 9), "numba", route, chunk_size=7).pass_stats(theta)
         b = _executor(X, (8, 9), "numba", route, chunk_size=7, dtype=np.float32).pass_stats(theta)
         assert np.array_equal(a.positions, b.positions)
+        assert np.array_equal(a.labels, b.labels)
         assert abs(a.loglik - b.loglik) <= 1e-4 * abs(a.loglik)
 
 
 @pytest.mark.parametrize("route", ["fft", "direct"])
 def test_float32_route_against_the_reference(route):
-    """float32 correlations: the same hard positions, posteriors and M-step to float32 accuracy."""
-    rng = np.random.default_rng(_seed("f32", route))
-    K, H, W, h, w = 6, 12, 13, 4, 5
-    theta, X, _ = random_problem(rng, K, H, W, h, w, s=0.8)
-    ex = _executor(X, (h, w), "numba", route, dtype=np.float32)
+    """float32 correlations: the same hard assignments, posteriors and M-step to float32 accuracy."""
+    theta, X, _, _ = _problem((6, 12, 13, 4, 5), (2, 1), "f32", route, s=0.8)
+    ex = _executor(X, (4, 5), "numba", route, dtype=np.float32)
     stats, q = ex.collect(theta, output="q")
-    qr = ref.posterior(X, theta.face, theta.background, theta.noise_std, theta.prior)
+    qr = ref.posterior(X, *ref_args(theta))
     assert np.abs(q - qr).max() < 1e-4
     hard = ex.pass_stats(theta, hard=True)
-    assert np.array_equal(hard.positions, ref.hard_positions(X, theta.face, theta.background,
-                                                             theta.noise_std, theta.prior))
-    new, _ = params_from(stats, theta, face_shape=(h, w))
-    F, B, s, A = ref.m_step(X, qr, h, w, previous_B=theta.background)
-    assert _close(new.face, F, 1e-4)
+    labels, pos = ref.hard_assignments(X, *ref_args(theta))
+    assert np.array_equal(hard.positions, pos) and np.array_equal(hard.labels, labels)
+    new, _ = params_from(stats, theta)
+    F, B, s, A = ref.m_step(X, qr, 4, 5, previous_B=as_ref(B=theta.background))
+    assert _close(as_ref(F=new.faces), F, 1e-4)
     assert _close(new.noise_std, s, 1e-4)
+
+
+def test_one_channel_in_four_dimensions_equals_the_grey_stack():
+    """X of shape (K, H, W, 1) is the grey model exactly: statistics and a whole fit."""
+    from emface import FaceEM
+    from emface.datasets import make_faces
+
+    X, _ = make_faces(120, (30, 36), (12, 10), noise=0.8, random_state=3)
+    theta, _, _, _ = _problem((1, 30, 36, 12, 10), (1, 1), "ch1")
+    a = _executor(X, (12, 10), "numba", None).pass_stats(theta)
+    b = _executor(X[..., None], (12, 10), "numba", None).pass_stats(theta)
+    for name in ("N", "S_F", "XC", "SX", "SXX"):
+        assert np.array_equal(getattr(a, name), getattr(b, name))
+    assert a.loglik == b.loglik
+    grey = FaceEM((12, 10), random_state=0, n_init=1).fit(X)
+    four = FaceEM((12, 10), random_state=0, n_init=1).fit(X[..., None])
+    assert four.face_.shape == (12, 10, 1) and four.background_.shape == (30, 36, 1)
+    assert np.array_equal(four.face_[..., 0], grey.face_)
+    assert np.array_equal(four.background_[..., 0], grey.background_)
+    assert four.noise_std_ == grey.noise_std_ and four.lower_bounds_ == grey.lower_bounds_

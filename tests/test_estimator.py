@@ -39,7 +39,7 @@ def test_predict_proba_and_scores_match_the_reference(data):
         est = FaceEM((7, 8), random_state=0, max_iter=5).fit(X[:10])
     Xs = X[:6]
     q = est.predict_proba(Xs)
-    qr = ref.posterior(Xs, est.face_, est.background_, est.noise_std_, est.prior_)
+    qr = ref.posterior(Xs, est.face_, est.background_, est.noise_std_, est.prior_)[:, 0]
     assert q.shape == (6, 14, 17)
     assert np.abs(q - qr).max() < 1e-10
     ss = est.score_samples(Xs)
@@ -55,14 +55,16 @@ def test_lower_bound_is_the_mean_log_likelihood(data):
     assert est.lower_bound_ == pytest.approx(est.score(X), rel=1e-10)
 
 
-def test_hard_lower_bound_is_the_map_joint(data):
+def test_hard_lower_bound_with_smoothing_is_the_map_joint_plus_the_dirichlet_term(data):
     theta, X, pos = data
-    est = FaceEM((7, 8), hard=True, prior_smoothing=5.0, random_state=1).fit(X)
+    alpha = 5.0
+    est = FaceEM((7, 8), hard=True, prior_smoothing=alpha, random_state=1).fit(X)
     lj = ref.log_joint(X[:5], est.face_, est.background_, est.noise_std_, est.prior_)
     # per-image MAP joint, plus the smoothing prior's alpha * sum log A / K
-    full = FaceEM((7, 8), hard=True, face_init=est.face_, background_init=est.background_,
+    full = FaceEM((7, 8), hard=True, prior_smoothing=alpha, face_init=est.face_, background_init=est.background_,
                   noise_std_init=est.noise_std_, prior_init=est.prior_, max_iter=0).fit(X[:5])
-    want = lj.reshape(5, -1).max(axis=1).mean()
+    want = lj.reshape(5, -1).max(axis=1).mean() + alpha * np.log(est.prior_).sum() / 5
+    assert np.log(est.prior_).sum() < 0  # the term is there to see
     assert full.lower_bound_ == pytest.approx(want, rel=1e-10)
 
 
@@ -74,6 +76,17 @@ def test_fit_predict_and_sample(data):
     assert Xs.shape == (30, 20, 24) and ps.shape == (30, 2)
     # the sampled images are explained by the model at their positions
     assert np.array_equal(est.predict(Xs), ps)
+
+
+def test_warm_start_history_is_that_of_one_longer_run(data):
+    theta, X, pos = data
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        one = FaceEM((7, 8), max_iter=6, tol=0.0, random_state=0, n_init=1, shift_escape=False).fit(X)
+        two = FaceEM((7, 8), max_iter=2, tol=0.0, random_state=0, n_init=1, shift_escape=False).fit(X)
+        two.set_params(warm_start=True, max_iter=6).fit(X)
+    assert two.lower_bounds_ == pytest.approx(one.lower_bounds_, rel=1e-12)
+    assert np.allclose(two.face_, one.face_, rtol=1e-12, atol=1e-9)
 
 
 def test_convergence_warning(data):
@@ -147,10 +160,23 @@ def test_unfitted_predict_raises():
         FaceEM((2, 2)).predict(np.zeros((1, 4, 4)))
 
 
-@pytest.mark.parametrize("backend", ["numba", "numpy"])
-def test_backends_agree_on_a_fit(data, backend):
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_other_backends_fit_as_the_fused_kernels_do(data, backend):
+    if backend == "torch":
+        pytest.importorskip("torch")
     theta, X, pos = data
     a = FaceEM((7, 8), random_state=0, backend=backend).fit(X)
     b = FaceEM((7, 8), random_state=0, backend="numba").fit(X)
     assert np.allclose(a.face_, b.face_, rtol=1e-9, atol=1e-9)
     assert a.lower_bound_ == pytest.approx(b.lower_bound_, rel=1e-10)
+
+
+def test_a_converged_fit_is_a_fixed_point_of_the_brute_force_em_step(data):
+    """Independent of every backend: one E- and M-step of the reference from the fit returns the fit."""
+    theta, X, pos = data
+    est = FaceEM((7, 8), random_state=0, tol=1e-10, max_iter=300).fit(X[:30])
+    q = ref.posterior(X[:30], est.face_, est.background_, est.noise_std_, est.prior_)
+    F, B, s, A = ref.m_step(X[:30], q, 7, 8)
+    assert np.allclose(F[0, ..., 0], est.face_, rtol=0, atol=1e-6 * np.abs(est.face_).max())
+    assert s[0] == pytest.approx(est.noise_std_, rel=1e-6)
+    assert np.allclose(A[0], est.prior_, rtol=0, atol=1e-6)

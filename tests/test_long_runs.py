@@ -42,7 +42,7 @@ def test_checkpoint_is_written_atomically_and_loads(tmp_path, X):
     params, extra = load_model(path)
     assert extra["kind"] == "checkpoint"
     assert extra["n_iter"] == 12  # the last multiple of 3
-    assert np.allclose(params.face, est.face_)
+    assert np.allclose(params.faces[0, 0], est.face_)
     assert len(extra["history"]) == 13
     # no temporary files are left behind
     assert sorted(os.listdir(tmp_path)) == ["ckpt.npz"]

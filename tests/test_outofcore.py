@@ -68,10 +68,11 @@ def test_max_memory_bounds_the_spectrum_cache(data):
     large = ArraySource(X, (12, 10))
     from emface.executor import EngineConfig, LocalExecutor
     from emface.init import random_start
+    from emface.mixture import FaceMixture
 
     for src in (small, large):
         ex = LocalExecutor(src, EngineConfig())
-        ex.pass_stats(random_start(src, np.random.default_rng(0)))
+        ex.pass_stats(random_start(src, FaceMixture((12, 10)), np.random.default_rng(0)))
     assert small.cached_bytes <= small.cache_budget <= 0.6 * 2e6
     assert large.cached_bytes == len(X) * 30 * 19 * 16  # every spectrum fits by default here
     a = FaceEM((12, 10), random_state=0, n_init=1, max_memory="2MB").fit(X)

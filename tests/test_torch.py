@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import reference as ref
-from conftest import optional, random_problem
+from conftest import optional, random_problem, ref_args
 from emface import FaceEM
 from emface.datasets import make_faces
 from emface.engine import params_from
@@ -30,38 +30,39 @@ def _ex(X, fs, backend, dtype=np.float64, device="cpu"):
 
 
 @pytest.mark.parametrize("hard", [False, True])
+@pytest.mark.parametrize("model", [(1, 1), (3, 2)])
 @pytest.mark.parametrize("shape", [(9, 7, 11, 3, 4), (6, 8, 15, 8, 5), (5, 6, 6, 6, 6)])
-def test_torch_cpu_float64_matches_numpy_engine(shape, hard):
+def test_torch_cpu_float64_matches_numpy_engine(shape, model, hard):
     K, H, W, h, w = shape
     rng = np.random.default_rng(sum(shape) + hard)
-    theta, X, _ = random_problem(rng, K, H, W, h, w)
+    theta, X, _, _ = random_problem(rng, K, H, W, h, w, n_faces=model[0], n_channels=model[1])
     a = _ex(X, (h, w), "numpy").pass_stats(theta, hard=hard)
     b = _ex(X, (h, w), "torch").pass_stats(theta, hard=hard)
-    assert np.array_equal(a.positions, b.positions)
+    assert np.array_equal(a.positions, b.positions) and np.array_equal(a.labels, b.labels)
     assert abs(a.loglik - b.loglik) <= 1e-10 * abs(a.loglik)
-    pa, _ = params_from(a, theta, face_shape=(h, w))
-    pb, _ = params_from(b, theta, face_shape=(h, w))
-    for u, v in ((pa.face, pb.face), (pa.prior, pb.prior)):
+    pa, _ = params_from(a, theta)
+    pb, _ = params_from(b, theta)
+    for u, v in ((pa.faces, pb.faces), (pa.prior, pb.prior)):
         assert _rel(v, u) < 1e-10
     # B = (SX - XC) / (K - C) is ill-conditioned where the background is almost never
     # seen; compare where it is seen in at least a thousandth of an image
     from emface.engine.kernels import coverage
 
-    seen = (K - coverage(a.N, (h, w))) > 1e-3
+    seen = (K - coverage(a.N.sum(axis=0), (h, w))) > 1e-3
     if seen.any():  # a face as large as the image leaves no background to compare
-        assert _rel(pb.background[seen], pa.background[seen]) < 1e-10
-    assert abs(pa.noise_std - pb.noise_std) <= 1e-10 * pa.noise_std
+        assert _rel(pb.background[:, seen], pa.background[:, seen]) < 1e-10
+    assert np.all(np.abs(pa.noise_std - pb.noise_std) <= 1e-10 * pa.noise_std)
 
 
 def test_torch_posterior_and_log_joint_against_the_reference():
     rng = np.random.default_rng(2)
-    theta, X, _ = random_problem(rng, 5, 8, 9, 3, 3)
+    theta, X, _, _ = random_problem(rng, 5, 8, 9, 3, 3, n_faces=2, n_channels=3)
     ex = _ex(X, (3, 3), "torch")
     _, q = ex.collect(theta, output="q")
-    qr = ref.posterior(X, theta.face, theta.background, theta.noise_std, theta.prior)
+    qr = ref.posterior(X, *ref_args(theta))
     assert np.abs(q - qr).max() < 1e-10
     _, lj = ex.collect(theta, output="log_joint")
-    want = ref.log_joint(X, theta.face, theta.background, theta.noise_std, theta.prior)
+    want = ref.log_joint(X, *ref_args(theta))
     fin = np.isfinite(want)
     assert np.array_equal(np.isfinite(lj), fin)
     assert _rel(lj[fin], want[fin]) < 1e-10
@@ -85,6 +86,16 @@ def test_torch_float32_gives_the_float64_positions():
     b = FaceEM((16, 12), backend="torch", dtype=np.float32, random_state=0, n_init=1).fit(X)
     assert np.array_equal(b.predict(X), a.predict(X))
     assert _rel(b.face_, a.face_) < 1e-4
+
+
+def test_gpu_default_precision_is_float32():
+    """dtype=None: float32 correlations on a GPU, float64 on the CPU (the docstring and README say so)."""
+    assert FaceEM((3, 3))._compute_dtype() == np.float64
+    assert FaceEM((3, 3), device="cuda")._compute_dtype() == np.float32
+    assert FaceEM((3, 3), device="cuda:1", dtype=np.float64)._compute_dtype() == np.float64
+    import inspect
+
+    assert inspect.signature(FaceEM).parameters["dtype"].default is None
 
 
 def test_cuda_unavailable_is_a_clear_error():

@@ -20,10 +20,16 @@ def test_non_finite_pixels(X, bad):
         FaceEM((3, 3)).fit(X)
 
 
-@pytest.mark.parametrize("shape,what", [((10, 12), "2-D"), ((2, 3, 10, 12), "4-D"), ((5,), "1-D")])
-def test_not_three_dimensional(shape, what):
-    with pytest.raises(ValueError, match=rf"X must be a 3-D array of shape \(K, H, W\), got {what}"):
+@pytest.mark.parametrize("shape,what", [((10, 12), "2-D"), ((2, 3, 10, 12, 3), "5-D"), ((5,), "1-D")])
+def test_not_three_or_four_dimensional(shape, what):
+    with pytest.raises(ValueError, match=rf"X must be a 3-D or 4-D array of shape \(K, H, W\) or \(K, H, W, Ch\), "
+                                         rf"got {what}"):
         FaceEM((3, 3)).fit(np.zeros(shape))
+
+
+def test_five_dimensional_input_says_why():
+    with pytest.raises(ValueError, match="a 5-D array is not an image stack"):
+        FaceEM((3, 3)).fit(np.zeros((2, 3, 10, 12, 3)))
 
 
 @pytest.mark.parametrize("shape", [(0, 10, 12), (3, 0, 12), (3, 10, 0)])
@@ -64,6 +70,9 @@ def test_face_shape_not_a_pair_of_positive_ints(X, fs):
     (dict(device="tpu"), "device must be .cpu., .cuda. or .cuda:N., got .tpu."),
     (dict(n_jobs=0), "n_jobs must be a positive int, -1 or None"),
     (dict(backend="cuda-ish"), "backend must be one of"),
+    (dict(n_faces=0), "n_faces must be >= 1, got 0"),
+    (dict(noise="each"), r"noise must be one of \['shared', 'per_channel'\], got 'each'"),
+    (dict(algorithm="online"), r"algorithm must be one of \['auto', 'batch', 'incremental'\]"),
     (dict(max_memory="lots"), "max_memory must be a number of bytes or a string like '2GB'"),
     (dict(noise_floor=0.0), "noise_floor must be > 0.0"),
 ])
@@ -85,6 +94,26 @@ def test_initial_arrays_of_the_wrong_shape(X, kw, msg):
         FaceEM((3, 3), **kw).fit(X)
 
 
+@pytest.mark.parametrize("kw,msg", [
+    (dict(face_init=np.zeros((3, 3, 4))), r"face_init must have shape \(3, 3, 3\), got \(3, 3, 4\) \(the images have 3"),
+    (dict(face_init=np.zeros((3, 3))), r"face_init must have shape \(3, 3, 3\), got \(3, 3\)"),
+    (dict(background_init=np.zeros((10, 12))), r"background_init must have shape \(10, 12, 3\)"),
+    (dict(noise_std_init=np.ones(2)), r"noise_std_init must have shape \(3,\)"),
+    (dict(noise_std_init=np.array([1.0, 2.0, 3.0])), "holds one value per channel, but noise='shared'"),
+])
+def test_colour_initial_arrays_must_match_the_channels(rng, kw, msg):
+    X = rng.normal(size=(6, 10, 12, 3))
+    with pytest.raises(ValueError, match=msg):
+        FaceEM((3, 3), **kw).fit(X)
+
+
+def test_several_faces_need_initial_arrays_with_a_face_axis(X):
+    with pytest.raises(ValueError, match=r"face_init must have shape \(2, 3, 3\), got \(3, 3\)"):
+        FaceEM((3, 3), n_faces=2, face_init=np.zeros((3, 3))).fit(X)
+    with pytest.raises(ValueError, match=r"prior_init must have shape \(2, 8, 10\), got \(8, 10\)"):
+        FaceEM((3, 3), n_faces=2, prior_init=np.full((8, 10), 1 / 80)).fit(X)
+
+
 def test_prior_init_negative_or_not_summing_to_one(X):
     A = np.full((8, 10), 1 / 80)
     A[0, 0] = -A[0, 0]
@@ -98,17 +127,23 @@ def test_predict_on_images_of_another_size(X):
     est = FaceEM((3, 3), max_iter=2, n_init=1).fit(X)
     with pytest.raises(ValueError, match=r"X has images of shape \(10, 13\), but this FaceEM was fitted on images of shape \(10, 12\)"):
         est.predict(np.zeros((2, 10, 13)))
-    with pytest.raises(ValueError, match="X must be a 3-D array"):
+    with pytest.raises(ValueError, match="X must be a 3-D or 4-D array"):
         est.predict_proba(np.zeros((10, 12)))
+    with pytest.raises(ValueError, match=r"X has images of shape \(10, 12, 3\), but this FaceEM was fitted on "
+                                         r"images of shape \(10, 12\)"):
+        est.predict(np.zeros((2, 10, 12, 3)))
 
 
 def test_nothing_is_lost_on_bad_input(X):
     """A refused fit leaves a fitted estimator as it was."""
     est = FaceEM((3, 3), max_iter=3, n_init=1).fit(X)
     face = est.face_.copy()
+    before = est.predict(X)
+    scores = est.score_samples(X)
     bad = X.copy()
     bad[0, 0, 0] = np.nan
     with pytest.raises(ValueError):
         est.fit(bad)
     assert np.array_equal(est.face_, face)
-    assert np.array_equal(est.predict(X), est.predict(X))
+    assert np.array_equal(est.predict(X), before)
+    assert np.array_equal(est.score_samples(X), scores)

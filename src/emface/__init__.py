@@ -9,21 +9,27 @@ The public names:
 """
 
 from ._version import __version__
-from .em import ConvergenceWarning
-from .estimator import FaceEM
-from .model import Params
 
 __all__ = ["FaceEM", "Params", "ConvergenceWarning", "make_faces", "load_stack", "__version__"]
 
+_LAZY = {
+    "FaceEM": ("estimator", "FaceEM"),
+    "ConvergenceWarning": ("em", "ConvergenceWarning"),
+    "Params": ("model", "Params"),
+    "make_faces": ("datasets", "make_faces"),
+    "load_stack": ("io", "load_stack"),
+}
+
 
 def __getattr__(name):
-    # heavy or optional parts load on first use, so `import emface` stays light
-    if name == "make_faces":
-        from .datasets import make_faces
+    # the parts load on first use, so `import emface` stays light
+    if name in _LAZY:
+        import importlib
 
-        return make_faces
-    if name == "load_stack":
-        from .io import load_stack
-
-        return load_stack
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module(f".{module}", __name__), attr)
     raise AttributeError(f"module 'emface' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_LAZY))

@@ -27,34 +27,39 @@ def _is_array_like(X):
     return hasattr(X, "shape") and hasattr(X, "dtype") and hasattr(X, "__getitem__")
 
 
-def check_stack(X, name="X", *, layout="khw"):
-    """Validate an image stack and return an array-like of shape (K, H, W).
+def check_stack(X, name="X", *, layout="khw", allow_channels=True):
+    """Validate an image stack and return an array-like of shape (K, H, W) or (K, H, W, Ch).
 
     Arrays that live outside memory (memory maps, zarr, HDF5, dask) are
     returned as they are; lists are converted. NaN and inf are checked later,
-    chunk by chunk, by the source.
+    chunk by chunk, by the source. With ``layout="hwk"`` (the course API) the
+    stack is (H, W, K) and grey.
     """
+    what = "(H, W, K)" if layout == "hwk" else ("(K, H, W) or (K, H, W, Ch)" if allow_channels else "(K, H, W)")
     if X is None:
-        raise ValueError(f"{name} must be an array of shape (K, H, W), got None")
+        raise ValueError(f"{name} must be an array of shape {what}, got None")
     if not _is_array_like(X):
         try:
             X = np.asarray(X)
         except Exception as exc:  # pragma: no cover - numpy's own message is kept
-            raise ValueError(f"{name} must be an array of shape (K, H, W), got {_describe(X)}") from exc
+            raise ValueError(f"{name} must be an array of shape {what}, got {_describe(X)}") from exc
     dtype = np.dtype(X.dtype)
     if dtype.kind not in "biuf":
         raise ValueError(
             f"{name} must hold real numbers (float, int, uint or bool), got dtype {dtype}"
         )
     shape = tuple(X.shape)
-    if len(shape) != 3:
-        what = "(H, W, K)" if layout == "hwk" else "(K, H, W)"
+    ok = len(shape) == 3 or (len(shape) == 4 and allow_channels and layout != "hwk")
+    if not ok:
         hint = ""
         if len(shape) == 2:
             hint = "; for a single image use X[None]" if layout != "hwk" else "; for a single image use X[..., None]"
         elif len(shape) == 4:
-            hint = "; colour stacks are not supported yet: convert to grey first"
-        raise ValueError(f"{name} must be a 3-D array of shape {what}, got {len(shape)}-D shape {shape}{hint}")
+            hint = "; the course API is grey: convert colour stacks to grey first"
+        elif len(shape) == 5:
+            hint = "; a 5-D array is not an image stack (several stacks? pass one at a time)"
+        dims = "a 3-D" if (layout == "hwk" or not allow_channels) else "a 3-D or 4-D"
+        raise ValueError(f"{name} must be {dims} array of shape {what}, got {len(shape)}-D shape {shape}{hint}")
     if 0 in shape:
         raise ValueError(f"{name} must hold at least one image of at least one pixel, got shape {shape}")
     return X
@@ -122,7 +127,7 @@ def _check_array(value, name, shape):
 
 
 def check_prior(prior, shape, name="prior_init"):
-    """A non-negative (P, Q) array summing to one."""
+    """A non-negative array of the given shape summing to one."""
     A = _check_array(prior, name, shape)
     if (A < 0).any():
         raise ValueError(f"{name} must be non-negative, got a minimum of {A.min():g}")
@@ -132,22 +137,65 @@ def check_prior(prior, shape, name="prior_init"):
     return A / total
 
 
-def check_params_arrays(image_shape, face_shape, *, face=None, background=None, noise_std=None,
-                        prior=None, names=("face_init", "background_init", "noise_std_init", "prior_init")):
+def _public_shape(core, n_faces, n_channels, colour, *, classes=True):
+    """The user's layout of an array whose per-face core is `core` (h, w) or (H, W)."""
+    shape = tuple(core)
+    if colour:
+        shape = shape + (n_channels,)
+    if classes and n_faces > 1:
+        shape = (n_faces,) + shape
+    return shape
+
+
+def check_params_arrays(image_shape, face_shape, *, n_faces=1, n_channels=1, colour=False, face=None,
+                        background=None, noise_std=None, prior=None, noise="shared",
+                        names=("face_init", "background_init", "noise_std_init", "prior_init")):
     """Validate user-given parameter arrays against the data's geometry.
 
-    Returns a dict with the given ones, as float64 arrays (the prior normalised).
+    The user's layouts are images-first: a face is (h, w), (C, h, w), (h, w, Ch)
+    or (C, h, w, Ch); a background (H, W) or (H, W, Ch); a prior (P, Q) or
+    (C, P, Q); s a number, or one per channel with ``noise="per_channel"``.
+
+    Returns a dict with the given ones as float64 arrays in the engine's
+    layout (faces (C, Ch, h, w), background (Ch, H, W), prior (C, P, Q)
+    normalised, noise_std (Ch,)).
     """
     H, W = image_shape
     h, w = face_shape
+    C, Ch = n_faces, n_channels
     nf, nb, ns, na = names
     out = {}
     if face is not None:
-        out["face"] = _check_array(face, nf, (h, w))
+        want = _public_shape((h, w), C, Ch, colour)
+        arr = np.asarray(face)
+        if C == 1 and arr.ndim == len(want) + 1 and arr.shape[0] == 1:
+            arr = arr[0]
+        hint = f" (the images have {Ch} channel(s))" if colour else ""
+        try:
+            F = _check_array(arr, nf, want)
+        except ValueError as exc:
+            raise ValueError(f"{exc}{hint}") from None
+        F = F.reshape((C, h, w, Ch) if colour else (C, h, w, 1))
+        out["faces"] = np.ascontiguousarray(np.moveaxis(F, -1, 1))
     if background is not None:
-        out["background"] = _check_array(background, nb, (H, W))
+        B = _check_array(background, nb, _public_shape((H, W), C, Ch, colour, classes=False))
+        out["background"] = np.ascontiguousarray(np.moveaxis(B, -1, 0)) if colour else B[None]
     if noise_std is not None:
-        out["noise_std"] = check_real(noise_std, ns, low=0.0, low_inclusive=False)
+        if np.ndim(noise_std) == 0:
+            out["noise_std"] = np.full(Ch, check_real(noise_std, ns, low=0.0, low_inclusive=False))
+        else:
+            s = _check_array(noise_std, ns, (Ch,))
+            if (s <= 0).any():
+                raise ValueError(f"{ns} must be > 0.0, got a minimum of {s.min():g}")
+            if noise != "per_channel" and not np.all(s == s[0]):
+                raise ValueError(f"{ns} holds one value per channel, but noise={noise!r} shares one s: "
+                                 "give a number, or use noise='per_channel'")
+            out["noise_std"] = s
     if prior is not None:
-        out["prior"] = check_prior(prior, (H - h + 1, W - w + 1), na)
+        P, Q = H - h + 1, W - w + 1
+        arr = np.asarray(prior)
+        if C == 1 and arr.ndim == 3 and arr.shape[0] == 1:
+            arr = arr[0]
+        A = check_prior(arr, (P, Q) if C == 1 else (C, P, Q), na)
+        out["prior"] = A.reshape(C, P, Q)
     return out

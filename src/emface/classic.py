@@ -15,7 +15,7 @@ import warnings
 import numpy as np
 
 from . import _validation as v
-from .em import ConvergenceWarning, EMSettings, fit_restarts
+from .em import ConvergenceWarning
 from .engine import params_from
 from .executor import EngineConfig, LocalExecutor
 from .model import Params
@@ -32,7 +32,7 @@ __all__ = [
 
 
 def _stack(X):
-    X = v.check_stack(X, "X", layout="hwk")
+    X = v.check_stack(X, "X", layout="hwk", allow_channels=False)
     return np.moveaxis(np.asarray(X), -1, 0)  # (K, H, W) view
 
 
@@ -50,8 +50,8 @@ def _theta(Xk, F, B, s, A=None):
     arrays = v.check_params_arrays((H, W), (h, w), face=F, background=B, noise_std=s, prior=A,
                                    names=("F", "B", "s", "A"))
     P, Q = H - h + 1, W - w + 1
-    prior = arrays.get("prior", np.full((P, Q), 1.0 / (P * Q)))
-    return Params(arrays["face"], arrays["background"], arrays["noise_std"], prior)
+    prior = arrays.get("prior", np.full((1, P, Q), 1.0 / (P * Q)))
+    return Params(arrays["faces"], arrays["background"], arrays["noise_std"], prior)
 
 
 def _to_hwk(a):
@@ -74,10 +74,10 @@ def calculate_log_probability(X, F, B, s):
     """
     Xk = _stack(X)
     theta = _theta(Xk, F, B, s)
-    P, Q = theta.prior.shape
-    _, logj = _executor(Xk, theta.face.shape).collect(theta, output="log_joint")
+    P, Q = theta.grid_shape
+    _, logj = _executor(Xk, theta.face_shape).collect(theta, output="log_joint")
     # the engine's log joint includes log A; A is uniform here
-    return _to_hwk(logj + np.log(P * Q))
+    return _to_hwk(logj[:, 0] + np.log(P * Q))
 
 
 def _check_q(q, shape_pqk, use_MAP, K):
@@ -118,9 +118,10 @@ def calculate_lower_bound(X, F, B, s, A, q, use_MAP=False):
     Xk = _stack(X)
     theta = _theta(Xk, F, B, s, A)
     K = Xk.shape[0]
-    P, Q = theta.prior.shape
+    P, Q = theta.grid_shape
     q = _check_q(q, (P, Q, K), use_MAP, K)
-    _, logj = _executor(Xk, theta.face.shape).collect(theta, output="log_joint")  # (K, P, Q)
+    _, logj = _executor(Xk, theta.face_shape).collect(theta, output="log_joint")
+    logj = logj[:, 0]  # (K, P, Q)
     if use_MAP:
         return float(logj[np.arange(K), q[0], q[1]].sum())
     qk = np.moveaxis(q, -1, 0)
@@ -140,12 +141,12 @@ def run_e_step(X, F, B, s, A, use_MAP=False):
     """
     Xk = _stack(X)
     theta = _theta(Xk, F, B, s, A)
-    ex = _executor(Xk, theta.face.shape)
+    ex = _executor(Xk, theta.face_shape)
     if use_MAP:
         stats = ex.pass_stats(theta, hard=True)
         return np.ascontiguousarray(stats.positions.T)
     _, q = ex.collect(theta, output="q")
-    return _to_hwk(q)
+    return _to_hwk(q[:, 0])
 
 
 def _noise_floor(Xk):
@@ -176,9 +177,9 @@ def run_m_step(X, q, h, w, use_MAP=False):
         stats = ex.stats_from_positions(q.T)
     else:
         qk = np.moveaxis(q, -1, 0)
-        stats = ex.stats_from_q(lambda a, b: qk[a:b])
-    theta, _ = params_from(stats, None, face_shape=(h, w), noise_floor=_noise_floor(Xk))
-    return theta.face, theta.background, theta.noise_std, theta.prior
+        stats = ex.stats_from_q(lambda a, b: qk[a:b, None])
+    theta, _ = params_from(stats, None, noise_floor=_noise_floor(Xk))
+    return theta.faces[0, 0], theta.background[0], float(theta.noise_std[0]), theta.prior[0]
 
 
 def _em(X, h, w, F, B, s, A, tolerance, max_iter, use_MAP, n_starts):

@@ -43,6 +43,31 @@ def _parse_shape(ctx, param, value):
     return int(m.group(1)), int(m.group(2))
 
 
+_SIDE = r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?"
+
+
+def _parse_face_shape(ctx, param, value):
+    """HxW, "auto", or ranges such as 20-60x20-60 (a side may be a single number)."""
+    if value is None:
+        return None
+    text = str(value).strip().lower()
+    if text == "auto":
+        return "auto"
+    m = re.fullmatch(_SIDE + r"[x,*]" + _SIDE, text)
+    bad = click.BadParameter(f"expected HxW with two positive integers, such as 48x40, 'auto', or ranges such as "
+                             f"20-60x20-60; got {value!r}", param_hint="'--face-shape'")
+    if not m:
+        raise bad
+    h0, h1, w0, w1 = (int(g) if g is not None else None for g in m.groups())
+    h1 = h0 if h1 is None else h1
+    w1 = w0 if w1 is None else w1
+    if min(h0, h1, w0, w1) < 1 or h0 > h1 or w0 > w1:
+        raise bad
+    if (h0, w0) == (h1, w1):
+        return h0, w0
+    return (h0, h1), (w0, w1)
+
+
 def _prepare_out_dir(path):
     """Create the output folder now, so a long fit never ends on an unwritable folder."""
     try:
@@ -69,12 +94,16 @@ def _prepare_out_file(path):
 
 
 class _Progress:
-    """One progress bar per EM run, showing the current objective."""
+    """One progress bar per EM run, showing the objective (and the speed during incremental sweeps).
 
-    def __init__(self, n_runs, max_iter, quiet):
-        self.n_runs = n_runs
+    `header` is printed when the first pass ends, so input refused by the fit
+    leaves its one error line alone.
+    """
+
+    def __init__(self, max_iter, quiet, header=None):
         self.max_iter = max_iter
         self.quiet = quiet
+        self.header = header
         self.bar = None
         self.run = None
 
@@ -83,14 +112,22 @@ class _Progress:
             return
         from tqdm.auto import tqdm
 
+        if self.header:
+            click.echo(self.header, err=True)
+            self.header = None
         if info["run"] != self.run:
             self.close()
             self.run = info["run"]
-            self.bar = tqdm(total=self.max_iter, desc=f"run {self.run + 1}/{self.n_runs}", unit="it",
+            self.bar = tqdm(total=self.max_iter, desc=f"run {self.run + 1}", unit="it",
                             leave=True, file=sys.stderr, dynamic_ncols=True)
         n = min(info["iter"], self.max_iter)
         self.bar.update(n - self.bar.n)
-        self.bar.set_postfix_str(f"objective {info['objective']:.6g}")
+        if "block" in info:
+            rate = info["images"] / max(info["seconds"], 1e-9)
+            self.bar.set_postfix_str(f"block {info['block'] + 1}/{info['n_blocks']}, {rate:,.0f} images/s, "
+                                     f"objective {info['objective']:.6g}")
+        else:
+            self.bar.set_postfix_str(f"objective {info['objective']:.6g}")
 
     def close(self):
         if self.bar is not None:
@@ -113,9 +150,11 @@ def cli():
 
 @cli.command()
 @click.argument("input", metavar="INPUT")
-@click.option("--face-shape", required=True, callback=_parse_shape, metavar="HxW",
-              help="Size of the face (object), e.g. 48x40.")
+@click.option("--face-shape", required=True, callback=_parse_face_shape, metavar="HxW",
+              help="Size of the faces (objects), e.g. 48x40; 'auto' to choose it, or a range such as 20-60x20-60.")
 @click.option("--out", "out_dir", required=True, metavar="DIR", help="Folder for pictures, tables, model and report.")
+@click.option("--faces", "n_faces", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Number of different faces (objects) to learn.")
 @click.option("--hard", is_flag=True, help="Hard (MAP) EM instead of soft EM.")
 @click.option("--restarts", type=click.IntRange(min=1), default=None,
               help="EM runs from different starts [default: auto, more for small stacks].")
@@ -126,6 +165,11 @@ def cli():
               help="Stop when the per-image objective changes by less.")
 @click.option("--seed", type=int, default=None, help="Random seed.")
 @click.option("--init", type=click.Choice(["auto", "random"]), default="auto", show_default=True)
+@click.option("--grey", is_flag=True, help="Convert colour frames to grey before fitting.")
+@click.option("--noise", "noise_model", type=click.Choice(["shared", "per-channel"]), default="shared",
+              show_default=True, help="One noise level for all colour channels, or one per channel.")
+@click.option("--algorithm", type=click.Choice(["auto", "batch", "incremental"]), default="auto",
+              show_default=True, help="Batch EM, or incremental EM (an update after every block of images).")
 @click.option("--dtype", type=click.Choice(["auto", "float64", "float32"]), default="auto", show_default=True,
               help="Precision of the correlations (auto: float64 on the CPU, float32 on a GPU).")
 @click.option("--layout", type=click.Choice(["khw", "hwk"]), default="khw", show_default=True,
@@ -135,33 +179,38 @@ def cli():
 @click.option("--no-shift-escape", is_flag=True, help="Do not try shifted faces after convergence.")
 @click.option("--n-jobs", type=int, default=None, help="Threads [default: all cores].")
 @click.option("--max-memory", default=None, metavar="SIZE", help="Bound on the engine's memory, e.g. 2GB.")
+@click.option("--cache", "cache_dir", default=None, metavar="DIR",
+              help="Video input: decode the frames once into DIR and reuse them (also in later runs).")
 @click.option("--checkpoint", default=None, metavar="FILE.npz", help="Save the best state so far as it runs.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or messages.")
-def fit(input, face_shape, out_dir, hard, restarts, smoothing, max_iter, tol, seed, init, dtype, layout,
-        device, scheduler, no_shift_escape, n_jobs, max_memory, checkpoint, quiet):
+def fit(input, face_shape, out_dir, n_faces, hard, restarts, smoothing, max_iter, tol, seed, init, grey,
+        noise_model, algorithm, dtype, layout, device, scheduler, no_shift_escape, n_jobs, max_memory, cache_dir,
+        checkpoint, quiet):
     """Fit the model to the image stack INPUT and write the results to DIR.
 
     INPUT is a .npy or .npz array, a multi-page TIFF, a folder of PNG/JPEG/TIFF
     frames (natural sort order), a video file, a zarr store or an HDF5 file.
+    Colour stays colour unless --grey is given.
     """
     from .estimator import FaceEM
-    from .io import load_stack
 
     _prepare_out_dir(out_dir)
-    X, names = load_stack(input, layout=layout)
-    K, H, W = (int(v) for v in X.shape)
-    h, w = face_shape
-    if h > H or w > W:
-        raise InputError(f"--face-shape {h}x{w} is larger than the frames ({H}x{W})")
-    est = FaceEM((h, w), hard=hard, n_init="auto" if restarts is None else restarts, max_iter=max_iter,
-                 tol=tol, prior_smoothing=smoothing, init=init, random_state=seed,
-                 shift_escape=not no_shift_escape, dtype=None if dtype == "auto" else np.dtype(dtype),
-                 n_jobs=n_jobs, max_memory=max_memory, checkpoint=checkpoint, device=device, scheduler=scheduler)
-    n_runs = est._n_init(K)
-    progress = _Progress(n_runs, max_iter, quiet)
+    X, names = _load(input, layout=layout, grey=grey, cache_dir=cache_dir, quiet=quiet)
+    K, H, W = (int(v) for v in X.shape[:3])
+    if isinstance(face_shape, tuple) and isinstance(face_shape[0], int):
+        h, w = face_shape
+        if h > H or w > W:
+            raise InputError(f"--face-shape {h}x{w} is larger than the frames ({H}x{W})")
+    est = FaceEM(face_shape, n_faces=n_faces, hard=hard, n_init="auto" if restarts is None else restarts,
+                 max_iter=max_iter, tol=tol, prior_smoothing=smoothing, init=init, random_state=seed,
+                 noise=noise_model.replace("-", "_"), algorithm=algorithm, shift_escape=not no_shift_escape,
+                 dtype=None if dtype == "auto" else np.dtype(dtype), n_jobs=n_jobs, max_memory=max_memory,
+                 checkpoint=checkpoint, device=device, scheduler=scheduler)
+    colour = f", {X.shape[3]} channels" if len(X.shape) == 4 else ""
+    size = "chosen from the data" if not isinstance(face_shape[0], int) else f"{face_shape[0]}x{face_shape[1]}"
+    progress = _Progress(max_iter, quiet, f"emface: {K} images of {H}x{W}{colour}, {n_faces} face(s) of {size}, "
+                                          f"{'hard' if hard else 'soft'} EM")
     est.set_params(callback=progress)
-    _echo(quiet, f"emface: {K} images of {H}x{W}, face {h}x{w}, {'hard' if hard else 'soft'} EM, "
-                 f"{n_runs} run(s)")
     interrupted = False
     t0 = time.perf_counter()
     try:
@@ -174,63 +223,101 @@ def fit(input, face_shape, out_dir, hard, restarts, smoothing, max_iter, tol, se
     finally:
         progress.close()
     elapsed = time.perf_counter() - t0
-    if not hasattr(est, "face_"):
+    if not hasattr(est, "faces_"):
         raise Interrupted("interrupted before the first iteration finished; nothing to write")
     for w_ in caught:
         _echo(quiet, f"emface: warning: {w_.message}")
     est.set_params(callback=None)
-    _write_fit_outputs(out_dir, est, X, names, input, elapsed, interrupted, quiet)
+    _write_fit_outputs(out_dir, est, X, names, input, elapsed, interrupted)
     if interrupted:
         raise Interrupted(f"interrupted: wrote the best state so far to {out_dir}")
     _echo(quiet, f"emface: wrote {out_dir}/report.html ({elapsed:.1f} s)")
 
 
-def _posterior_table(est, X, *, fitted_on_X=False):
-    """Per-image soft posterior summaries under the fitted θ.
+def _load(input, *, layout="khw", grey=False, cache_dir=None, quiet=False):
+    """`load_stack`, with its notes (such as a dropped alpha channel) as one line each."""
+    from .io import load_stack
 
-    After a soft fit the last E-step of the best run computed exactly these for
-    the returned parameters, so they are reused; hard fits (one-hot posteriors)
-    and new images need a soft pass.
-    """
-    last = getattr(est, "_last_stats", None)
-    if (not est.hard and last is not None and last.positions is not None
-            and fitted_on_X and len(last.positions) == X.shape[0]):
-        return last
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        X, names = load_stack(input, layout=layout, grey=grey, cache_dir=cache_dir)
+    for w_ in caught:
+        _echo(quiet, f"emface: note: {w_.message}")
+    return X, names
+
+
+def _summary(est, X):
+    """The soft posterior summary of the fitted images: kept from a soft fit, one pass after a hard one."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        _, stats, _ = est._pass(X)
-    return stats
+        return est.posterior_summary(X if est.hard else None)
 
 
-def _write_fit_outputs(out_dir, est, X, names, input, elapsed, interrupted, quiet):
+def _write_fit_outputs(out_dir, est, X, names, input, elapsed, interrupted):
     from .io import write_positions
     from .report import write_fit_pictures, write_html
 
-    stats = _posterior_table(est, X, fitted_on_X=True)
-    write_positions(os.path.join(out_dir, "positions.csv"), stats.positions, stats.max_prob, stats.entropy, names)
+    if interrupted:  # the last E-step may not be the best state's: summarise it afresh
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            summ = est.posterior_summary(X)
+    else:
+        summ = _summary(est, X)
+    write_positions(os.path.join(out_dir, "positions.csv"), summ, names)
     est.save(os.path.join(out_dir, "model.npz"))
     pics = write_fit_pictures(out_dir, est)
-    K, H, W = (int(v) for v in X.shape)
-    h, w = est.face_.shape
+    K, H, W = (int(v) for v in X.shape[:3])
+    C = len(est.faces_)
+    h, w = est.faces_.shape[1:3]
+    noise = est.noise_std_
+    noise_text = f"{noise:.6g}" if np.ndim(noise) == 0 else ", ".join(f"{v:.4g}" for v in noise)
     summary = [
         ("input", os.fspath(input)),
-        ("images", f"{K} of {H}x{W}"),
-        ("face", f"{h}x{w}"),
-        ("EM", ("hard (MAP)" if est.hard else "soft") + (f", prior smoothing {est.prior_smoothing:g}" if est.prior_smoothing else "")),
+        ("images", f"{K} of {H}x{W}" + (f", {X.shape[3]} channels" if len(X.shape) == 4 else "")),
+        ("faces", f"{C} of {h}x{w}" + (" (size chosen from the data)" if getattr(est, "face_shape_scores_", None)
+                                        else "")),
+        ("EM", ("hard (MAP)" if est.hard else "soft") + f", {est.algorithm_}"
+         + (f", prior smoothing {est.prior_smoothing:g}" if est.prior_smoothing else "")),
         ("runs", len(est.runs_)),
         ("best run", est.best_run_),
         ("iterations", est.n_iter_),
         ("converged", "no (interrupted)" if interrupted else ("yes" if est.converged_ else "no")),
         ("objective per image", f"{est.lower_bound_:.6g}"),
-        ("noise s", f"{est.noise_std_:.6g}"),
-        ("mean posterior probability of the chosen position", f"{np.mean(stats.max_prob):.4f}"),
+        ("noise s", noise_text),
+        ("mean posterior probability of the chosen position", f"{np.mean(summ.probability):.4f}"),
         ("time", f"{elapsed:.1f} s"),
     ]
     runs = [(r["run"], r["n_iter"], "yes" if r["converged"] else "no", f"{r['objectives'][-1]:.6g}",
-             ", ".join(str(e) for e in r.get("escapes", [])) or "-") for r in est.runs_]
-    first = [(k, "" if names is None else names[k], int(stats.positions[k, 0]), int(stats.positions[k, 1]),
-              f"{stats.max_prob[k]:.4f}", f"{stats.entropy[k]:.3g}") for k in range(min(K, 25))]
+             ", ".join(str(tuple(e)) for e in r.get("moves", [])) or "-") for r in est.runs_]
+    first = [(k, "" if names is None else names[k], int(summ.faces[k]), int(summ.positions[k, 0]),
+              int(summ.positions[k, 1]), f"{summ.probability[k]:.4f}", f"{summ.entropy[k]:.3g}")
+             for k in range(min(K, 25))]
     side = max(h, w)
+    face_width = max(192, 4 * side) if side < 64 else None
+    if C == 1:
+        face_pics = [("face", pics["face.png"], face_width, True)]
+    else:
+        order = np.argsort(-est.weights_, kind="stable")
+        face_pics = [("every face, heaviest first", pics["faces.png"], min(900, 160 * C), False)]
+        face_pics += [(f"face {c}: weight {est.weights_[c]:.3f}", pics[f"face_{c}.png"], face_width, True)
+                      for c in order]
+    size_pics = [("face size: the criterion of each size tried", pics["face_size.png"], None, False)] \
+        if "face_size.png" in pics else []
+    tables = [("Summary", summary, None)]
+    if C > 1:
+        counts = np.bincount(summ.faces, minlength=C)
+        tables.append(("Faces", [(int(c), f"{est.weights_[c]:.4f}", int(counts[c]))
+                                 for c in np.argsort(-est.weights_, kind="stable")],
+                       ("face", "weight", "images")))
+    if getattr(est, "face_shape_scores_", None):
+        tables.append(("Face sizes tried", [(f"{r['shape'][0]}x{r['shape'][1]}", r.get("stage", ""),
+                                             f"{r['score']:.6g}") for r in est.face_shape_scores_],
+                       ("size", "stage", "criterion per image")))
+    tables += [
+        ("Runs", runs, ("run", "iterations", "converged", "final objective", "moves")),
+        (f"Positions (first {len(first)} of {K}; all in positions.csv)", first,
+         ("index", "file", "face", "row", "col", "probability", "entropy")),
+    ]
     write_html(
         os.path.join(out_dir, "report.html"),
         "emface fit",
@@ -238,18 +325,12 @@ def _write_fit_outputs(out_dir, est, X, names, input, elapsed, interrupted, quie
         notes=["The objective is the mean per-image log-likelihood (soft EM) or MAP joint (hard EM)"
                + (", plus the smoothing prior's term." if est.prior_smoothing else ".")]
         + (["The fit was interrupted: these are the best parameters found so far."] if interrupted else []),
-        pictures=[
-            ("face", pics["face.png"], max(192, 4 * side) if side < 64 else None, True),
+        pictures=face_pics + [
             ("background", pics["background.png"], max(320, 2 * W) if W < 200 else None, True),
-            ("prior A", pics["prior.png"], None, False),
+            ("prior A" if C == 1 else "prior A of each face", pics["prior.png"], None, False),
             ("objective per iteration", pics["objective.png"], None, False),
-        ],
-        tables=[
-            ("Summary", summary, None),
-            ("Runs", runs, ("run", "iterations", "converged", "final objective", "escapes")),
-            (f"Positions (first {len(first)} of {K}; all in positions.csv)", first,
-             ("index", "file", "row", "col", "probability", "entropy")),
-        ],
+        ] + size_pics,
+        tables=tables,
     )
 
 
@@ -258,11 +339,12 @@ def _write_fit_outputs(out_dir, est, X, names, input, elapsed, interrupted, quie
 @click.argument("input", metavar="INPUT")
 @click.option("--out", "out_file", required=True, metavar="FILE.csv")
 @click.option("--layout", type=click.Choice(["khw", "hwk"]), default="khw", show_default=True)
+@click.option("--grey", is_flag=True, help="Convert colour frames to grey (for a grey model).")
 @click.option("-q", "--quiet", is_flag=True)
-def predict(model, input, out_file, layout, quiet):
-    """Positions of the face in the images INPUT under the saved MODEL (model.npz)."""
+def predict(model, input, out_file, layout, grey, quiet):
+    """Faces and positions in the images INPUT under the saved MODEL (model.npz)."""
     from .estimator import FaceEM
-    from .io import load_stack, write_positions
+    from .io import write_positions
 
     if not os.path.isfile(model):
         raise InputError(f"{model}: no such model file")
@@ -271,13 +353,17 @@ def predict(model, input, out_file, layout, quiet):
     except (ValueError, OSError, KeyError) as exc:
         raise InputError(f"{model}: not an emface model ({exc})") from None
     _prepare_out_file(out_file)
-    X, names = load_stack(input, layout=layout)
-    if tuple(X.shape[1:3]) != est.background_.shape:
-        H, W = est.background_.shape
-        raise InputError(f"{input}: frames are {X.shape[1]}x{X.shape[2]} but the model was fitted on {H}x{W}")
-    stats = _posterior_table(est, X)
-    write_positions(out_file, stats.positions, stats.max_prob, stats.entropy, names)
-    _echo(quiet, f"emface: wrote positions of {len(stats.positions)} images to {out_file}")
+    X, names = _load(input, layout=layout, grey=grey, quiet=quiet)
+    if tuple(X.shape[1:]) != tuple(est.background_.shape):
+        want = "x".join(map(str, est.background_.shape[:2])) + (
+            f" with {est.background_.shape[2]} channels" if est.background_.ndim == 3 else " grey")
+        got = "x".join(map(str, X.shape[1:3])) + (f" with {X.shape[3]} channels" if len(X.shape) == 4 else " grey")
+        raise InputError(f"{input}: frames are {got} but the model was fitted on {want}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        summ = est.posterior_summary(X)
+    write_positions(out_file, summ, names)
+    _echo(quiet, f"emface: wrote faces and positions of {len(summ.positions)} images to {out_file}")
 
 
 @cli.command()
@@ -285,30 +371,38 @@ def predict(model, input, out_file, layout, quiet):
 @click.option("--n-images", type=click.IntRange(min=1), default=1000, show_default=True)
 @click.option("--image-shape", callback=_parse_shape, default="100x120", show_default=True, metavar="HxW")
 @click.option("--face-shape", callback=_parse_shape, default="40x32", show_default=True, metavar="HxW")
+@click.option("--faces", "n_faces", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Number of different faces (bundled photos, or --face repeated).")
+@click.option("--colour", is_flag=True, help="RGB images from the colour photographs.")
 @click.option("--noise", type=click.FloatRange(min=0), default=1.0, show_default=True,
-              help="Noise standard deviation relative to the face's contrast.")
+              help="Noise standard deviation relative to the faces' contrast.")
 @click.option("--prior", type=click.Choice(["uniform", "band", "blob"]), default="uniform", show_default=True)
-@click.option("--face", default="astronaut", show_default=True, help="Face photo (a bundled name or an image file).")
+@click.option("--face", "face_photos", multiple=True,
+              help="Face photo (a bundled name or an image file); repeat for several faces.")
 @click.option("--background", default="camera", show_default=True, help="Background photo (name or file).")
 @click.option("--dtype", type=click.Choice(["float64", "float32", "uint8"]), default="float64", show_default=True)
 @click.option("--seed", type=int, default=None)
 @click.option("-q", "--quiet", is_flag=True)
-def generate(out_file, n_images, image_shape, face_shape, noise, prior, face, background, dtype, seed, quiet):
+def generate(out_file, n_images, image_shape, face_shape, n_faces, colour, noise, prior, face_photos, background,
+             dtype, seed, quiet):
     """Write a synthetic stack made from photographs, and its truth beside it (FILE.truth.npz)."""
     from .datasets import PHOTOS, make_faces
-    from .io import _read_image
+    from .io import read_image
 
     _prepare_out_file(out_file)
     if face_shape[0] > image_shape[0] or face_shape[1] > image_shape[1]:
         raise InputError(f"--face-shape {face_shape[0]}x{face_shape[1]} is larger than "
                          f"--image-shape {image_shape[0]}x{image_shape[1]}")
-    photos = [p if p in PHOTOS else _read_image(p) for p in (face, background)]
-    X, truth = make_faces(n_images, image_shape, face_shape, face=photos[0], background=photos[1], noise=noise,
-                          prior=prior, dtype=np.dtype(dtype), random_state=seed)
+    if face_photos and len(face_photos) != n_faces:
+        raise InputError(f"--face is given {len(face_photos)} time(s) but --faces is {n_faces}")
+    faces = [p if p in PHOTOS else read_image(p) for p in face_photos] or None
+    bg = background if background in PHOTOS else read_image(background)
+    X, truth = make_faces(n_images, image_shape, face_shape, n_faces=n_faces, face=faces, background=bg,
+                          colour=colour, noise=noise, prior=prior, dtype=np.dtype(dtype), random_state=seed)
     np.save(out_file, X)
     stem = out_file[:-4] if out_file.endswith(".npy") else out_file
-    np.savez(stem + ".truth.npz", face=truth.face, background=truth.background, noise_std=truth.noise_std,
-             prior=truth.prior, positions=truth.positions)
+    np.savez(stem + ".truth.npz", faces=truth.faces, background=truth.background, noise_std=truth.noise_std,
+             prior=truth.prior, positions=truth.positions, labels=truth.labels)
     _echo(quiet, f"emface: wrote {X.shape[0]} images of {X.shape[1]}x{X.shape[2]} to {out_file} "
                  f"and the truth to {stem}.truth.npz")
 
@@ -358,6 +452,9 @@ def main(argv=None):
         click.echo(f"emface: error: {_one_line(exc.format_message())}", err=True)
         sys.exit(EXIT_BAD_INPUT)
     except (InputError, ValueError, MemoryError) as exc:
+        click.echo(f"emface: error: {_one_line(exc)}", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+    except ImportError as exc:  # an optional extra that is not installed: the message names the pip install
         click.echo(f"emface: error: {_one_line(exc)}", err=True)
         sys.exit(EXIT_BAD_INPUT)
     except OSError as exc:

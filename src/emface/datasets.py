@@ -1,10 +1,16 @@
 """Synthetic image stacks made from real photographs, with the truth.
 
-The photographs are small grey copies of public-domain and CC0 images from
+The photographs are small copies of public-domain and CC0 images from
 scikit-image's `skimage.data` (see ``scripts/make_bundled_photos.py``), bundled
-with emface so that nothing needs downloading: ``"astronaut"`` and
-``"chelsea"`` (faces), ``"camera"``, ``"coffee"``, ``"brick"`` and ``"coins"``
-(backgrounds). Any 2-D array works as a photo too.
+with emface so that nothing needs downloading, each in grey and in colour:
+
+- faces: ``"astronaut"``, ``"chelsea"``, ``"cup"``, ``"patch"``, ``"helmet"``,
+  ``"rocket"``, ``"flag"``, ``"coin"``, ``"cameraman"``, ``"tissue"``
+  (`FACES`, in the order several faces take them);
+- backgrounds: ``"camera"``, ``"coffee"``, ``"brick"``, ``"coins"``,
+  ``"rocket_launch"``, ``"hubble"``, ``"tissue_slide"``.
+
+Any 2-D (grey) or 3-D (colour) array works as a photo too.
 """
 
 from __future__ import annotations
@@ -18,26 +24,47 @@ from scipy import ndimage
 
 from . import _validation as v
 
-__all__ = ["make_faces", "FacesTruth", "photo", "PHOTOS", "make_prior"]
+__all__ = ["make_faces", "FacesTruth", "photo", "PHOTOS", "FACES", "BACKGROUNDS", "make_prior"]
 
-PHOTOS = ("astronaut", "chelsea", "camera", "coffee", "brick", "coins")
+FACES = ("astronaut", "chelsea", "cup", "patch", "helmet", "rocket", "flag", "coin", "cameraman", "tissue")
+BACKGROUNDS = ("camera", "coffee", "brick", "coins", "rocket_launch", "hubble", "tissue_slide")
+PHOTOS = FACES + BACKGROUNDS
 PRIORS = ("uniform", "band", "blob")
 
 
 @dataclass
 class FacesTruth:
-    """What generated a stack: θ = (F, B, s, A) and each image's face position."""
+    """What generated a stack: θ = (F, B, s, A) and each image's face and position.
 
-    face: np.ndarray
+    Attributes
+    ----------
+    faces : ndarray (C, h, w) or (C, h, w, 3)
+    background : ndarray (H, W) or (H, W, 3)
+    noise_std : float
+    prior : ndarray (P, Q) for one face, (C, P, Q) for several
+    positions : int ndarray (K, 2)
+    labels : int ndarray (K,)
+        The face each image shows.
+    """
+
+    faces: np.ndarray
     background: np.ndarray
     noise_std: float
     prior: np.ndarray
     positions: np.ndarray
+    labels: np.ndarray
+
+    @property
+    def face(self):
+        """The face, for one face."""
+        if len(self.faces) != 1:
+            raise AttributeError(f"face is defined for one face; this stack has {len(self.faces)}: use faces")
+        return self.faces[0]
 
     @property
     def contrast(self):
-        """The face's contrast: the standard deviation of its pixels."""
-        return float(self.face.std())
+        """The faces' contrast: the mean over faces of the standard deviation of their pixels."""
+        return float(np.mean([f.std() for f in self.faces]))
 
 
 @functools.lru_cache(maxsize=1)
@@ -61,28 +88,43 @@ def _resize(img, shape):
     return ndimage.map_coordinates(img, grid, order=1, mode="nearest")
 
 
-def photo(name, shape=None):
-    """A bundled grey photograph (values 0..255, float64), optionally resized.
+def _resize_any(img, shape):
+    if img.ndim == 3:
+        return np.stack([_resize(img[..., c], shape) for c in range(img.shape[-1])], axis=-1)
+    return _resize(img, shape)
+
+
+def photo(name, shape=None, *, colour=False):
+    """A bundled photograph (values 0..255, float64), optionally resized.
 
     Parameters
     ----------
     name : str or ndarray
-        One of `PHOTOS`, or a 2-D array used as it is.
+        One of `PHOTOS`, or an array used as it is: 2-D grey, or 3-D colour
+        (RGBA loses its alpha channel).
     shape : (rows, cols), optional
+    colour : bool
+        RGB (rows, cols, 3) instead of grey (rows, cols).
     """
     if isinstance(name, str):
         photos = _bundled()
-        if name not in photos:
-            raise ValueError(f"photo must be one of {list(PHOTOS)} or a 2-D array, got {name!r}")
-        img = photos[name].astype(np.float64)
+        if name not in PHOTOS:
+            raise ValueError(f"photo must be one of {list(PHOTOS)} or an array, got {name!r}")
+        img = photos["rgb_" + name if colour else name].astype(np.float64)
     else:
         img = np.asarray(name, dtype=np.float64)
-        if img.ndim == 3:
-            img = img[..., :3].mean(axis=-1)
-        if img.ndim != 2 or img.size == 0:
-            raise ValueError(f"a photo must be a 2-D array, got shape {img.shape}")
-    if shape is not None and tuple(shape) != img.shape:
-        img = _resize(img, shape)
+        if img.ndim == 3 and img.shape[-1] in (3, 4):
+            img = img[..., :3]
+            if not colour:
+                img = img @ np.array([0.299, 0.587, 0.114])
+        elif img.ndim == 3 and img.shape[-1] == 1:
+            img = img[..., 0]
+        if img.ndim == 2 and colour:
+            img = np.stack([img] * 3, axis=-1)
+        if img.ndim not in (2, 3) or img.size == 0:
+            raise ValueError(f"a photo must be a 2-D (grey) or 3-D (colour) array, got shape {img.shape}")
+    if shape is not None and tuple(shape) != img.shape[:2]:
+        img = _resize_any(img, shape)
     return img
 
 
@@ -120,10 +162,10 @@ def make_prior(kind, grid_shape, rng=None):
     return A / A.sum()
 
 
-def make_faces(n_images=1000, image_shape=(100, 120), face_shape=(40, 32), *, face="astronaut",
-               background="camera", noise=1.0, noise_std=None, prior="uniform", dtype=np.float64,
-               random_state=None):
-    """A stack of noisy images with a face photo pasted at random positions on a background photo.
+def make_faces(n_images=1000, image_shape=(100, 120), face_shape=(40, 32), *, n_faces=1, face=None,
+               background="camera", colour=False, noise=1.0, noise_std=None, prior="uniform", weights=None,
+               dtype=np.float64, random_state=None):
+    """A stack of noisy images, each with one of C face photos pasted at a random position on a background photo.
 
     Parameters
     ----------
@@ -131,45 +173,73 @@ def make_faces(n_images=1000, image_shape=(100, 120), face_shape=(40, 32), *, fa
         K.
     image_shape : (H, W)
     face_shape : (h, w)
-    face, background : str or ndarray
-        Photo names (`PHOTOS`) or 2-D arrays; resized to `face_shape` and `image_shape`.
+    n_faces : int
+        C.
+    face : str, ndarray or list of them, optional
+        The face photos (`PHOTOS` names or arrays), resized to `face_shape`;
+        default: the first C of `FACES`.
+    background : str or ndarray
+        Resized to `image_shape`.
+    colour : bool
+        RGB stacks (K, H, W, 3) from the colour photographs.
     noise : float
-        Noise standard deviation relative to the face's contrast (the standard
-        deviation of its pixels); ignored when `noise_std` is given.
+        Noise standard deviation relative to the faces' contrast (the mean
+        standard deviation of their pixels); ignored when `noise_std` is given.
     noise_std : float, optional
         Absolute noise standard deviation.
     prior : {"uniform", "band", "blob"} or ndarray (P, Q)
-        Where the face's top-left corner falls.
+        Where a face's top-left corner falls (the same for every face).
+    weights : array (C,), optional
+        How often each face appears; uniform by default.
     dtype : numpy dtype
         Of the images (float64 by default; uint8 rounds and clips to 0..255).
     random_state : int or Generator, optional
 
     Returns
     -------
-    X : ndarray (K, H, W)
+    X : ndarray (K, H, W), or (K, H, W, 3) in colour
     truth : FacesTruth
     """
     K = v.check_int(n_images, "n_images", low=1)
+    C = v.check_int(n_faces, "n_faces", low=1)
     if not hasattr(image_shape, "__len__") or len(image_shape) != 2:
         raise ValueError(f"image_shape must be a pair of positive ints (H, W), got {image_shape!r}")
     H, W = v.check_face_shape(image_shape, name="image_shape")
     h, w = v.check_face_shape(face_shape, (H, W))
     rng = np.random.default_rng(random_state)
-    F = photo(face, (h, w))
-    B = photo(background, (H, W))
-    contrast = float(F.std())
+    if face is None:
+        if C > len(FACES):
+            raise ValueError(f"n_faces={C} needs face= photos: {len(FACES)} are bundled")
+        names = list(FACES[:C])
+    elif isinstance(face, (str, np.ndarray)):
+        names = [face] * C if C == 1 else None
+        if names is None:
+            raise ValueError(f"n_faces={C} needs a list of {C} face photos, got one")
+    else:
+        names = list(face)
+        if len(names) != C:
+            raise ValueError(f"face must list n_faces={C} photos, got {len(names)}")
+    F = np.stack([photo(f, (h, w), colour=colour) for f in names])
+    B = photo(background, (H, W), colour=colour)
+    contrast = float(np.mean([f.std() for f in F]))
     if noise_std is None:
         s = v.check_real(noise, "noise", low=0.0) * contrast
     else:
         s = v.check_real(noise_std, "noise_std", low=0.0)
     P, Q = H - h + 1, W - w + 1
     A = make_prior(prior, (P, Q), rng)
-    flat = rng.choice(P * Q, size=K, p=A.ravel())
-    pos = np.stack([flat // Q, flat % Q], axis=1)
-    X = np.empty((K, H, W), dtype=np.float64)
+    if weights is None:
+        pi = np.full(C, 1.0 / C)
+    else:
+        pi = v.check_prior(np.asarray(weights, dtype=np.float64) / np.sum(weights), (C,), "weights")
+    joint = pi[:, None, None] * A[None]
+    flat = rng.choice(C * P * Q, size=K, p=joint.ravel())
+    labels, rem = flat // (P * Q), flat % (P * Q)
+    pos = np.stack([rem // Q, rem % Q], axis=1)
+    X = np.empty((K,) + B.shape, dtype=np.float64)
     X[:] = B
     for k, (i, j) in enumerate(pos):
-        X[k, i:i + h, j:j + w] = F
+        X[k, i:i + h, j:j + w] = F[labels[k]]
     if s > 0:
         X += rng.normal(0.0, s, size=X.shape)
     dtype = np.dtype(dtype)
@@ -178,4 +248,4 @@ def make_faces(n_images=1000, image_shape=(100, 120), face_shape=(40, 32), *, fa
         X = np.clip(np.round(X), max(info.min, 0), min(info.max, 255)).astype(dtype)
     else:
         X = X.astype(dtype)
-    return X, FacesTruth(F, B, s, A, pos)
+    return X, FacesTruth(F, B, s, A if C == 1 else joint, pos, labels)

@@ -20,24 +20,18 @@ import operator
 
 import numpy as np
 
-from .engine import chunk_stats, make_plan, stats_from_positions
-from .engine.stats import Chunk, ChunkCache
-from .executor import EngineConfig, _gather, single_threaded_blas
+from .engine import Chunk, ChunkCache, chunk_stats, costs, make_plan, stats_from_positions
+from .executor import EngineConfig, gather_at, single_threaded_blas
 from .sources import Moments, WorkingUnits, as_chunk_array, spectrum_bytes_per_image
-from .engine import costs
-
-
-def distributed_wait(futures):
-    from distributed import wait
-
-    wait(futures)
-
 
 __all__ = ["DaskExecutor", "get_client"]
 
 
 def get_client(scheduler=None):
-    """The active `distributed.Client`, one connected to `scheduler` (an address or a Client), or None."""
+    """The active `distributed.Client`, one connected to `scheduler` (an address or a Client), or None.
+
+    A client made here for an address belongs to the caller, who closes it.
+    """
     try:
         from distributed import Client, default_client
     except ImportError:  # pragma: no cover - optional
@@ -92,17 +86,17 @@ def _collect_task(chunk, plan, output):
         return chunk_stats(chunk, plan, output=output)
 
 
-def _gather_task(chunk, plan, positions, offsets):
+def _gather_task(chunk, plan, positions, labels, offsets):
     plan = _on_worker(plan)
-    P, Q = plan.grid_shape
     with single_threaded_blas():
         _, lj = chunk_stats(chunk, plan, output="log_joint", per_image=False)
-    return _gather(lj, positions, offsets, P, Q)
+    return gather_at(lj, positions, labels, offsets)
 
 
-def _positions_task(chunk, positions, face_shape, backend):
+def _positions_task(chunk, positions, labels, face_shape, n_faces, backend, with_moments):
     _on_worker(None)
-    return stats_from_positions(chunk, positions, face_shape, backend=backend, workers=_threads_here())
+    return stats_from_positions(chunk, positions, labels, face_shape, n_faces, backend=backend,
+                                workers=_threads_here(), with_moments=with_moments)
 
 
 def _moments_task(block, first_index, check_finite):
@@ -115,14 +109,15 @@ class DaskSource(WorkingUnits):
     """A dask array's blocks, summarised on the workers; the map to working units."""
 
     def __init__(self, X, face_shape, client, *, moments=None, check_finite=True):
-        if X.ndim != 3:
-            raise ValueError(f"X must be a 3-D dask array (K, H, W), got {X.ndim}-D")
-        if len(X.chunks[1]) > 1 or len(X.chunks[2]) > 1:
-            X = X.rechunk({1: -1, 2: -1})
+        if X.ndim not in (3, 4):
+            raise ValueError(f"X must be a 3-D or 4-D dask array (K, H, W) or (K, H, W, Ch), got {X.ndim}-D")
+        if any(len(c) > 1 for c in X.chunks[1:]):
+            X = X.rechunk({i: -1 for i in range(1, X.ndim)})
         self.data = X
         self.client = client
         self.n_images = int(X.shape[0])
         self.image_shape = (int(X.shape[1]), int(X.shape[2]))
+        self.n_channels = int(X.shape[3]) if X.ndim == 4 else 1
         self.face_shape = tuple(face_shape)
         edges = np.concatenate([[0], np.cumsum(X.chunks[0])]).astype(int)
         self.bounds = [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:]) if b > a]
@@ -135,6 +130,11 @@ class DaskSource(WorkingUnits):
             self.offset, self.scale = float(moments[0]), float(moments[1])
         else:
             self.offset, self.scale = self._moments(check_finite)
+
+    def images(self, a, b):
+        """Images a..b in working units: a float64 (b - a, Ch, H, W) array, computed here."""
+        x = as_chunk_array(np.asarray(self.data[a:b])).astype(np.float64)
+        return (x - self.offset) / self.scale
 
     def _moments(self, check_finite=False):
         import dask
@@ -152,7 +152,7 @@ class DaskExecutor:
 
     Parameters
     ----------
-    X : dask.array.Array (K, H, W)
+    X : dask.array.Array (K, H, W) or (K, H, W, Ch)
         Chunked along images (other axes are merged into one block).
     face_shape : (h, w)
     config : EngineConfig
@@ -162,23 +162,29 @@ class DaskExecutor:
         Bound on the spectra each worker caches.
     moments : (offset, scale), optional
         The map to working units (from a fitted model).
+    owns_client : bool
+        Close `client` in `close` (it was made for this fit from an address).
     """
 
-    def __init__(self, X, face_shape, *, config=None, client=None, max_memory=None, moments=None):
+    def __init__(self, X, face_shape, *, config=None, client=None, max_memory=None, moments=None,
+                 owns_client=False):
         self.client = client or get_client()
+        self._owns_client = bool(owns_client)
         if self.client is None:
             raise ValueError("DaskExecutor needs a distributed.Client: start one, or pass scheduler=ADDRESS")
         self.config = config or EngineConfig()
         self.source = DaskSource(X, face_shape, self.client, moments=moments)
         self.n_images = self.source.n_images
         self.image_shape = self.source.image_shape
+        self.n_channels = self.source.n_channels
+        self._moments = None
         src = self.source
         n_workers = max(1, len(self.client.scheduler_info().get("workers", {})))
-        per_image = spectrum_bytes_per_image(self.image_shape, self.config.dtype)
+        per_image = spectrum_bytes_per_image(self.image_shape, self.config.dtype, self.n_channels)
         budget = costs.parse_memory(max_memory)
         if budget is None:
             K, (H, W) = self.n_images, self.image_shape
-            raw = K * H * W * max(np.dtype(X.dtype).itemsize, 1)
+            raw = K * H * W * self.n_channels * max(np.dtype(X.dtype).itemsize, 1)
             budget = max(raw // n_workers, 512 * 2**20)
         else:
             budget = int(0.6 * budget)
@@ -189,8 +195,10 @@ class DaskExecutor:
                  for blk, (a, b) in zip(src.blocks, src.bounds)]
         # the chunks (and the spectra they will cache) stay in the workers' memory,
         # and every later task on a chunk runs where it lives
+        from distributed import wait
+
         self._chunks = self.client.compute(tasks)
-        distributed_wait(self._chunks)
+        wait(self._chunks)
         holders = self.client.who_has(self._chunks)
         self._where = [list(holders[f.key])[:1] for f in self._chunks]
         self.cache_spectra = n_cached > 0
@@ -199,24 +207,45 @@ class DaskExecutor:
         return contextlib.nullcontext()
 
     def close(self):
-        """Release the persisted chunks on the workers."""
+        """Release the persisted chunks on the workers (and close a client made for this executor)."""
         for f in self._chunks:
             f.release()
         self._chunks = []
+        if self._owns_client:
+            self.client.close()
+            self._owns_client = False
+
+    @property
+    def bounds(self):
+        return self.source.bounds
 
     def _plan(self, params, hard):
         return make_plan(params, hard=hard, dtype=self.config.dtype, backend=self.config.backend,
-                         route=self.config.route, workers=1, cache_spectra=self.cache_spectra)
+                         route=self.config.route, workers=1, cache_spectra=self.cache_spectra,
+                         with_moments=self._moments is None)
+
+    def _fill_moments(self, total):
+        if total.SX is not None:
+            if self._moments is None:
+                self._moments = (total.SX, total.SXX)
+        elif self._moments is not None:
+            total.SX, total.SXX = self._moments
+        return total
 
     def _tree_sum(self, futures):
         while len(futures) > 1:
             nxt = [self.client.submit(operator.add, futures[i], futures[i + 1], pure=False)
                    if i + 1 < len(futures) else futures[i] for i in range(0, len(futures), 2)]
             futures = nxt
-        return futures[0].result()
+        return self._fill_moments(futures[0].result())
 
-    def pass_stats(self, params, *, hard=False, per_image=True):
-        """One E-step over all blocks, computed on the workers and tree-summed."""
+    def pass_stats(self, params, *, hard=False, per_image=True, chunks=None):
+        """One E-step over all blocks, computed on the workers and tree-summed.
+
+        Dask fits by batch EM: `chunks` (incremental EM's blocks) is not supported.
+        """
+        if chunks is not None:
+            raise ValueError("the Dask executor runs batch EM only: use algorithm='batch'")
         plan = self.client.scatter(self._plan(params, hard), broadcast=True, hash=False)
         futures = [self._submit(_stats_task, i, plan, per_image) for i in range(len(self._chunks))]
         return self._tree_sum(futures)
@@ -233,18 +262,22 @@ class DaskExecutor:
         total = None
         for s, _ in parts:
             total = s if total is None else total + s
-        return total, np.concatenate([o for _, o in parts])
+        return self._fill_moments(total), np.concatenate([o for _, o in parts])
 
-    def gather_log_joint(self, params, positions, offsets):
+    def gather_log_joint(self, params, positions, labels, offsets):
         positions = np.asarray(positions)
+        labels = np.asarray(labels)
         offsets = np.asarray(offsets).reshape(-1, 2)
         plan = self.client.scatter(self._plan(params, False), broadcast=True, hash=False)
-        futures = [self._submit(_gather_task, i, plan, positions[a:b], offsets)
+        futures = [self._submit(_gather_task, i, plan, positions[a:b], labels[a:b], offsets)
                    for i, (a, b) in enumerate(self.source.bounds)]
         return np.concatenate(self.client.gather(futures))
 
-    def stats_from_positions(self, positions):
+    def stats_from_positions(self, positions, labels=None, *, n_faces=1, face_shape=None):
         positions = np.asarray(positions)
-        futures = [self._submit(_positions_task, i, positions[a:b], self.source.face_shape, self.config.backend)
+        labels = np.zeros(len(positions), dtype=np.int64) if labels is None else np.asarray(labels)
+        face_shape = face_shape or self.source.face_shape
+        futures = [self._submit(_positions_task, i, positions[a:b], labels[a:b], face_shape, n_faces,
+                                self.config.backend, self._moments is None)
                    for i, (a, b) in enumerate(self.source.bounds)]
         return self._tree_sum(futures)

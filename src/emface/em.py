@@ -1,9 +1,20 @@
 """The EM driver: the one loop of emface.
 
-It iterates E-step passes and closed-form M-steps until the objective settles,
-restarts from several starting points, escapes shifted optima, reports progress
-through callbacks and writes checkpoints. It knows nothing about files formats
-or screens: an executor does the passes, callbacks do the reporting.
+It calls a model's steps -- ``e_step``, ``m_step``, ``objective`` -- until the
+objective settles, restarts from several starting points, lets the model's
+moves (escapes from its local optima) take over after convergence, reports
+progress through callbacks and keeps the best run. It knows nothing about the
+shape of the parameters, file formats or screens: a model does the mathematics,
+an executor does the passes, callbacks do the reporting, as
+``sklearn.mixture.BaseMixture.fit_predict`` calls ``_e_step`` and ``_m_step``.
+
+Two schedules share the loop:
+
+- ``batch``: every iteration is one E-step over all images and one M-step;
+- ``incremental`` (Neal and Hinton, 1998): the first sweeps visit the images
+  block by block and do an M-step after each block, with each block's latest
+  sums swapped into the total -- the free energy never decreases -- then batch
+  iterations finish, so the answer is the batch answer.
 """
 
 from __future__ import annotations
@@ -11,15 +22,13 @@ from __future__ import annotations
 import math
 import os
 import tempfile
-import warnings
+import time
 from dataclasses import dataclass, field
 
-import numpy as np
+__all__ = ["EMSettings", "EMRun", "run_em", "fit_restarts", "ConvergenceWarning", "atomic_save",
+           "ALGORITHMS"]
 
-from .engine import objective, params_from
-from .model import Params
-
-__all__ = ["EMSettings", "EMRun", "run_em", "escape_shifts", "fit_restarts", "ConvergenceWarning"]
+ALGORITHMS = ("auto", "batch", "incremental")
 
 
 class ConvergenceWarning(UserWarning):
@@ -28,48 +37,38 @@ class ConvergenceWarning(UserWarning):
 
 @dataclass
 class EMSettings:
-    """What EM optimises and when it stops.
+    """When EM stops, and how it schedules its passes.
 
     Attributes
     ----------
-    hard : bool
-        Hard (MAP) EM instead of soft EM.
-    prior_smoothing : float
-        Dirichlet pseudo-count α added to every position of A in the M-step.
     max_iter : int
-        Most M-steps per run.
+        Most iterations per run (an incremental sweep counts as one).
     tol : float
-        Stop when the objective changes by less than this.
-    tol_per_image : bool
-        Whether `tol` applies to the mean per-image objective (scikit-learn) or
-        to the total (the course API).
-    noise_floor : float
-        Smallest s, in working units.
-    shift_escape : bool
-        After convergence, try the face shifted by up to `max_shift` pixels.
-    max_shift : int
+        Stop when the mean per-image objective changes by less than this
+        (the course API divides its total tolerance by K).
+    algorithm : {"batch", "incremental"}
+    block_chunks : list of list of int
+        Incremental EM: the chunks of each block, in the order visited.
+    incremental_sweeps : int
+        Incremental sweeps before the batch iterations.
     """
 
-    hard: bool = False
-    prior_smoothing: float = 0.0
     max_iter: int = 100
     tol: float = 1e-3
-    tol_per_image: bool = True
-    noise_floor: float = 1e-6
-    shift_escape: bool = False
-    max_shift: int = 2
-    max_escape_rounds: int = 3
+    algorithm: str = "batch"
+    block_chunks: list = field(default_factory=list)
+    incremental_sweeps: int = 3
 
 
 @dataclass
 class EMRun:
     """One EM run: its parameters, history and final statistics (working units).
 
-    `objectives[t]` is the objective of the parameters after iteration t
-    (``objectives[0]`` is the start); `objective` is that of `params`.
+    `objectives[t]` is the objective after iteration t (``objectives[0]`` is
+    the start's); `objective` is that of `params`.
     """
 
-    params: Params
+    params: object
     objective: float
     objectives: list
     n_iter: int
@@ -77,16 +76,12 @@ class EMRun:
     stats: object = None
     init_index: int = 0
     n_uncovered: int = 0
-    escapes: list = field(default_factory=list)
+    moves: list = field(default_factory=list)
 
     @property
     def lower_bounds(self):
         """Objective after each iteration (the start excluded), per image."""
         return self.objectives[1:]
-
-
-def _per_image(value, stats):
-    return value / max(stats.n_images, 1)
 
 
 def _check_finite(value, params):
@@ -97,18 +92,68 @@ def _check_finite(value, params):
         )
 
 
-def run_em(executor, params, settings, *, callback=None, run_index=0, history=None, stats=None):
-    """Run EM from `params` until the objective settles or `max_iter` M-steps.
+def _incremental_sweeps(executor, model, params, settings, callback, run_index, history):
+    """Neal and Hinton's incremental EM: an M-step after every block, the block's sums swapped in.
+
+    The first sweep grows the total block by block (each M-step then fits the
+    images seen so far); later sweeps replace a block's old sums by its new
+    ones. Each block keeps only its image-independent sums, compactly (its
+    frequency-domain part already turned into image space).
+
+    Returns (params, iterations done).
+    """
+    blocks = settings.block_chunks
+    K = executor.n_images
+    kept = [None] * len(blocks)
+    total = None
+    sweeps = 0
+    t0 = time.perf_counter()
+    processed = 0
+    for _ in range(settings.incremental_sweeps):
+        if len(history) - 1 >= settings.max_iter:
+            break
+        for b, chunks in enumerate(blocks):
+            st = model.compact(model.e_step(executor, params, chunks=chunks, per_image=False))
+            if kept[b] is None:
+                total = st if total is None else total + st
+            else:
+                moments = (total.SX, total.SXX)  # constant: the block's new sums do not carry them
+                total = total - kept[b] + st
+                total.SX, total.SXX = moments
+            kept[b] = st
+            processed += st.n_images
+            params, _ = model.m_step(total, params)
+            if callback is not None:
+                callback(dict(run=run_index, iter=len(history) - 1, block=b, n_blocks=len(blocks),
+                              images=processed, seconds=time.perf_counter() - t0,
+                              objective=model.free_energy(total, params) / total.n_images,
+                              params=params, history=history, stats=None))
+        sweeps += 1
+        obj = model.free_energy(total, params) / K
+        _check_finite(obj, params)
+        history.append(obj)
+        if callback is not None:
+            callback(dict(run=run_index, iter=len(history) - 1, objective=obj, params=params, history=history,
+                          stats=None))
+    return params, sweeps
+
+
+def run_em(executor, model, params, settings, *, callback=None, run_index=0, history=None, stats=None):
+    """Run EM from `params` until the objective settles or `max_iter` iterations.
 
     Parameters
     ----------
     executor : LocalExecutor or DaskExecutor
-    params : Params
-        Starting point, working units.
+    model : an object with ``e_step``, ``m_step``, ``objective`` (and, for
+        incremental EM, ``free_energy`` and ``compact``), such as
+        `emface.mixture.FaceMixture`
+    params : starting point, working units
     settings : EMSettings
     callback : callable(dict), optional
         Called after every pass with ``run``, ``iter``, ``objective`` (per
-        image), ``params``, ``history`` and ``stats``.
+        image), ``params``, ``history`` and ``stats``; during incremental
+        sweeps also after every block, with ``block``, ``n_blocks``, ``images``
+        and ``seconds``.
     run_index : int
         Passed through to the callback (the restart's number).
     history : list, optional
@@ -120,15 +165,23 @@ def run_em(executor, params, settings, *, callback=None, run_index=0, history=No
     -------
     EMRun
     """
-    a = settings.prior_smoothing
-    face_shape = params.face.shape
-    if stats is None:
-        stats = executor.pass_stats(params, hard=settings.hard)
-    obj = _per_image(objective(stats, params, a), stats)
-    _check_finite(obj, params)
     history = list(history) if history else []
+    K = executor.n_images
+    swept = False
+    if (settings.algorithm == "incremental" and stats is None and not history and settings.max_iter > 0
+            and len(settings.block_chunks) > 1):
+        history.append(-math.inf)  # the start's objective is not computed: no pass is spent on it
+        params, n = _incremental_sweeps(executor, model, params, settings, callback, run_index, history)
+        swept = n > 0
+    if stats is None:
+        stats = model.e_step(executor, params)
+    obj = model.objective(stats, params) / K
+    _check_finite(obj, params)
     if not history:
         history.append(obj)
+    elif swept:
+        # the batch objective of the θ the sweeps ended with: never below their free energy
+        history[-1] = obj
     start_iter = len(history) - 1
     n_uncov = 0
     converged = False
@@ -136,11 +189,10 @@ def run_em(executor, params, settings, *, callback=None, run_index=0, history=No
     if callback is not None:
         callback(dict(run=run_index, iter=it, objective=obj, params=params, history=history, stats=stats))
     while it < settings.max_iter:
-        new_params, info = params_from(stats, params, face_shape=face_shape, prior_smoothing=a,
-                                       noise_floor=settings.noise_floor)
+        new_params, info = model.m_step(stats, params)
         n_uncov = info.n_uncovered
-        new_stats = executor.pass_stats(new_params, hard=settings.hard)
-        new_obj = _per_image(objective(new_stats, new_params, a), new_stats)
+        new_stats = model.e_step(executor, new_params)
+        new_obj = model.objective(new_stats, new_params) / K
         _check_finite(new_obj, new_params)
         it += 1
         history.append(new_obj)
@@ -148,8 +200,7 @@ def run_em(executor, params, settings, *, callback=None, run_index=0, history=No
         params, stats, obj = new_params, new_stats, new_obj
         if callback is not None:
             callback(dict(run=run_index, iter=it, objective=obj, params=params, history=history, stats=stats))
-        tol_change = change if settings.tol_per_image else change * stats.n_images
-        if abs(tol_change) < settings.tol:
+        if abs(change) < settings.tol:
             converged = True
             break
     if settings.max_iter == 0 or (it == start_iter and start_iter >= settings.max_iter):
@@ -158,163 +209,23 @@ def run_em(executor, params, settings, *, callback=None, run_index=0, history=No
                  stats=stats, init_index=run_index, n_uncovered=n_uncov)
 
 
-def _shift_prior(A, di, dj):
-    """A'(p) = A(p + δ); positions that come from outside the grid get the mean level."""
-    P, Q = A.shape
-    out = np.full_like(A, A.mean())
-    src_r = slice(max(di, 0), P + min(di, 0))
-    dst_r = slice(max(-di, 0), P + min(-di, 0))
-    src_c = slice(max(dj, 0), Q + min(dj, 0))
-    dst_c = slice(max(-dj, 0), Q + min(-dj, 0))
-    out[dst_r, dst_c] = A[src_r, src_c]
-    return out / out.sum()
-
-
-def _hard_score(stats, params, H, W):
-    """Objective of hard assignments after their own M-step: the fitted noise level decides."""
-    K = stats.n_images
-    s2 = params.noise_std ** 2
-    return -0.5 * K * H * W * (math.log(2 * math.pi * s2) + 1.0)
-
-
-def _offsets(P, Q, m):
-    return [(di, dj) for di in range(-m, m + 1) for dj in range(-m, m + 1)
-            if (di, dj) != (0, 0) and abs(di) < P and abs(dj) < Q]
-
-
-def _inside(pos, P, Q):
-    return (pos[:, 0] >= 0) & (pos[:, 0] < P) & (pos[:, 1] >= 0) & (pos[:, 1] < Q)
-
-
-def _otsu_upper(g):
-    """The upper class of the best two-class split of the values g (Otsu's threshold)."""
-    order = np.sort(g)
-    n = len(order)
-    if n < 2 or order[0] == order[-1]:
-        return None
-    csum = np.cumsum(order)
-    k = np.arange(1, n)
-    m0 = csum[:-1] / k
-    m1 = (csum[-1] - csum[:-1]) / (n - k)
-    between = k * (n - k) * (m1 - m0) ** 2
-    cut = order[int(np.argmax(between))]
-    return g > cut
-
-
-def _escape_candidates(executor, run, settings):
-    """Moves to try from a converged run: (label, positions, prior).
-
-    - global shifts: every image moves by -δ, |δ| <= max_shift, the prior moves along;
-    - partial shifts: for each neighbouring offset δ, the images whose second
-      choice lies in direction δ (by Otsu's split of the log-joint gains, and the
-      better half) move by +δ -- the escape from optima where the images split
-      into two groups a pixel apart and F is their blend.
-    """
-    H, W = executor.image_shape
-    h, w = run.params.face.shape
-    P, Q = H - h + 1, W - w + 1
-    pos = run.stats.positions
-    for di, dj in _offsets(P, Q, settings.max_shift):
-        newpos = pos - np.array([di, dj])
-        if _inside(newpos, P, Q).mean() < 0.9:
-            continue
-        newpos[:, 0] = np.clip(newpos[:, 0], 0, P - 1)
-        newpos[:, 1] = np.clip(newpos[:, 1], 0, Q - 1)
-        yield ("shift", (di, dj)), newpos, _shift_prior(run.params.prior, di, dj)
-    near = _offsets(P, Q, 1)
-    if not near or len(pos) < 2:
-        return
-    # rank by likelihood alone: a learned A that collapsed onto the current
-    # positions would otherwise hide every move
-    flat = Params(run.params.face, run.params.background, run.params.noise_std,
-                  np.full((P, Q), 1.0 / (P * Q)))
-    values = executor.gather_log_joint(flat, pos, [(0, 0)] + near)
-    for t, (di, dj) in enumerate(near, start=1):
-        gain = values[:, t] - values[:, 0]
-        ok = np.isfinite(gain)
-        if ok.sum() < 2:
-            continue
-        subsets = []
-        upper = _otsu_upper(gain[ok])
-        if upper is not None:
-            subsets.append(upper)
-        subsets.append(gain[ok] >= np.median(gain[ok]))
-        idx = np.flatnonzero(ok)
-        for sub in subsets:
-            moved = idx[sub]
-            if 0 < len(moved) < len(pos):
-                newpos = pos.copy()
-                newpos[moved] += np.array([di, dj])
-                yield ("split", (di, dj), len(moved)), newpos, run.params.prior
-
-
-def escape_shifts(executor, run, settings, *, callback=None):
-    """Escape shifted optima: try moving the face by small offsets, keep what raises the objective.
-
-    Each candidate (see `_escape_candidates`) is a new set of hard positions;
-    the face, background and noise are re-estimated from them by one M-step
-    (which fills a revealed strip of the face from the data and hands an
-    uncovered strip back to the background). The candidate whose refitted
-    noise is smallest is evaluated by a full E-step and kept if the objective
-    rises, and EM continues from it. Repeats while moves help.
-
-    Returns
-    -------
-    EMRun
-    """
-    H, W = executor.image_shape
-    h, w = run.params.face.shape
-    a = settings.prior_smoothing
-    for _ in range(settings.max_escape_rounds):
-        if not run.converged:  # only from a settled optimum, within the iteration budget
-            break
-        base_stats = executor.stats_from_positions(run.stats.positions)
-        base_params, _ = params_from(base_stats, run.params, face_shape=(h, w), prior_smoothing=a,
-                                     noise_floor=settings.noise_floor)
-        best_score = _hard_score(base_stats, base_params, H, W)
-        best = None
-        for label, newpos, prior in _escape_candidates(executor, run, settings):
-            st = executor.stats_from_positions(newpos)
-            cand, _ = params_from(st, run.params, face_shape=(h, w), prior_smoothing=a,
-                                  noise_floor=settings.noise_floor)
-            score = _hard_score(st, cand, H, W)
-            if score > best_score:
-                best_score = score
-                if a > 0:  # the smoothed M-step's A has full support already
-                    A = cand.prior
-                else:
-                    # the moved images' new positions may have A ~ 0 under the old
-                    # prior: give the candidate both the old support and the new counts
-                    A = 0.5 * prior + 0.5 * st.N / st.n_images
-                best = (label, Params(cand.face, cand.background, cand.noise_std, A))
-        if best is None:
-            break
-        label, cand = best
-        cand_stats = executor.pass_stats(cand, hard=settings.hard)
-        cand_obj = _per_image(objective(cand_stats, cand, a), cand_stats)
-        if not cand_obj > run.objective:
-            break
-        history = run.objectives + [cand_obj]
-        new = run_em(executor, cand, settings, callback=callback, run_index=run.init_index,
-                     history=history, stats=cand_stats)
-        new.escapes = run.escapes + [label]
-        if not new.objective > run.objective:
-            break
-        run = new
-    return run
-
-
-def fit_restarts(executor, starts, settings, *, callback=None, history=None):
-    """EM from each starting point (with shift escape when enabled); keep the best.
+def fit_restarts(executor, model, starts, settings, *, callback=None, history=None, should_restart=None):
+    """EM from each starting point, then the model's moves; keep the best run.
 
     Parameters
     ----------
     executor : LocalExecutor or DaskExecutor
-    starts : iterable of Params or of callables returning Params
+    model : the model (see `run_em`); ``model.moves()`` lists its escapes,
+        each ``move(executor, model, run, resume) -> EMRun`` where
+        ``resume(params, stats, history)`` continues EM from a candidate
+    starts : iterable of params or of callables returning params
     settings : EMSettings
     callback : callable(dict), optional
     history : list, optional
         Objectives of an earlier part of the first run, which this call continues.
+    should_restart : callable(list of EMRun) -> bool, optional
+        Asked before every start after the first: False ends the restarts
+        (the model's judgement whether the runs so far look like the optimum).
 
     Returns
     -------
@@ -329,24 +240,24 @@ def fit_restarts(executor, starts, settings, *, callback=None, history=None):
         ``exc.emface_best`` (or None) and all runs as ``exc.emface_runs``.
     """
     runs = []
-    best = None
     current = {"run": None}
 
     def _track(info):
-        current["run"] = info
+        if info.get("stats") is not None or "block" not in info:
+            current["run"] = info
         if callback is not None:
             callback(info)
 
     try:
         with executor.running():
-            best, runs = _restarts(executor, starts, settings, _track, history, runs)
+            best = _restarts(executor, model, starts, settings, _track, history, runs, should_restart)
     except KeyboardInterrupt as exc:
         best = max(runs, key=lambda r: r.objective) if runs else None
         info = current["run"]
         if info is not None:
             partial = EMRun(params=info["params"], objective=info["objective"],
                             objectives=list(info["history"]), n_iter=info["iter"], converged=False,
-                            stats=info["stats"], init_index=info["run"])
+                            stats=info.get("stats"), init_index=info["run"])
             runs.append(partial)
             if best is None or partial.objective > best.objective:
                 best = partial
@@ -358,18 +269,25 @@ def fit_restarts(executor, starts, settings, *, callback=None, history=None):
     return best, runs
 
 
-def _restarts(executor, starts, settings, callback, history, runs):
+def _restarts(executor, model, starts, settings, callback, history, runs, should_restart):
     best = None
     for i, start in enumerate(starts):
+        if i > 0 and should_restart is not None and not should_restart(runs):
+            break
         params = start() if callable(start) else start
-        r = run_em(executor, params, settings, callback=callback, run_index=i,
+        r = run_em(executor, model, params, settings, callback=callback, run_index=i,
                    history=history if i == 0 else None)
-        if settings.shift_escape:
-            r = escape_shifts(executor, r, settings, callback=callback)
+
+        def resume(p, stats, hist, _i=i):
+            return run_em(executor, model, p, settings, callback=callback, run_index=_i, history=hist,
+                          stats=stats)
+
+        for move in model.moves():
+            r = move(executor, model, r, resume)
         runs.append(r)
         if best is None or r.objective > best.objective:
             best = r
-    return best, runs
+    return best
 
 
 def atomic_save(path, save_fn):

@@ -7,18 +7,30 @@ import numbers
 import os
 import time
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 
 from . import _validation as v
-from .em import ConvergenceWarning, EMSettings, atomic_save, fit_restarts
-from .executor import EngineConfig, LocalExecutor
+from ._layout import public_background, public_faces, public_images, public_noise, public_prior
+from .em import ALGORITHMS, ConvergenceWarning, EMSettings, atomic_save, fit_restarts
 from .engine import costs
+from .engine.plan import BACKENDS
+from .executor import EngineConfig, LocalExecutor
 from .init import INIT_METHODS, auto_start, random_start, user_start
+from .mixture import NOISE_MODELS, FaceMixture
 from .model import Params, load_model, save_model
 from .sources import ArraySource
 
-__all__ = ["FaceEM"]
+__all__ = ["FaceEM", "PosteriorSummary", "INCREMENTAL_MIN_IMAGES"]
+
+#: ``algorithm="auto"`` fits stacks of at least this many images by incremental
+#: EM (see ``benchmarks/incremental.py``): below it a batch pass is cheap and
+#: the start's own pass dominates either way.
+INCREMENTAL_MIN_IMAGES = 20_000
+
+#: images per block of incremental EM (about; whole chunks are grouped)
+_BLOCK_IMAGES = 1000
 
 
 def _check_random_state(seed):
@@ -35,43 +47,90 @@ def _is_dask(X):
     return type(X).__module__.startswith("dask.")
 
 
-class FaceEM:
-    """Recover a face (any object) seen at unknown positions in noisy images, by EM.
+@dataclass
+class PosteriorSummary:
+    """What the posterior says about each image, in a few numbers per image.
 
-    Each image ``X[k]`` (H×W) is the background B with the face F (h×w) pasted
-    at an unknown top-left corner d_k, plus Gaussian noise of standard
-    deviation s; d_k is drawn from a prior A over the P×Q possible corners
-    (P = H-h+1, Q = W-w+1). `fit` learns F, B, s and A by expectation-maximisation.
+    Attributes
+    ----------
+    positions : int ndarray (K, 2)
+        Top-left corner (row, column) of the most probable (face, position).
+    faces : int ndarray (K,)
+        The face of that most probable (face, position).
+    probability : ndarray (K,)
+        Its posterior probability.
+    entropy : ndarray (K,)
+        The posterior's entropy over (face, position), in nats.
+    face_probability : ndarray (K,)
+        The posterior probability of that face, positions summed out.
+    log_likelihood : ndarray (K,)
+        ``log p(X_k | θ)``.
+    """
+
+    positions: np.ndarray
+    faces: np.ndarray
+    probability: np.ndarray
+    entropy: np.ndarray
+    face_probability: np.ndarray
+    log_likelihood: np.ndarray
+
+
+class FaceEM:
+    """Recover faces (any objects) seen at unknown positions in noisy images, by EM.
+
+    Each image ``X[k]`` (H×W, or H×W×Ch in colour) is the background B with
+    one of C faces F_c (h×w) pasted at an unknown top-left corner d_k, plus
+    Gaussian noise of standard deviation s; the face and its corner are drawn
+    from a prior A over the C×P×Q possibilities (P = H-h+1, Q = W-w+1).
+    `fit` learns F, B, s and A by expectation-maximisation.
 
     Parameters
     ----------
     face_shape : tuple of int (h, w)
-        Size of the face.
+        Size of the faces.
+    n_faces : int, default=1
+        C, the number of different faces (objects).
     hard : bool, default=False
-        Hard (MAP) EM: each image's posterior is one-hot at its most probable position.
+        Hard (MAP) EM: each image's posterior is one-hot at its most probable (face, position).
     n_init : int or "auto", default="auto"
-        Number of EM runs from different starts; the one with the best objective
-        is kept. The first run starts from `init`, the others from the note's
-        random start. ``"auto"``: ``clip(round(2000 / K), 1, 8)`` runs -- small
-        stacks, where a single run most often stops in a local optimum, get
-        more restarts, which are cheap there (see ``benchmarks/accuracy.py``).
+        Number of EM runs from different starts; the one with the best
+        objective is kept. The first run starts from `init`, the others from
+        the note's random start (one face) or data-driven starts on random
+        halves of the images (several faces). ``"auto"``: ``clip(round(2000 / K), 1, 8)``
+        runs for one face, 3 for several -- small stacks, where a single run
+        most often stops in a local optimum, get more restarts, which are cheap
+        there (see ``benchmarks/accuracy.py``).
     max_iter : int, default=100
         Most EM iterations per run.
     tol : float, default=1e-3
         Convergence threshold on the change of the mean per-image objective.
     prior_smoothing : float, default=0.0
-        Dirichlet pseudo-count α added to every position of A in the M-step
-        (the note uses about K/10 with hard EM).
+        Dirichlet pseudo-count α added to every (face, position) of A in the
+        M-step (the note uses about K/10 with hard EM).
     init : {"auto", "random"}, default="auto"
-        ``"auto"``: a data-driven start (per-pixel median background, the face
-        from the windows that depart most from it). ``"random"``: the note's
-        start (F and B uniform over the data's range).
-    face_init, background_init : ndarray, optional
-        Starting F (h, w) and B (H, W), in data units; override `init`.
-    noise_std_init : float, optional
+        ``"auto"``: a data-driven start (per-pixel median background, the faces
+        from the windows that depart most from it, clustered by k-means++ for
+        several faces). ``"random"``: the note's start (F and B uniform over the data's range).
+    face_init : ndarray, optional
+        Starting faces in data units: (h, w), (C, h, w), (h, w, Ch) or
+        (C, h, w, Ch). Overrides `init` for the faces.
+    background_init : ndarray (H, W) or (H, W, Ch), optional
+    noise_std_init : float or ndarray (Ch,), optional
         Starting s.
-    prior_init : ndarray (P, Q), optional
+    prior_init : ndarray (P, Q) or (C, P, Q), optional
         Starting A: non-negative, summing to 1. Zeros stay zero without smoothing.
+    noise : {"shared", "per_channel"}, default="shared"
+        One s for every channel (the note's model; right when the channels
+        share a sensor and a gain, as RGB cameras roughly do), or one s per
+        channel (channels from different detectors or with different gains,
+        such as fluorescence channels).
+    algorithm : {"auto", "batch", "incremental"}, default="auto"
+        ``"batch"``: every iteration reads all images once. ``"incremental"``:
+        Neal and Hinton's incremental EM, an M-step after every block of about
+        1,000 images for the first sweeps, then batch iterations until `tol`
+        holds (the same answer, in fewer passes on large noisy stacks).
+        ``"auto"``: incremental for stacks of at least `INCREMENTAL_MIN_IMAGES`
+        images on this machine; batch on a Dask cluster.
     random_state : int, numpy Generator or None
     warm_start : bool, default=False
         Start from the fitted parameters of the previous `fit` and continue its history.
@@ -79,15 +138,22 @@ class FaceEM:
         1: a line when the fit ends; 2: also one every `verbose_interval` iterations.
     verbose_interval : int, default=10
     shift_escape : bool, default=True
-        After convergence, try the face shifted by a few pixels (all images, or
-        the group of images whose second choice lies in one direction) and keep
-        moves that raise the objective; EM then continues.
+        After convergence, try each face shifted by a few pixels (all its
+        images, or the group of its images whose second choice lies in one
+        direction) and keep moves that raise the objective; EM then continues.
+    split_merge : bool, default=True
+        With several faces, after convergence try merging the two most similar
+        faces and splitting the one that fits its images worst, keeping moves
+        that raise the objective.
     dtype : {None, np.float64, np.float32}, default=None
         Precision of the correlations; statistics are always float64. None:
         float64 on the CPU, float32 on a GPU.
     n_jobs : int or None, default=None
         Threads; None or -1 for all cores.
-    backend : {"auto", "numba", "numpy"}, default="auto"
+    backend : {"auto", "numba", "numpy", "torch"}, default="auto"
+        ``"auto"``: the fused Numba kernels on the CPU, torch on a GPU.
+        ``"numpy"`` and ``"torch"`` run the shared array-API kernels (torch
+        also on the CPU).
     max_memory : int or str, optional
         Bound on what the engine holds besides the data, e.g. ``"2GB"``.
     checkpoint : path, optional
@@ -96,7 +162,9 @@ class FaceEM:
     noise_floor : float, default=1e-6
         Smallest s, relative to the data's standard deviation.
     callback : callable(dict), optional
-        Called after every iteration with ``run``, ``iter``, ``objective``, ``params``.
+        Called after every iteration with ``run``, ``iter``, ``objective``,
+        ``params``; during incremental sweeps also after every block, with
+        ``block``, ``n_blocks``, ``images`` and ``seconds``.
     device : str, default="cpu"
         ``"cuda"`` (or ``"cuda:N"``) runs the engine on an NVIDIA GPU through
         PyTorch (the ``gpu`` extra); ``"cpu"`` uses the fused CPU kernels.
@@ -106,29 +174,37 @@ class FaceEM:
 
     Attributes
     ----------
-    face_ : ndarray (h, w)
-    background_ : ndarray (H, W)
-    noise_std_ : float
-    prior_ : ndarray (P, Q)
+    faces_ : ndarray (C, h, w) or (C, h, w, Ch)
+    face_ : ndarray (h, w) or (h, w, Ch)
+        The face, when ``n_faces=1``.
+    background_ : ndarray (H, W) or (H, W, Ch)
+    noise_std_ : float, or ndarray (Ch,) with ``noise="per_channel"``
+    prior_ : ndarray (P, Q) for one face, (C, P, Q) for several
+    weights_ : ndarray (C,)
+        The prior summed over positions: how often each face appears.
     lower_bound_ : float
         Mean per-image objective of the best run: log p(X_k | θ) for soft EM,
-        max_d log p(X_k, d | θ) for hard EM, plus α Σ log A / K with smoothing.
+        max log p(X_k, c, d | θ) for hard EM, plus α Σ log A / K with smoothing.
     lower_bounds_ : list of float
         The same after each iteration of the best run.
     n_iter_ : int
     converged_ : bool
     positions_ : ndarray (K, 2)
         Most probable top-left corner of each training image.
+    labels_ : ndarray (K,)
+        Most probable face of each training image.
     runs_ : list of dict
         History of every run (for reports).
     """
 
-    def __init__(self, face_shape, *, hard=False, n_init="auto", max_iter=100, tol=1e-3, prior_smoothing=0.0,
-                 init="auto", face_init=None, background_init=None, noise_std_init=None, prior_init=None,
-                 random_state=None, warm_start=False, verbose=0, verbose_interval=10, shift_escape=True,
-                 dtype=np.float64, n_jobs=None, backend="auto", max_memory=None, checkpoint=None,
-                 checkpoint_every=10, noise_floor=1e-6, callback=None, scheduler=None, device="cpu"):
+    def __init__(self, face_shape, *, n_faces=1, hard=False, n_init="auto", max_iter=100, tol=1e-3,
+                 prior_smoothing=0.0, init="auto", face_init=None, background_init=None, noise_std_init=None,
+                 prior_init=None, noise="shared", algorithm="auto", random_state=None, warm_start=False,
+                 verbose=0, verbose_interval=10, shift_escape=True, split_merge=True, dtype=None, n_jobs=None,
+                 backend="auto", max_memory=None, checkpoint=None, checkpoint_every=10, noise_floor=1e-6,
+                 callback=None, scheduler=None, device="cpu"):
         self.face_shape = face_shape
+        self.n_faces = n_faces
         self.hard = hard
         self.n_init = n_init
         self.max_iter = max_iter
@@ -139,11 +215,14 @@ class FaceEM:
         self.background_init = background_init
         self.noise_std_init = noise_std_init
         self.prior_init = prior_init
+        self.noise = noise
+        self.algorithm = algorithm
         self.random_state = random_state
         self.warm_start = warm_start
         self.verbose = verbose
         self.verbose_interval = verbose_interval
         self.shift_escape = shift_escape
+        self.split_merge = split_merge
         self.dtype = dtype
         self.n_jobs = n_jobs
         self.backend = backend
@@ -191,12 +270,15 @@ class FaceEM:
 
     # ------------------------------------------------------------------ validation
     def _validate_settings(self):
+        v.check_int(self.n_faces, "n_faces", low=1)
         if not (isinstance(self.n_init, str) and self.n_init == "auto"):
             v.check_int(self.n_init, "n_init", low=1)
         v.check_int(self.max_iter, "max_iter", low=0)
         v.check_real(self.tol, "tol", low=0.0)
         v.check_real(self.prior_smoothing, "prior_smoothing", low=0.0)
         v.check_choice(self.init, "init", INIT_METHODS)
+        v.check_choice(self.noise, "noise", NOISE_MODELS)
+        v.check_choice(self.algorithm, "algorithm", ALGORITHMS)
         v.check_int(self.verbose, "verbose", low=0)
         v.check_int(self.verbose_interval, "verbose_interval", low=1)
         v.check_int(self.checkpoint_every, "checkpoint_every", low=1)
@@ -209,7 +291,7 @@ class FaceEM:
             n = v.check_int(self.n_jobs, "n_jobs")
             if n == 0:
                 raise ValueError("n_jobs must be a positive int, -1 or None (all cores), got 0")
-        v.check_choice(self.backend, "backend", ("auto", "numba", "numpy", "torch"))
+        v.check_choice(self.backend, "backend", BACKENDS)
         costs.parse_memory(self.max_memory)
         if self.checkpoint is not None:
             folder = os.path.dirname(os.path.abspath(os.fspath(self.checkpoint)))
@@ -219,6 +301,7 @@ class FaceEM:
                 raise ValueError(f"checkpoint folder {folder!r} is not writable")
 
     def _compute_dtype(self):
+        """The correlations' precision: `dtype`, or float64 on the CPU and float32 on a GPU."""
         if self.dtype is not None:
             return np.dtype(self.dtype)
         return np.dtype(np.float32 if self.device != "cpu" else np.float64)
@@ -227,37 +310,28 @@ class FaceEM:
         return EngineConfig(dtype=self._compute_dtype(), backend=self.backend,
                             workers=costs.default_workers(self.n_jobs), device=self.device)
 
-    def _settings(self):
-        return EMSettings(
-            hard=bool(self.hard),
-            prior_smoothing=float(self.prior_smoothing),
-            max_iter=int(self.max_iter),
-            tol=float(self.tol),
-            noise_floor=float(self.noise_floor),
-            shift_escape=bool(self.shift_escape),
-        )
-
     def _make_executor(self, X, face_shape, *, moments=None):
         if _is_dask(X) or self.scheduler is not None:
             from .distributed import DaskExecutor, get_client
 
             client = get_client(self.scheduler)
+            owned = isinstance(self.scheduler, str)  # made here for an address: closed after the pass
             if client is not None:
                 if not _is_dask(X):
                     import dask.array as da
 
                     n = costs.chunk_size(tuple(X.shape[1:3]), face_shape, self._compute_dtype().itemsize,
                                          target_bytes=64 * 2**20)
-                    X = da.from_array(X, chunks=(n, -1, -1))
+                    X = da.from_array(X, chunks=(n,) + (-1,) * (X.ndim - 1))
                 return DaskExecutor(X, face_shape, config=self._config(), client=client,
-                                    max_memory=self.max_memory, moments=moments)
+                                    max_memory=self.max_memory, moments=moments, owns_client=owned)
             # a dask array without a cluster: its slices are computed here, chunk by chunk
         source = ArraySource(X, face_shape, compute_dtype=self._compute_dtype(), max_memory=self.max_memory,
-                             moments=moments)
+                             moments=moments, n_faces=int(self.n_faces))
         return LocalExecutor(source, self._config())
 
     def _check_fitted(self):
-        if not hasattr(self, "face_"):
+        if not hasattr(self, "faces_"):
             raise AttributeError(
                 "This FaceEM instance is not fitted yet. Call 'fit' with appropriate arguments first."
             )
@@ -265,25 +339,61 @@ class FaceEM:
     def _check_X_predict(self, X):
         X = v.check_stack(X)
         self._check_fitted()
-        if tuple(X.shape[1:3]) != self.background_.shape:
+        shape = tuple(int(s) for s in X.shape[1:])
+        want = tuple(self.background_.shape)
+        if shape != want:
             raise ValueError(
-                f"X has images of shape {tuple(X.shape[1:3])}, but this FaceEM was fitted on images "
-                f"of shape {self.background_.shape}"
+                f"X has images of shape {shape}, but this FaceEM was fitted on images of shape {want}"
             )
         return X
 
+    def __getattr__(self, name):
+        # face_ exists for one face only; say so instead of a bare AttributeError
+        if name == "face_" and "faces_" in self.__dict__:
+            raise AttributeError(f"face_ is defined for n_faces=1; this model has {len(self.faces_)} faces: "
+                                 "use faces_")
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
     # ------------------------------------------------------------------ fitting
     def _n_init(self, n_images):
+        """How many runs `fit` makes on `n_images` images (``n_init``, or its "auto" rule)."""
         if isinstance(self.n_init, str):
+            if int(self.n_faces) > 1:
+                return 3
             return int(np.clip(round(2000 / max(n_images, 1)), 1, 8))
         return int(self.n_init)
 
-    def _starts(self, executor, user, rng):
-        src = executor.source
+    def _model(self, face_shape, src):
+        floor = float(self.noise_floor) * (src.working_std() if src.working_std() > 0 else 1.0)
+        return FaceMixture(tuple(face_shape), int(self.n_faces), hard=bool(self.hard),
+                           prior_smoothing=float(self.prior_smoothing), noise=self.noise, noise_floor=floor,
+                           shift_escape=bool(self.shift_escape), split_merge=bool(self.split_merge))
+
+    def _settings(self, executor):
+        algorithm = self.algorithm
+        local = isinstance(executor, LocalExecutor)
+        if algorithm == "auto":
+            algorithm = "incremental" if (local and executor.n_images >= INCREMENTAL_MIN_IMAGES) else "batch"
+        if algorithm == "incremental" and not local:
+            algorithm = "batch"  # Dask fits by batch EM: see the README's "Large stacks and clusters"
+        blocks = []
+        if algorithm == "incremental":
+            cur, size = [], 0
+            for i, (a, b) in enumerate(executor.bounds):
+                cur.append(i)
+                size += b - a
+                if size >= _BLOCK_IMAGES:
+                    blocks.append(cur)
+                    cur, size = [], 0
+            if cur:
+                blocks.append(cur)
+        return EMSettings(max_iter=int(self.max_iter), tol=float(self.tol), algorithm=algorithm,
+                          block_chunks=blocks)
+
+    def _starts(self, src, model, user, rng):
         n_init = self._n_init(src.n_images)
-        if self.warm_start and hasattr(self, "face_"):
-            p = src.to_working(self._params())
-            return [p]
+        if self.warm_start and hasattr(self, "faces_"):
+            return [src.to_working(self._theta)]
         starts = []
         for i in range(n_init):
             seed = rng.integers(2**63)
@@ -291,20 +401,22 @@ class FaceEM:
             def make(i=i, seed=seed):
                 r = np.random.default_rng(seed)
                 if self.init == "auto" and i == 0:
-                    base = auto_start(src, r)
+                    base = auto_start(src, model, r)
+                elif self.init == "auto" and model.n_faces > 1:
+                    base = auto_start(src, model, r, fraction=0.5)
                 else:
-                    base = random_start(src, r)
+                    base = random_start(src, model, r)
                 return user_start(src, base, **user)
 
             starts.append(make)
         return starts
 
     def fit(self, X, y=None):
-        """Estimate F, B, s and A from images X of shape (K, H, W).
+        """Estimate F, B, s and A from images X of shape (K, H, W) or (K, H, W, Ch).
 
         Parameters
         ----------
-        X : array-like (K, H, W)
+        X : array-like (K, H, W) or (K, H, W, Ch)
             Any real or integer dtype; memory maps, zarr and dask arrays stream.
         y : ignored
 
@@ -315,46 +427,48 @@ class FaceEM:
         self._validate_settings()
         X = v.check_stack(X)
         H, W = int(X.shape[1]), int(X.shape[2])
+        colour = X.ndim == 4
+        Ch = int(X.shape[3]) if colour else 1
         h, w = v.check_face_shape(self.face_shape, (H, W))
+        C = int(self.n_faces)
         user = v.check_params_arrays(
-            (H, W), (h, w), face=self.face_init, background=self.background_init,
-            noise_std=self.noise_std_init, prior=self.prior_init,
+            (H, W), (h, w), n_faces=C, n_channels=Ch, colour=colour, face=self.face_init,
+            background=self.background_init, noise_std=self.noise_std_init, prior=self.prior_init,
+            noise=self.noise,
         )
-        history = None
-        warm = self.warm_start and hasattr(self, "face_")
-        if warm:
-            if self.background_.shape != (H, W) or self.face_.shape != (h, w):
-                raise ValueError(
-                    f"warm_start needs images of shape {self.background_.shape} and a face of shape "
-                    f"{self.face_.shape}, got images {(H, W)} and face {(h, w)}"
-                )
+        warm = self.warm_start and hasattr(self, "faces_")
+        if warm and (self._theta.faces.shape != (C, Ch, h, w) or self._theta.image_shape != (H, W)):
+            raise ValueError(
+                f"warm_start needs images of shape {self.background_.shape} and faces of shape "
+                f"{self.faces_.shape}, got images {tuple(X.shape[1:])} and {C} face(s) of {(h, w)}"
+            )
         executor = self._make_executor(X, (h, w))
         src = executor.source
-        settings = self._settings()
-        settings.noise_floor = float(self.noise_floor) * src.working_std() if src.working_std() > 0 \
-            else float(self.noise_floor)
+        model = self._model((h, w), src)
+        settings = self._settings(executor)
         rng = _check_random_state(self.random_state)
-        starts = self._starts(executor, user, rng)
-        if warm:
-            history = [src.loglik_to_working(o) for o in getattr(self, "_history_full", [])]
+        starts = self._starts(src, model, user, rng)
+        history = [src.loglik_to_working(o) for o in self._history_full] if warm else None
         callback = self._make_callback(src)
         t0 = time.perf_counter()
         try:
-            best, runs = fit_restarts(executor, starts, settings, callback=callback, history=history)
+            best, runs = fit_restarts(executor, model, starts, settings, callback=callback, history=history)
         except KeyboardInterrupt as exc:
             best = getattr(exc, "emface_best", None)
             if best is not None:
-                self._store(best, getattr(exc, "emface_runs", [best]), src, settings)
+                self._store(best, getattr(exc, "emface_runs", [best]), src, colour, settings)
                 self.converged_ = False
             raise
+        finally:
+            executor.close()
         self.fit_time_ = time.perf_counter() - t0
-        self._store(best, runs, src, settings)
+        self._store(best, runs, src, colour, settings)
         if self.verbose:
             print(f"FaceEM: best objective {self.lower_bound_:.6g} per image after {self.n_iter_} iterations "
                   f"({'converged' if self.converged_ else 'not converged'}) in {self.fit_time_:.2f} s")
         if best.n_uncovered:
             warnings.warn(
-                f"{best.n_uncovered} background pixel(s) are covered by the face in every image: "
+                f"{best.n_uncovered} background pixel(s) are covered by a face in every image: "
                 "they have no background evidence and keep their starting values",
                 UserWarning,
                 stacklevel=2,
@@ -375,70 +489,90 @@ class FaceEM:
         ckpt = self.checkpoint
         every = int(self.checkpoint_every)
         state = {"best": None}
+
         def cb(info):
             obj = src.loglik_to_data(info["objective"])
-            if state["best"] is None or obj > state["best"][0]:
+            if "block" not in info and (state["best"] is None or obj > state["best"][0]):
                 state["best"] = (obj, info)
-            if verbose >= 2 and info["iter"] % interval == 0:
+            if verbose >= 2 and "block" not in info and info["iter"] % interval == 0:
                 print(f"  run {info['run']} iteration {info['iter']}: objective {obj:.6g}")
-            if ckpt is not None and info["iter"] > 0 and info["iter"] % every == 0:
-                self._write_checkpoint(ckpt, src, state["best"][1], info)
+            if ckpt is not None and "block" not in info and info["iter"] > 0 and info["iter"] % every == 0:
+                self._write_checkpoint(ckpt, src, state["best"][1])
             if user_cb is not None:
                 user_cb(dict(info, objective=obj, params=src.to_data(info["params"])))
 
         return cb
 
-    def _write_checkpoint(self, path, src, best_info, current):
+    def _saved_settings(self):
+        settings = {k: val for k, val in self.get_params().items()
+                    if k not in ("face_init", "background_init", "prior_init", "noise_std_init", "callback",
+                                 "checkpoint", "scheduler")}
+        settings["dtype"] = self._compute_dtype().name
+        return settings
+
+    def _write_checkpoint(self, path, src, best_info):
         p = src.to_data(best_info["params"])
         hist = src.loglik_to_data(np.asarray(best_info["history"]))
-        settings = {k: val for k, val in self.get_params().items()
-                    if k not in ("face_init", "background_init", "prior_init", "callback", "checkpoint")}
-        settings["dtype"] = self._compute_dtype().name
 
         def write(tmp):
             save_model(tmp, p, history=hist, n_iter=int(best_info["iter"]), run=int(best_info["run"]),
-                       settings=settings, kind="checkpoint")
+                       settings=self._saved_settings(), moments=[src.offset, src.scale], kind="checkpoint",
+                       colour=len(src.data.shape) == 4)
 
         atomic_save(path, write)
 
-    def _store(self, best, runs, src, settings):
-        H, W = src.image_shape
+    def _store(self, best, runs, src, colour, settings):
         to_data = src.loglik_to_data
-        p = src.to_data(best.params)
-        self.face_ = p.face
-        self.background_ = p.background
-        self.noise_std_ = p.noise_std
-        self.prior_ = p.prior
+        self._set_theta(src.to_data(best.params), colour)
         self.lower_bound_ = to_data(best.objective)
         self._history_full = [to_data(o) for o in best.objectives]
         self.lower_bounds_ = self._history_full[1:]
         self.n_iter_ = best.n_iter
         self.converged_ = best.converged
-        self.positions_ = None if best.stats is None else best.stats.positions
+        st = best.stats
+        self.positions_ = None if st is None else st.positions
+        self.labels_ = None if st is None else st.labels
+        self._train_summary = None
+        if st is not None and st.positions is not None and not self.hard:
+            self._train_summary = _summary(st, src)
         self.best_run_ = best.init_index
+        self.algorithm_ = settings.algorithm
         self.runs_ = [dict(run=r.init_index, objectives=[to_data(o) for o in r.objectives],
-                           n_iter=r.n_iter, converged=r.converged, escapes=list(r.escapes)) for r in runs]
-        self.n_features_in_ = H * W
-        self.image_shape_ = (H, W)
+                           n_iter=r.n_iter, converged=r.converged, moves=[list(m) for m in r.moves])
+                      for r in runs]
+        self.n_features_in_ = int(np.prod(src.image_shape)) * src.n_channels
+        self.image_shape_ = tuple(src.image_shape)
         self._moments = (src.offset, src.scale)
-        self._last_stats = best.stats
 
-    def _params(self):
-        return Params(self.face_, self.background_, self.noise_std_, self.prior_)
+    def _set_theta(self, theta, colour):
+        """Keep θ (data units, engine layout) and expose it in the user's layout."""
+        self._theta = theta
+        self._colour = bool(colour)
+        self.faces_ = public_faces(theta.faces, colour)
+        if theta.n_faces == 1:
+            self.face_ = self.faces_[0]
+        else:
+            self.__dict__.pop("face_", None)
+        self.background_ = public_background(theta.background, colour)
+        self.noise_std_ = public_noise(theta.noise_std, self.noise == "per_channel")
+        self.prior_ = public_prior(theta.prior)
+        self.weights_ = theta.weights
 
     # ------------------------------------------------------------------ inference
     def _pass(self, X, output=None):
         X = self._check_X_predict(X)
-        h, w = self.face_.shape
-        ex = self._make_executor(X, (h, w), moments=self._moments)
-        params = ex.source.to_working(self._params())
-        if output is None:
-            return ex, ex.pass_stats(params, hard=False), None
-        stats, full = ex.collect(params, hard=False, output=output)
-        return ex, stats, full
+        ex = self._make_executor(X, self._theta.face_shape, moments=self._moments)
+        try:
+            params = ex.source.to_working(self._theta)
+            if output is None:
+                return ex, ex.pass_stats(params, hard=False), None
+            stats, full = ex.collect(params, hard=False, output=output)
+            return ex, stats, full
+        finally:
+            ex.close()
 
     def predict(self, X):
-        """Most probable top-left corner of the face in each image.
+        """Top-left corner of the most probable (face, position) in each image.
 
         Returns
         -------
@@ -447,10 +581,20 @@ class FaceEM:
         _, stats, _ = self._pass(X)
         return stats.positions
 
+    def predict_face(self, X):
+        """The most probable face of each image, positions summed out.
+
+        Returns
+        -------
+        ndarray of int, shape (K,)
+        """
+        _, stats, _ = self._pass(X)
+        return np.argmax(stats.class_prob, axis=1)
+
     def predict_proba(self, X):
-        """Posterior over positions for each image, shape (K, P, Q)."""
+        """Posterior over positions for each image: (K, P, Q) for one face, (K, C, P, Q) for several."""
         _, _, q = self._pass(X, output="q")
-        return q
+        return q[:, 0] if q.shape[1] == 1 else q
 
     def score_samples(self, X):
         """log p(X_k | θ) of each image, shape (K,)."""
@@ -465,37 +609,62 @@ class FaceEM:
         """Fit, then return the most probable position of each training image."""
         return self.fit(X).predict(X)
 
+    def posterior_summary(self, X=None):
+        """Per-image summaries of the soft posterior: position, face, their probabilities, entropy.
+
+        Parameters
+        ----------
+        X : array-like, optional
+            Images to summarise, by one soft E-step pass under the fitted θ.
+            None: the images of the last `fit`, from the E-step that fit ended
+            with (soft fits only: a hard fit's posteriors are one-hot, so its
+            images need to be passed again for their soft posteriors).
+
+        Returns
+        -------
+        PosteriorSummary
+        """
+        if X is None:
+            self._check_fitted()
+            if getattr(self, "_train_summary", None) is None:
+                raise ValueError("posterior_summary() without X needs a soft fit (hard=False): pass the images")
+            return self._train_summary
+        ex, stats, _ = self._pass(X)
+        return _summary(stats, ex.source)
+
     def sample(self, n_samples=1, random_state=None):
         """Draw images from the fitted model.
 
         Returns
         -------
-        X : ndarray (n_samples, H, W)
+        X : ndarray (n_samples, H, W) or (n_samples, H, W, Ch)
         positions : ndarray of int (n_samples, 2)
+        labels : ndarray of int (n_samples,)
+            The face of each image; returned only for several faces.
         """
         self._check_fitted()
         n_samples = v.check_int(n_samples, "n_samples", low=1)
         rng = _check_random_state(random_state)
-        P, Q = self.prior_.shape
-        h, w = self.face_.shape
-        flat = rng.choice(P * Q, size=n_samples, p=self.prior_.ravel() / self.prior_.sum())
-        pos = np.stack([flat // Q, flat % Q], axis=1)
-        X = np.broadcast_to(self.background_, (n_samples,) + self.background_.shape).copy()
+        th = self._theta
+        C, Ch, h, w = th.faces.shape
+        _, P, Q = th.prior.shape
+        flat = rng.choice(C * P * Q, size=n_samples, p=th.prior.ravel() / th.prior.sum())
+        labels, rem = flat // (P * Q), flat % (P * Q)
+        pos = np.stack([rem // Q, rem % Q], axis=1)
+        X = np.repeat(th.background[None], n_samples, axis=0)
         for k, (i, j) in enumerate(pos):
-            X[k, i:i + h, j:j + w] = self.face_
-        X += rng.normal(0.0, self.noise_std_, size=X.shape)
-        return X, pos
+            X[k, :, i:i + h, j:j + w] = th.faces[labels[k]]
+        X += rng.normal(0.0, 1.0, size=X.shape) * th.noise_std[None, :, None, None]
+        X = public_images(X, self._colour)
+        return (X, pos, labels) if C > 1 else (X, pos)
 
     # ------------------------------------------------------------------ persistence
     def save(self, path):
         """Save the fitted model (parameters, history and settings) to ``.npz``."""
         self._check_fitted()
-        settings = {k: val for k, val in self.get_params().items()
-                    if k not in ("face_init", "background_init", "prior_init", "callback")}
-        settings["dtype"] = self._compute_dtype().name
-        save_model(path, self._params(), history=np.asarray(self._history_full),
-                   n_iter=int(self.n_iter_), converged=bool(self.converged_), settings=settings,
-                   moments=list(self._moments), kind="model", runs=self.runs_)
+        save_model(path, self._theta, history=np.asarray(self._history_full), n_iter=int(self.n_iter_),
+                   converged=bool(self.converged_), settings=self._saved_settings(), moments=list(self._moments),
+                   kind="model", runs=self.runs_, colour=self._colour)
 
     @classmethod
     def load(cls, path):
@@ -503,22 +672,20 @@ class FaceEM:
         params, extra = load_model(path)
         settings = dict(extra.get("settings", {}))
         settings.pop("face_shape", None)
-        if "dtype" in settings:
+        if settings.get("dtype") is not None:
             settings["dtype"] = np.dtype(settings["dtype"])
         settings = {k: val for k, val in settings.items() if k in cls._get_param_names()}
-        est = cls(tuple(params.face.shape), **settings)
-        est.face_ = params.face
-        est.background_ = params.background
-        est.noise_std_ = params.noise_std
-        est.prior_ = params.prior
+        settings["n_faces"] = params.n_faces
+        est = cls(tuple(params.face_shape), **settings)
+        est._set_theta(params, bool(extra.get("colour", False)))
         hist = list(np.asarray(extra.get("history", [])).tolist())
         est._history_full = hist
         est.lower_bounds_ = hist[1:]
         est.lower_bound_ = hist[-1] if hist else float("nan")
         est.n_iter_ = int(extra.get("n_iter", 0))
         est.converged_ = bool(extra.get("converged", False))
-        est.image_shape_ = params.background.shape
-        est.n_features_in_ = int(np.prod(params.background.shape))
+        est.image_shape_ = params.image_shape
+        est.n_features_in_ = int(np.prod(params.image_shape)) * params.n_channels
         mom = extra.get("moments")
         est._moments = tuple(mom) if mom is not None else _default_moments(params)
         est.runs_ = extra.get("runs", [])
@@ -530,6 +697,18 @@ class FaceEM:
         est = cls.load(path)
         est.warm_start = True
         return est
+
+
+def _summary(stats, src):
+    cls = stats.class_prob
+    return PosteriorSummary(
+        positions=stats.positions,
+        faces=stats.labels,
+        probability=stats.max_prob,
+        entropy=stats.entropy,
+        face_probability=cls[np.arange(len(cls)), stats.labels],
+        log_likelihood=src.loglik_to_data(stats.image_loglik),
+    )
 
 
 def _default_moments(params):

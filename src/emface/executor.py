@@ -14,9 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .engine import chunk_stats, make_plan, resolve_backend, stats_from_positions, stats_from_q
-from .engine import costs
 
-__all__ = ["EngineConfig", "LocalExecutor", "single_threaded_blas"]
+__all__ = ["EngineConfig", "LocalExecutor", "single_threaded_blas", "gather_at"]
 
 
 def _check_torch_device(device):
@@ -59,7 +58,7 @@ class EngineConfig:
     ----------
     dtype : numpy dtype
         float64 (default) or float32 for the correlations; sums stay float64.
-    backend : {"auto", "numba", "numpy"}
+    backend : {"auto", "numba", "numpy", "torch"}
     route : {None, "fft", "direct"}
         Correlation route; None lets the cost model choose.
     workers : int
@@ -86,8 +85,35 @@ class EngineConfig:
             _check_torch_device(self.device)
 
 
+def gather_at(lj, positions, labels, offsets):
+    """``lj[k, labels[k], positions[k] + offset]`` for each offset; -inf off the grid.
+
+    Parameters
+    ----------
+    lj : ndarray (n, C, P, Q)
+    positions : int ndarray (n, 2); labels : int ndarray (n,)
+    offsets : int ndarray (m, 2)
+
+    Returns
+    -------
+    ndarray (n, m)
+    """
+    n, _, P, Q = lj.shape
+    out = np.full((n, len(offsets)), -np.inf)
+    for t, (di, dj) in enumerate(offsets):
+        r = positions[:, 0] + di
+        c = positions[:, 1] + dj
+        ok = (r >= 0) & (r < P) & (c >= 0) & (c < Q)
+        k = np.flatnonzero(ok)
+        out[k, t] = lj[k, labels[k], r[ok], c[ok]]
+    return out
+
+
 class LocalExecutor:
     """Sums the engine's statistics over a source's chunks, in this process.
+
+    The sums ``Σ_k X_k`` and ``Σ_k ||X_k||²`` do not change between passes:
+    the first full pass computes them and later passes reuse them.
 
     Parameters
     ----------
@@ -100,6 +126,8 @@ class LocalExecutor:
         self.config = config or EngineConfig()
         self.n_images = source.n_images
         self.image_shape = source.image_shape
+        self.n_channels = source.n_channels
+        self._moments = None
         if self.config.backend == "numba":
             import numba
 
@@ -109,91 +137,107 @@ class LocalExecutor:
         """Context for a whole fit: BLAS on one thread beside the engine's own threads."""
         return single_threaded_blas()
 
-    def _plan(self, params, hard):
+    def close(self):
+        """Nothing to release here (the caches go with the source)."""
+
+    @property
+    def n_chunks(self):
+        return len(self.source.bounds)
+
+    @property
+    def bounds(self):
+        return self.source.bounds
+
+    def _plan(self, params, hard, with_moments):
         cached = self.source.cache_budget > 0
         return make_plan(params, hard=hard, dtype=self.config.dtype, backend=self.config.backend,
                          route=self.config.route, workers=self.config.workers, cache_spectra=cached,
-                         device=self.config.device)
+                         device=self.config.device, with_moments=with_moments)
 
-    def pass_stats(self, params, *, hard=False, per_image=True):
-        """One E-step over all images: the summed `Stats` of θ = `params` (working units)."""
-        plan = self._plan(params, hard)
+    def _fill_moments(self, total, full):
+        if total.SX is not None:
+            if full and self._moments is None:
+                self._moments = (total.SX, total.SXX)
+        elif full and self._moments is not None:
+            total.SX, total.SXX = self._moments
+        return total
+
+    def pass_stats(self, params, *, hard=False, per_image=True, chunks=None):
+        """One E-step over all images (or the chunks numbered `chunks`): the summed `Stats` of θ.
+
+        `params` are in working units. A pass over a subset of chunks carries
+        the subset's own SX and SXX only while the whole source's are not yet known.
+        """
+        ids = range(self.n_chunks) if chunks is None else chunks
+        full = chunks is None
+        plan = self._plan(params, hard, with_moments=self._moments is None)
         total = None
         with single_threaded_blas():
-            for chunk in self.source.chunks():
-                s = chunk_stats(chunk, plan, per_image=per_image)
+            for i in ids:
+                s = chunk_stats(self.source.chunk(i), plan, per_image=per_image)
                 total = s if total is None else total + s
-        return total
+        return self._fill_moments(total, full)
 
     def collect(self, params, *, hard=False, output="q"):
         """Like `pass_stats`, but also gather the posterior or log joint of every image.
 
         Returns
         -------
-        Stats, ndarray (K, P, Q)
+        Stats, ndarray (K, C, P, Q)
         """
-        plan = self._plan(params, hard)
+        plan = self._plan(params, hard, with_moments=self._moments is None)
         P, Q = plan.grid_shape
-        full = np.empty((self.n_images, P, Q))
+        full = np.empty((self.n_images, plan.n_faces, P, Q))
         total = None
         with single_threaded_blas():
-            for (a, b), chunk in zip(self.source.bounds, self.source.chunks()):
-                s, out = chunk_stats(chunk, plan, output=output)
+            for i, (a, b) in enumerate(self.source.bounds):
+                s, out = chunk_stats(self.source.chunk(i), plan, output=output)
                 full[a:b] = out
                 total = s if total is None else total + s
-        return total, full
+        return self._fill_moments(total, True), full
 
-    def gather_log_joint(self, params, positions, offsets):
-        """log p(x_k, d | θ) at ``d = positions[k] + offset`` for each offset.
+    def gather_log_joint(self, params, positions, labels, offsets):
+        """``log p(x_k, c_k, d | θ)`` at ``d = positions[k] + offset`` for each offset.
 
         Returns
         -------
         ndarray (K, len(offsets)); -inf where a position falls off the grid.
         """
         positions = np.asarray(positions)
+        labels = np.asarray(labels)
         offsets = np.asarray(offsets).reshape(-1, 2)
-        plan = self._plan(params, False)
-        P, Q = plan.grid_shape
+        plan = self._plan(params, False, with_moments=False)
         out = np.full((self.n_images, len(offsets)), -np.inf)
         with single_threaded_blas():
-            for (a, b), chunk in zip(self.source.bounds, self.source.chunks()):
-                _, lj = chunk_stats(chunk, plan, output="log_joint", per_image=False)
-                out[a:b] = _gather(lj, positions[a:b], offsets, P, Q)
+            for i, (a, b) in enumerate(self.source.bounds):
+                _, lj = chunk_stats(self.source.chunk(i), plan, output="log_joint", per_image=False)
+                out[a:b] = gather_at(lj, positions[a:b], labels[a:b], offsets)
         return out
 
-    def stats_from_q(self, q_of_chunk):
+    def stats_from_q(self, q_of_chunk, face_shape=None):
         """M-step statistics under a posterior given per chunk.
 
         Parameters
         ----------
-        q_of_chunk : callable (a, b) -> ndarray (b - a, P, Q)
+        q_of_chunk : callable (a, b) -> ndarray (b - a, C, P, Q)
         """
         total = None
-        h, w = self.source.face_shape
-        for (a, b), chunk in zip(self.source.bounds, self.source.chunks()):
-            s = stats_from_q(chunk, q_of_chunk(a, b), (h, w), backend=self.config.backend,
-                             workers=self.config.workers)
+        face_shape = face_shape or self.source.face_shape
+        for i, (a, b) in enumerate(self.source.bounds):
+            s = stats_from_q(self.source.chunk(i), q_of_chunk(a, b), face_shape, backend=self.config.backend,
+                             workers=self.config.workers, with_moments=self._moments is None)
             total = s if total is None else total + s
-        return total
+        return self._fill_moments(total, True)
 
-    def stats_from_positions(self, positions):
-        """M-step statistics when every image's face is at the given (row, col): crops, no FFT."""
+    def stats_from_positions(self, positions, labels=None, *, n_faces=1, face_shape=None):
+        """M-step statistics when image k shows face ``labels[k]`` at ``positions[k]``: crops, no FFT."""
         positions = np.asarray(positions)
-        h, w = self.source.face_shape
+        labels = np.zeros(len(positions), dtype=np.int64) if labels is None else np.asarray(labels)
+        face_shape = face_shape or self.source.face_shape
         total = None
-        for (a, b), chunk in zip(self.source.bounds, self.source.chunks()):
-            s = stats_from_positions(chunk, positions[a:b], (h, w), backend=self.config.backend,
-                                     workers=self.config.workers)
+        for i, (a, b) in enumerate(self.source.bounds):
+            s = stats_from_positions(self.source.chunk(i), positions[a:b], labels[a:b], face_shape, n_faces,
+                                     backend=self.config.backend, workers=self.config.workers,
+                                     with_moments=self._moments is None)
             total = s if total is None else total + s
-        return total
-
-
-def _gather(lj, positions, offsets, P, Q):
-    n = lj.shape[0]
-    out = np.full((n, len(offsets)), -np.inf)
-    for t, (di, dj) in enumerate(offsets):
-        r = positions[:, 0] + di
-        c = positions[:, 1] + dj
-        ok = (r >= 0) & (r < P) & (c >= 0) & (c < Q)
-        out[ok, t] = lj[np.flatnonzero(ok), r[ok], c[ok]]
-    return out
+        return self._fill_moments(total, True)

@@ -1,16 +1,19 @@
 """Starting points for EM: the note's random start, a data-driven start, or the user's arrays.
 
-Every function returns `Params` in working units (see `emface.sources`).
+Every function returns `Params` in working units (see `emface.sources`) and
+the engine's layout: faces (C, Ch, h, w), background (Ch, H, W), prior (C, P, Q).
 """
 
 from __future__ import annotations
+
+import warnings
 
 import numpy as np
 
 from .engine import kernels
 from .model import Params
 
-__all__ = ["random_start", "auto_start", "user_start", "INIT_METHODS"]
+__all__ = ["random_start", "auto_start", "user_start", "INIT_METHODS", "kmeans"]
 
 INIT_METHODS = ("auto", "random")
 
@@ -18,13 +21,13 @@ INIT_METHODS = ("auto", "random")
 _AUTO_MAX_IMAGES = 500
 
 
-def _grid(source):
+def _grid(source, face_shape):
     H, W = source.image_shape
-    h, w = source.face_shape
+    h, w = face_shape
     return H, W, h, w, H - h + 1, W - w + 1
 
 
-def random_start(source, rng):
+def random_start(source, model, rng):
     """The note's start: every pixel of F and B uniform over the data's range,
     s from the data's spread, A uniform.
 
@@ -32,82 +35,113 @@ def random_start(source, rng):
     points away from, so that the start for ``c·X + d`` is exactly ``c·F + d``
     of the start for X, for negative c too: fits are equivariant.
     """
-    H, W, h, w, P, Q = _grid(source)
+    H, W, h, w, P, Q = _grid(source, model.face_shape)
+    C, Ch = model.n_faces, source.n_channels
     lo, hi = source.working_range()
     if not hi > lo:
         hi = lo + 1.0
     o = source.working_orientation()
     base, span = (lo, hi - lo) if o > 0 else (hi, lo - hi)
-    F = base + span * rng.random(size=(h, w))
-    B = base + span * rng.random(size=(H, W))
+    F = base + span * rng.random(size=(C, Ch, h, w))
+    B = base + span * rng.random(size=(Ch, H, W))
     s = max(source.working_std(), 1e-3 * (hi - lo))
-    A = np.full((P, Q), 1.0 / (P * Q))
+    A = np.full((C, P, Q), 1.0 / (C * P * Q))
     return Params(F, B, s, A)
 
 
 def _subset(source, rng, fraction=1.0):
-    """Up to 500 images in working units: all of a small stack, else runs of consecutive
-    images from random places (runs read fast from chunked files: zarr, HDF5, TIFF)."""
+    """Up to 500 images in working units (n, Ch, H, W): all of a small stack, else runs of
+    consecutive images from random places (runs read fast from chunked files: zarr, HDF5, TIFF, video)."""
     K = source.n_images
     n = min(_AUTO_MAX_IMAGES, max(1, int(np.ceil(fraction * K))))
     if n >= K:
-        x = np.asarray(source.data[0:K])
-    else:
-        run = max(1, n // 10)
-        starts = np.sort(rng.choice(K - run + 1, size=max(1, n // run), replace=False))
-        # overlapping runs would repeat images: keep them apart
-        keep = np.concatenate([[True], np.diff(starts) >= run])
-        x = np.concatenate([np.asarray(source.data[a:a + run]) for a in starts[keep]])
-    return (x.astype(np.float64) - source.offset) / source.scale
+        return source.images(0, K)
+    run = max(1, n // 10)
+    starts = np.sort(rng.choice(K - run + 1, size=max(1, n // run), replace=False))
+    # overlapping runs would repeat images: keep them apart
+    keep = np.concatenate([[True], np.diff(starts) >= run])
+    return np.concatenate([source.images(a, a + run) for a in starts[keep]])
 
 
-def auto_start(source, rng, fraction=1.0):
+def kmeans(x, k, rng, n_init=5):
+    """k-means++ on the rows of x, best of `n_init` seedings: (labels, centroids).
+
+    `scipy.cluster.vq.kmeans2`; a cluster left empty is reseeded at the row
+    farthest from its centroid, so every face gets images.
+    """
+    from scipy.cluster.vq import kmeans2
+
+    best = None
+    for _ in range(n_init):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # empty clusters are handled below
+            cent, lab = kmeans2(x, k, minit="++", iter=30, seed=rng)
+        counts = np.bincount(lab, minlength=k)
+        for c in np.flatnonzero(counts == 0):
+            far = int(np.argmax(((x - cent[lab]) ** 2).sum(axis=1)))
+            lab[far] = c
+            cent[c] = x[far]
+        inertia = float(((x - cent[lab]) ** 2).sum())
+        if best is None or inertia < best[0]:
+            best = (inertia, lab, cent)
+    return best[1], best[2]
+
+
+def auto_start(source, model, rng, fraction=1.0):
     """A data-driven start.
 
     The background is the per-pixel median of the images; each image's face
-    position is the window where the image departs most from it; the face is
-    the mean of those windows; s is the spread of what is left; A is uniform
-    (smoothed towards those positions).
+    position is the window where the image departs most from it; with one
+    face, the face is the mean of those windows; with C faces, the windows are
+    clustered by k-means++ and each cluster's mean is a face. s is the spread
+    of what is left; A is uniform, smoothed towards the chosen (face, position) pairs.
 
     Parameters
     ----------
     source : ArraySource
+    model : FaceMixture (its face shape and number of faces)
     rng : numpy Generator
     fraction : float
         Share of the images to use (at most 500 are used in any case); a
         random half gives restarts that differ from each other.
     """
-    H, W, h, w, P, Q = _grid(source)
+    H, W, h, w, P, Q = _grid(source, model.face_shape)
+    C = model.n_faces
     x = _subset(source, rng, fraction)
+    n = len(x)
     B = np.median(x, axis=0)
     r = x - B
-    energy = kernels.box_sums(r * r, (h, w))  # (n, P, Q)
-    flat = energy.reshape(len(x), -1)
-    arg = np.argmax(flat, axis=1)
+    energy = kernels.box_sums(np.sum(r * r, axis=1), (h, w))  # (n, P, Q)
+    arg = np.argmax(energy.reshape(n, -1), axis=1)
     pos = np.stack([arg // Q, arg % Q], axis=1)
-    F = kernels.crops(x, pos, (h, w)).mean(axis=0)
-    counts = np.bincount(arg, minlength=P * Q).reshape(P, Q).astype(float)
-    A = (counts + 1.0) / (counts.sum() + P * Q)
-    mu_err = []
-    for k in range(min(len(x), 200)):
+    cr = kernels.crops(x, pos, (h, w))  # (n, Ch, h, w)
+    if C == 1 or n < C:
+        labels = np.zeros(n, dtype=np.int64)
+        F = np.repeat(cr.mean(axis=0)[None], C, axis=0)
+    else:
+        labels, cent = kmeans(cr.reshape(n, -1), C, rng)
+        F = cent.reshape((C,) + cr.shape[1:])
+    counts = np.zeros((C, P * Q))
+    np.add.at(counts, (labels, arg), 1.0)
+    A = (counts.reshape(C, P, Q) + 1.0) / (n + C * P * Q)
+    m = min(n, 200)
+    mu = np.repeat(B[None], m, axis=0)
+    for k in range(m):
         i, j = pos[k]
-        m = B.copy()
-        m[i:i + h, j:j + w] = F
-        mu_err.append(np.mean((x[k] - m) ** 2))
-    s = float(np.sqrt(np.mean(mu_err)))
-    s = max(s, 1e-3)
+        mu[k, :, i:i + h, j:j + w] = F[labels[k]]
+    s = max(float(np.sqrt(np.mean((x[:m] - mu) ** 2))), 1e-3)
     return Params(F, B, s, A)
 
 
-def user_start(source, base, *, face=None, background=None, noise_std=None, prior=None):
-    """Replace parts of `base` (working units) by arrays given in data units."""
-    F, B, s, A = base.face, base.background, base.noise_std, base.prior
-    if face is not None:
-        F = (np.asarray(face, dtype=np.float64) - source.offset) / source.scale
+def user_start(source, base, *, faces=None, background=None, noise_std=None, prior=None):
+    """Replace parts of `base` (working units) by arrays given in data units, in the engine's layout."""
+    F, B, s, A = base.faces, base.background, base.noise_std, base.prior
+    if faces is not None:
+        F = (np.asarray(faces, dtype=np.float64) - source.offset) / source.scale
     if background is not None:
         B = (np.asarray(background, dtype=np.float64) - source.offset) / source.scale
     if noise_std is not None:
-        s = float(noise_std) / source.scale
+        s = np.broadcast_to(np.asarray(noise_std, dtype=np.float64) / source.scale, base.noise_std.shape).copy()
     if prior is not None:
         A = np.asarray(prior, dtype=np.float64)
     return Params(F, B, s, A)

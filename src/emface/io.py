@@ -8,19 +8,23 @@
 - a video file, through imageio's ffmpeg plugin (the ``video`` extra);
 - zarr stores and HDF5 files (``path.h5:dataset``), read lazily.
 
-Colour frames are converted to grey (ITU-R 601 luma). Every failure raises
-`InputError`, a ValueError whose message says what is wrong and what was expected.
+Colour frames, TIFF stacks and videos stay in colour, (K, H, W, 3); ``grey=True``
+converts them (ITU-R 601 luma). RGBA loses its alpha channel, with a
+`UserWarning` that says so. Every failure raises `InputError`, a ValueError
+whose message says what is wrong and what was expected; an optional reader
+that is not installed is named with the ``pip install`` that adds it.
 """
 
 from __future__ import annotations
 
 import csv
 import os
+import warnings
 import zipfile
 
 import numpy as np
 
-__all__ = ["InputError", "load_stack", "write_image", "write_positions", "to_uint8"]
+__all__ = ["InputError", "load_stack", "read_image", "write_image", "write_positions", "to_uint8", "to_grey"]
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp")
 VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
@@ -31,12 +35,13 @@ class InputError(ValueError):
     """An input that cannot be read as an image stack."""
 
 
-def _grey(img):
+def to_grey(img):
+    """Colour pictures or stacks (..., 3 or 4) to grey (ITU-R 601 luma); grey ones pass through."""
     img = np.asarray(img)
-    if img.ndim == 3 and img.shape[-1] in (3, 4):
+    if img.ndim >= 3 and img.shape[-1] in (3, 4):
         rgb = img[..., :3].astype(np.float64)
         return rgb @ np.array([0.299, 0.587, 0.114])
-    if img.ndim == 3 and img.shape[-1] == 1:
+    if img.ndim >= 3 and img.shape[-1] == 1:
         return img[..., 0]
     return img
 
@@ -48,7 +53,7 @@ def _check_path(path):
         raise InputError(f"{path}: not readable (permission denied)")
 
 
-def load_stack(path, *, layout="khw"):
+def load_stack(path, *, layout="khw", grey=False, cache_dir=None):
     """Read an image stack.
 
     Parameters
@@ -57,10 +62,17 @@ def load_stack(path, *, layout="khw"):
         A file or a folder of frames (see the module's docstring).
     layout : {"khw", "hwk"}
         Axis order of ``.npy``/``.npz`` arrays: images first (default) or last.
+        Arrays with a fourth axis are (K, H, W, Ch) or (H, W, Ch, K).
+    grey : bool
+        Convert colour stacks to grey.
+    cache_dir : str, optional
+        For a video: decode its frames once into this folder (an on-disk
+        array) and reuse them in later calls; without it the frames are
+        decoded in chunks on every pass.
 
     Returns
     -------
-    X : array-like (K, H, W)
+    X : array-like (K, H, W) or (K, H, W, Ch)
         A numpy array, or a memory map / lazy array for large files.
     names : list of str or None
         The frame file names, for a folder.
@@ -77,39 +89,44 @@ def load_stack(path, *, layout="khw"):
     if os.path.isdir(spec):
         if os.path.exists(os.path.join(spec, ".zarray")) or os.path.exists(os.path.join(spec, "zarr.json")) \
                 or os.path.exists(os.path.join(spec, ".zgroup")):
-            return _finish(_load_zarr(spec, dataset), layout, None, spec)
-        X, names = _load_folder(spec)
+            return _finish(_load_zarr(spec, dataset), layout, None, spec, grey)
+        X, names = _load_folder(spec, grey)
         return X, names
     if low.endswith(".npy"):
-        return _finish(_load_npy(spec), layout, None, spec)
+        return _finish(_load_npy(spec), layout, None, spec, grey)
     if low.endswith(".npz"):
-        return _finish(_load_npz(spec), layout, None, spec)
+        return _finish(_load_npz(spec), layout, None, spec, grey)
     if low.endswith(TIFF_EXTS):
-        return _finish(_load_tiff(spec), "khw", None, spec)
+        return _finish(_load_tiff(spec), "khw", None, spec, grey)
     if low.endswith((".h5", ".hdf5", ".hdf")):
-        return _finish(_load_h5(spec, dataset), layout, None, spec)
+        return _finish(_load_h5(spec, dataset), layout, None, spec, grey)
     if low.endswith(".zarr"):
-        return _finish(_load_zarr(spec, dataset), layout, None, spec)
+        return _finish(_load_zarr(spec, dataset), layout, None, spec, grey)
     if low.endswith(VIDEO_EXTS):
-        return _finish(_load_video(spec), "khw", None, spec)
+        return _finish(_load_video(spec, grey, cache_dir), "khw", None, spec, grey)
     if low.endswith(IMAGE_EXTS):
-        img = _read_image(spec)
-        return _finish(img[None], "khw", [os.path.basename(spec)], spec)
+        img = read_image(spec, grey=grey)
+        return _finish(img[None], "khw", [os.path.basename(spec)], spec, grey)
     raise InputError(
         f"{spec}: unknown kind of input; expected .npy, .npz, a TIFF stack, a video, a zarr "
         f"store, an HDF5 file or a folder of PNG/JPEG/TIFF frames"
     )
 
 
-def _finish(X, layout, names, path):
-    if X.ndim == 4 and X.shape[-1] in (3, 4):
-        X = np.stack([_grey(x) for x in X]) if len(X) else X[..., 0]
+def _finish(X, layout, names, path, grey=False):
     if X.ndim == 2:
         X = X[None] if layout == "khw" else X[..., None]
-    if X.ndim != 3:
-        raise InputError(f"{path}: expected a stack of shape (K, H, W), got shape {tuple(X.shape)}")
+    if X.ndim not in (3, 4):
+        raise InputError(f"{path}: expected a stack of shape (K, H, W) or (K, H, W, Ch), "
+                         f"got shape {tuple(X.shape)}")
     if layout == "hwk":
         X = np.moveaxis(np.asarray(X), -1, 0)
+    if X.ndim == 4 and X.shape[-1] in (2, 4):
+        what = "RGBA frames" if X.shape[-1] == 4 else "grey frames with alpha"
+        warnings.warn(f"{path}: {what}: the alpha channel is dropped", UserWarning, stacklevel=3)
+        X = X[..., :3] if X.shape[-1] == 4 else X[..., 0]
+    if grey and X.ndim == 4:
+        X = np.stack([to_grey(x) for x in X]) if len(X) else np.asarray(X)[..., 0]
     if np.dtype(X.dtype).kind not in "biuf":
         raise InputError(f"{path}: expected real-valued images, got dtype {X.dtype}")
     return X, names
@@ -158,10 +175,8 @@ def _load_npz(path):
 
 
 def _load_tiff(path):
-    try:
-        import tifffile
-    except ImportError:  # pragma: no cover - optional
-        raise InputError("reading TIFF needs tifffile: pip install 'emface[cli]'") from None
+    import tifffile
+
     try:
         try:
             return tifffile.memmap(path, mode="r")
@@ -211,65 +226,92 @@ def _load_zarr(path, dataset):
 
 
 def _natural_sorted(names):
-    try:
-        from natsort import natsorted
+    """frame2 before frame10: digits compare as numbers."""
+    import re
 
-        return natsorted(names)
-    except ImportError:  # pragma: no cover - natsort is in the cli extra
-        import re
-
-        return sorted(names, key=lambda s: [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", s)])
+    return sorted(names, key=lambda s: [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", s)])
 
 
-def _read_image(path):
-    try:
-        import imageio.v3 as iio
-    except ImportError:  # pragma: no cover - optional
-        raise InputError("reading images needs imageio: pip install 'emface[cli]'") from None
+def read_image(path, *, grey=False):
+    """Read one picture: (H, W) grey, or (H, W, Ch) colour (RGBA loses its alpha, with a note).
+
+    Parameters
+    ----------
+    path : str or path-like
+    grey : bool
+        Convert colour to grey.
+    """
+    img, alpha = _read_picture(path, grey)
+    if alpha:
+        warnings.warn(f"{path}: {alpha}: the alpha channel is dropped", UserWarning, stacklevel=2)
+    return img
+
+
+def _read_picture(path, grey):
+    """(picture, what had an alpha channel or None)."""
+    import imageio.v3 as iio
+
     try:
         img = iio.imread(path)
     except Exception as exc:
         raise InputError(f"{path}: not an image this tool can read; expected a PNG, JPEG or TIFF picture "
                          f"({type(exc).__name__})") from None
     img = np.asarray(img)
-    if img.ndim == 3 and img.shape[0] > 4 and img.shape[-1] not in (1, 3, 4):
+    if img.ndim == 3 and img.shape[0] > 4 and img.shape[-1] not in (1, 2, 3, 4):
         img = img[0]  # a multi-page file read as a stack: take the first page
-    img = _grey(img)
-    if img.ndim != 2:
+    if img.ndim == 3 and img.shape[-1] == 1:
+        img = img[..., 0]
+    alpha = None
+    if img.ndim == 3 and img.shape[-1] in (2, 4):
+        alpha = "RGBA frames" if img.shape[-1] == 4 else "grey frames with alpha"
+        img = img[..., :3] if img.shape[-1] == 4 else img[..., 0]
+    if grey:
+        img = to_grey(img)
+    if img.ndim not in (2, 3):
         raise InputError(f"{path}: expected a 2-D picture, got an array of shape {img.shape}")
-    return img
+    return img, alpha
 
 
-def _load_folder(folder):
+def _describe_frame(img):
+    ch = "grey" if img.ndim == 2 else f"{img.shape[-1]} channels"
+    return f"{img.shape[0]}x{img.shape[1]}, {ch}"
+
+
+def _load_folder(folder, grey=False):
     names = [n for n in os.listdir(folder) if n.lower().endswith(IMAGE_EXTS) and not n.startswith(".")]
     if not names:
         raise InputError(f"{folder}: no PNG, JPEG or TIFF frames in this folder")
     names = _natural_sorted(names)
     frames = []
     shape = None
+    alpha = None
     for n in names:
-        img = _read_image(os.path.join(folder, n))
+        img, a = _read_picture(os.path.join(folder, n), grey)
+        alpha = alpha or a
         if shape is None:
             shape = img.shape
         elif img.shape != shape:
+            what = "size" if img.shape[:2] != shape[:2] else "channel count"
             raise InputError(
-                f"{folder}: frames differ in size: {names[0]} is {shape[0]}x{shape[1]} but {n} is "
-                f"{img.shape[0]}x{img.shape[1]}; all frames must have the same size"
+                f"{folder}: frames differ in {what}: {names[0]} is {_describe_frame(frames[0])} but {n} is "
+                f"{_describe_frame(img)}; all frames must have the same size and channels (or use --grey)"
             )
         frames.append(img)
+    if alpha:
+        warnings.warn(f"{folder}: {alpha}: the alpha channel is dropped", UserWarning, stacklevel=3)
     X = np.stack(frames)
     if X.dtype.kind == "f" and X.dtype != np.float32:
         X = X.astype(np.float64)
     return X, names
 
 
-def _load_video(path):
+def _load_video(path, grey=False, cache_dir=None):
+    import imageio.v3 as iio
+
+    if not (_has("av") or _has("imageio_ffmpeg")):
+        raise InputError("reading video needs the video extra: pip install 'emface[video]'")
     try:
-        import imageio.v3 as iio
-    except ImportError:  # pragma: no cover - optional
-        raise InputError("reading video needs imageio: pip install 'emface[video]'") from None
-    try:
-        frames = [_grey(f) for f in iio.imiter(path, plugin="pyav" if _has("av") else "FFMPEG")]
+        frames = [to_grey(f) if grey else f for f in iio.imiter(path, plugin="pyav" if _has("av") else "FFMPEG")]
     except Exception as exc:
         raise InputError(f"{path}: could not read the video ({type(exc).__name__}: {exc}); "
                          "video needs the optional extra: pip install 'emface[video]'") from None
@@ -295,17 +337,28 @@ def to_uint8(img, lo=None, hi=None):
 
 
 def write_image(path, img, lo=None, hi=None):
-    """Write a 2-D array as an 8-bit grey PNG."""
+    """Write a (H, W) array as an 8-bit grey PNG, or an (H, W, 3) array as an RGB one."""
     import imageio.v3 as iio
 
     iio.imwrite(path, to_uint8(img, lo, hi))
 
 
-def write_positions(path, positions, max_prob, entropy, names=None):
-    """Write the per-image table: index, file, row, column, probability, entropy."""
+def write_positions(path, summary, names=None):
+    """Write the per-image table: index, file, face, row, column, probabilities, entropy.
+
+    Parameters
+    ----------
+    path : str
+    summary : emface.PosteriorSummary
+        ``probability`` is that of the chosen (face, position),
+        ``face_probability`` that of the chosen face.
+    names : list of str, optional
+        The frame file of each image.
+    """
     with open(path, "w", newline="") as fh:
         wr = csv.writer(fh)
-        wr.writerow(["index", "file", "row", "col", "probability", "entropy"])
-        for k in range(len(positions)):
-            wr.writerow([k, "" if names is None else names[k], int(positions[k, 0]), int(positions[k, 1]),
-                         f"{max_prob[k]:.6g}", f"{entropy[k]:.6g}"])
+        wr.writerow(["index", "file", "face", "row", "col", "probability", "face_probability", "entropy"])
+        for k in range(len(summary.positions)):
+            wr.writerow([k, "" if names is None else names[k], int(summary.faces[k]), int(summary.positions[k, 0]),
+                         int(summary.positions[k, 1]), f"{summary.probability[k]:.6g}",
+                         f"{summary.face_probability[k]:.6g}", f"{summary.entropy[k]:.6g}"])

@@ -1,71 +1,112 @@
 """The two small records that flow through emface: parameters and statistics.
 
-`Params` holds θ = (F, B, s, A). `Stats` holds the sufficient statistics of one
-pass over (part of) the data and adds with ``+``, so chunks, threads and Dask
-workers can each compute their share and be summed. Nothing here knows about
-files, screens or restarts.
+`Params` holds θ = (F, B, s, A) for C faces and Ch channels. `Stats` holds the
+sufficient statistics of one pass over (part of) the data and adds with ``+``,
+so chunks, threads, blocks of incremental EM and Dask workers can each compute
+their share and be summed. Nothing here knows about files, screens or restarts.
+
+Internally every array is *channel first*, with the class axis in front:
+
+=============  ==================  =========================================
+θ              shape               meaning
+=============  ==================  =========================================
+``faces``      (C, Ch, h, w)       the faces F_c
+``background`` (Ch, H, W)          the background B
+``noise_std``  (Ch,)               s per channel (all equal for one shared s)
+``prior``      (C, P, Q)           A over (face, top-left corner); sums to 1
+=============  ==================  =========================================
+
+One grey face is C = Ch = 1. The estimator shows users the images-first layouts
+``(h, w)``, ``(C, h, w)``, ``(h, w, Ch)`` and ``(C, h, w, Ch)``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 
 __all__ = ["Params", "Stats", "save_model", "load_model"]
 
 
+def _as_faces(face):
+    F = np.asarray(face, dtype=np.float64)
+    if F.ndim == 2:  # one grey face (h, w)
+        return F[None, None]
+    if F.ndim == 3:  # grey faces (C, h, w)
+        return F[:, None]
+    if F.ndim == 4:
+        return F
+    raise ValueError(f"faces must have shape (C, Ch, h, w), got {F.shape}")
+
+
 @dataclass
 class Params:
-    """Model parameters θ = (F, B, s, A).
+    """Model parameters θ = (F, B, s, A) in the engine's layout (see the module's docstring).
+
+    For convenience a grey one-face θ may be given as ``Params(F (h, w), B (H, W),
+    s, A (P, Q))`` and grey faces as ``(C, h, w)``; they are stored in the full layout.
 
     Attributes
     ----------
-    face : ndarray of shape (h, w)
-        The face (the object), F.
-    background : ndarray of shape (H, W)
-        The background, B.
-    noise_std : float
-        The noise standard deviation, s > 0.
-    prior : ndarray of shape (P, Q)
-        The prior over the face's top-left corner, A, with P = H - h + 1 and
-        Q = W - w + 1. Non-negative and summing to one; zeros are allowed.
+    faces : ndarray (C, Ch, h, w)
+    background : ndarray (Ch, H, W)
+    noise_std : ndarray (Ch,)
+    prior : ndarray (C, P, Q)
     """
 
-    face: np.ndarray
+    faces: np.ndarray
     background: np.ndarray
-    noise_std: float
+    noise_std: np.ndarray
     prior: np.ndarray
 
     def __post_init__(self):
-        self.face = np.asarray(self.face, dtype=np.float64)
-        self.background = np.asarray(self.background, dtype=np.float64)
-        self.prior = np.asarray(self.prior, dtype=np.float64)
-        self.noise_std = float(self.noise_std)
+        self.faces = _as_faces(self.faces)
+        B = np.asarray(self.background, dtype=np.float64)
+        self.background = B[None] if B.ndim == 2 else B
+        Ch = self.background.shape[0]
+        s = np.asarray(self.noise_std, dtype=np.float64).reshape(-1)
+        self.noise_std = np.full(Ch, float(s[0])) if s.size == 1 else s
+        A = np.asarray(self.prior, dtype=np.float64)
+        self.prior = A[None] if A.ndim == 2 else A
+        if self.faces.shape[1] != Ch or self.noise_std.shape != (Ch,) or self.prior.shape[0] != self.faces.shape[0]:
+            raise ValueError(
+                f"inconsistent parameter shapes: faces {self.faces.shape}, background {self.background.shape}, "
+                f"noise_std {self.noise_std.shape}, prior {self.prior.shape}"
+            )
 
     @property
-    def face_shape(self) -> tuple[int, int]:
-        return self.face.shape
+    def n_faces(self) -> int:
+        return self.faces.shape[0]
 
     @property
-    def image_shape(self) -> tuple[int, int]:
-        return self.background.shape
+    def n_channels(self) -> int:
+        return self.background.shape[0]
 
     @property
-    def grid_shape(self) -> tuple[int, int]:
-        return self.prior.shape
+    def face_shape(self) -> tuple:
+        return tuple(self.faces.shape[2:])
+
+    @property
+    def image_shape(self) -> tuple:
+        return tuple(self.background.shape[1:])
+
+    @property
+    def grid_shape(self) -> tuple:
+        return tuple(self.prior.shape[1:])
+
+    @property
+    def weights(self) -> np.ndarray:
+        """The class weights π_c = Σ_d A(c, d), shape (C,)."""
+        return self.prior.sum(axis=(1, 2))
 
     def copy(self) -> "Params":
-        return Params(self.face.copy(), self.background.copy(), self.noise_std, self.prior.copy())
+        return Params(self.faces.copy(), self.background.copy(), self.noise_std.copy(), self.prior.copy())
 
     def affine(self, scale: float, offset: float) -> "Params":
         """Parameters of the data ``scale * X + offset``: F, B map affinely, s by ``|scale|``."""
-        return Params(
-            scale * self.face + offset,
-            scale * self.background + offset,
-            abs(scale) * self.noise_std,
-            self.prior.copy(),
-        )
+        return Params(scale * self.faces + offset, scale * self.background + offset,
+                      abs(scale) * self.noise_std, self.prior.copy())
 
 
 def _cat(a, b):
@@ -82,6 +123,10 @@ def _add_opt(a, b):
     return a + b
 
 
+#: the per-image fields of `Stats`, concatenated (not summed) by ``+``
+PER_IMAGE = ("positions", "labels", "image_loglik", "max_prob", "entropy", "class_prob")
+
+
 @dataclass
 class Stats:
     """Sufficient statistics of one pass over a set of images (MODEL.md).
@@ -93,73 +138,104 @@ class Stats:
     ----------
     n_images : int
         Number of images summed, K.
-    N : ndarray (P, Q)
-        ``sum_k q_k``.
-    S_F : ndarray (h, w)
-        ``sum_k X_k ⋆ q_k`` accumulated in image space (crops).
-    S_F_hat : ndarray (H, W//2+1) complex or None
-        The part of S_F accumulated in the frequency domain,
-        ``sum_k rfft2(X_k) * conj(rfft2(q_k))``; one inverse FFT turns it into
-        image space in the M-step.
-    XC : ndarray (H, W)
-        ``sum_k X_k * cov_k`` with ``cov_k = q_k ⊛ 1_{h×w}``.
-    SX : ndarray (H, W)
-        ``sum_k X_k``.
-    SXX : float
-        ``sum_k ||X_k||^2``.
+    N : ndarray (C, P, Q)
+        ``Σ_k q_k(c, d)``.
+    S_F : ndarray (C, Ch, h, w)
+        ``Σ_k X_k ⋆ q_k(c, ·)`` accumulated in image space (crops).
+    XC : ndarray (Ch, H, W)
+        ``Σ_k X_k ∘ cov_k`` with ``cov_k = (Σ_c q_k(c, ·)) ⊛ 1_{h×w}``.
     loglik : float
-        Soft EM: ``sum_k log p(X_k | θ)``. Hard EM: ``sum_k max_d log p(X_k, d | θ)``.
-        This is the ELBO of θ with the optimal q, without the prior-smoothing term.
+        Soft EM: ``Σ_k log p(X_k | θ)``. Hard EM: ``Σ_k max_{c,d} log p(X_k, c, d | θ)``.
+        This is the free energy of θ with its own optimal q, without the
+        prior-smoothing term.
+    entropy_sum : float
+        ``Σ_k H(q_k)`` (0 for hard EM): with the sums above it gives the free
+        energy of these posteriors under any θ (`emface.engine.free_energy`).
+    S_F_hat : complex ndarray (C, Ch, H, W//2+1) or None
+        The part of S_F accumulated in the frequency domain,
+        ``Σ_k rfft2(X_k) · conj(rfft2(q_k(c)))``; the M-step turns it into image
+        space with one inverse FFT per class and channel.
+    SX : ndarray (Ch, H, W) or None
+        ``Σ_k X_k``; constant, so the executor computes it on its first pass only.
+    SXX : ndarray (Ch,) or None
+        ``Σ_k ||X_k||²`` per channel.
     positions : ndarray (K, 2) of int or None
-        Most probable top-left corner of each image.
+        Top-left corner of the most probable (face, position) of each image.
+    labels : ndarray (K,) of int or None
+        The face of that most probable (face, position).
     image_loglik : ndarray (K,) or None
         Per-image terms of `loglik`.
     max_prob : ndarray (K,) or None
-        Posterior probability of the most probable position.
+        Posterior probability of the most probable (face, position).
     entropy : ndarray (K,) or None
-        Posterior entropy of each image (nats; 0 for hard EM).
+        Posterior entropy of each image over (face, position) (nats; 0 for hard EM).
+    class_prob : ndarray (K, C) or None
+        Posterior probability of each face, positions summed out.
     """
 
     n_images: int
     N: np.ndarray
     S_F: np.ndarray
     XC: np.ndarray
-    SX: np.ndarray
-    SXX: float
     loglik: float
+    entropy_sum: float = 0.0
     S_F_hat: np.ndarray | None = None
+    SX: np.ndarray | None = None
+    SXX: np.ndarray | None = None
     positions: np.ndarray | None = None
+    labels: np.ndarray | None = None
     image_loglik: np.ndarray | None = None
     max_prob: np.ndarray | None = None
     entropy: np.ndarray | None = None
+    class_prob: np.ndarray | None = None
 
     def __add__(self, other: "Stats") -> "Stats":
-        if other is None or other == 0:
+        if other is None or (isinstance(other, int) and other == 0):
             return self
-        return Stats(
-            n_images=self.n_images + other.n_images,
-            N=self.N + other.N,
-            S_F=self.S_F + other.S_F,
-            XC=self.XC + other.XC,
-            SX=self.SX + other.SX,
-            SXX=self.SXX + other.SXX,
-            loglik=self.loglik + other.loglik,
-            S_F_hat=_add_opt(self.S_F_hat, other.S_F_hat),
-            positions=_cat(self.positions, other.positions),
-            image_loglik=_cat(self.image_loglik, other.image_loglik),
-            max_prob=_cat(self.max_prob, other.max_prob),
-            entropy=_cat(self.entropy, other.entropy),
-        )
+        out = {}
+        for f in fields(self):
+            a, b = getattr(self, f.name), getattr(other, f.name)
+            if f.name in PER_IMAGE:
+                out[f.name] = _cat(a, b)
+            elif f.name in ("S_F_hat", "SX", "SXX"):
+                out[f.name] = _add_opt(a, b)
+            else:
+                out[f.name] = a + b
+        return Stats(**out)
 
     def __radd__(self, other):
         # lets ``sum(list_of_stats)`` work
-        if other == 0 or other is None:
+        if other is None or (isinstance(other, int) and other == 0):
             return self
         return other.__add__(self)
 
+    def __sub__(self, other: "Stats") -> "Stats":
+        """Remove the sums of a subset of the images (incremental EM swaps a block's share)."""
+        out = {}
+        for f in fields(self):
+            a, b = getattr(self, f.name), getattr(other, f.name)
+            if f.name in PER_IMAGE:
+                out[f.name] = None
+            elif f.name in ("S_F_hat", "SX", "SXX"):
+                if b is None:
+                    out[f.name] = a
+                elif a is None:
+                    out[f.name] = -b
+                else:
+                    out[f.name] = a - b
+            else:
+                out[f.name] = a - b
+        return Stats(**out)
+
     def without_per_image(self) -> "Stats":
         """A copy without the per-image arrays (what a reduction needs to ship)."""
-        return replace(self, positions=None, image_loglik=None, max_prob=None, entropy=None)
+        return replace(self, **{k: None for k in PER_IMAGE})
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the arrays (what a kept block of incremental EM costs)."""
+        return sum(getattr(self, f.name).nbytes for f in fields(self)
+                   if isinstance(getattr(self, f.name), np.ndarray))
 
 
 def save_model(path, params, **extra):
@@ -176,7 +252,7 @@ def save_model(path, params, **extra):
     import json
 
     arrays = {}
-    meta = {}
+    meta = {"layout": "C,Ch,h,w"}
     for k, v in extra.items():
         if isinstance(v, np.ndarray):
             arrays[k] = v
@@ -184,9 +260,9 @@ def save_model(path, params, **extra):
             meta[k] = v
     np.savez(
         path,
-        face=params.face,
+        faces=params.faces,
         background=params.background,
-        noise_std=np.float64(params.noise_std),
+        noise_std=params.noise_std,
         prior=params.prior,
         meta=np.array(json.dumps(meta, default=_json_default)),
         **arrays,
@@ -203,8 +279,11 @@ def _json_default(o):
     return str(o)
 
 
+_KEYS = ("faces", "background", "noise_std", "prior")
+
+
 def load_model(path):
-    """Load what `save_model` wrote.
+    """Load what `save_model` wrote (also the one-face files of emface 0.1, with ``face``).
 
     Returns
     -------
@@ -215,11 +294,16 @@ def load_model(path):
     import json
 
     with np.load(path, allow_pickle=False) as z:
-        missing = [k for k in ("face", "background", "noise_std", "prior") if k not in z.files]
+        files = set(z.files)
+        if "face" in files and "faces" not in files:  # a one-face grey model of emface 0.1
+            keys = ("face",) + _KEYS[1:]
+        else:
+            keys = _KEYS
+        missing = [k for k in keys if k not in files]
         if missing:
             raise ValueError(f"{path} is not an emface model: it lacks {', '.join(missing)}")
-        params = Params(z["face"], z["background"], float(z["noise_std"]), z["prior"])
-        extra = {k: z[k] for k in z.files if k not in ("face", "background", "noise_std", "prior", "meta")}
-        if "meta" in z.files:
+        params = Params(*(z[k] for k in keys))
+        extra = {k: z[k] for k in z.files if k not in keys + ("meta",)}
+        if "meta" in files:
             extra.update(json.loads(str(z["meta"])))
     return params, extra

@@ -19,9 +19,12 @@ from .io import to_uint8
 
 __all__ = [
     "prior_figure",
+    "faces_figure",
     "objective_figure",
+    "size_figure",
     "grid_figure",
     "png_bytes",
+    "image_png",
     "write_fit_pictures",
     "write_html",
 ]
@@ -46,26 +49,117 @@ def png_bytes(fig):
 
 
 def image_png(img, lo=None, hi=None, min_size=0):
-    """A 2-D array as 8-bit grey PNG bytes, enlarged by whole pixels to at least `min_size`."""
+    """A (H, W) grey or (H, W, 3) colour array as 8-bit PNG bytes, enlarged by whole pixels to `min_size`."""
     import imageio.v3 as iio
 
     u8 = to_uint8(img, lo, hi)
-    if min_size and max(u8.shape) < min_size:
-        f = int(np.ceil(min_size / max(u8.shape)))
-        u8 = np.kron(u8, np.ones((f, f), dtype=np.uint8))
+    side = max(u8.shape[:2])
+    if min_size and side < min_size:
+        f = int(np.ceil(min_size / side))
+        u8 = np.repeat(np.repeat(u8, f, axis=0), f, axis=1)
     return iio.imwrite("<bytes>", u8, extension=".png")
 
 
-def prior_figure(prior):
-    """The prior over positions as a heat map."""
+def _show(ax, img, lo, hi):
+    """Show a grey or colour image with a shared display range."""
+    if img.ndim == 3:
+        ax.imshow(to_uint8(img, lo, hi), interpolation="nearest")
+    else:
+        ax.imshow(img, cmap="gray", vmin=lo, vmax=hi, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _weight_order(weights):
+    return [int(c) for c in np.argsort(-np.asarray(weights), kind="stable")]
+
+
+def prior_figure(prior, weights=None):
+    """The prior over positions as a heat map; one panel per face (heaviest first) for (C, P, Q)."""
     plt = _plt()
-    P, Q = prior.shape
-    fig, ax = plt.subplots(figsize=(5.2, 4.2 if P > 1 else 2.2))
-    im = ax.imshow(prior, cmap="magma", aspect="auto" if P == 1 or Q == 1 else "equal", interpolation="nearest")
-    ax.set_title("prior A over the face's top-left corner")
-    ax.set_xlabel("column")
-    ax.set_ylabel("row")
-    fig.colorbar(im, ax=ax, label="probability")
+    prior = np.asarray(prior)
+    priors = prior[None] if prior.ndim == 2 else prior
+    C, P, Q = priors.shape
+    order = _weight_order(priors.sum(axis=(1, 2)) if weights is None else weights)
+    cols = min(C, 4)
+    rows = int(np.ceil(C / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols if C == 1 else 3.4 * cols,
+                                                   (4.2 if P > 1 else 2.2) if C == 1 else 3.0 * rows),
+                             squeeze=False)
+    aspect = "auto" if P == 1 or Q == 1 else "equal"
+    vmax = float(priors.max()) if priors.size else 1.0
+    for ax in axes.ravel()[C:]:
+        ax.axis("off")
+    for ax, c in zip(axes.ravel(), order):
+        im = ax.imshow(priors[c], cmap="magma", aspect=aspect, interpolation="nearest", vmin=0, vmax=vmax)
+        ax.set_title("prior A over the face's top-left corner" if C == 1 else
+                     f"face {c}: weight {priors[c].sum():.3f}", fontsize=10 if C == 1 else 9)
+        if C == 1:
+            ax.set_xlabel("column")
+            ax.set_ylabel("row")
+    fig.colorbar(im, ax=axes.ravel().tolist(), label="probability")
+    return fig
+
+
+def faces_figure(faces, weights, lo=None, hi=None):
+    """Every face with its weight, heaviest first (faces (C, h, w) or (C, h, w, 3))."""
+    plt = _plt()
+    C = len(faces)
+    cols = min(C, 8)
+    rows = int(np.ceil(C / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(1.9 * cols, 2.3 * rows), squeeze=False)
+    for ax in axes.ravel()[C:]:
+        ax.axis("off")
+    for ax, c in zip(axes.ravel(), _weight_order(weights)):
+        _show(ax, faces[c], lo, hi)
+        ax.set_title(f"face {c}\nweight {weights[c]:.3f}", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def size_figure(scores, chosen=None):
+    """The face-size criterion over the sizes tried (higher is better).
+
+    Parameters
+    ----------
+    scores : list of dict
+        Each with ``shape`` (h, w) and ``score``; optionally ``stage``.
+    chosen : (h, w), optional
+    """
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    shapes = [tuple(r["shape"]) for r in scores]
+    vals = np.array([r["score"] for r in scores], dtype=float)
+    hs = sorted({s[0] for s in shapes})
+    ws = sorted({s[1] for s in shapes})
+    if len(hs) > 1 and len(ws) > 1:
+        grid = np.full((len(hs), len(ws)), np.nan)
+        for (h, w), val in zip(shapes, vals):
+            grid[hs.index(h), ws.index(w)] = val if np.isnan(grid[hs.index(h), ws.index(w)]) else \
+                max(val, grid[hs.index(h), ws.index(w)])
+        im = ax.imshow(grid, cmap="viridis", origin="lower", aspect="auto", interpolation="nearest")
+        ax.set_xticks(range(len(ws)))
+        ax.set_xticklabels(ws, fontsize=7, rotation=90)
+        ax.set_yticks(range(len(hs)))
+        ax.set_yticklabels(hs, fontsize=7)
+        ax.set_xlabel("face width w")
+        ax.set_ylabel("face height h")
+        fig.colorbar(im, ax=ax, label="criterion per image")
+        if chosen is not None and chosen[0] in hs and chosen[1] in ws:
+            ax.plot(ws.index(chosen[1]), hs.index(chosen[0]), "r*", ms=14, label=f"chosen {chosen[0]}x{chosen[1]}")
+            ax.legend(fontsize=8, loc="upper left")
+    else:
+        axis = 1 if len(ws) > 1 else 0
+        order = np.argsort([s[axis] for s in shapes])
+        x = np.array([shapes[i][axis] for i in order])
+        ax.plot(x, vals[order], "o-")
+        ax.set_xlabel("face width w" if axis == 1 else "face height h")
+        ax.set_ylabel("criterion per image")
+        if chosen is not None:
+            ax.axvline(chosen[axis], color="C3", ls="--", label=f"chosen {chosen[0]}x{chosen[1]}")
+            ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    ax.set_title("face size: the criterion of each size tried")
     return fig
 
 
@@ -110,13 +204,10 @@ def grid_figure(panels, lo=None, hi=None):
     fig, axes = plt.subplots(n, 3, figsize=(10.5, 2.6 * n), gridspec_kw=dict(width_ratios=[1, 1.6, 1.6]))
     axes = np.atleast_2d(axes)
     for row, p in zip(axes, panels):
-        row[0].imshow(p["face"], cmap="gray", vmin=lo, vmax=hi, interpolation="nearest")
+        _show(row[0], p["face"], lo, hi)
         row[0].set_title(f"{p['title']}\nface", fontsize=9)
-        row[1].imshow(p["background"], cmap="gray", vmin=lo, vmax=hi, interpolation="nearest")
+        _show(row[1], p["background"], lo, hi)
         row[1].set_title("background", fontsize=9)
-        for a in row[:2]:
-            a.set_xticks([])
-            a.set_yticks([])
         obj = p.get("objectives")
         if obj is not None and len(obj):
             row[2].plot(np.arange(len(obj)), obj, color="C0", marker="o" if len(obj) < 30 else None, ms=3)
@@ -137,21 +228,34 @@ def grid_figure(panels, lo=None, hi=None):
 
 
 def write_fit_pictures(out_dir, est, lo=None, hi=None):
-    """face.png, background.png, prior.png and objective.png for a fitted FaceEM.
+    """The pictures of a fitted FaceEM, written to `out_dir`.
+
+    ``face.png`` (one face) or ``face_<c>.png`` for each face and
+    ``faces.png`` (every face with its weight), ``background.png``,
+    ``prior.png``, ``objective.png``, and ``face_size.png`` when the face
+    size was chosen. Faces and background are in colour for colour stacks.
 
     Returns
     -------
     dict of name -> PNG bytes (for the report).
     """
+    faces = est.faces_
     if lo is None or hi is None:
-        both = np.concatenate([est.face_.ravel(), est.background_.ravel()])
+        both = np.concatenate([faces.ravel(), est.background_.ravel()])
         lo, hi = float(np.percentile(both, 0.5)), float(np.percentile(both, 99.5))
-    pics = {
-        "face.png": image_png(est.face_, lo, hi),
-        "background.png": image_png(est.background_, lo, hi),
-        "prior.png": png_bytes(prior_figure(est.prior_)),
-        "objective.png": png_bytes(objective_figure(est.runs_, est.best_run_)),
-    }
+    pics = {}
+    if len(faces) == 1:
+        pics["face.png"] = image_png(faces[0], lo, hi)
+    else:
+        for c, f in enumerate(faces):
+            pics[f"face_{c}.png"] = image_png(f, lo, hi)
+        pics["faces.png"] = png_bytes(faces_figure(faces, est.weights_, lo, hi))
+    pics["background.png"] = image_png(est.background_, lo, hi)
+    pics["prior.png"] = png_bytes(prior_figure(est.prior_, est.weights_))
+    pics["objective.png"] = png_bytes(objective_figure(est.runs_, est.best_run_))
+    scores = getattr(est, "face_shape_scores_", None)
+    if scores:
+        pics["face_size.png"] = png_bytes(size_figure(scores, est.face_shape_))
     for name, data in pics.items():
         with open(os.path.join(out_dir, name), "wb") as fh:
             fh.write(data)

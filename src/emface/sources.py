@@ -1,8 +1,9 @@
 """Chunked access to image stacks, with the per-chunk caches the engine keeps.
 
-A source turns an array-like of shape (K, H, W) -- an in-memory array, a
-memory-mapped ``.npy``, a zarr array, an HDF5 dataset, a lazily read TIFF --
-into a sequence of `emface.engine.Chunk` objects. It also fixes the affine map
+A source turns an array-like of shape (K, H, W) or (K, H, W, Ch) -- an
+in-memory array, a memory-mapped ``.npy``, a zarr array, an HDF5 dataset, a
+lazily read TIFF or video -- into a sequence of `emface.engine.Chunk` objects,
+each (n, Ch, H, W) as the engine reads it. It also fixes the affine map
 to working units (centre and scale), so that the engine's expanded sums of
 squares stay well conditioned whatever the data's range: the model is
 equivariant, and the estimator maps the parameters back.
@@ -16,8 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .engine import costs
-from .engine.stats import Chunk, ChunkCache
+from .engine import Chunk, ChunkCache, costs
 
 __all__ = ["ArraySource", "Moments", "WorkingUnits", "available_memory"]
 
@@ -41,20 +41,25 @@ def available_memory():
 
 
 def as_chunk_array(x):
-    """A block of images as the kernels read it: C-contiguous, float64, float32 or uint8."""
+    """A block of images (n, H, W) or (n, H, W, Ch) as the kernels read it.
+
+    Returns a C-contiguous (n, Ch, H, W) array of float64, float32 or uint8
+    (a view of a grey block when it already is one).
+    """
     x = np.asarray(x)
     if x.dtype == np.bool_:
         x = x.view(np.uint8)
     if x.dtype not in _DIRECT_DTYPES:
         x = x.astype(np.float64)
+    x = x[:, None] if x.ndim == 3 else np.moveaxis(x, -1, 1)
     if not x.flags.c_contiguous:
         x = np.ascontiguousarray(x)
     return x
 
 
-def spectrum_bytes_per_image(image_shape, compute_dtype):
+def spectrum_bytes_per_image(image_shape, compute_dtype, n_channels=1):
     H, W = image_shape
-    return H * (W // 2 + 1) * 2 * np.dtype(compute_dtype).itemsize
+    return n_channels * H * (W // 2 + 1) * 2 * np.dtype(compute_dtype).itemsize
 
 
 @dataclass
@@ -108,10 +113,12 @@ class WorkingUnits:
     """The affine map between data units and working units, and what it needs from the data.
 
     Subclasses set `offset`, `scale`, `data_range`, `data_std` and `orientation`
-    through `_adopt`, and provide `_moments` to compute them on demand.
+    through `_adopt`, and provide `_moments` to compute them on demand. One map
+    serves every channel, so one shared s keeps its meaning.
     """
 
     image_shape = None
+    n_channels = 1
     offset = 0.0
     scale = 1.0
     data_range = None
@@ -165,20 +172,20 @@ class WorkingUnits:
     def loglik_to_data(self, value_per_image):
         """A per-image log density in working units -> data units (the Jacobian term)."""
         H, W = self.image_shape
-        return value_per_image - H * W * math.log(self.scale)
+        return value_per_image - H * W * self.n_channels * math.log(self.scale)
 
     def loglik_to_working(self, value_per_image):
         """The inverse of `loglik_to_data`."""
         H, W = self.image_shape
-        return value_per_image + H * W * math.log(self.scale)
+        return value_per_image + H * W * self.n_channels * math.log(self.scale)
 
 
 class ArraySource(WorkingUnits):
-    """Chunks of a (K, H, W) stack, with caches and the map to working units.
+    """Chunks of a (K, H, W) or (K, H, W, Ch) stack, with caches and the map to working units.
 
     Parameters
     ----------
-    data : array-like (K, H, W)
+    data : array-like (K, H, W) or (K, H, W, Ch)
         Anything that slices along the first axis into numpy arrays.
     face_shape : (h, w)
     compute_dtype : {np.float64, np.float32}
@@ -195,13 +202,16 @@ class ArraySource(WorkingUnits):
         Use this map instead of computing it.
     check_finite : bool
         Scan the data for NaN and inf (raises ValueError).
+    n_faces : int
+        C, for the size of the chunks' working buffers.
     """
 
     def __init__(self, data, face_shape, *, compute_dtype=np.float64, max_memory=None,
-                 chunk_size=None, standardize=True, moments=None, check_finite=True):
+                 chunk_size=None, standardize=True, moments=None, check_finite=True, n_faces=1):
         self.data = data
         self.n_images = int(data.shape[0])
         self.image_shape = tuple(int(v) for v in data.shape[1:3])
+        self.n_channels = int(data.shape[3]) if len(data.shape) == 4 else 1
         self.face_shape = tuple(face_shape)
         self.compute_dtype = np.dtype(compute_dtype)
         self.raw_dtype = np.dtype(data.dtype)
@@ -213,13 +223,14 @@ class ArraySource(WorkingUnits):
             target = max(2**20, min(target, self.max_memory // 8))
         if chunk_size is None:
             chunk_size = costs.chunk_size(self.image_shape, self.face_shape, itemsize,
-                                          target_bytes=target, n_images=self.n_images)
+                                          target_bytes=target, n_images=self.n_images, n_faces=n_faces,
+                                          n_channels=self.n_channels)
         self.chunk_size = max(1, int(chunk_size))
         self._bounds = [(a, min(a + self.chunk_size, self.n_images))
                         for a in range(0, self.n_images, self.chunk_size)]
-        spec_bytes_per_image = spectrum_bytes_per_image(self.image_shape, self.compute_dtype)
+        spec_bytes_per_image = spectrum_bytes_per_image(self.image_shape, self.compute_dtype, self.n_channels)
         if self.max_memory is None:
-            raw_bytes = self.n_images * H * W * max(self.raw_dtype.itemsize, 1)
+            raw_bytes = self.n_images * H * W * self.n_channels * max(self.raw_dtype.itemsize, 1)
             budget = min(max(raw_bytes, 512 * 2**20), available_memory() // 2)
         else:
             budget = max(0, int(0.6 * self.max_memory) - 4 * target)
@@ -250,6 +261,11 @@ class ArraySource(WorkingUnits):
         for a, b in self._bounds:
             m = m + Moments.of(self._read(a, b), first_index=a, check_finite=check_finite)
         return self._adopt(m)
+
+    def images(self, a, b):
+        """Images a..b in working units: a float64 (b - a, Ch, H, W) array."""
+        x = self._read(a, b).astype(np.float64)
+        return (x - self.offset) / self.scale
 
     # ------------------------------------------------------------------ chunks
     @property

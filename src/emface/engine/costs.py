@@ -41,28 +41,30 @@ def use_partial_idft(P, H):
     return P * 4 < math.log2(max(H, 2)) * 1.5
 
 
-def _corr_fft_cost(H, W, h, w, cached):
+def _corr_fft_cost(H, W, h, w, cached, n_faces=1, n_channels=1):
     P, Q = H - h + 1, W - w + 1
     Wr = W // 2 + 1
-    cost = _C_MUL * H * Wr
+    C, Ch = n_faces, n_channels
+    cost = _C_MUL * H * Wr * C * Ch
     if use_partial_idft(P, H):
-        cost += 4 * _C_GEMM * P * H * Wr
+        cost += 4 * _C_GEMM * P * H * Wr * C
     else:
-        cost += _C_FFT * H * Wr * math.log2(max(H, 2))
-    cost += 0.5 * _C_FFT * P * W * math.log2(max(W, 2))
+        cost += _C_FFT * H * Wr * math.log2(max(H, 2)) * C
+    cost += 0.5 * _C_FFT * P * W * math.log2(max(W, 2)) * C
     if not cached:
-        # a forward transform, and the chunk standardized into a buffer first
-        cost += _rfft2_cost(H, W) + 2.0 * H * W
+        # a forward transform per channel, and the chunk standardized into a buffer first
+        cost += (_rfft2_cost(H, W) + 2.0 * H * W) * Ch
     return cost
 
 
-def _corr_direct_cost(H, W, h, w):
+def _corr_direct_cost(H, W, h, w, n_faces=1, n_channels=1):
     P, Q = H - h + 1, W - w + 1
-    return _C_GEMM * P * W * h * w + _C_MUL * P * w * Q + 0.5 * H * W
+    C, Ch = n_faces, n_channels
+    return (_C_GEMM * P * W * h * w * C + _C_MUL * P * w * Q * C + 0.5 * H * W) * Ch
 
 
-def choose_correlation_route(image_shape, face_shape, *, cached=True):
-    """Pick ``"fft"`` or ``"direct"`` for the E-step correlation ``x ⋆ F``.
+def choose_correlation_route(image_shape, face_shape, *, cached=True, n_faces=1, n_channels=1):
+    """Pick ``"fft"`` or ``"direct"`` for the E-step correlations ``x ⋆ F_c``.
 
     Parameters
     ----------
@@ -70,6 +72,9 @@ def choose_correlation_route(image_shape, face_shape, *, cached=True):
         (H, W) and (h, w).
     cached : bool
         Whether image spectra are cached (the FFT route then needs no forward FFT).
+    n_faces, n_channels : int
+        C and Ch: the FFT route sums channels before one inverse per face; the
+        direct route correlates every face with every channel.
 
     Returns
     -------
@@ -77,24 +82,26 @@ def choose_correlation_route(image_shape, face_shape, *, cached=True):
     """
     H, W = image_shape
     h, w = face_shape
-    fft = _corr_fft_cost(H, W, h, w, cached)
-    direct = _corr_direct_cost(H, W, h, w)
+    fft = _corr_fft_cost(H, W, h, w, cached, n_faces, n_channels)
+    direct = _corr_direct_cost(H, W, h, w, n_faces, n_channels)
     return "direct" if direct < fft else "fft"
 
 
-def max_sparse_positions(image_shape, face_shape, *, cached=True):
-    """Largest number of non-negligible positions for which adding crops beats the FFT route.
+def max_sparse_positions(image_shape, face_shape, *, cached=True, n_faces=1, n_channels=1):
+    """Largest number of non-negligible (face, position) pairs for which adding crops beats the FFT route.
 
-    The dense route per image costs one forward FFT of q, a spectrum product,
-    (the image's own spectrum when it is not cached) and a coverage pass; the
-    sparse route costs 2·h·w multiply-adds per position.
+    The dense route per image costs one forward FFT of q per face, a spectrum
+    product per face and channel, (the image's own spectra when they are not
+    cached) and a coverage pass; the sparse route costs 2·h·w·Ch multiply-adds
+    per pair.
     """
     H, W = image_shape
     h, w = face_shape
-    dense = _rfft2_cost(H, W) + _C_MUL * H * (W // 2 + 1) + 3.0 * H * W
+    C, Ch = n_faces, n_channels
+    dense = C * _rfft2_cost(H, W) + _C_MUL * H * (W // 2 + 1) * C * Ch + 3.0 * H * W * Ch
     if not cached:
-        dense += _rfft2_cost(H, W)
-    return max(1, int(dense / (_C_CROP * 2 * h * w)))
+        dense += Ch * _rfft2_cost(H, W)
+    return max(1, int(dense / (_C_CROP * 2 * h * w * Ch)))
 
 
 def parse_memory(value):
@@ -129,17 +136,19 @@ def parse_memory(value):
     return int(v * mult)
 
 
-def chunk_size(image_shape, face_shape, itemsize, *, target_bytes=16 * 2**20, n_images=None):
+def chunk_size(image_shape, face_shape, itemsize, *, target_bytes=16 * 2**20, n_images=None, n_faces=1,
+               n_channels=1):
     """Images per chunk so that the chunk's working buffers stay near `target_bytes`.
 
-    Per image the engine holds the logits/posterior (P·Q float64), a spectrum
-    product and its partial inverse (about 2·H·(W/2+1) complex), and the
-    correlation.
+    Per image and face the engine holds the logits/posterior (P·Q float64),
+    a spectrum product and its partial inverse (about 2·H·(W/2+1) complex) and
+    the correlation; per channel, the standardized image.
     """
     H, W = image_shape
     h, w = face_shape
     P, Q = H - h + 1, W - w + 1
-    per_image = 8 * P * Q * 2 + 2 * itemsize * 2 * H * (W // 2 + 1) + itemsize * H * W
+    per_image = (n_faces * (8 * P * Q * 2 + 2 * itemsize * 2 * H * (W // 2 + 1))
+                 + n_channels * itemsize * H * W)
     n = max(1, int(target_bytes // per_image))
     if n_images is not None:
         n = min(n, n_images)

@@ -1,116 +1,187 @@
-"""Vectorised numpy/scipy kernels, one chunk of images at a time.
+"""The chunk kernels, written once against the array API: numpy and torch share them.
 
-Every function here works on a chunk ``x`` of shape (n, H, W) that is already
-in working units (centred and scaled by the caller). They are the portable
-reference route of the engine and the template of the GPU kernels; the fused
-CPU route in `_numba_kernels` computes the same quantities in fewer passes.
+Every function takes arrays of one namespace (numpy, or torch on any device)
+and returns arrays of that namespace, found with `array_api_compat` as
+scikit-learn's ``get_namespace`` does. The formulas of the E-step and of the
+M-step's sums live here and only here; the fused CPU route in
+`_numba_kernels` is a faster copy of the same formulas that the tests hold to
+these to 1e-10.
 
-Notation (MODEL.md): images H×W, face h×w, grid P×Q with P = H-h+1, Q = W-w+1.
+Layout (MODEL.md): a chunk ``x`` is (n, Ch, H, W) in working units; faces are
+(C, Ch, h, w); the grid of top-left corners is P×Q with P = H-h+1, Q = W-w+1.
+The channel weights ``lam`` are ``1 / (2 s_ch²)`` (all equal for one shared s):
+the E-step works with the λ-weighted sums
+
+    L_k(c, d) = Σ_ch λ_ch [ ||F_c,ch||² - 2 (x_k,ch ⋆ F_c,ch)(d) + box(2 x_k,ch B_ch - B_ch²)(d) ]
+
+so that the logits are ``log A(c, d) - L_k(c, d)`` and the channels are summed
+before each inverse FFT (one inverse FFT per image and face, whatever Ch is).
 """
 
 from __future__ import annotations
 
+import array_api_compat
 import numpy as np
 import scipy.fft as sfft
 
 __all__ = [
+    "get_namespace",
     "spectra",
-    "face_spectrum",
+    "face_filters",
+    "partial_idft_matrix",
     "correlate_fft",
     "correlate_direct",
+    "summed_area",
     "box_sums",
     "coverage",
-    "logits_from_parts",
+    "logits",
     "posterior",
-    "accumulate_from_q",
-    "partial_idft_matrix",
+    "moments",
     "crops",
+    "frequency_face_sums",
+    "accumulate",
 ]
 
 
+def get_namespace(*arrays):
+    """The array namespace of the arguments (numpy, or torch through array_api_compat)."""
+    return array_api_compat.array_namespace(*arrays)
+
+
+def _is_numpy(xp):
+    return array_api_compat.is_numpy_namespace(xp)
+
+
+def _device(x):
+    return array_api_compat.device(x)
+
+
+# ----------------------------------------------------------------------------- FFTs
+
+def _rfft2(xp, x, s=None, workers=1):
+    if _is_numpy(xp):  # scipy's pocketfft, with threads
+        return sfft.rfft2(x, s=s, axes=(-2, -1), workers=workers)
+    return xp.fft.rfftn(x, s=s, axes=(-2, -1))
+
+
+def _ifft(xp, y, axis, workers=1):
+    if _is_numpy(xp):
+        return sfft.ifft(y, axis=axis, workers=workers, overwrite_x=True)
+    return xp.fft.ifft(y, axis=axis)
+
+
+def _irfft(xp, z, n, axis, workers=1):
+    if _is_numpy(xp):
+        return sfft.irfft(z, n=n, axis=axis, workers=workers)
+    return xp.fft.irfft(z, n=n, axis=axis)
+
+
 def spectra(x, workers=1):
-    """Real 2-D spectra of a chunk, ``rfft2(x)`` over the last two axes."""
-    return sfft.rfft2(x, axes=(-2, -1), workers=workers)
+    """Real 2-D spectra of a chunk (n, Ch, H, W): ``rfft2`` over the last two axes."""
+    return _rfft2(get_namespace(x), x, workers=workers)
 
 
-def face_spectrum(face, image_shape, dtype=np.complex128):
-    """``conj(rfft2(F zero-padded to H×W))``: the correlation filter of the E-step."""
-    return np.conj(sfft.rfft2(face, s=image_shape)).astype(dtype, copy=False)
+def face_filters(faces_w, image_shape, dtype=np.complex128):
+    """``conj(rfft2(λ_ch F_c,ch zero-padded to H×W))``, shape (C, Ch, H, W//2+1): the E-step's filters.
+
+    `faces_w` are the λ-weighted faces, a numpy array (C, Ch, h, w).
+    """
+    return np.conj(sfft.rfft2(faces_w, s=image_shape, axes=(-2, -1))).astype(dtype, copy=False)
 
 
 def partial_idft_matrix(P, H, dtype=np.complex128):
     """The first P rows of the inverse DFT of length H (with its 1/H), shape (P, H).
 
-    ``D @ Y`` equals ``ifft(Y, axis=0)[:P]``; cheaper than a full inverse FFT
-    when only a few output rows are needed (a face that spans nearly the full
-    image height).
+    ``D @ Y`` equals ``ifft(Y, axis=-2)[..., :P, :]``; cheaper than a full
+    inverse FFT when only a few output rows are needed (a face that spans nearly
+    the full image height).
     """
     p = np.arange(P)[:, None]
     r = np.arange(H)[None, :]
     return (np.exp(2j * np.pi * p * r / H) / H).astype(dtype)
 
 
-def correlate_fft(xhat, fhat_conj, grid_shape, image_shape, *, idft_rows=None, workers=1):
-    """Valid cross-correlation ``x ⋆ F`` from cached spectra.
+def correlate_fft(xhat, filters, grid_shape, image_shape, *, idft_rows=None, workers=1):
+    """λ-weighted valid cross-correlations ``Σ_ch λ_ch x_ch ⋆ F_c,ch`` from spectra.
 
     A circular correlation of size H×W agrees with the valid one on its first
-    P×Q entries, so no padding is needed. Only the P rows and Q columns that
-    are kept are transformed back.
+    P×Q entries, so no padding is needed. The channels are summed in the
+    frequency domain, and only the P rows and Q columns that are kept are
+    transformed back.
 
     Parameters
     ----------
-    xhat : complex ndarray (n, H, W//2+1)
+    xhat : complex array (n, Ch, H, W//2+1)
         Spectra of the images.
-    fhat_conj : complex ndarray (H, W//2+1)
-        From `face_spectrum`.
+    filters : complex array (C, Ch, H, W//2+1)
+        From `face_filters`.
     grid_shape, image_shape : tuple
         (P, Q) and (H, W).
-    idft_rows : complex ndarray (P, H), optional
-        From `partial_idft_matrix`; used instead of an FFT along the first axis.
+    idft_rows : complex array (P, H), optional
+        From `partial_idft_matrix`; used instead of an FFT along the rows.
 
     Returns
     -------
-    ndarray (n, P, Q), real, of the spectra's precision.
+    array (n, C, P, Q), real, of the spectra's precision.
     """
+    xp = get_namespace(xhat, filters)
     P, Q = grid_shape
     H, W = image_shape
-    y = xhat * fhat_conj
+    y = xhat[:, None, 0, ...] * filters[None, :, 0, ...]
+    for ch in range(1, xhat.shape[1]):
+        y = y + xhat[:, None, ch, ...] * filters[None, :, ch, ...]
     if idft_rows is not None:
-        z = np.matmul(idft_rows, y)
+        z = xp.matmul(idft_rows, y)
     else:
-        z = sfft.ifft(y, axis=-2, workers=workers, overwrite_x=True)[..., :P, :]
-    return sfft.irfft(z, n=W, axis=-1, workers=workers)[..., :Q]
+        z = _ifft(xp, y, -2, workers)[..., :P, :]
+    return _irfft(xp, z, W, -1, workers)[..., :Q]
 
 
-def correlate_direct(x, face, grid_shape):
-    """Valid cross-correlation ``x ⋆ F`` by matrix products (no FFT).
+def correlate_direct(x, faces_w, grid_shape):
+    """λ-weighted valid cross-correlations by matrix products (no FFT).
 
-    For each grid row i, ``Y = Fᵀ @ x[:, i:i+h, :]`` is one batched GEMM of
-    shape (w, h) @ (h, W); the correlation is then the sum of its w shifted
-    diagonals. Cost ~ n·P·W·h·w multiply-adds, which beats the FFT when P is
-    small (a face that spans the image height).
+    For each grid row i and channel, ``Y = Fᵀ @ x[:, ch, i:i+h, :]`` is one
+    batched GEMM with every face stacked, shape (C·w, h) @ (h, W); each
+    correlation is then the sum of its w shifted diagonals. Cost about
+    n·P·W·h·w·C·Ch multiply-adds, which beats the FFT when P is small (a face
+    that spans the image height).
+
+    Parameters
+    ----------
+    x : array (n, Ch, H, W)
+    faces_w : array (C, Ch, h, w), the λ-weighted faces
+    grid_shape : (P, Q)
+
+    Returns
+    -------
+    array (n, C, P, Q) of float64.
     """
-    n = x.shape[0]
+    xp = get_namespace(x, faces_w)
+    n, Ch = x.shape[:2]
+    C, _, h, w = faces_w.shape
     P, Q = grid_shape
-    h, w = face.shape
-    ft = np.ascontiguousarray(face.T, dtype=x.dtype)
-    out = np.zeros((n, P, Q), dtype=np.float64)
-    for i in range(P):
-        y = np.matmul(ft, x[:, i : i + h, :])  # (n, w, W)
-        acc = out[:, i, :]
-        for b in range(w):
-            acc += y[:, b, b : b + Q]
+    out = xp.zeros((n, C, P, Q), dtype=xp.float64, device=_device(x))
+    for ch in range(Ch):
+        # (C·w, h): every face's columns, transposed
+        ft = xp.reshape(xp.permute_dims(faces_w[:, ch, ...], (0, 2, 1)), (C * w, h))
+        ft = xp.astype(ft, x.dtype)
+        for i in range(P):
+            y = xp.astype(xp.matmul(ft, x[:, ch, i:i + h, :]), xp.float64)  # (n, C·w, W)
+            for c in range(C):
+                acc = out[:, c, i, :]
+                for b in range(w):
+                    acc = acc + y[:, c * w + b, b:b + Q]
+                out[:, c, i, :] = acc
     return out
 
 
-def _sat(z):
-    """Summed-area table in float64 with a zero first row and column."""
-    lead = z.shape[:-2]
-    H, W = z.shape[-2:]
-    s = np.zeros(lead + (H + 1, W + 1), dtype=np.float64)
-    np.cumsum(z, axis=-2, dtype=np.float64, out=s[..., 1:, 1:])
-    np.cumsum(s[..., 1:, 1:], axis=-1, out=s[..., 1:, 1:])
-    return s
+# ----------------------------------------------------------------------------- window sums
+
+def summed_area(z):
+    """Summed-area table in float64 with a zero first row and column: (..., H+1, W+1)."""
+    xp = get_namespace(z)
+    s = xp.cumulative_sum(z, axis=z.ndim - 2, dtype=xp.float64, include_initial=True)
+    return xp.cumulative_sum(s, axis=z.ndim - 1, include_initial=True)
 
 
 def box_sums(z, window):
@@ -118,129 +189,217 @@ def box_sums(z, window):
 
     Parameters
     ----------
-    z : ndarray (..., H, W)
+    z : array (..., H, W)
     window : tuple (h, w)
 
     Returns
     -------
-    ndarray (..., H-h+1, W-w+1), float64.
+    array (..., H-h+1, W-w+1) of float64.
     """
     h, w = window
-    s = _sat(z)
+    s = summed_area(z)
     return s[..., h:, w:] - s[..., :-h, w:] - s[..., h:, :-w] + s[..., :-h, :-w]
 
 
 def coverage(q, window):
-    """Full convolution of q with a h×w box: the probability the face covers each pixel.
+    """Full convolution of q with an h×w box: the probability the face covers each pixel.
+
+    It is the box sum of q zero-padded by h-1 rows and w-1 columns on each side.
 
     Parameters
     ----------
-    q : ndarray (..., P, Q)
+    q : array (..., P, Q)
     window : tuple (h, w)
 
     Returns
     -------
-    ndarray (..., P+h-1, Q+w-1), float64.
+    array (..., P+h-1, Q+w-1) of float64.
     """
+    xp = get_namespace(q)
     h, w = window
     P, Q = q.shape[-2:]
-    H, W = P + h - 1, Q + w - 1
-    s = _sat(q)
-    rows = np.arange(H)
-    cols = np.arange(W)
-    r_hi = np.minimum(rows, P - 1) + 1
-    r_lo = np.maximum(rows - h + 1, 0)
-    c_hi = np.minimum(cols, Q - 1) + 1
-    c_lo = np.maximum(cols - w + 1, 0)
-    return (
-        s[..., r_hi[:, None], c_hi[None, :]]
-        - s[..., r_lo[:, None], c_hi[None, :]]
-        - s[..., r_hi[:, None], c_lo[None, :]]
-        + s[..., r_lo[:, None], c_lo[None, :]]
-    )
+    padded = xp.zeros(tuple(q.shape[:-2]) + (P + 2 * (h - 1), Q + 2 * (w - 1)), dtype=xp.float64,
+                      device=_device(q))
+    padded[..., h - 1:h - 1 + P, w - 1:w - 1 + Q] = xp.astype(q, xp.float64)
+    return box_sums(padded, window)
 
 
-def logits_from_parts(corr, x, background, face_sq, box_b2, log_prior, inv2s2):
-    """Logits ``log A(d) - L_k(d) / (2 s²)`` and the per-image residual ``||x_k - B||²``.
+# ----------------------------------------------------------------------------- E-step
 
-    ``L_k(d) = ||F||² - 2 (x_k ⋆ F)(d) + box(2 x_k B - B²)(d)``, computed as
-    ``||F||² - 2 corr + 2 box(x_k B) - box(B²)``.
-    """
-    xb = box_sums(x * background, (x.shape[-2] - corr.shape[-2] + 1, x.shape[-1] - corr.shape[-1] + 1))
-    L = face_sq - 2.0 * corr + 2.0 * xb - box_b2
-    with np.errstate(invalid="ignore"):
-        logits = log_prior - L * inv2s2
-    resid = x.astype(np.float64, copy=False) - background
-    rss = np.einsum("nij,nij->n", resid, resid)
-    return logits, rss
+def logits(corr, x, background, lam, face_sq, box_b2, log_prior, log_const):
+    """Logits ``log A(c, d) - L_k(c, d)`` and each image's ``log p`` of the background alone.
 
-
-def posterior(logits, hard):
-    """Posterior over positions from logits (n, P, Q), in the log domain.
-
-    Returns
-    -------
-    q : ndarray (n, P, Q)
-        Soft: ``softmax`` with the maximum subtracted. Hard: one-hot at the argmax.
-    top : ndarray (n,)
-        Soft: ``logsumexp`` of the logits. Hard: their maximum.
-    argmax : ndarray (n,) of int
-        Flat index of the most probable position.
-    max_prob, entropy : ndarray (n,)
-    """
-    n = logits.shape[0]
-    flat = logits.reshape(n, -1)
-    arg = np.argmax(flat, axis=1)
-    mx = flat[np.arange(n), arg]
-    if hard:
-        q = np.zeros_like(flat)
-        q[np.arange(n), arg] = 1.0
-        return q.reshape(logits.shape), mx, arg, np.ones(n), np.zeros(n)
-    e = np.exp(flat - mx[:, None])
-    z = e.sum(axis=1)
-    q = e / z[:, None]
-    lse = mx + np.log(z)
-    pos = q > 0
-    with np.errstate(invalid="ignore"):
-        ent = lse - np.where(pos, q * np.where(pos, flat, 0.0), 0.0).sum(axis=1)
-    return q.reshape(logits.shape), lse, arg, q[np.arange(n), arg], np.maximum(ent, 0.0)
-
-
-def crops(x, positions, window):
-    """The h×w windows of each image at the given top-left corners, shape (n, h, w)."""
-    h, w = window
-    views = np.lib.stride_tricks.sliding_window_view(x, (h, w), axis=(-2, -1))
-    return views[np.arange(x.shape[0]), positions[:, 0], positions[:, 1]]
-
-
-def accumulate_from_q(x, q, window, *, positions=None, xhat=None, workers=1):
-    """M-step statistics of a chunk under a given posterior q.
+    ``L_k(c, d) = Σ_ch λ_ch [||F_c||² - 2 (x_k ⋆ F_c)(d) + 2 box(x_k B)(d) - box(B²)(d)]``;
+    the correlation term comes λ-weighted from `correlate_fft` or `correlate_direct`.
 
     Parameters
     ----------
-    x : ndarray (n, H, W), working units.
-    q : ndarray (n, P, Q)
-    window : (h, w)
-    positions : int ndarray (n, 2), optional
-        When q is one-hot (hard EM), its positions: S_F is then a sum of crops
-        and no FFT is needed.
-    xhat : complex ndarray (n, H, W//2+1), optional
-        Cached spectra, used for S_F in the frequency domain.
+    corr : array (n, C, P, Q)
+    x : array (n, Ch, H, W), working units
+    background : array (Ch, H, W) float64
+    lam : array (Ch,) float64, ``1 / (2 s_ch²)``
+    face_sq : array (C,), ``Σ_ch λ_ch ||F_c,ch||²``
+    box_b2 : array (P, Q), ``box(Σ_ch λ_ch B_ch²)``
+    log_prior : array (C, P, Q)
+    log_const : float, ``-HW/2 Σ_ch log(2π s_ch²)``
 
     Returns
     -------
-    N (P, Q), S_F (h, w), S_F_hat (H, W//2+1) complex or None, XC (H, W)
+    logits : array (n, C, P, Q) float64
+    base : array (n,) float64
+        ``log_const - Σ_ch λ_ch ||x_k,ch - B_ch||²``: adding it to the logits
+        gives ``log p(x_k, c, d | θ)``.
     """
-    h, w = window
+    xp = get_namespace(corr, x)
+    P, Q = corr.shape[-2:]
     H, W = x.shape[-2:]
-    N = q.sum(axis=0, dtype=np.float64)
-    cov = coverage(q, window)
-    XC = np.einsum("nij,nij->ij", x.astype(np.float64, copy=False), cov)
+    x64 = xp.astype(x, xp.float64)
+    lamc = xp.reshape(lam, (-1, 1, 1))
+    xb = box_sums(xp.sum(x64 * (lamc * background), axis=1), (H - P + 1, W - Q + 1))  # (n, P, Q)
+    L = (xp.reshape(face_sq, (-1, 1, 1)) - 2.0 * xp.astype(corr, xp.float64)
+         + 2.0 * xb[:, None, ...] - box_b2)
+    lg = log_prior - L
+    resid = x64 - background
+    rss = xp.sum(xp.sum(resid * resid, axis=(2, 3)) * lam, axis=1)
+    return lg, log_const - rss
+
+
+def posterior(lg, hard):
+    """The posterior over (face, position) from logits (n, C, P, Q), in the log domain.
+
+    Returns
+    -------
+    q : array (n, C, P, Q)
+        Soft: ``softmax`` over (c, d) with the maximum subtracted. Hard: one-hot at the argmax.
+    top : array (n,)
+        Soft: ``logsumexp`` of the logits. Hard: their maximum.
+    argmax : int array (n,)
+        Flat index over (C, P, Q) of the most probable (face, position).
+    max_prob, entropy : arrays (n,)
+    class_prob : array (n, C)
+        Posterior of each face, positions summed out.
+    """
+    xp = get_namespace(lg)
+    n, C = lg.shape[:2]
+    flat = xp.reshape(lg, (n, -1))
+    M = flat.shape[1]
+    arg = xp.argmax(flat, axis=1)
+    mx = xp.take_along_axis(flat, arg[:, None], axis=1)[:, 0]
+    if hard:
+        idx = xp.arange(M, device=_device(lg))
+        q = xp.astype(idx[None, :] == arg[:, None], xp.float64)
+        top = mx
+        maxp = xp.ones(n, dtype=xp.float64, device=_device(lg))
+        ent = xp.zeros(n, dtype=xp.float64, device=_device(lg))
+    else:
+        e = xp.exp(flat - mx[:, None])
+        z = xp.sum(e, axis=1)
+        q = e / z[:, None]
+        top = mx + xp.log(z)
+        safe = xp.where(q > 0, flat, xp.zeros_like(flat))  # 0·log 0 = 0, also where log A = -inf
+        ent = top - xp.sum(q * safe, axis=1)
+        ent = xp.where(ent > 0, ent, xp.zeros_like(ent))
+        maxp = xp.take_along_axis(q, arg[:, None], axis=1)[:, 0]
+    cls = xp.sum(xp.reshape(q, (n, C, -1)), axis=2)
+    return xp.reshape(q, lg.shape), top, arg, maxp, ent, cls
+
+
+# ----------------------------------------------------------------------------- M-step sums
+
+def moments(x):
+    """``Σ_k x_k`` (Ch, H, W) and ``Σ_k ||x_k,ch||²`` (Ch,), float64."""
+    xp = get_namespace(x)
+    x64 = xp.astype(x, xp.float64)
+    return xp.sum(x64, axis=0), xp.sum(x64 * x64, axis=(0, 2, 3))
+
+
+def crops(x, positions, window):
+    """The h×w windows of each image at the given top-left corners, shape (n, Ch, h, w).
+
+    Parameters
+    ----------
+    x : array (n, Ch, H, W)
+    positions : int array (n, 2)
+    window : (h, w)
+    """
+    xp = get_namespace(x)
+    n, Ch, H, W = x.shape
+    h, w = window
+    dev = _device(x)
+    a = xp.arange(h, device=dev)
+    b = xp.arange(w, device=dev)
+    offs = xp.reshape(a[:, None] * W + b[None, :], (1, 1, h * w))
+    start = xp.reshape(positions[:, 0] * W + positions[:, 1], (n, 1, 1))
+    idx = xp.broadcast_to(start + offs, (n, Ch, h * w))
+    flat = xp.reshape(x, (n, Ch, H * W))
+    return xp.reshape(xp.take_along_axis(flat, idx, axis=2), (n, Ch, h, w))
+
+
+def _sum_over_images(a, b):
+    """``Σ_k a[k, None, :] * b[k, :, None]`` for (n, Ch, ...) and (n, C, ...): shape (C, Ch, ...), complex128."""
+    xp = get_namespace(a, b)
+    if _is_numpy(xp):
+        return np.einsum("kd...,kc...->cd...", a, b, dtype=np.complex128)
+    a = xp.astype(a, xp.complex128)
+    b = xp.astype(b, xp.complex128)
+    return xp.sum(a[:, None, ...] * b[:, :, None, ...], axis=0)
+
+
+def frequency_face_sums(xhat, q, image_shape, *, workers=1):
+    """``S_F_hat[c, ch] = Σ_k rfft2(x_k,ch) · conj(rfft2(q_k(c)))``: S_F in the frequency domain.
+
+    One inverse FFT per face and channel (in the M-step) then gives
+    ``Σ_k x_k ⋆ q_k(c)`` for the whole data set.
+
+    Parameters
+    ----------
+    xhat : complex array (n, Ch, H, W//2+1)
+    q : array (n, C, P, Q)
+    image_shape : (H, W)
+
+    Returns
+    -------
+    complex128 array (C, Ch, H, W//2+1)
+    """
+    xp = get_namespace(xhat, q)
+    real = xp.float32 if xhat.dtype == xp.complex64 else xp.float64
+    qhat = _rfft2(xp, xp.astype(q, real), s=image_shape, workers=workers)  # (n, C, H, W//2+1)
+    return _sum_over_images(xhat, xp.conj(qhat))
+
+
+def accumulate(x, q, window, *, xhat=None, positions=None, labels=None, workers=1):
+    """M-step sums of a chunk under a posterior q.
+
+    Parameters
+    ----------
+    x : array (n, Ch, H, W), working units
+    q : array (n, C, P, Q)
+    window : (h, w)
+    positions, labels : int arrays (n, 2) and (n,), optional
+        When q is one-hot (hard EM), where: S_F is then a sum of crops per face
+        and no FFT is needed.
+    xhat : complex array (n, Ch, H, W//2+1), optional
+        The images' spectra when they are at hand, for S_F in the frequency domain.
+
+    Returns
+    -------
+    N (C, P, Q), S_F (C, Ch, h, w), S_F_hat (C, Ch, H, W//2+1) complex or None, XC (Ch, H, W)
+    """
+    xp = get_namespace(x, q)
+    n, Ch, H, W = x.shape
+    C = q.shape[1]
+    h, w = window
+    x64 = xp.astype(x, xp.float64)
+    N = xp.sum(xp.astype(q, xp.float64), axis=0)
+    cov = coverage(xp.sum(q, axis=1), window)  # (n, H, W)
+    XC = xp.sum(x64 * cov[:, None, ...], axis=0)
     if positions is not None:
-        S_F = crops(x, positions, window).sum(axis=0, dtype=np.float64)
+        cr = xp.reshape(crops(x64, positions, window), (n, Ch * h * w))
+        onehot = xp.astype(labels[:, None] == xp.arange(C, device=_device(x))[None, :], xp.float64)
+        S_F = xp.reshape(xp.matmul(xp.permute_dims(onehot, (1, 0)), cr), (C, Ch, h, w))
         return N, S_F, None, XC
     if xhat is None:
         xhat = spectra(x, workers)
-    qhat = sfft.rfft2(q.astype(x.dtype, copy=False), s=(H, W), axes=(-2, -1), workers=workers)
-    S_F_hat = (xhat * np.conj(qhat)).sum(axis=0, dtype=np.complex128)
-    return N, np.zeros((h, w)), S_F_hat, XC
+    S_F_hat = frequency_face_sums(xhat, q, (H, W), workers=workers)
+    S_F = xp.zeros((C, Ch, h, w), dtype=xp.float64, device=_device(x))
+    return N, S_F, S_F_hat, XC

@@ -1,0 +1,172 @@
+"""The closed-form M-step and the objectives, from sufficient statistics (MODEL.md).
+
+One place for the formulas of A, F_c, B and s², for the expected sum of squared
+residuals, for the objective EM reports, and for the free energy of any
+posterior under any θ (what incremental EM increases).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.fft as sfft
+
+from ..model import Params
+from . import kernels
+
+__all__ = ["MStepInfo", "params_from", "face_sums", "expected_sse", "objective", "free_energy",
+           "NOISE_MODELS"]
+
+NOISE_MODELS = ("shared", "per_channel")
+
+_LOG_2PI = math.log(2.0 * math.pi)
+
+
+@dataclass
+class MStepInfo:
+    """What the M-step had to decide on its own."""
+
+    n_uncovered: int = 0      # background pixels the face always covered (kept from before)
+    s_floored: bool = False
+    empty_faces: tuple = ()   # faces with no images (kept from before)
+
+
+def face_sums(stats):
+    """``S_F,c = Σ_k X_k ⋆ q_k(c)`` in image space, (C, Ch, h, w): crops plus the frequency-domain part."""
+    S_F = stats.S_F
+    if stats.S_F_hat is not None:
+        h, w = S_F.shape[-2:]
+        H, W = stats.XC.shape[-2:]
+        S_F = S_F + sfft.irfft2(stats.S_F_hat, s=(H, W), axes=(-2, -1))[..., :h, :w]
+    return S_F
+
+
+def _coverage_sum(stats, face_shape):
+    """``C = Σ_k cov_k``, (H, W): how many images the faces cover each pixel in, in expectation."""
+    return kernels.coverage(stats.N.sum(axis=0), face_shape)
+
+
+def expected_sse(stats, faces, background, S_F=None, cover=None):
+    """``E_q[Σ_k ||X_k - μ_(c,d)||²]`` per channel, (Ch,), for the posteriors summed in `stats`.
+
+    ``SXX - 2<B,SX> + K||B||² + Σ_c (N_c||F_c||² - 2<F_c,S_F,c>) + 2<B,XC> - <B²,C>``,
+    valid for any F and B, not only the M-step's.
+    """
+    K = float(stats.n_images)
+    if S_F is None:
+        S_F = face_sums(stats)
+    if cover is None:
+        cover = _coverage_sum(stats, faces.shape[-2:])
+    Nc = stats.N.sum(axis=(1, 2))
+    B = background
+    return (
+        stats.SXX
+        - 2.0 * np.einsum("dij,dij->d", B, stats.SX)
+        + K * np.einsum("dij,dij->d", B, B)
+        + np.einsum("c,cdij->d", Nc, faces * faces)
+        - 2.0 * np.einsum("cdij,cdij->d", faces, S_F)
+        + 2.0 * np.einsum("dij,dij->d", B, stats.XC)
+        - np.einsum("dij,ij->d", B * B, cover)
+    )
+
+
+def params_from(stats, previous, *, prior_smoothing=0.0, noise_floor=1e-12, noise="shared"):
+    """The closed-form M-step: A, F_c, B, s² from the sufficient statistics (MODEL.md).
+
+    Parameters
+    ----------
+    stats : Stats
+        Summed over all images (with SX and SXX).
+    previous : Params or None
+        The parameters of the E-step. A face with no images (N_c = 0) keeps its
+        previous value, and so does the background where the faces covered a
+        pixel in every image (no background evidence there).
+    prior_smoothing : float
+        Dirichlet pseudo-count α ≥ 0 added to every (face, position) of A.
+    noise_floor : float
+        Smallest s returned.
+    noise : {"shared", "per_channel"}
+        One s for all channels (the note's model), or one per channel.
+
+    Returns
+    -------
+    Params, MStepInfo
+    """
+    if stats.SX is None or stats.SXX is None:
+        raise ValueError("the M-step needs SX and SXX: run the pass with with_moments=True")
+    C, Ch, h, w = stats.S_F.shape
+    K = float(stats.n_images)
+    H, W = stats.SX.shape[-2:]
+    P, Q = stats.N.shape[-2:]
+    info = MStepInfo()
+    alpha = float(prior_smoothing)
+    A = (stats.N + alpha) / (K + alpha * C * P * Q)
+    S_F = face_sums(stats)
+    Nc = stats.N.sum(axis=(1, 2))
+    # a face no image chose keeps its last value: S_F,c = 0 there, so no NaN
+    full = Nc > 1e-12 * max(K, 1.0)
+    F = np.empty_like(S_F)
+    F[full] = S_F[full] / Nc[full, None, None, None]
+    if not full.all():
+        info.empty_faces = tuple(int(c) for c in np.flatnonzero(~full))
+        F[~full] = previous.faces[~full] if previous is not None else 0.0
+    cover = _coverage_sum(stats, (h, w))
+    free = K - cover
+    ok = free > 1e-9 * K
+    B = np.empty((Ch, H, W))
+    np.divide(stats.SX - stats.XC, free, out=B, where=np.broadcast_to(ok, B.shape))
+    if not ok.all():
+        info.n_uncovered = int((~ok).sum())
+        B[:, ~ok] = (previous.background if previous is not None else stats.SX / K)[:, ~ok]
+    sse = expected_sse(stats, F, B, S_F, cover)
+    if noise == "per_channel":
+        s2 = sse / (K * H * W)
+    elif noise == "shared":
+        s2 = np.full(Ch, sse.sum() / (K * H * W * Ch))
+    else:
+        raise ValueError(f"noise must be one of {list(NOISE_MODELS)}, got {noise!r}")
+    if not np.isfinite(s2).all():
+        raise FloatingPointError(
+            "the noise variance became non-finite in the M-step; the data or the "
+            "parameters hold values too large for float64"
+        )
+    floor2 = float(noise_floor) ** 2
+    if (s2 < floor2).any():
+        s2 = np.maximum(s2, floor2)
+        info.s_floored = True
+    return Params(F, B, np.sqrt(s2), A), info
+
+
+def _smoothing_term(params, prior_smoothing):
+    if prior_smoothing > 0:
+        with np.errstate(divide="ignore"):
+            return prior_smoothing * float(np.sum(np.log(params.prior)))
+    return 0.0
+
+
+def objective(stats, params, prior_smoothing=0.0):
+    """The objective EM increases, for the θ whose E-step gave `stats`.
+
+    The log-likelihood (soft EM) or the MAP joint (hard EM), plus
+    ``α · Σ log A`` when prior smoothing α > 0 (a Dirichlet prior on A).
+    """
+    return stats.loglik + _smoothing_term(params, prior_smoothing)
+
+
+def free_energy(stats, params, prior_smoothing=0.0):
+    """The free energy ``E_q[log p(X, c, d | θ)] + H(q)`` of the posteriors summed in `stats`, under any θ.
+
+    With the posteriors of θ itself it equals `objective`; incremental EM,
+    which keeps older posteriors for most images, never decreases it.
+    """
+    K = float(stats.n_images)
+    H, W = params.image_shape
+    s2 = params.noise_std ** 2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        logA = np.log(params.prior)
+        prior_term = float(np.sum(np.where(stats.N > 0, stats.N * logA, 0.0)))
+    sse = expected_sse(stats, params.faces, params.background)
+    gauss = -0.5 * K * H * W * float(np.sum(_LOG_2PI + np.log(s2))) - float(np.sum(sse / (2.0 * s2)))
+    return prior_term + gauss + stats.entropy_sum + _smoothing_term(params, prior_smoothing)

@@ -1,0 +1,319 @@
+"""Moves that escape the model's local optima, tried after EM has converged.
+
+Each move is a hook the EM loop calls, ``move(executor, model, run, resume) -> run``:
+it proposes new parameters, keeps them only if the objective rises, and lets
+``resume`` continue EM from them.
+
+- `shift_escape`: EM often settles on a face shifted by a pixel or two (the
+  missing strip absorbed into B), or on a blend of two alignments. Try each
+  face moved by small offsets -- for all its images, or for the group whose
+  second choice lies one pixel away -- re-centring as cryo-EM 2-D
+  classification does.
+- `split_merge`: with several faces, EM can merge two objects in one face or
+  split one object over two faces. Merge the two most similar faces and split
+  the face that fits its images worst, as split-and-merge EM does (Ueda,
+  Nakano, Ghahramani and Hinton, 2000).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .model import Params
+
+__all__ = ["shift_escape", "split_merge"]
+
+_MAX_ROUNDS = 3
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def _shift_prior(A, di, dj):
+    """A'(p) = A(p + δ) for one face's (P, Q) prior; positions that come from outside get the mean level."""
+    P, Q = A.shape
+    out = np.full_like(A, A.mean())
+    src_r = slice(max(di, 0), P + min(di, 0))
+    dst_r = slice(max(-di, 0), P + min(-di, 0))
+    src_c = slice(max(dj, 0), Q + min(dj, 0))
+    dst_c = slice(max(-dj, 0), Q + min(-dj, 0))
+    out[dst_r, dst_c] = A[src_r, src_c]
+    return out * (A.sum() / out.sum()) if out.sum() > 0 else out
+
+
+def _offsets(P, Q, m):
+    return [(di, dj) for di in range(-m, m + 1) for dj in range(-m, m + 1)
+            if (di, dj) != (0, 0) and abs(di) < P and abs(dj) < Q]
+
+
+def _inside(pos, P, Q):
+    return (pos[:, 0] >= 0) & (pos[:, 0] < P) & (pos[:, 1] >= 0) & (pos[:, 1] < Q)
+
+
+def _otsu_upper(g):
+    """The upper class of the best two-class split of the values g (Otsu's threshold)."""
+    order = np.sort(g)
+    n = len(order)
+    if n < 2 or order[0] == order[-1]:
+        return None
+    csum = np.cumsum(order)
+    k = np.arange(1, n)
+    m0 = csum[:-1] / k
+    m1 = (csum[-1] - csum[:-1]) / (n - k)
+    between = k * (n - k) * (m1 - m0) ** 2
+    cut = order[int(np.argmax(between))]
+    return g > cut
+
+
+def _try(executor, model, run, cand, label, resume):
+    """Evaluate a candidate by a full E-step; continue EM from it if it raises the objective."""
+    K = executor.n_images
+    stats = model.e_step(executor, cand)
+    obj = model.objective(stats, cand) / K
+    if not obj > run.objective:
+        return None
+    new = resume(cand, stats, run.objectives + [obj])
+    new.moves = run.moves + [label]
+    return new if new.objective > run.objective else None
+
+
+# ----------------------------------------------------------------------------- shift escape
+
+def _shift_candidates(executor, model, run):
+    """Moves to try from a converged run: (label, positions, prior), per face.
+
+    - shifts: every image of face c moves by -δ, |δ| <= max_shift, and face c's prior moves along;
+    - splits: for each neighbouring offset δ, the images of face c whose
+      second choice lies in direction δ (by Otsu's split of the log-joint
+      gains, and the better half) move by +δ -- the escape from optima where
+      a face's images split into two groups a pixel apart and F_c is their blend.
+    """
+    H, W = executor.image_shape
+    h, w = model.face_shape
+    P, Q = H - h + 1, W - w + 1
+    pos, lab = run.stats.positions, run.stats.labels
+    prior = run.params.prior
+    for c in range(model.n_faces):
+        mine = lab == c
+        if mine.sum() == 0:
+            continue
+        for di, dj in _offsets(P, Q, model.max_shift):
+            moved = pos[mine] - np.array([di, dj])
+            if _inside(moved, P, Q).mean() < 0.9:
+                continue
+            newpos = pos.copy()
+            newpos[mine, 0] = np.clip(moved[:, 0], 0, P - 1)
+            newpos[mine, 1] = np.clip(moved[:, 1], 0, Q - 1)
+            A = prior.copy()
+            A[c] = _shift_prior(prior[c], di, dj)
+            yield ("shift", c, (di, dj)), newpos, A
+    near = _offsets(P, Q, 1)
+    if not near or len(pos) < 2:
+        return
+    # rank by likelihood alone: a learned A that collapsed onto the current
+    # positions would otherwise hide every move
+    C = model.n_faces
+    flat = Params(run.params.faces, run.params.background, run.params.noise_std, np.full((C, P, Q), 1.0 / (C * P * Q)))
+    values = executor.gather_log_joint(flat, pos, lab, [(0, 0)] + near)
+    for c in range(C):
+        mine = np.flatnonzero(lab == c)
+        if len(mine) < 2:
+            continue
+        for t, (di, dj) in enumerate(near, start=1):
+            gain = values[mine, t] - values[mine, 0]
+            ok = np.isfinite(gain)
+            if ok.sum() < 2:
+                continue
+            subsets = []
+            upper = _otsu_upper(gain[ok])
+            if upper is not None:
+                subsets.append(upper)
+            subsets.append(gain[ok] >= np.median(gain[ok]))
+            idx = mine[ok]
+            for sub in subsets:
+                moved = idx[sub]
+                if 0 < len(moved) < len(mine):
+                    newpos = pos.copy()
+                    newpos[moved] += np.array([di, dj])
+                    yield ("split", c, (di, dj), len(moved)), newpos, prior
+
+
+def shift_escape(executor, model, run, resume):
+    """Escape shifted optima: try moving a face by small offsets, keep what raises the objective.
+
+    Each candidate (see `_shift_candidates`) is a new set of hard positions;
+    the faces, background and noise are re-estimated from them by one M-step
+    (which fills a revealed strip of the face from the data and hands an
+    uncovered strip back to the background). The candidate whose refitted
+    noise is smallest is evaluated by a full E-step and kept if the objective
+    rises, and EM continues from it. Repeats while moves help.
+    """
+    K = executor.n_images
+    nf = dict(n_faces=model.n_faces, face_shape=model.face_shape)
+    for _ in range(_MAX_ROUNDS):
+        if not run.converged or run.stats is None or run.stats.positions is None:
+            break  # only from a settled optimum, within the iteration budget
+        lab = run.stats.labels
+        base_stats = executor.stats_from_positions(run.stats.positions, lab, **nf)
+        base_params, _ = model.m_step(base_stats, run.params)
+        best_score = model.hard_score(base_params, K)
+        best = None
+        for label, newpos, prior in _shift_candidates(executor, model, run):
+            st = executor.stats_from_positions(newpos, lab, **nf)
+            cand, _ = model.m_step(st, run.params)
+            score = model.hard_score(cand, K)
+            if score > best_score:
+                best_score = score
+                if model.prior_smoothing > 0:  # the smoothed M-step's A has full support already
+                    A = cand.prior
+                else:
+                    # the moved images' new positions may have A ~ 0 under the old
+                    # prior: give the candidate both the old support and the new counts
+                    A = 0.5 * prior + 0.5 * st.N / st.n_images
+                best = (label, Params(cand.faces, cand.background, cand.noise_std, A))
+        if best is None:
+            break
+        new = _try(executor, model, run, best[1], best[0], resume)
+        if new is None:
+            break
+        run = new
+    return run
+
+
+# ----------------------------------------------------------------------------- split and merge
+
+def _aligned_similarity(Fa, Fb, max_shift):
+    """Largest normalised correlation of two faces (Ch, h, w) over shifts up to `max_shift`."""
+    Ch, h, w = Fa.shape
+    best = -1.0
+    for di in range(-max_shift, max_shift + 1):
+        for dj in range(-max_shift, max_shift + 1):
+            a = Fa[:, max(di, 0):h + min(di, 0), max(dj, 0):w + min(dj, 0)]
+            b = Fb[:, max(-di, 0):h + min(-di, 0), max(-dj, 0):w + min(-dj, 0)]
+            if a.size < 4:
+                continue
+            a = a - a.mean()
+            b = b - b.mean()
+            den = np.sqrt(np.vdot(a, a) * np.vdot(b, b))
+            if den > 0:
+                best = max(best, float(np.vdot(a, b) / den))
+    return best
+
+
+def two_means(x, rng, n_iter=20):
+    """Split the rows of x in two by k-means from the farthest pair (k-means++ style).
+
+    Returns (labels of 0/1, centroids (2, d)).
+    """
+    n = len(x)
+    i0 = int(rng.integers(n))
+    d0 = ((x - x[i0]) ** 2).sum(axis=1)
+    a = int(np.argmax(d0))
+    b = int(np.argmax(((x - x[a]) ** 2).sum(axis=1)))
+    cent = np.stack([x[a], x[b]])
+    lab = np.zeros(n, dtype=np.int64)
+    for _ in range(n_iter):
+        d = ((x[:, None, :] - cent[None]) ** 2).sum(axis=2)
+        new = np.argmin(d, axis=1)
+        if np.array_equal(new, lab) and _ > 0:
+            break
+        lab = new
+        for t in range(2):
+            if (lab == t).any():
+                cent[t] = x[lab == t].mean(axis=0)
+    return lab, cent
+
+
+def _class_crops(executor, run, c, window, limit, rng):
+    """Working-unit crops (m, Ch·h·w) of up to `limit` images of face c at their positions."""
+    from .engine.kernels import crops
+
+    idx = np.flatnonzero(run.stats.labels == c)
+    if len(idx) > limit:
+        idx = np.sort(rng.choice(idx, size=limit, replace=False))
+    src = executor.source
+    out = []
+    for i, (a, b) in enumerate(src.bounds):
+        sel = idx[(idx >= a) & (idx < b)]
+        if len(sel):
+            x = src.images(a, b)[sel - a]
+            out.append(crops(x, run.stats.positions[sel], window).reshape(len(sel), -1))
+    return np.concatenate(out) if out else np.zeros((0, 0))
+
+
+def _split_merge_candidates(executor, model, run, rng):
+    """Candidates (label, params): merge the most similar pair of faces, split the worst-fitting face.
+
+    A face that no image chose, or the second of a merged pair, takes one
+    half of the split face: the images of that face at their positions are
+    cut in two by k-means, and each half's mean becomes a face.
+    """
+    p = run.params
+    C = model.n_faces
+    st = run.stats
+    counts = np.bincount(st.labels, minlength=C)
+    # merge candidates: the most similar faces (up to small shifts), and empty faces
+    pairs = []
+    for i in range(C):
+        for j in range(i + 1, C):
+            pairs.append((_aligned_similarity(p.faces[i], p.faces[j], model.max_shift), i, j))
+    pairs.sort(reverse=True)
+    # split candidates: the faces whose images fit worst (lowest mean log-likelihood), with images enough
+    fit = np.full(C, np.inf)
+    for c in range(C):
+        if counts[c] >= 4:
+            fit[c] = st.image_loglik[st.labels == c].mean()
+    order = [c for c in np.argsort(fit) if np.isfinite(fit[c])]
+    free = [c for c in range(C) if counts[c] == 0]
+    plans = []
+    for k in order[:2]:
+        for c in free:
+            plans.append((None, c, k))
+        for _, i, j in pairs[:2]:
+            if k in (i, j):
+                continue
+            keep, gone = (i, j) if counts[i] >= counts[j] else (j, i)
+            plans.append((keep, gone, k))
+    seen = set()
+    for keep, gone, k in plans[:3]:
+        if (keep, gone, k) in seen:
+            continue
+        seen.add((keep, gone, k))
+        x = _class_crops(executor, run, k, model.face_shape, 2000, rng)
+        if len(x) < 4:
+            continue
+        lab2, cent = two_means(x, rng)
+        if lab2.min() == lab2.max():
+            continue
+        F = p.faces.copy()
+        A = p.prior.copy()
+        shape = F.shape[1:]
+        F[k] = cent[0].reshape(shape)
+        F[gone] = cent[1].reshape(shape)
+        share = lab2.mean()
+        if keep is not None:
+            A[keep] = A[keep] + A[gone]
+        A[gone] = A[k] * share
+        A[k] = A[k] * (1 - share)
+        A = np.maximum(A, 0)
+        A /= A.sum()
+        yield ("split-merge", keep, gone, int(k)), Params(F, p.background, p.noise_std, A)
+
+
+def split_merge(executor, model, run, resume):
+    """Merge two faces that hold one object and split one that holds two; keep what raises the objective."""
+    rng = np.random.default_rng(12345 + run.init_index)
+    for _ in range(_MAX_ROUNDS):
+        if not run.converged or run.stats is None or run.stats.labels is None:
+            break  # only from a settled optimum, within the iteration budget
+        improved = None
+        for label, cand in _split_merge_candidates(executor, model, run, rng):
+            new = _try(executor, model, run, cand, label, resume)
+            if new is not None:
+                if model.shift_escape:
+                    new = shift_escape(executor, model, new, resume)
+                improved = new
+                break
+        if improved is None:
+            break
+        run = improved
+    return run
