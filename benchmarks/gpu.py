@@ -79,7 +79,7 @@ def main(argv=None):
     name = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "cpu"
     peak = None
     if args.device.startswith("cuda"):
-        from emface.engine.torch_kernels import peak_bandwidth_gbs
+        from emface.engine.torch_backend import peak_bandwidth_gbs
 
         peak = peak_bandwidth_gbs(args.device)
     print(f"emface GPU benchmark on {name} (torch {torch.__version__}); peak bandwidth "
