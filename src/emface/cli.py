@@ -367,7 +367,12 @@ def predict(model, input, out_file, layout, grey, quiet):
 
 
 @cli.command()
-@click.option("--out", "out_file", required=True, metavar="FILE.npy")
+@click.option("--out", "out_file", default=None, metavar="FILE.npy",
+              help="Write the stack as a .npy array (this or --video is required).")
+@click.option("--video", "video_file", default=None, metavar="FILE.mp4",
+              help="Write the stack as an H.264 video instead (libx264, yuv420p, constant quality --crf), "
+                   "block by block, so it may be far longer than memory; grey frames are stored as RGB "
+                   "with three equal channels. Also .mkv, .mov, .m4v, .avi.")
 @click.option("--n-images", type=click.IntRange(min=1), default=1000, show_default=True)
 @click.option("--image-shape", callback=_parse_shape, default="100x120", show_default=True, metavar="HxW")
 @click.option("--face-shape", callback=_parse_shape, default="40x32", show_default=True, metavar="HxW")
@@ -380,16 +385,32 @@ def predict(model, input, out_file, layout, grey, quiet):
 @click.option("--face", "face_photos", multiple=True,
               help="Face photo (a bundled name or an image file); repeat for several faces.")
 @click.option("--background", default="camera", show_default=True, help="Background photo (name or file).")
-@click.option("--dtype", type=click.Choice(["float64", "float32", "uint8"]), default="float64", show_default=True)
+@click.option("--dtype", type=click.Choice(["float64", "float32", "uint8"]), default="float64", show_default=True,
+              help="Of the .npy stack (a video is always 8-bit).")
+@click.option("--fps", type=click.FloatRange(min=0, min_open=True), default=25.0, show_default=True,
+              help="Frame rate of --video.")
+@click.option("--crf", type=click.IntRange(0, 51), default=10, show_default=True,
+              help="H.264 constant quality of --video: 0 is lossless (in Y'CbCr), 10 near lossless.")
 @click.option("--seed", type=int, default=None)
 @click.option("-q", "--quiet", is_flag=True)
-def generate(out_file, n_images, image_shape, face_shape, n_faces, colour, noise, prior, face_photos, background,
-             dtype, seed, quiet):
-    """Write a synthetic stack made from photographs, and its truth beside it (FILE.truth.npz)."""
+def generate(out_file, video_file, n_images, image_shape, face_shape, n_faces, colour, noise, prior, face_photos,
+             background, dtype, fps, crf, seed, quiet):
+    """Write a synthetic stack made from photographs, and its truth beside it (FILE.truth.npz).
+
+    The stack is a .npy array (--out FILE.npy) or a video (--video FILE.mp4).
+    """
     from .datasets import PHOTOS, make_faces
     from .io import read_image
 
-    _prepare_out_file(out_file)
+    if out_file is None and video_file is None:
+        raise click.UsageError("Missing option '--out' (or '--video').", ctx=click.get_current_context())
+    if out_file is not None and video_file is not None:
+        raise click.UsageError("give either --out FILE.npy or --video FILE.mp4, not both",
+                               ctx=click.get_current_context())
+    video_exts = (".mp4", ".mkv", ".mov", ".m4v", ".avi")
+    if video_file is not None and not video_file.lower().endswith(video_exts):
+        raise InputError(f"--video {video_file}: expected a file name ending in {', '.join(video_exts)}")
+    _prepare_out_file(out_file if video_file is None else video_file)
     if face_shape[0] > image_shape[0] or face_shape[1] > image_shape[1]:
         raise InputError(f"--face-shape {face_shape[0]}x{face_shape[1]} is larger than "
                          f"--image-shape {image_shape[0]}x{image_shape[1]}")
@@ -397,14 +418,35 @@ def generate(out_file, n_images, image_shape, face_shape, n_faces, colour, noise
         raise InputError(f"--face is given {len(face_photos)} time(s) but --faces is {n_faces}")
     faces = [p if p in PHOTOS else read_image(p) for p in face_photos] or None
     bg = background if background in PHOTOS else read_image(background)
-    X, truth = make_faces(n_images, image_shape, face_shape, n_faces=n_faces, face=faces, background=bg,
-                          colour=colour, noise=noise, prior=prior, dtype=np.dtype(dtype), random_state=seed)
-    np.save(out_file, X)
-    stem = out_file[:-4] if out_file.endswith(".npy") else out_file
+    if video_file is not None:
+        from .video import write_synthetic_video
+
+        bar = None
+        if not quiet:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=n_images, desc="frames", unit="frame", file=sys.stderr, dynamic_ncols=True)
+        try:
+            truth = write_synthetic_video(video_file, n_images, image_shape, face_shape, n_faces=n_faces,
+                                          face=faces, background=bg, colour=colour, noise=noise, prior=prior,
+                                          random_state=seed, fps=fps, crf=crf,
+                                          progress=None if bar is None else bar.update)
+        finally:
+            if bar is not None:
+                bar.close()
+        out_file, shape = video_file, (n_images,) + tuple(image_shape)
+        stem = os.path.splitext(video_file)[0]
+        what = f"frames of {shape[1]}x{shape[2]} (H.264, crf {crf}, {fps:g} fps)"
+    else:
+        X, truth = make_faces(n_images, image_shape, face_shape, n_faces=n_faces, face=faces, background=bg,
+                              colour=colour, noise=noise, prior=prior, dtype=np.dtype(dtype), random_state=seed)
+        np.save(out_file, X)
+        shape = X.shape
+        stem = out_file[:-4] if out_file.endswith(".npy") else out_file
+        what = f"images of {X.shape[1]}x{X.shape[2]}"
     np.savez(stem + ".truth.npz", faces=truth.faces, background=truth.background, noise_std=truth.noise_std,
              prior=truth.prior, positions=truth.positions, labels=truth.labels)
-    _echo(quiet, f"emface: wrote {X.shape[0]} images of {X.shape[1]}x{X.shape[2]} to {out_file} "
-                 f"and the truth to {stem}.truth.npz")
+    _echo(quiet, f"emface: wrote {shape[0]} {what} to {out_file} and the truth to {stem}.truth.npz")
 
 
 @cli.command()

@@ -306,18 +306,18 @@ def _load_folder(folder, grey=False):
 
 
 def _load_video(path, grey=False, cache_dir=None):
-    import imageio.v3 as iio
+    """A lazy `emface.video.VideoStack` (frames decoded chunk by chunk on every pass), or, with
+    `cache_dir`, the frames decoded once into an uncompressed .npy there and memory-mapped.
 
-    if not (_has("av") or _has("imageio_ffmpeg")):
+    What this returns is already grey when `grey` is set (3-D), so `_finish` leaves it lazy.
+    """
+    if not _has("av"):
         raise InputError("reading video needs the video extra: pip install 'emface[video]'")
-    try:
-        frames = [to_grey(f) if grey else f for f in iio.imiter(path, plugin="pyav" if _has("av") else "FFMPEG")]
-    except Exception as exc:
-        raise InputError(f"{path}: could not read the video ({type(exc).__name__}: {exc}); "
-                         "video needs the optional extra: pip install 'emface[video]'") from None
-    if not frames:
-        raise InputError(f"{path}: the video has no frames")
-    return np.stack(frames)
+    from .video import VideoStack
+
+    if cache_dir is not None:
+        return VideoStack.cached(path, cache_dir, grey=grey)
+    return VideoStack(path, grey=grey)
 
 
 def _has(module):

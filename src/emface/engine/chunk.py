@@ -56,7 +56,7 @@ def standardized(chunk, dtype, *, use_numba=True):
         from . import _numba_kernels as nk
 
         out = np.empty(x.shape, dtype=dtype)
-        nk.standardize(x, float(chunk.offset), float(chunk.inv_scale), out)
+        nk.pick("standardize", x.size, 2)(x, float(chunk.offset), float(chunk.inv_scale), out)
         return out
     out = np.asarray(x, dtype=dtype)
     if chunk.offset != 0.0 or chunk.inv_scale != 1.0:

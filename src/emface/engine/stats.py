@@ -204,7 +204,8 @@ def _numba_pass(chunk, plan, output):
     mode = 1 if output == "log_joint" else 0
     p = plan.params
     rel_eps, band = (1e-6, 2.0) if corr.dtype == np.float32 else (1e-13, 40.0)
-    nk.fused_pass(
+    work = n * (C * P * Q + Ch * H * W)
+    nk.pick("fused_pass", work, parts[0].shape[0])(
         chunk.data, float(chunk.offset), float(chunk.inv_scale), corr, out, plan.logA, plan.box_b2,
         p.background * plan.lam[:, None, None], p.background, plan.lam, p.faces, plan.face_sq, plan.bg_sq,
         plan.log_const, plan.hard, mode, Q_THRESHOLD, plan.max_sparse, rel_eps, band, plan.with_moments,
@@ -216,8 +217,8 @@ def _numba_pass(chunk, plan, output):
         if idx.size:
             sp = chunk_spectra(chunk, plan, xs)
             S_F_hat = kernels.frequency_face_sums(sp[idx], out[idx], (H, W), workers=plan.workers)
-            nk.coverage_xc(chunk.data, float(chunk.offset), float(chunk.inv_scale), out, idx.astype(np.int64),
-                           parts[2])
+            nk.pick("coverage_xc", idx.size * (C * P * Q + Ch * H * W), parts[2].shape[0])(
+                chunk.data, float(chunk.offset), float(chunk.inv_scale), out, idx.astype(np.int64), parts[2])
     N, S_F, XC, SX, SXX = _sum_partials(parts, plan.with_moments)
     raw = SimpleNamespace(N=N, S_F=S_F, S_F_hat=S_F_hat, XC=XC, SX=SX, SXX=SXX, ll=ll, arg=arg, maxp=maxp,
                           ent=ent, cprob=cprob)
@@ -258,9 +259,10 @@ def stats_from_positions(chunk, positions, labels, face_shape, n_faces, *, backe
     from . import _numba_kernels as nk
 
     parts = _partials(n, workers, n_faces, Ch, (H, W), face_shape)
-    nk.crops_at_positions(chunk.data, float(chunk.offset), float(chunk.inv_scale), labels,
-                          np.ascontiguousarray(positions[:, 0]), np.ascontiguousarray(positions[:, 1]),
-                          with_moments, *parts)
+    work = n * Ch * (face_shape[0] * face_shape[1] + (H * W if with_moments else 0))
+    nk.pick("crops_at_positions", work, parts[0].shape[0])(
+        chunk.data, float(chunk.offset), float(chunk.inv_scale), labels, np.ascontiguousarray(positions[:, 0]),
+        np.ascontiguousarray(positions[:, 1]), with_moments, *parts)
     N, S_F, XC, SX, SXX = _sum_partials(parts, with_moments)
     return _given_q_stats(chunk, N, S_F, None, XC, SX, SXX)
 
@@ -277,8 +279,8 @@ def stats_from_q(chunk, q, face_shape, *, backend=None, workers=1, with_moments=
         from . import _numba_kernels as nk
 
         parts = _partials(n, workers, q.shape[1], Ch, (H, W), face_shape)
-        nk.crops_from_q(chunk.data, float(chunk.offset), float(chunk.inv_scale), q, Q_THRESHOLD, with_moments,
-                        *parts)
+        nk.pick("crops_from_q", q.size + (n * Ch * H * W if with_moments else 0), parts[0].shape[0])(
+            chunk.data, float(chunk.offset), float(chunk.inv_scale), q, Q_THRESHOLD, with_moments, *parts)
         N, S_F, XC, SX, SXX = _sum_partials(parts, with_moments)
         return _given_q_stats(chunk, N, S_F, None, XC, SX, SXX)
     x = standardized(chunk, np.float64, use_numba=False)

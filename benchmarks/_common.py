@@ -1,0 +1,132 @@
+"""Shared helpers of the accuracy benchmarks: floors, oracles, label matching, the adjusted Rand index.
+
+The *floor* of a face (or background) is the error of the estimate computed
+from the true labels and positions (one M-step at the truth): no fit can be
+expected to beat it, so a fit's error over its floor near 1 means "as good as
+knowing where every face was".
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import time
+import warnings
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+from scipy.special import comb
+
+from emface import FaceEM
+from emface.engine import params_from
+from emface.executor import EngineConfig, LocalExecutor
+from emface.sources import ArraySource
+
+__all__ = ["rms", "ari", "match_faces", "floor_params", "oracle", "visible", "peak_rss_gb", "timed_fit",
+           "face_errors"]
+
+
+def rms(a):
+    return float(np.sqrt(np.mean(np.square(a))))
+
+
+def ari(a, b):
+    """The adjusted Rand index of two labellings (Hubert and Arabie)."""
+    a = np.asarray(a)
+    b = np.asarray(b)
+    _, ai = np.unique(a, return_inverse=True)
+    _, bi = np.unique(b, return_inverse=True)
+    table = np.zeros((ai.max() + 1, bi.max() + 1))
+    np.add.at(table, (ai, bi), 1)
+    sum_comb = comb(table, 2).sum()
+    rows = comb(table.sum(axis=1), 2).sum()
+    cols = comb(table.sum(axis=0), 2).sum()
+    n = comb(len(a), 2)
+    expected = rows * cols / n if n else 0.0
+    best = 0.5 * (rows + cols)
+    return 1.0 if best == expected else float((sum_comb - expected) / (best - expected))
+
+
+def match_faces(labels, truth_labels, C):
+    """Estimated face c -> true face, maximising the images they share (Hungarian)."""
+    table = np.zeros((C, C))
+    np.add.at(table, (labels, truth_labels), 1)
+    est, tru = linear_sum_assignment(-table)
+    mapping = np.empty(C, dtype=np.int64)
+    mapping[est] = tru
+    return mapping
+
+
+def floor_params(X, truth, face_shape):
+    """θ estimated from the true labels and positions: one M-step at the truth (data units, engine layout)."""
+    C = len(truth.faces)
+    src = ArraySource(X, face_shape, standardize=False)
+    ex = LocalExecutor(src, EngineConfig())
+    stats = ex.stats_from_positions(truth.positions, truth.labels, n_faces=C)
+    p, _ = params_from(stats, None, noise_floor=1e-12)
+    return p
+
+
+def oracle(X, truth, face_shape):
+    """The fraction of images the true θ itself places (face and position) exactly."""
+    C = len(truth.faces)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        est = FaceEM(face_shape, n_faces=C, face_init=truth.faces if C > 1 else truth.faces[0],
+                     background_init=truth.background, noise_std_init=truth.noise_std, prior_init=truth.prior,
+                     max_iter=0).fit(X)
+    s = est.posterior_summary()
+    return float(np.mean((s.positions == truth.positions).all(axis=1) & (s.faces == truth.labels)))
+
+
+def visible(truth, image_shape, face_shape):
+    """Background pixels seen in at least one image (where B has evidence)."""
+    H, W = image_shape
+    h, w = face_shape
+    covered_always = np.ones((H, W), dtype=bool)
+    for i, j in truth.positions:
+        m = np.ones((H, W), dtype=bool)
+        m[i:i + h, j:j + w] = False
+        covered_always &= ~m
+    return ~covered_always
+
+
+def face_errors(est, truth, floor, mapping):
+    """Each true face's RMS error over its floor, for the estimated faces matched to it."""
+    out = []
+    Ftrue = np.asarray(truth.faces, dtype=float)
+    Ffloor = np.moveaxis(floor.faces, 1, -1)
+    if Ftrue.ndim == 3:
+        Ffloor = Ffloor[..., 0]
+    for c in range(len(Ftrue)):
+        t = mapping[c]
+        out.append(rms(est.faces_[c] - Ftrue[t]) / max(rms(Ffloor[t] - Ftrue[t]), 1e-300))
+    return out
+
+
+def peak_rss_gb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
+
+
+def timed_fit(X, face_shape, **kw):
+    """A fit with warnings silenced; returns (estimator, seconds, CPU seconds)."""
+    t = time.perf_counter()
+    c = time.process_time()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        est = FaceEM(face_shape, **kw).fit(X)
+    return est, time.perf_counter() - t, time.process_time() - c
+
+
+def cpu_count():
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover
+        return os.cpu_count() or 1
+
+
+def fmt_s(v):
+    return f"{v:.1f} s" if v >= 1 else f"{v:.3f} s"
+
+
+__all__ += ["cpu_count", "fmt_s"]
