@@ -119,6 +119,23 @@ def test_random_access_gives_the_same_frames(clip):
         v[::-1]
 
 
+def test_avi_frames_are_counted(tmp_path):
+    """AVI stores no presentation timestamps (FFmpeg invents them in decoding order, wrong with B-frames):
+    its frames are counted from the start, and random reads still give the right frames."""
+    path = tmp_path / "v.avi"
+    _write(path, _frames(40, seed=2), gop=8)
+    full = _decode_all(path)
+    v = VideoStack(path)
+    assert not v.timestamps and v.shape == full.shape
+    rng = np.random.default_rng(4)
+    for _ in range(15):
+        a = int(rng.integers(0, 40))
+        np.testing.assert_array_equal(v[a:a + 3], full[a:a + 3], err_msg=f"frames {a}:{a + 3}")
+    m = VideoStack(tmp_path / "v.avi")
+    m[0:40]
+    assert m.frames_decoded == 40
+
+
 def test_grey(clip):
     path, full = clip
     g = VideoStack(path, grey=True)

@@ -370,9 +370,10 @@ def predict(model, input, out_file, layout, grey, quiet):
 @click.option("--out", "out_file", default=None, metavar="FILE.npy",
               help="Write the stack as a .npy array (this or --video is required).")
 @click.option("--video", "video_file", default=None, metavar="FILE.mp4",
-              help="Write the stack as an H.264 video instead (libx264, yuv420p, constant quality --crf), "
-                   "block by block, so it may be far longer than memory; grey frames are stored as RGB "
-                   "with three equal channels. Also .mkv, .mov, .m4v, .avi.")
+              help="Write the stack as an H.264 video instead (libx264, yuv420p, or yuv444p when a side is "
+                   "odd; constant quality --crf; preset veryfast, tuned for fast decoding), block by block, "
+                   "so it may be far longer than memory; grey frames are stored as RGB with three equal "
+                   "channels. Also .mkv, .mov, .m4v, .avi.")
 @click.option("--n-images", type=click.IntRange(min=1), default=1000, show_default=True)
 @click.option("--image-shape", callback=_parse_shape, default="100x120", show_default=True, metavar="HxW")
 @click.option("--face-shape", callback=_parse_shape, default="40x32", show_default=True, metavar="HxW")

@@ -131,7 +131,8 @@ class VideoStack:
             self.frame_rate = stream.average_rate or stream.guessed_rate
             H, W = int(stream.codec_context.height), int(stream.codec_context.width)
             for packet in container.demux(stream):
-                if packet.size == 0 or packet.is_discard:  # flush packets, and frames an edit list drops
+                # skip flush packets, and frames an edit list drops
+                if packet.size == 0 or getattr(packet, "is_discard", False):
                     continue
                 if packet.pts is None:
                     missing = True
