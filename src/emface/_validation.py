@@ -9,6 +9,7 @@ import numpy as np
 __all__ = [
     "check_stack",
     "check_face_shape",
+    "check_face_shape_spec",
     "check_int",
     "check_real",
     "check_choice",
@@ -83,6 +84,37 @@ def check_face_shape(face_shape, image_shape=None, name="face_shape"):
                 f"expected h <= {H} and w <= {W}"
             )
     return h, w
+
+
+def check_face_shape_spec(face_shape, image_shape, name="face_shape"):
+    """(h, w), ``"auto"``, or ((h_min, h_max), (w_min, w_max)).
+
+    Returns (h, w) for a fixed size, or the string / pair of ranges (validated)
+    for a size to choose.
+    """
+    if isinstance(face_shape, str):
+        if face_shape != "auto":
+            raise ValueError(f"{name} must be a pair of positive ints (h, w), 'auto', or a pair of ranges "
+                             f"((h_min, h_max), (w_min, w_max)), got {face_shape!r}")
+        return "auto"
+    if (hasattr(face_shape, "__len__") and len(face_shape) == 2
+            and all(hasattr(r, "__len__") and not isinstance(r, str) for r in face_shape)):
+        H, W = image_shape
+        out = []
+        for (lo_hi, side, axis) in zip(face_shape, (H, W), ("h", "w")):
+            if len(lo_hi) != 2:
+                raise ValueError(f"{name} ranges must be pairs (min, max), got {face_shape!r}")
+            lo, hi = (check_int(v, f"{name} {axis} range", low=1) for v in lo_hi)
+            if lo > hi:
+                raise ValueError(f"{name}'s {axis} range must have min <= max, got ({lo}, {hi})")
+            if lo > side:
+                raise ValueError(f"{name}'s {axis} range ({lo}, {hi}) does not fit in images of shape "
+                                 f"(H, W)=({H}, {W}): expected {axis}_min <= {side}")
+            out.append((lo, min(hi, side)))
+        if out[0][0] == out[0][1] and out[1][0] == out[1][1]:
+            return out[0][0], out[1][0]
+        return tuple(out)
+    return check_face_shape(face_shape, image_shape, name)
 
 
 def check_int(value, name, *, low=None, high=None):

@@ -86,8 +86,11 @@ class FaceEM:
 
     Parameters
     ----------
-    face_shape : tuple of int (h, w)
-        Size of the faces.
+    face_shape : (h, w), "auto", or ((h_min, h_max), (w_min, w_max))
+        Size of the faces. ``"auto"`` or a pair of ranges chooses it from the
+        data (`emface.face_size`: a coarse search on shrunk images, then each
+        side of the window moved with the positions held, by a penalised
+        likelihood), then fits at the chosen size.
     n_faces : int, default=1
         C, the number of different faces (objects).
     hard : bool, default=False
@@ -174,6 +177,11 @@ class FaceEM:
 
     Attributes
     ----------
+    face_shape_ : (h, w)
+        The face size fitted (chosen, with ``face_shape="auto"`` or ranges).
+    face_shape_scores_ : list of dict
+        Each size the search tried: ``shape``, ``score`` (its criterion per
+        image, higher is better) and ``stage``; empty for a given size.
     faces_ : ndarray (C, h, w) or (C, h, w, Ch)
     face_ : ndarray (h, w) or (h, w, Ch)
         The face, when ``n_faces=1``.
@@ -429,8 +437,15 @@ class FaceEM:
         H, W = int(X.shape[1]), int(X.shape[2])
         colour = X.ndim == 4
         Ch = int(X.shape[3]) if colour else 1
-        h, w = v.check_face_shape(self.face_shape, (H, W))
+        spec = v.check_face_shape_spec(self.face_shape, (H, W))
         C = int(self.n_faces)
+        scores = []
+        if self.warm_start and hasattr(self, "faces_"):
+            h, w = self.face_shape_
+        elif isinstance(spec, tuple) and isinstance(spec[0], int):
+            h, w = spec
+        else:
+            h, w = self._choose_face_shape(X, spec, scores)
         user = v.check_params_arrays(
             (H, W), (h, w), n_faces=C, n_channels=Ch, colour=colour, face=self.face_init,
             background=self.background_init, noise_std=self.noise_std_init, prior=self.prior_init,
@@ -463,6 +478,8 @@ class FaceEM:
             executor.close()
         self.fit_time_ = time.perf_counter() - t0
         self._store(best, runs, src, colour, settings)
+        self.face_shape_ = (h, w)
+        self.face_shape_scores_ = scores
         if self.verbose:
             print(f"FaceEM: best objective {self.lower_bound_:.6g} per image after {self.n_iter_} iterations "
                   f"({'converged' if self.converged_ else 'not converged'}) in {self.fit_time_:.2f} s")
@@ -481,6 +498,20 @@ class FaceEM:
                 stacklevel=2,
             )
         return self
+
+    def _choose_face_shape(self, X, spec, record):
+        """The face size for X by `emface.face_size.search`, with this estimator's engine settings."""
+        from .face_size import search
+
+        keep = ("n_faces", "noise", "dtype", "n_jobs", "backend", "max_memory", "device", "noise_floor")
+        base = {k: getattr(self, k) for k in keep}
+
+        def make(shape, **overrides):
+            return type(self)(shape, **dict(base, **overrides))
+
+        rng = _check_random_state(self.random_state)
+        return search(X, make, n_faces=int(self.n_faces), face_shape=spec, noise=self.noise,
+                      random_state=int(rng.integers(2**31)), record=record)
 
     def _make_callback(self, src):
         user_cb = self.callback
