@@ -29,12 +29,9 @@ import warnings
 
 import numpy as np
 
+from _common import floor_params, oracle, rms, visible
 from emface import FaceEM
 from emface.datasets import make_faces
-from emface.engine import params_from
-from emface.executor import EngineConfig, LocalExecutor
-from emface.model import Params
-from emface.sources import ArraySource
 
 # (H, W), (h, w), K, noise / contrast, prior, mode, face photo, background photo
 CONFIGS = [
@@ -55,43 +52,12 @@ CONFIGS = [
 ]
 
 
-def floor_params(X, truth, face_shape):
-    """F, B, s estimated from the true positions: one M-step at the truth."""
-    src = ArraySource(X, face_shape, standardize=False)
-    ex = LocalExecutor(src, EngineConfig())
-    stats = ex.stats_from_positions(truth.positions)
-    p, _ = params_from(stats, None, face_shape=face_shape, noise_floor=1e-12)
-    return p
-
-
-def visible(truth, image_shape, face_shape):
-    """Background pixels seen in at least one image (where B has evidence)."""
-    H, W = image_shape
-    h, w = face_shape
-    covered_always = np.ones((H, W), dtype=bool)
-    for i, j in truth.positions:
-        m = np.ones((H, W), dtype=bool)
-        m[i:i + h, j:j + w] = False
-        covered_always &= ~m
-    return ~covered_always
-
-
-def oracle_accuracy(X, truth, face_shape):
-    est = FaceEM(face_shape)
-    est.face_, est.background_, est.noise_std_, est.prior_ = truth.face, truth.background, truth.noise_std, truth.prior
-    est._moments = (float(X.mean()), float(X.std()))
-    return float(np.mean((est.predict(X) == truth.positions).all(axis=1)))
-
-
-def rms(a):
-    return float(np.sqrt(np.mean(np.square(a))))
-
-
-def evaluate(cfg, seed=0):
+def evaluate(cfg, seed=0, **fit_kw):
     (H, W), (h, w), K, noise, prior, mode, face, bg = cfg
     X, truth = make_faces(K, (H, W), (h, w), face=face, background=bg, noise=noise, prior=prior,
                           random_state=seed)
     kw = dict(hard=True, prior_smoothing=K / 10) if mode == "hard" else {}
+    kw.update(fit_kw)
     t = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -101,11 +67,12 @@ def evaluate(cfg, seed=0):
     acc = float(np.mean((pos == truth.positions).all(axis=1)))
     fl = floor_params(X, truth, (h, w))
     vis = visible(truth, (H, W), (h, w))
-    f_ratio = rms(est.face_ - truth.face) / max(rms(fl.face - truth.face), 1e-300)
-    b_ratio = rms((est.background_ - truth.background)[vis]) / max(rms((fl.background - truth.background)[vis]), 1e-300)
+    f_ratio = rms(est.face_ - truth.face) / max(rms(fl.faces[0, 0] - truth.face), 1e-300)
+    b_ratio = rms((est.background_ - truth.background)[vis]) / max(rms((fl.background[0] - truth.background)[vis]),
+                                                                   1e-300)
     s_err = abs(est.noise_std_ - truth.noise_std) / truth.noise_std
-    oracle = oracle_accuracy(X, truth, (h, w))
-    return dict(acc=acc, oracle=oracle, f=f_ratio, b=b_ratio, s=s_err, time=dt, n_iter=est.n_iter_)
+    return dict(acc=acc, oracle=oracle(X, truth, (h, w)), f=f_ratio, b=b_ratio, s=s_err, time=dt,
+                n_iter=est.n_iter_, runs=len(est.runs_))
 
 
 def verdict(r):

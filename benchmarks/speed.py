@@ -12,6 +12,10 @@ log-probabilities recomputed for the bound): seconds per iteration, the
 ratio, and emface's share of time in FFTs. The baseline's time does not depend
 on the data or on float32, so it runs once per shape and mode in float64.
 
+Then, per shape, the wall time of a default fit (``FaceEM(face_shape).fit(X)``:
+data-driven start, restarts when needed, shift escape) in units of the soft
+float64 iteration measured above, in the same run.
+
 Timing protocol: the data follow the model with the noise equal to the face's
 contrast (its standard deviation); EM starts from the note's random start; an
 iteration is one E-step pass plus one M-step, timed over the first iterations
@@ -62,9 +66,9 @@ class _FFTTimer:
     def __enter__(self):
         import scipy.fft as sfft
 
-        from emface.engine import kernels, stats
+        from emface.engine import kernels, mstep
 
-        self._mods = [(kernels, "sfft"), (stats, "sfft")]
+        self._mods = [(kernels, "sfft"), (mstep, "sfft")]
         self._orig = {m: getattr(m, a) for m, a in self._mods}
         timer = self
 
@@ -91,27 +95,47 @@ class _FFTTimer:
 
 
 def time_emface(X, face_shape, hard, dtype, n_iter, workers):
-    from emface.engine import params_from
+    from emface.engine import costs
     from emface.executor import EngineConfig, LocalExecutor
     from emface.init import random_start
+    from emface.mixture import FaceMixture
     from emface.sources import ArraySource
 
     src = ArraySource(X, face_shape, compute_dtype=dtype)
     ex = LocalExecutor(src, EngineConfig(dtype=dtype, workers=workers))
+    model = FaceMixture(face_shape, hard=hard)
     times, fft_share = [], []
     with ex.running():  # as FaceEM.fit runs: BLAS on one thread beside the engine's threads
-        params = random_start(src, np.random.default_rng(1))
-        stats = ex.pass_stats(params, hard=hard)  # first pass: spectra cached, kernels compiled
-        params, _ = params_from(stats, params, face_shape=face_shape)
+        params = random_start(src, model, np.random.default_rng(1))
+        stats = model.e_step(ex, params)  # first pass: spectra cached, kernels compiled
+        params, _ = model.m_step(stats, params)
         for _ in range(n_iter):
             with _FFTTimer() as ft:
                 t = time.perf_counter()
-                stats = ex.pass_stats(params, hard=hard)
-                params, _ = params_from(stats, params, face_shape=face_shape)
+                stats = model.e_step(ex, params)
+                params, _ = model.m_step(stats, params)
                 dt = time.perf_counter() - t
             times.append(dt)
             fft_share.append(ft.t / dt)
-    return statistics.median(times), statistics.median(fft_share), ex._plan(params, hard).route
+    route = costs.choose_correlation_route(X.shape[1:3], face_shape, cached=src.cache_budget > 0)
+    return statistics.median(times), statistics.median(fft_share), route
+
+
+def time_default_fit(X, face_shape, repeats=1):
+    """Wall seconds of a default soft fit (the median of `repeats`), and its runs and moves."""
+    import warnings
+
+    from emface import FaceEM
+
+    times = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        FaceEM(face_shape, random_state=99).fit(X)  # every kernel it uses loaded: a warm session
+        for r in range(repeats):
+            t = time.perf_counter()
+            est = FaceEM(face_shape, random_state=r).fit(X)
+            times.append(time.perf_counter() - t)
+    return statistics.median(times), est
 
 
 def time_baseline(X, face, bg, s, hard, n_iter):
@@ -148,9 +172,11 @@ def main(argv=None):
     print(f"{'shape H,W,h,w,K':<24} {'mode':<5} {'dtype':<8} {'route':<7} {'emface s/it':>11} "
           f"{'FFT share':>9} {'baseline s/it':>13} {'ratio':>7}")
     rows = []
+    fits = []
     for shape in SHAPES:
         H, W, h, w, K = shape
         X, face, bg, s = make_data(H, W, h, w, K)
+        one = None
         for hard in (False, True):
             base = None if args.no_baseline else time_baseline(X, face, bg, s, hard, n_base)
             for dtype in (np.float64, np.float32):
@@ -162,6 +188,14 @@ def main(argv=None):
                 print(f"{name:<24} {mode:<5} {np.dtype(dtype).name:<8} {route:<7} {t:11.4f} "
                       f"{share:9.0%} {bs:>13} {ratio:>7}", flush=True)
                 rows.append((shape, mode, np.dtype(dtype).name, t, share, base))
+                if not hard and dtype == np.float64:
+                    one = t
+        fit_t, est = time_default_fit(X, (h, w), repeats=1 if args.quick else 3)
+        fits.append((shape, fit_t, fit_t / one, len(est.runs_), sum(len(r["moves"]) for r in est.runs_)))
+    print()
+    print(f"{'shape H,W,h,w,K':<24} {'default fit':>11} {'in iterations':>13} {'runs':>5} {'moves':>6}")
+    for shape, fit_t, iters, runs, moves in fits:
+        print(f"{','.join(map(str, shape)):<24} {fit_t:10.2f}s {iters:13.1f} {runs:>5} {moves:>6}")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak RSS of this process: {peak:.0f} MB")
     return rows

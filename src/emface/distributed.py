@@ -21,7 +21,7 @@ import operator
 import numpy as np
 
 from .engine import Chunk, ChunkCache, chunk_stats, costs, make_plan, stats_from_positions
-from .executor import EngineConfig, gather_at, single_threaded_blas
+from .executor import EngineConfig, single_threaded_blas, subsample_executor
 from .sources import Moments, WorkingUnits, as_chunk_array, spectrum_bytes_per_image
 
 __all__ = ["DaskExecutor", "get_client"]
@@ -86,13 +86,6 @@ def _collect_task(chunk, plan, output):
         return chunk_stats(chunk, plan, output=output)
 
 
-def _gather_task(chunk, plan, positions, labels, offsets):
-    plan = _on_worker(plan)
-    with single_threaded_blas():
-        _, lj = chunk_stats(chunk, plan, output="log_joint", per_image=False)
-    return gather_at(lj, positions, labels, offsets)
-
-
 def _positions_task(chunk, positions, labels, face_shape, n_faces, backend, with_moments):
     _on_worker(None)
     return stats_from_positions(chunk, positions, labels, face_shape, n_faces, backend=backend,
@@ -130,11 +123,6 @@ class DaskSource(WorkingUnits):
             self.offset, self.scale = float(moments[0]), float(moments[1])
         else:
             self.offset, self.scale = self._moments(check_finite)
-
-    def images(self, a, b):
-        """Images a..b in working units: a float64 (b - a, Ch, H, W) array, computed here."""
-        x = as_chunk_array(np.asarray(self.data[a:b])).astype(np.float64)
-        return (x - self.offset) / self.scale
 
     def _moments(self, check_finite=False):
         import dask
@@ -264,14 +252,11 @@ class DaskExecutor:
             total = s if total is None else total + s
         return self._fill_moments(total), np.concatenate([o for _, o in parts])
 
-    def gather_log_joint(self, params, positions, labels, offsets):
-        positions = np.asarray(positions)
-        labels = np.asarray(labels)
-        offsets = np.asarray(offsets).reshape(-1, 2)
-        plan = self.client.scatter(self._plan(params, False), broadcast=True, hash=False)
-        futures = [self._submit(_gather_task, i, plan, positions[a:b], labels[a:b], offsets)
-                   for i, (a, b) in enumerate(self.source.bounds)]
-        return np.concatenate(self.client.gather(futures))
+    def subsample(self, n_max, rng, *, n_faces=1):
+        """(executor, indices) over up to `n_max` images, gathered here: the moves rank candidates on it."""
+        src = self.source
+        return subsample_executor(src.data, src.face_shape, (src.offset, src.scale), self.config, n_max, rng,
+                                  n_faces=n_faces)
 
     def stats_from_positions(self, positions, labels=None, *, n_faces=1, face_shape=None):
         positions = np.asarray(positions)

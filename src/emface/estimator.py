@@ -32,6 +32,13 @@ INCREMENTAL_MIN_IMAGES = 20_000
 #: images per block of incremental EM (about; whole chunks are grouped)
 _BLOCK_IMAGES = 1000
 
+#: n_init="auto": at most this many runs; always two below `_SMALL_STACK`
+#: images; more only while the best run's mean posterior probability of the
+#: chosen position is below `_CONFIDENT`
+_AUTO_MAX_RUNS = 4
+_SMALL_STACK = 300
+_CONFIDENT = 0.95
+
 
 def _check_random_state(seed):
     if seed is None or isinstance(seed, (numbers.Integral, np.integer)):
@@ -99,10 +106,12 @@ class FaceEM:
         Number of EM runs from different starts; the one with the best
         objective is kept. The first run starts from `init`, the others from
         the note's random start (one face) or data-driven starts on random
-        halves of the images (several faces). ``"auto"``: ``clip(round(2000 / K), 1, 8)``
-        runs for one face, 3 for several -- small stacks, where a single run
-        most often stops in a local optimum, get more restarts, which are cheap
-        there (see ``benchmarks/accuracy.py``).
+        halves of the images (several faces). ``"auto"``: one run from the
+        data-driven start, and up to 3 more only when it looks like a poor
+        optimum (a mean posterior probability of the chosen position below
+        0.95) or the stack is small (fewer than 300 images, where runs cost
+        little): the data-driven start and the escapes find the optimum of
+        every stack of ``benchmarks/accuracy.py`` in one run.
     max_iter : int, default=100
         Most EM iterations per run.
     tol : float, default=1e-3
@@ -364,12 +373,19 @@ class FaceEM:
 
     # ------------------------------------------------------------------ fitting
     def _n_init(self, n_images):
-        """How many runs `fit` makes on `n_images` images (``n_init``, or its "auto" rule)."""
+        """(most runs, runs always made) for `n_images` images: ``n_init``, or its "auto" rule."""
         if isinstance(self.n_init, str):
-            if int(self.n_faces) > 1:
-                return 3
-            return int(np.clip(round(2000 / max(n_images, 1)), 1, 8))
-        return int(self.n_init)
+            return _AUTO_MAX_RUNS, (2 if n_images < _SMALL_STACK else 1)
+        return int(self.n_init), int(self.n_init)
+
+    @staticmethod
+    def _should_restart(runs_made, runs):
+        """The "auto" rule's question before another run: do the runs so far look like a poor optimum?"""
+        if len(runs) < runs_made:
+            return True
+        best = max(runs, key=lambda r: r.objective)
+        maxp = None if best.stats is None else best.stats.max_prob
+        return maxp is not None and float(np.mean(maxp)) < _CONFIDENT
 
     def _model(self, face_shape, src):
         floor = float(self.noise_floor) * (src.working_std() if src.working_std() > 0 else 1.0)
@@ -399,7 +415,7 @@ class FaceEM:
                           block_chunks=blocks)
 
     def _starts(self, src, model, user, rng):
-        n_init = self._n_init(src.n_images)
+        n_init, _ = self._n_init(src.n_images)
         if self.warm_start and hasattr(self, "faces_"):
             return [src.to_working(self._theta)]
         starts = []
@@ -466,8 +482,10 @@ class FaceEM:
         history = [src.loglik_to_working(o) for o in self._history_full] if warm else None
         callback = self._make_callback(src)
         t0 = time.perf_counter()
+        made = self._n_init(executor.n_images)[1]
         try:
-            best, runs = fit_restarts(executor, model, starts, settings, callback=callback, history=history)
+            best, runs = fit_restarts(executor, model, starts, settings, callback=callback, history=history,
+                                      should_restart=lambda runs: self._should_restart(made, runs))
         except KeyboardInterrupt as exc:
             best = getattr(exc, "emface_best", None)
             if best is not None:

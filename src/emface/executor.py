@@ -14,8 +14,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from .engine import chunk_stats, make_plan, resolve_backend, stats_from_positions, stats_from_q
+from .sources import ArraySource, read_runs, sample_runs
 
-__all__ = ["EngineConfig", "LocalExecutor", "single_threaded_blas", "gather_at"]
+__all__ = ["EngineConfig", "LocalExecutor", "single_threaded_blas", "subsample_executor"]
+
+#: a subsample's raw images weigh at most this much in memory, and its chunks this much each
+SUBSAMPLE_BYTES = 256 * 2**20
+SUBSAMPLE_CHUNK_BYTES = 64 * 2**20
 
 
 def _check_torch_device(device):
@@ -85,28 +90,20 @@ class EngineConfig:
             _check_torch_device(self.device)
 
 
-def gather_at(lj, positions, labels, offsets):
-    """``lj[k, labels[k], positions[k] + offset]`` for each offset; -inf off the grid.
+def subsample_executor(data, face_shape, moments, config, n_max, rng, *, n_faces=1):
+    """An in-memory `LocalExecutor` over up to `n_max` images of `data`, read in runs; and their indices.
 
-    Parameters
-    ----------
-    lj : ndarray (n, C, P, Q)
-    positions : int ndarray (n, 2); labels : int ndarray (n,)
-    offsets : int ndarray (m, 2)
-
-    Returns
-    -------
-    ndarray (n, m)
+    The subsample keeps the whole stack's map to working units (`moments`), so
+    parameters move between the two unchanged. Its chunks are large (its
+    passes are window sums, with no FFT buffers), so a pass is a few calls.
     """
-    n, _, P, Q = lj.shape
-    out = np.full((n, len(offsets)), -np.inf)
-    for t, (di, dj) in enumerate(offsets):
-        r = positions[:, 0] + di
-        c = positions[:, 1] + dj
-        ok = (r >= 0) & (r < P) & (c >= 0) & (c < Q)
-        k = np.flatnonzero(ok)
-        out[k, t] = lj[k, labels[k], r[ok], c[ok]]
-    return out
+    shape = tuple(int(v) for v in data.shape)
+    per_image = int(np.prod(shape[1:])) * np.dtype(data.dtype).itemsize
+    idx = sample_runs(shape[0], n_max, rng, bytes_per_image=per_image, max_bytes=SUBSAMPLE_BYTES)
+    X = data if len(idx) == shape[0] and isinstance(data, np.ndarray) else read_runs(data, idx)
+    src = ArraySource(X, face_shape, compute_dtype=config.dtype, moments=moments, check_finite=False,
+                      n_faces=n_faces, chunk_size=max(1, SUBSAMPLE_CHUNK_BYTES // max(per_image, 1)))
+    return LocalExecutor(src, config), idx
 
 
 class LocalExecutor:
@@ -196,23 +193,11 @@ class LocalExecutor:
                 total = s if total is None else total + s
         return self._fill_moments(total, True), full
 
-    def gather_log_joint(self, params, positions, labels, offsets):
-        """``log p(x_k, c_k, d | θ)`` at ``d = positions[k] + offset`` for each offset.
-
-        Returns
-        -------
-        ndarray (K, len(offsets)); -inf where a position falls off the grid.
-        """
-        positions = np.asarray(positions)
-        labels = np.asarray(labels)
-        offsets = np.asarray(offsets).reshape(-1, 2)
-        plan = self._plan(params, False, with_moments=False)
-        out = np.full((self.n_images, len(offsets)), -np.inf)
-        with single_threaded_blas():
-            for i, (a, b) in enumerate(self.source.bounds):
-                _, lj = chunk_stats(self.source.chunk(i), plan, output="log_joint", per_image=False)
-                out[a:b] = gather_at(lj, positions[a:b], labels[a:b], offsets)
-        return out
+    def subsample(self, n_max, rng, *, n_faces=1):
+        """(executor, indices) over up to `n_max` images, held in memory in large chunks."""
+        src = self.source
+        return subsample_executor(src.data, src.face_shape, (src.offset, src.scale), self.config, n_max, rng,
+                                  n_faces=n_faces)
 
     def stats_from_q(self, q_of_chunk, face_shape=None):
         """M-step statistics under a posterior given per chunk.

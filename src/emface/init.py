@@ -12,13 +12,16 @@ import numpy as np
 
 from .engine import kernels
 from .model import Params
+from .sources import as_chunk_array, read_runs, sample_runs
 
 __all__ = ["random_start", "auto_start", "user_start", "INIT_METHODS", "kmeans"]
 
 INIT_METHODS = ("auto", "random")
 
-# images used by the data-driven start at most (a random subset beyond)
-_AUTO_MAX_IMAGES = 500
+# images used by the data-driven start at most (a random subset beyond), and their weight as float64
+_AUTO_MAX_IMAGES = 300
+_AUTO_MAX_BYTES = 128 * 2**20
+_MEDIAN_IMAGES = 200
 
 
 def _grid(source, face_shape):
@@ -50,17 +53,14 @@ def random_start(source, model, rng):
 
 
 def _subset(source, rng, fraction=1.0):
-    """Up to 500 images in working units (n, Ch, H, W): all of a small stack, else runs of
-    consecutive images from random places (runs read fast from chunked files: zarr, HDF5, TIFF, video)."""
+    """Up to 300 images (and 128 MB as float64) in working units, (n, Ch, H, W): all of a small
+    stack, else runs of consecutive images from random places."""
     K = source.n_images
     n = min(_AUTO_MAX_IMAGES, max(1, int(np.ceil(fraction * K))))
-    if n >= K:
-        return source.images(0, K)
-    run = max(1, n // 10)
-    starts = np.sort(rng.choice(K - run + 1, size=max(1, n // run), replace=False))
-    # overlapping runs would repeat images: keep them apart
-    keep = np.concatenate([[True], np.diff(starts) >= run])
-    return np.concatenate([source.images(a, a + run) for a in starts[keep]])
+    H, W = source.image_shape
+    idx = sample_runs(K, n, rng, bytes_per_image=8 * H * W * source.n_channels, max_bytes=_AUTO_MAX_BYTES)
+    x = as_chunk_array(read_runs(source.data, idx)).astype(np.float64)
+    return (x - source.offset) / source.scale
 
 
 def kmeans(x, k, rng, n_init=5):
@@ -109,7 +109,9 @@ def auto_start(source, model, rng, fraction=1.0):
     C = model.n_faces
     x = _subset(source, rng, fraction)
     n = len(x)
-    B = np.median(x, axis=0)
+    # the median over (at most) 200 images, each pixel's values contiguous: partitioning is then fast
+    m = x[:_MEDIAN_IMAGES].reshape(min(n, _MEDIAN_IMAGES), -1)
+    B = np.median(np.ascontiguousarray(m.T), axis=1).reshape(x.shape[1:])
     r = x - B
     energy = kernels.box_sums(np.sum(r * r, axis=1), (h, w))  # (n, P, Q)
     arg = np.argmax(energy.reshape(n, -1), axis=1)

@@ -44,8 +44,8 @@ class FaceMixture:
         With several faces, after convergence try merging two faces that hold
         the same object and splitting one that holds two.
     escape_sample : int
-        Images on which the shift escape ranks its candidate moves (all when
-        fewer); only the best candidate is then confirmed on every image.
+        Images on which the moves rank their candidates (all when fewer);
+        only the best candidate is then confirmed on every image.
     """
 
     face_shape: tuple
@@ -57,7 +57,7 @@ class FaceMixture:
     shift_escape: bool = True
     max_shift: int = 2
     split_merge: bool = True
-    escape_sample: int = 2000
+    escape_sample: int = 500
 
     # ------------------------------------------------------------------ the steps
     def e_step(self, executor, params, **kw):

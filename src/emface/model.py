@@ -124,7 +124,7 @@ def _add_opt(a, b):
 
 
 #: the per-image fields of `Stats`, concatenated (not summed) by ``+``
-PER_IMAGE = ("positions", "labels", "image_loglik", "max_prob", "entropy", "class_prob")
+PER_IMAGE = ("positions", "labels", "image_loglik", "max_prob", "entropy", "class_prob", "near")
 
 
 @dataclass
@@ -171,6 +171,11 @@ class Stats:
         Posterior entropy of each image over (face, position) (nats; 0 for hard EM).
     class_prob : ndarray (K, C) or None
         Posterior probability of each face, positions summed out.
+    near : ndarray (K, 8) or None
+        The log-likelihood gain, prior left out, of moving each image's face
+        from its most probable corner to each neighbouring corner
+        (`emface.engine.kernels.NEAR_OFFSETS`); -inf off the grid. The shift
+        escape reads its moves from it without another pass.
     """
 
     n_images: int
@@ -188,6 +193,7 @@ class Stats:
     max_prob: np.ndarray | None = None
     entropy: np.ndarray | None = None
     class_prob: np.ndarray | None = None
+    near: np.ndarray | None = None
 
     def __add__(self, other: "Stats") -> "Stats":
         if other is None or (isinstance(other, int) and other == 0):

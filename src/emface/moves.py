@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .engine.kernels import NEAR_OFFSETS, crops
 from .model import Params
 
 __all__ = ["shift_escape", "split_merge"]
@@ -78,16 +79,19 @@ def _try(executor, model, run, cand, label, resume):
 
 # ----------------------------------------------------------------------------- shift escape
 
-def _shift_candidates(executor, model, run):
+def _shift_candidates(model, run, image_shape):
     """Moves to try from a converged run: (label, positions, prior), per face.
 
     - shifts: every image of face c moves by -δ, |δ| <= max_shift, and face c's prior moves along;
     - splits: for each neighbouring offset δ, the images of face c whose
-      second choice lies in direction δ (by Otsu's split of the log-joint
-      gains, and the better half) move by +δ -- the escape from optima where
-      a face's images split into two groups a pixel apart and F_c is their blend.
+      second choice lies in direction δ (by Otsu's split of the likelihood
+      gains of moving there, read from the last E-step, and the better half)
+      move by +δ -- the escape from optima where a face's images split into
+      two groups a pixel apart and F_c is their blend. The gains leave the
+      prior out: a learned A that collapsed onto the current positions would
+      otherwise hide every move.
     """
-    H, W = executor.image_shape
+    H, W = image_shape
     h, w = model.face_shape
     P, Q = H - h + 1, W - w + 1
     pos, lab = run.stats.positions, run.stats.labels
@@ -106,20 +110,15 @@ def _shift_candidates(executor, model, run):
             A = prior.copy()
             A[c] = _shift_prior(prior[c], di, dj)
             yield ("shift", c, (di, dj)), newpos, A
-    near = _offsets(P, Q, 1)
-    if not near or len(pos) < 2:
+    near = run.stats.near
+    if near is None or len(pos) < 2:
         return
-    # rank by likelihood alone: a learned A that collapsed onto the current
-    # positions would otherwise hide every move
-    C = model.n_faces
-    flat = Params(run.params.faces, run.params.background, run.params.noise_std, np.full((C, P, Q), 1.0 / (C * P * Q)))
-    values = executor.gather_log_joint(flat, pos, lab, [(0, 0)] + near)
-    for c in range(C):
+    for c in range(model.n_faces):
         mine = np.flatnonzero(lab == c)
         if len(mine) < 2:
             continue
-        for t, (di, dj) in enumerate(near, start=1):
-            gain = values[mine, t] - values[mine, 0]
+        for t, (di, dj) in enumerate(NEAR_OFFSETS):
+            gain = near[mine, t]
             ok = np.isfinite(gain)
             if ok.sum() < 2:
                 continue
@@ -143,24 +142,27 @@ def shift_escape(executor, model, run, resume):
     Each candidate (see `_shift_candidates`) is a new set of hard positions;
     the faces, background and noise are re-estimated from them by one M-step
     (which fills a revealed strip of the face from the data and hands an
-    uncovered strip back to the background). The candidate whose refitted
-    noise is smallest is evaluated by a full E-step and kept if the objective
-    rises, and EM continues from it. Repeats while moves help.
+    uncovered strip back to the background). The candidates are ranked on a
+    subsample of at most ``model.escape_sample`` images, by their refitted
+    noise; the best is then confirmed by one E-step over every image and kept
+    if the objective rises, and EM continues from it. Repeats while moves help.
     """
-    K = executor.n_images
     nf = dict(n_faces=model.n_faces, face_shape=model.face_shape)
+    sub, idx = executor.subsample(model.escape_sample, np.random.default_rng(run.init_index),
+                                  n_faces=model.n_faces)
+    Ks = len(idx)
     for _ in range(_MAX_ROUNDS):
         if not run.converged or run.stats is None or run.stats.positions is None:
             break  # only from a settled optimum, within the iteration budget
-        lab = run.stats.labels
-        base_stats = executor.stats_from_positions(run.stats.positions, lab, **nf)
+        lab = run.stats.labels[idx]
+        base_stats = sub.stats_from_positions(run.stats.positions[idx], lab, **nf)
         base_params, _ = model.m_step(base_stats, run.params)
-        best_score = model.hard_score(base_params, K)
+        best_score = model.hard_score(base_params, Ks)
         best = None
-        for label, newpos, prior in _shift_candidates(executor, model, run):
-            st = executor.stats_from_positions(newpos, lab, **nf)
+        for label, newpos, prior in _shift_candidates(model, run, executor.image_shape):
+            st = sub.stats_from_positions(newpos[idx], lab, **nf)
             cand, _ = model.m_step(st, run.params)
-            score = model.hard_score(cand, K)
+            score = model.hard_score(cand, Ks)
             if score > best_score:
                 best_score = score
                 if model.prior_smoothing > 0:  # the smoothed M-step's A has full support already
@@ -223,24 +225,16 @@ def two_means(x, rng, n_iter=20):
     return lab, cent
 
 
-def _class_crops(executor, run, c, window, limit, rng):
-    """Working-unit crops (m, Ch·h·w) of up to `limit` images of face c at their positions."""
-    from .engine.kernels import crops
-
-    idx = np.flatnonzero(run.stats.labels == c)
-    if len(idx) > limit:
-        idx = np.sort(rng.choice(idx, size=limit, replace=False))
-    src = executor.source
-    out = []
-    for i, (a, b) in enumerate(src.bounds):
-        sel = idx[(idx >= a) & (idx < b)]
-        if len(sel):
-            x = src.images(a, b)[sel - a]
-            out.append(crops(x, run.stats.positions[sel], window).reshape(len(sel), -1))
-    return np.concatenate(out) if out else np.zeros((0, 0))
+def _class_crops(sub, idx, run, c, window):
+    """Working-unit crops (m, Ch·h·w) of the subsample's images of face c, at their positions."""
+    mine = run.stats.labels[idx] == c
+    if not mine.any():
+        return np.zeros((0, 0))
+    x = sub.source.images(0, sub.n_images)[mine]
+    return crops(x, run.stats.positions[idx][mine], window).reshape(int(mine.sum()), -1)
 
 
-def _split_merge_candidates(executor, model, run, rng):
+def _split_merge_candidates(sub, idx, model, run, rng):
     """Candidates (label, params): merge the most similar pair of faces, split the worst-fitting face.
 
     A face that no image chose, or the second of a merged pair, takes one
@@ -278,7 +272,7 @@ def _split_merge_candidates(executor, model, run, rng):
         if (keep, gone, k) in seen:
             continue
         seen.add((keep, gone, k))
-        x = _class_crops(executor, run, k, model.face_shape, 2000, rng)
+        x = _class_crops(sub, idx, run, k, model.face_shape)
         if len(x) < 4:
             continue
         lab2, cent = two_means(x, rng)
@@ -302,11 +296,12 @@ def _split_merge_candidates(executor, model, run, rng):
 def split_merge(executor, model, run, resume):
     """Merge two faces that hold one object and split one that holds two; keep what raises the objective."""
     rng = np.random.default_rng(12345 + run.init_index)
+    sub, idx = executor.subsample(model.escape_sample, rng, n_faces=model.n_faces)
     for _ in range(_MAX_ROUNDS):
         if not run.converged or run.stats is None or run.stats.labels is None:
             break  # only from a settled optimum, within the iteration budget
         improved = None
-        for label, cand in _split_merge_candidates(executor, model, run, rng):
+        for label, cand in _split_merge_candidates(sub, idx, model, run, rng):
             new = _try(executor, model, run, cand, label, resume)
             if new is not None:
                 if model.shift_escape:

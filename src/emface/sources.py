@@ -19,7 +19,7 @@ import numpy as np
 
 from .engine import Chunk, ChunkCache, costs
 
-__all__ = ["ArraySource", "Moments", "WorkingUnits", "available_memory"]
+__all__ = ["ArraySource", "Moments", "WorkingUnits", "available_memory", "sample_runs", "read_runs"]
 
 # raw dtypes the fused kernels read directly; others are converted per chunk
 _DIRECT_DTYPES = (np.dtype(np.float64), np.dtype(np.float32), np.dtype(np.uint8))
@@ -57,6 +57,34 @@ def as_chunk_array(x):
     return x
 
 
+def sample_runs(n_images, n, rng, *, bytes_per_image=0, max_bytes=None):
+    """Sorted indices of up to `n` of `n_images` images, in runs of consecutive images from random places.
+
+    Runs read fast from chunked and sequential files (zarr, HDF5, TIFF,
+    video). With `max_bytes`, fewer images are taken so that they weigh at most
+    that much at `bytes_per_image` each. All images when they are few enough.
+    """
+    if max_bytes is not None and bytes_per_image > 0:
+        n = min(n, max(1, int(max_bytes // bytes_per_image)))
+    K = int(n_images)
+    if n >= K:
+        return np.arange(K)
+    run = max(1, n // 10)
+    starts = np.sort(rng.choice(K - run + 1, size=max(1, n // run), replace=False))
+    # overlapping runs would repeat images: keep them apart
+    keep = np.concatenate([[True], np.diff(starts) >= run])
+    return np.concatenate([np.arange(a, a + run) for a in starts[keep]])
+
+
+def read_runs(data, idx):
+    """``data[idx]`` for sorted indices, reading each run of consecutive images with one slice."""
+    idx = np.asarray(idx)
+    if len(idx) == 0:
+        return np.asarray(data[0:0])
+    breaks = np.flatnonzero(np.diff(idx) != 1) + 1
+    return np.concatenate([np.asarray(data[int(r[0]):int(r[-1]) + 1]) for r in np.split(idx, breaks)])
+
+
 def spectrum_bytes_per_image(image_shape, compute_dtype, n_channels=1):
     H, W = image_shape
     return n_channels * H * (W // 2 + 1) * 2 * np.dtype(compute_dtype).itemsize
@@ -79,19 +107,35 @@ class Moments:
 
     @classmethod
     def of(cls, x, *, first_index=0, check_finite=True):
-        """The moments of one block of images (n, H, W); NaN and inf raise ValueError."""
+        """The moments of one block of images (n, ...); NaN and inf raise ValueError.
+
+        Two passes of a fused kernel over the block (the numpy route takes seven).
+        """
         x = np.asarray(x)
-        if check_finite and x.dtype.kind == "f" and not np.isfinite(x).all():
-            per_image = (~np.isfinite(x)).reshape(len(x), -1).sum(axis=1)
-            first = int(np.flatnonzero(per_image)[0])
-            raise ValueError(
-                f"X must hold finite values only (NaN and inf are not supported), but image "
-                f"{first_index + first} has {int(per_image[first])} NaN or infinite pixel(s)"
-            )
         if x.size == 0:
             return cls()
-        mean = float(np.sum(x, dtype=np.float64)) / x.size
-        d = x.astype(np.float64) - mean
+        if x.dtype in _DIRECT_DTYPES and x.flags.c_contiguous:
+            from .engine import _numba_kernels as nk
+
+            out = np.empty((len(x), 6))
+            nk.pick("block_moments", x.size, 2)(x, out)
+            bad = out[:, 0]
+        else:
+            x64 = x.astype(np.float64)
+            bad = (~np.isfinite(x64)).reshape(len(x), -1).sum(axis=1) if x.dtype.kind == "f" else np.zeros(len(x))
+            out = None
+        if check_finite and bad.any():
+            first = int(np.flatnonzero(bad)[0])
+            raise ValueError(
+                f"X must hold finite values only (NaN and inf are not supported), but image "
+                f"{first_index + first} has {int(bad[first])} NaN or infinite pixel(s)"
+            )
+        if out is not None and not bad.any():
+            return cls(int(x.size), float(out[:, 1].sum()) / x.size, float(out[:, 4].sum()), float(out[:, 5].sum()),
+                       float(out[:, 2].min()), float(out[:, 3].max()))
+        x64 = x.astype(np.float64)
+        mean = float(np.sum(x64)) / x.size
+        d = x64 - mean
         d2 = d * d
         return cls(int(x.size), mean, float(d2.sum()), float(np.vdot(d2, d)), float(x.min()), float(x.max()))
 

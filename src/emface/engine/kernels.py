@@ -35,6 +35,8 @@ __all__ = [
     "box_sums",
     "coverage",
     "logits",
+    "neighbour_gains",
+    "NEAR_OFFSETS",
     "posterior",
     "moments",
     "crops",
@@ -180,6 +182,11 @@ def correlate_direct(x, faces_w, grid_shape):
 def summed_area(z):
     """Summed-area table in float64 with a zero first row and column: (..., H+1, W+1)."""
     xp = get_namespace(z)
+    if _is_numpy(xp):  # the same, without the shim's copies for include_initial
+        s = np.zeros(z.shape[:-2] + (z.shape[-2] + 1, z.shape[-1] + 1))
+        np.cumsum(z, axis=-2, dtype=np.float64, out=s[..., 1:, 1:])
+        np.cumsum(s[..., 1:, 1:], axis=-1, out=s[..., 1:, 1:])
+        return s
     s = xp.cumulative_sum(z, axis=z.ndim - 2, dtype=xp.float64, include_initial=True)
     return xp.cumulative_sum(s, axis=z.ndim - 1, include_initial=True)
 
@@ -249,6 +256,8 @@ def logits(corr, x, background, lam, face_sq, box_b2, log_prior, log_const):
     base : array (n,) float64
         ``log_const - Σ_ch λ_ch ||x_k,ch - B_ch||²``: adding it to the logits
         gives ``log p(x_k, c, d | θ)``.
+    loss : array (n, C, P, Q) float64
+        L itself, defined where log A is -inf too.
     """
     xp = get_namespace(corr, x)
     P, Q = corr.shape[-2:]
@@ -261,7 +270,34 @@ def logits(corr, x, background, lam, face_sq, box_b2, log_prior, log_const):
     lg = log_prior - L
     resid = x64 - background
     rss = xp.sum(xp.sum(resid * resid, axis=(2, 3)) * lam, axis=1)
-    return lg, log_const - rss
+    return lg, log_const - rss, L
+
+
+#: the eight neighbouring corners, in the order of `Stats.near`
+NEAR_OFFSETS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
+
+
+def neighbour_gains(loss, argmax):
+    """``L(c*, d*) - L(c*, d* + δ)`` for each δ of `NEAR_OFFSETS`: (n, 8), -inf off the grid.
+
+    The log-likelihood gain, prior left out, of moving each image's face to a
+    neighbouring corner.
+    """
+    xp = get_namespace(loss)
+    n, C, P, Q = loss.shape
+    flat = xp.reshape(loss, (n, -1))
+    c = argmax // (P * Q)
+    i = (argmax % (P * Q)) // Q
+    j = argmax % Q
+    top = xp.take_along_axis(flat, argmax[:, None], axis=1)[:, 0]
+    cols = []
+    for di, dj in NEAR_OFFSETS:
+        ii, jj = i + di, j + dj
+        ok = (ii >= 0) & (ii < P) & (jj >= 0) & (jj < Q)
+        idx = c * (P * Q) + xp.clip(ii, 0, P - 1) * Q + xp.clip(jj, 0, Q - 1)
+        val = top - xp.take_along_axis(flat, idx[:, None], axis=1)[:, 0]
+        cols.append(xp.where(ok, val, xp.full_like(val, -xp.inf)))
+    return xp.stack(cols, axis=1)
 
 
 def posterior(lg, hard):

@@ -67,6 +67,7 @@ def _build_stats(chunk, plan, raw, per_image):
         stats.max_prob = r["maxp"]
         stats.entropy = ent
         stats.class_prob = r["cprob"]
+        stats.near = r["near"]
     return stats
 
 
@@ -124,8 +125,8 @@ def _array_pass(chunk, plan, output):
                                      workers=plan.workers)
     else:
         corr = kernels.correlate_direct(x, xp.astype(arrs.faces_w, x.dtype), (P, Q))
-    lg, base = kernels.logits(corr, x, arrs.background, arrs.lam, arrs.face_sq, arrs.box_b2, arrs.logA,
-                              plan.log_const)
+    lg, base, loss = kernels.logits(corr, x, arrs.background, arrs.lam, arrs.face_sq, arrs.box_b2, arrs.logA,
+                                    plan.log_const)
     SX, SXX = kernels.moments(x) if plan.with_moments else (None, None)
     n = chunk.n
     C = plan.n_faces
@@ -140,9 +141,10 @@ def _array_pass(chunk, plan, output):
         nan = np.full(n, np.nan)
         raw = SimpleNamespace(N=np.zeros((C, P, Q)), S_F=np.zeros((C, Ch, h, w)), S_F_hat=None,
                               XC=np.zeros((Ch, H, W)), SX=SX, SXX=SXX, ll=ll, arg=arg, maxp=nan, ent=nan,
-                              cprob=np.full((n, C), np.nan))
+                              cprob=np.full((n, C), np.nan), near=kernels.neighbour_gains(loss, arg))
         return raw, out
     q, top, arg, maxp, ent, cprob = kernels.posterior(lg, plan.hard)
+    near = kernels.neighbour_gains(loss, arg)
     if plan.hard:
         rem = arg % (P * Q)
         N, S_F, S_F_hat, XC = kernels.accumulate(x, q, (h, w), positions=xp.stack([rem // Q, rem % Q], axis=1),
@@ -152,7 +154,7 @@ def _array_pass(chunk, plan, output):
             xhat = chunk_spectra(chunk, plan, x)
         N, S_F, S_F_hat, XC = kernels.accumulate(x, q, (h, w), xhat=xhat, workers=plan.workers)
     raw = SimpleNamespace(N=N, S_F=S_F, S_F_hat=S_F_hat, XC=XC, SX=SX, SXX=SXX, ll=top + base, arg=arg,
-                          maxp=maxp, ent=ent, cprob=cprob)
+                          maxp=maxp, ent=ent, cprob=cprob, near=near)
     return raw, (q if output == "q" else None)
 
 
@@ -201,6 +203,7 @@ def _numba_pass(chunk, plan, output):
     arg = np.empty(n, dtype=np.int64)
     ll, maxp, ent = np.empty(n), np.empty(n), np.empty(n)
     cprob = np.empty((n, C))
+    near = np.empty((n, len(kernels.NEAR_OFFSETS)))
     mode = 1 if output == "log_joint" else 0
     p = plan.params
     rel_eps, band = (1e-6, 2.0) if corr.dtype == np.float32 else (1e-13, 40.0)
@@ -209,7 +212,7 @@ def _numba_pass(chunk, plan, output):
         chunk.data, float(chunk.offset), float(chunk.inv_scale), corr, out, plan.logA, plan.box_b2,
         p.background * plan.lam[:, None, None], p.background, plan.lam, p.faces, plan.face_sq, plan.bg_sq,
         plan.log_const, plan.hard, mode, Q_THRESHOLD, plan.max_sparse, rel_eps, band, plan.with_moments,
-        *parts, dense, arg, ll, maxp, ent, cprob,
+        *parts, dense, arg, ll, maxp, ent, cprob, near,
     )
     S_F_hat = None
     if mode == 0:
@@ -221,7 +224,7 @@ def _numba_pass(chunk, plan, output):
                 chunk.data, float(chunk.offset), float(chunk.inv_scale), out, idx.astype(np.int64), parts[2])
     N, S_F, XC, SX, SXX = _sum_partials(parts, plan.with_moments)
     raw = SimpleNamespace(N=N, S_F=S_F, S_F_hat=S_F_hat, XC=XC, SX=SX, SXX=SXX, ll=ll, arg=arg, maxp=maxp,
-                          ent=ent, cprob=cprob)
+                          ent=ent, cprob=cprob, near=near)
     return raw, (out if output is not None else None)
 
 
