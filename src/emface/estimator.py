@@ -496,7 +496,6 @@ class FaceEM:
             executor.close()
         self.fit_time_ = time.perf_counter() - t0
         self._store(best, runs, src, colour, settings)
-        self.face_shape_ = (h, w)
         self.face_shape_scores_ = scores
         if self.verbose:
             print(f"FaceEM: best objective {self.lower_bound_:.6g} per image after {self.n_iter_} iterations "
@@ -597,6 +596,7 @@ class FaceEM:
         """Keep θ (data units, engine layout) and expose it in the user's layout."""
         self._theta = theta
         self._colour = bool(colour)
+        self.face_shape_ = tuple(theta.face_shape)
         self.faces_ = public_faces(theta.faces, colour)
         if theta.n_faces == 1:
             self.face_ = self.faces_[0]
@@ -713,7 +713,8 @@ class FaceEM:
         self._check_fitted()
         save_model(path, self._theta, history=np.asarray(self._history_full), n_iter=int(self.n_iter_),
                    converged=bool(self.converged_), settings=self._saved_settings(), moments=list(self._moments),
-                   kind="model", runs=self.runs_, colour=self._colour)
+                   kind="model", runs=self.runs_, colour=self._colour,
+                   face_shape_scores=getattr(self, "face_shape_scores_", []))
 
     @classmethod
     def load(cls, path):
@@ -738,6 +739,7 @@ class FaceEM:
         mom = extra.get("moments")
         est._moments = tuple(mom) if mom is not None else _default_moments(params)
         est.runs_ = extra.get("runs", [])
+        est.face_shape_scores_ = extra.get("face_shape_scores", [])
         return est
 
     @classmethod

@@ -24,15 +24,13 @@ import zipfile
 
 import numpy as np
 
+from ._errors import InputError
+
 __all__ = ["InputError", "load_stack", "read_image", "write_image", "write_positions", "to_uint8", "to_grey"]
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp")
 VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
 TIFF_EXTS = (".tif", ".tiff")
-
-
-class InputError(ValueError):
-    """An input that cannot be read as an image stack."""
 
 
 def to_grey(img):

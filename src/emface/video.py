@@ -23,7 +23,7 @@ import threading
 
 import numpy as np
 
-from .io import InputError
+from ._errors import InputError
 
 __all__ = ["VideoStack", "write_synthetic_video", "LUMA"]
 
