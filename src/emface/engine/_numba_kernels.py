@@ -249,16 +249,19 @@ LOG_CUTOFF = -745.2
 
 
 @nb.njit(**_OPTS)
-def _softmax_inplace(o, mx, thr):
-    """Turn the flat logits ``o`` into q in place; return (logsumexp, entropy, max prob, #q > thr).
+def _softmax_inplace(o, mx, thr, nz):
+    """Turn the flat logits ``o`` into q in place; return (logsumexp, entropy, max prob, #q > thr, #q > 0).
 
     One exponential per entry (none where it would underflow), kept and then
     scaled by 1/sum. The entropy is ``log z - Σ e (l - max) / z``; entries with
-    q = 0 (including log A = -inf) contribute nothing.
+    q = 0 (including log A = -inf) contribute nothing. The indices of the
+    non-zero entries go to `nz`, so the sums that follow visit only those
+    (a few, once the posteriors are peaked, out of C·P·Q).
     """
     M = o.shape[0]
     z = 0.0
     el = 0.0
+    nnz = 0
     for t in range(M):
         d = o[t] - mx
         if d > LOG_CUTOFF:
@@ -266,6 +269,8 @@ def _softmax_inplace(o, mx, thr):
             z += e
             el += e * d
             o[t] = e
+            nz[nnz] = t
+            nnz += 1
         else:
             o[t] = 0.0
     logz = math.log(z)
@@ -275,16 +280,15 @@ def _softmax_inplace(o, mx, thr):
         ent = 0.0
     cnt = 0
     qmax = 0.0
-    for t in range(M):
-        e = o[t]
-        if e > 0.0:
-            q = e * iz
-            if q > thr:
-                cnt += 1
-            if q > qmax:
-                qmax = q
-            o[t] = q
-    return mx + logz, ent, qmax, cnt
+    for u in range(nnz):
+        t = nz[u]
+        q = o[t] * iz
+        if q > thr:
+            cnt += 1
+        if q > qmax:
+            qmax = q
+        o[t] = q
+    return mx + logz, ent, qmax, cnt, nnz
 
 
 @nb.njit(**_OPTS)
@@ -309,6 +313,19 @@ def _add_crops(x, off, inv, q, thr, SF, XC):
                 p = q[c, i, j]
                 if p > thr:
                     _add_window(x, off, inv, p, i, j, SF[c], XC)
+
+
+@nb.njit(**_OPTS)
+def _add_crops_at(x, off, inv, qf, nz, nnz, thr, P, Q, SF, XC):
+    """`_add_crops` over the listed non-zero entries of the flat posterior only."""
+    for u in range(nnz):
+        t = nz[u]
+        p = qf[t]
+        if p > thr:
+            c = t // (P * Q)
+            r = t - c * (P * Q)
+            i = r // Q
+            _add_window(x, off, inv, p, i, r - i * Q, SF[c], XC)
 
 
 @nb.njit(**_OPTS)
@@ -402,6 +419,7 @@ def fused_pass(
         k1 = ((blk + 1) * n) // n_blocks
         sat = np.empty((H + 1, W + 1))
         xb2 = np.empty((P, Q))
+        nz = np.empty(M, dtype=np.int64)
         Nb = N_part[blk].reshape(M)
         SFb = SF_part[blk]
         XCb = XC_part[blk]
@@ -450,19 +468,18 @@ def fused_pass(
                 _add_window(x, off, inv, 1.0, ai, aj, SFb[ac], XCb)
                 dense[k] = 0
             else:
-                lse, e, qmax, cnt = _softmax_inplace(of, mx, thr)
+                lse, e, qmax, cnt, nnz = _softmax_inplace(of, mx, thr, nz)
                 ll[k] = lse + frame
                 maxp[k] = qmax
                 ent[k] = e
-                for t in range(M):
-                    Nb[t] += of[t]
                 for c in range(C):
-                    acc = 0.0
-                    for t in range(c * P * Q, (c + 1) * P * Q):
-                        acc += of[t]
-                    cprob[k, c] = acc
+                    cprob[k, c] = 0.0
+                for u in range(nnz):
+                    t = nz[u]
+                    Nb[t] += of[t]
+                    cprob[k, t // (P * Q)] += of[t]
                 if cnt <= max_sparse:
-                    _add_crops(x, off, inv, o, thr, SFb, XCb)
+                    _add_crops_at(x, off, inv, of, nz, nnz, thr, P, Q, SFb, XCb)
                     dense[k] = 0
                 else:
                     dense[k] = 1
