@@ -18,10 +18,13 @@ __all__ = ["random_start", "auto_start", "user_start", "INIT_METHODS", "kmeans"]
 
 INIT_METHODS = ("auto", "random")
 
-# images used by the data-driven start at most (a random subset beyond), and their weight as float64
-_AUTO_MAX_IMAGES = 300
+# images used by the data-driven start: 200, 60 a face for several faces (k-means needs them), at most
+# 500 and 128 MB as float64; the background's median takes 100 of them
+_AUTO_IMAGES = 200
+_AUTO_IMAGES_PER_FACE = 60
+_AUTO_MAX_IMAGES = 500
 _AUTO_MAX_BYTES = 128 * 2**20
-_MEDIAN_IMAGES = 200
+_MEDIAN_IMAGES = 100
 
 
 def _grid(source, face_shape):
@@ -52,14 +55,15 @@ def random_start(source, model, rng):
     return Params(F, B, s, A)
 
 
-def _subset(source, rng, fraction=1.0):
-    """Up to 300 images (and 128 MB as float64) in working units, (n, Ch, H, W): all of a small
-    stack, else runs of consecutive images from random places."""
+def _subset(source, rng, fraction=1.0, n_faces=1):
+    """Some images (see `_AUTO_IMAGES`) in working units, (n, Ch, H, W): all of a small stack, else
+    runs of consecutive images from random places."""
     K = source.n_images
-    n = min(_AUTO_MAX_IMAGES, max(1, int(np.ceil(fraction * K))))
+    want = min(_AUTO_MAX_IMAGES, max(_AUTO_IMAGES, _AUTO_IMAGES_PER_FACE * n_faces))
+    n = min(want, max(1, int(np.ceil(fraction * K))))
     H, W = source.image_shape
     idx = sample_runs(K, n, rng, bytes_per_image=8 * H * W * source.n_channels, max_bytes=_AUTO_MAX_BYTES)
-    x = as_chunk_array(read_runs(source.data, idx)).astype(np.float64)
+    x = np.moveaxis(as_chunk_array(read_runs(source.data, idx)), -1, 1).astype(np.float64)
     return (x - source.offset) / source.scale
 
 
@@ -107,7 +111,7 @@ def auto_start(source, model, rng, fraction=1.0):
     """
     H, W, h, w, P, Q = _grid(source, model.face_shape)
     C = model.n_faces
-    x = _subset(source, rng, fraction)
+    x = _subset(source, rng, fraction, C)
     n = len(x)
     # the median over (at most) 200 images, each pixel's values contiguous: partitioning is then fast
     m = x[:_MEDIAN_IMAGES].reshape(min(n, _MEDIAN_IMAGES), -1)

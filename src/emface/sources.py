@@ -21,6 +21,10 @@ from .engine import Chunk, ChunkCache, costs
 
 __all__ = ["ArraySource", "Moments", "WorkingUnits", "available_memory", "sample_runs", "read_runs"]
 
+#: without max_memory, spectra are cached up to the data's own size, and at least this much
+#: (while half the available memory allows): a stack of 2,000 colour images of 128x128 fits
+_MIN_CACHE = 2**30
+
 # raw dtypes the fused kernels read directly; others are converted per chunk
 _DIRECT_DTYPES = (np.dtype(np.float64), np.dtype(np.float32), np.dtype(np.uint8))
 
@@ -43,15 +47,17 @@ def available_memory():
 def as_chunk_array(x):
     """A block of images (n, H, W) or (n, H, W, Ch) as the kernels read it.
 
-    Returns a C-contiguous (n, Ch, H, W) array of float64, float32 or uint8
-    (a view of a grey block when it already is one).
+    Returns a C-contiguous (n, H, W, Ch) array of float64, float32 or uint8:
+    the images as they are stored, channels last (a view when they already
+    are one: a grey block gains a channel axis of length 1 for free).
     """
     x = np.asarray(x)
     if x.dtype == np.bool_:
         x = x.view(np.uint8)
     if x.dtype not in _DIRECT_DTYPES:
         x = x.astype(np.float64)
-    x = x[:, None] if x.ndim == 3 else np.moveaxis(x, -1, 1)
+    if x.ndim == 3:
+        x = x[..., None]
     if not x.flags.c_contiguous:
         x = np.ascontiguousarray(x)
     return x
@@ -236,8 +242,8 @@ class ArraySource(WorkingUnits):
         Precision of the correlations (and so of the cached spectra).
     max_memory : int or None
         Bound in bytes on what the engine holds besides `data` itself (cached
-        spectra and chunk buffers). None: cache up to about the data's own size
-        and never more than half the available memory.
+        spectra and chunk buffers). None: cache up to the data's own size (at
+        least 1 GiB) and never more than half the available memory.
     chunk_size : int or None
         Images per chunk; None picks it from a memory target.
     standardize : bool
@@ -275,7 +281,7 @@ class ArraySource(WorkingUnits):
         spec_bytes_per_image = spectrum_bytes_per_image(self.image_shape, self.compute_dtype, self.n_channels)
         if self.max_memory is None:
             raw_bytes = self.n_images * H * W * self.n_channels * max(self.raw_dtype.itemsize, 1)
-            budget = min(max(raw_bytes, 512 * 2**20), available_memory() // 2)
+            budget = min(max(raw_bytes, _MIN_CACHE), available_memory() // 2)
         else:
             budget = max(0, int(0.6 * self.max_memory) - 4 * target)
         self.cache_budget = budget
@@ -307,8 +313,8 @@ class ArraySource(WorkingUnits):
         return self._adopt(m)
 
     def images(self, a, b):
-        """Images a..b in working units: a float64 (b - a, Ch, H, W) array."""
-        x = self._read(a, b).astype(np.float64)
+        """Images a..b in working units: a float64 (b - a, Ch, H, W) array (channels first)."""
+        x = np.moveaxis(self._read(a, b), -1, 1).astype(np.float64)
         return (x - self.offset) / self.scale
 
     # ------------------------------------------------------------------ chunks

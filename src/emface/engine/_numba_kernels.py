@@ -5,10 +5,10 @@ kernels that numpy and torch share), fused so that each image is read once, in
 one thread and in cache-sized buffers; the tests hold them to those kernels and
 to the brute-force model to 1e-10. Per image:
 
-1. the summed-area table of ``Σ_ch x'_ch · λ_ch B_ch`` and ``Σ_ch λ_ch ||x'_ch - B_ch||²``
-   (x' = (x - offset)·inv_scale, applied on the fly so raw uint8, float32 or
-   float64 chunks need no copy), and, on the executor's first pass, the sums
-   ``Σ_k x'`` and ``Σ_k ||x'||²``;
+1. the summed-area table of ``Σ_ch x'_ch · λ_ch B_ch`` (x' = (x - offset)·inv_scale,
+   applied on the fly so raw uint8, float32 or float64 chunks need no copy),
+   whose total with the image's cached norms gives ``Σ_ch λ_ch ||x'_ch - B_ch||²``,
+   and, on the executor's first pass, the sums ``Σ_k x'`` and ``Σ_k ||x'||²``;
 2. the logits ``log A(c, d) - L(c, d)`` of every face c and corner d, their
    maximum and arg-maximum; at low noise, where 1/(2s²) magnifies the rounding
    of the expanded sums, the leading ones are summed directly instead,
@@ -22,8 +22,11 @@ to the brute-force model to 1e-10. Per image:
    for the dense route (FFT for S_F, `coverage_xc` for XC).
 
 Images are split into contiguous blocks, one per parallel task, each with its
-own partial sums, so no two threads write the same memory. Raw chunks are
-(n, Ch, H, W), faces (C, Ch, h, w), the background (Ch, H, W).
+own partial sums, so no two threads write the same memory. Every per-pixel
+array here is channels-last, as the images are stored: raw chunks (n, H, W, Ch),
+faces (C, h, w, Ch), the background (H, W, Ch), and the partial sums S_F
+(C, h, w, Ch), XC and SX (H, W, Ch); the engine moves the channels first
+around them.
 """
 
 from __future__ import annotations
@@ -37,32 +40,42 @@ _OPTS = dict(cache=True, nogil=True, error_model="numpy")
 
 
 @nb.njit(**_OPTS)
-def _sat_xb(x, off, inv, Bw, B, lam, sat, SX, SXX, with_moments):
-    """Fill ``sat`` (H+1, W+1) with the SAT of Σ_ch x'_ch·Bw_ch.
+def _sat_xb(x, off, inv, Bw, sat, SX, SXX, with_moments):
+    """Fill ``sat`` (H+1, W+1) with the SAT of Σ_ch x'_ch·Bw_ch; return its total, Σ_ch <x'_ch, Bw_ch>.
 
-    Returns (Σ_ch λ_ch ||x'_ch - B_ch||², Σ_ch λ_ch ||x'_ch||²); adds x' to SX
-    and ||x'_ch||² to SXX when `with_moments`.
+    Adds x' to SX and ||x'_ch||² to SXX when `with_moments`.
     """
-    Ch, H, W = x.shape
-    rss = 0.0
-    xx = 0.0
+    H, W, Ch = x.shape
     for c in range(W + 1):
         sat[0, c] = 0.0
+    # channels last: each image row is one contiguous run of W·Ch values
+    x2 = x.reshape(H, W * Ch)
+    b2 = Bw.reshape(H, W * Ch)
     for r in range(H):
         run = 0.0
         sat[r + 1, 0] = 0.0
+        t = 0
         for c in range(W):
             for ch in range(Ch):
-                v = (x[ch, r, c] - off) * inv
-                run += v * Bw[ch, r, c]
-                d = v - B[ch, r, c]
-                rss += lam[ch] * (d * d)
-                xx += lam[ch] * (v * v)
-                if with_moments:
-                    SX[ch, r, c] += v
-                    SXX[ch] += v * v
+                run += ((x2[r, t] - off) * inv) * b2[r, t]
+                t += 1
             sat[r + 1, c + 1] = sat[r, c + 1] + run
-    return rss, xx
+    if with_moments:
+        _add_moments(x, off, inv, SX, SXX)
+    return sat[H, W]
+
+
+@nb.njit(**_OPTS)
+def _sq_norms(x, off, inv, out):
+    """||x'_ch||² of one image, per channel, into out (Ch,)."""
+    H, W, Ch = x.shape
+    flat = x.reshape(H * W * Ch)
+    for ch in range(Ch):
+        acc = 0.0
+        for t in range(ch, flat.shape[0], Ch):
+            v = (flat[t] - off) * inv
+            acc += v * v
+        out[ch] = acc
 
 
 @nb.njit(**_OPTS)
@@ -102,26 +115,24 @@ def _delta(x, off, inv, F, B, lam, c, i, j, cs, i0, j0):
     nothing, so only the union of the two windows is summed: no large term
     cancels against another.
     """
-    Ch = x.shape[0]
-    h, w = F.shape[2], F.shape[3]
+    Ch = x.shape[2]
+    h, w = F.shape[1], F.shape[2]
     r0 = min(i, i0)
     r1 = max(i, i0) + h
     c0 = min(j, j0)
     c1 = max(j, j0) + w
     total = 0.0
-    for ch in range(Ch):
-        acc = 0.0
-        for r in range(r0, r1):
-            for cc in range(c0, c1):
-                in1 = i <= r < i + h and j <= cc < j + w
-                in0 = i0 <= r < i0 + h and j0 <= cc < j0 + w
-                if not (in1 or in0):
-                    continue
-                v = (x[ch, r, cc] - off) * inv
-                d1 = v - (F[c, ch, r - i, cc - j] if in1 else B[ch, r, cc])
-                d0 = v - (F[cs, ch, r - i0, cc - j0] if in0 else B[ch, r, cc])
-                acc += d1 * d1 - d0 * d0
-        total += lam[ch] * acc
+    for r in range(r0, r1):
+        for cc in range(c0, c1):
+            in1 = i <= r < i + h and j <= cc < j + w
+            in0 = i0 <= r < i0 + h and j0 <= cc < j0 + w
+            if not (in1 or in0):
+                continue
+            for ch in range(Ch):
+                v = (x[r, cc, ch] - off) * inv
+                d1 = v - (F[c, r - i, cc - j, ch] if in1 else B[r, cc, ch])
+                d0 = v - (F[cs, r - i0, cc - j0, ch] if in0 else B[r, cc, ch])
+                total += lam[ch] * (d1 * d1 - d0 * d0)
     return total
 
 
@@ -133,42 +144,37 @@ def _top_joint(x, off, inv, F, B, lam, la, log_const, i, j):
     squares with no cancellation, where the expanded form subtracts two large
     numbers when 1/(2s²) is large.
     """
-    Ch, H, W = x.shape
-    h, w = F.shape[1], F.shape[2]
+    H, W, Ch = x.shape
+    h, w = F.shape[0], F.shape[1]
     total = 0.0
-    for ch in range(Ch):
-        acc = 0.0
-        for r in range(H):
-            for c in range(W):
-                v = (x[ch, r, c] - off) * inv
-                if i <= r < i + h and j <= c < j + w:
-                    d = v - F[ch, r - i, c - j]
-                else:
-                    d = v - B[ch, r, c]
-                acc += d * d
-        total += lam[ch] * acc
+    for r in range(H):
+        for c in range(W):
+            inside = i <= r < i + h and j <= c < j + w
+            for ch in range(Ch):
+                v = (x[r, c, ch] - off) * inv
+                d = v - (F[r - i, c - j, ch] if inside else B[r, c, ch])
+                total += lam[ch] * (d * d)
     return log_const + la - total
 
 
 @nb.njit(**_OPTS)
 def _window_loss(x, off, inv, F, B, lam, i, j):
     """L(c, d) = Σ_ch λ_ch Σ_window (x' - F_c)² - (x' - B)², summed directly."""
-    Ch, h, w = F.shape
+    h, w, Ch = F.shape
     total = 0.0
-    for ch in range(Ch):
-        acc = 0.0
-        for a in range(h):
-            for b in range(w):
-                v = (x[ch, i + a, j + b] - off) * inv
-                d1 = v - F[ch, a, b]
-                d2 = v - B[ch, i + a, j + b]
-                acc += d1 * d1 - d2 * d2
-        total += lam[ch] * acc
+    for a in range(h):
+        for b in range(w):
+            for ch in range(Ch):
+                v = (x[i + a, j + b, ch] - off) * inv
+                d1 = v - F[a, b, ch]
+                d2 = v - B[i + a, j + b, ch]
+                total += lam[ch] * (d1 * d1 - d2 * d2)
     return total
 
 
-#: above this many nats of rounding in ``log_const - Σ λ ||x' - B||²``, the best joint is summed
-#: directly over the whole image instead of over its window
+#: above this many nats of rounding in ``log_const - Σ λ ||x' - B||²`` (expanded as
+#: ``Σ λ ||x'||² - 2 Σ λ <x', B> + Σ λ ||B||²``), the best joint is summed directly over the
+#: whole image instead of over its window
 FRAME_EXACT = 1e-9
 
 #: The expanded logits carry a rounding error of about
@@ -294,13 +300,18 @@ def _softmax_inplace(o, mx, thr, nz):
 @nb.njit(**_OPTS)
 def _add_window(x, off, inv, p, i, j, SFc, XC):
     """SFc += p·crop_(i,j) and XC[window] += p·crop_(i,j), over every channel (p may be 0 for SFc-less use)."""
-    Ch, h, w = SFc.shape
-    for ch in range(Ch):
-        for a in range(h):
-            for b in range(w):
-                v = p * ((x[ch, i + a, j + b] - off) * inv)
-                SFc[ch, a, b] += v
-                XC[ch, i + a, j + b] += v
+    h, w, Ch = SFc.shape
+    H, W = x.shape[0], x.shape[1]
+    # channels last: each window row is one contiguous run of w·Ch values
+    x2 = x.reshape(H, W * Ch)
+    S2 = SFc.reshape(h, w * Ch)
+    X2 = XC.reshape(H, W * Ch)
+    j0 = j * Ch
+    for a in range(h):
+        for t in range(w * Ch):
+            v = p * ((x2[i + a, j0 + t] - off) * inv)
+            S2[a, t] += v
+            X2[i + a, j0 + t] += v
 
 
 @nb.njit(**_OPTS)
@@ -332,7 +343,7 @@ def _add_crops_at(x, off, inv, qf, nz, nnz, thr, P, Q, SF, XC):
 def _add_coverage_xc(x, off, inv, q, satq, XC):
     """XC += x' ∘ ((Σ_c q_c) ⊛ 1_{h×w}) through a summed-area table of Σ_c q_c."""
     C, P, Q = q.shape
-    Ch, H, W = x.shape
+    H, W, Ch = x.shape
     h = H - P + 1
     w = W - Q + 1
     for c in range(Q + 1):
@@ -352,38 +363,41 @@ def _add_coverage_xc(x, off, inv, q, satq, XC):
             c_lo = max(cc - w + 1, 0)
             cov = satq[r_hi, c_hi] - satq[r_lo, c_hi] - satq[r_hi, c_lo] + satq[r_lo, c_lo]
             for ch in range(Ch):
-                XC[ch, r, cc] += cov * ((x[ch, r, cc] - off) * inv)
+                XC[r, cc, ch] += cov * ((x[r, cc, ch] - off) * inv)
 
 
 @nb.njit(**_OPTS)
 def _add_moments(x, off, inv, SX, SXX):
-    Ch, H, W = x.shape
+    """SX += x' and SXX[ch] += ||x'_ch||², over the image's contiguous values."""
+    H, W, Ch = x.shape
+    flat = x.reshape(H * W * Ch)
+    sx = SX.reshape(H * W * Ch)
+    for t in range(flat.shape[0]):
+        sx[t] += (flat[t] - off) * inv
     for ch in range(Ch):
         acc = 0.0
-        for r in range(H):
-            for c in range(W):
-                v = (x[ch, r, c] - off) * inv
-                SX[ch, r, c] += v
-                acc += v * v
+        for t in range(ch, flat.shape[0], Ch):
+            v = (flat[t] - off) * inv
+            acc += v * v
         SXX[ch] += acc
 
 
 def fused_pass(
     X, off, inv, corr, out, logA, boxB2, Bw, B, lam, F, F2, BBw, log_const, hard, mode, thr,
-    max_sparse, rel_eps, band, with_moments, N_part, SF_part, XC_part, SX_part, SXX_part, dense,
-    pos, ll, maxp, ent, cprob, near,
+    max_sparse, rel_eps, band, with_moments, sq, have_sq, N_part, SF_part, XC_part, SX_part, SXX_part,
+    dense, pos, ll, maxp, ent, cprob, near,
 ):
     """One E-step and the M-step sums for a chunk.
 
     Parameters
     ----------
-    X : (n, Ch, H, W) raw images (any real dtype); x' = (X - off) * inv.
+    X : (n, H, W, Ch) raw images (any real dtype); x' = (X - off) * inv.
     corr : (n, C, P, Q) the λ-weighted correlations Σ_ch λ_ch x'_ch ⋆ F_c,ch (float32 or float64).
     out : (n, C, P, Q) float64; receives q (mode 0) or log p(x_k, c, d | θ) (mode 1).
         May be the same array as `corr` when that is float64.
     logA : (C, P, Q); boxB2 : (P, Q) = box(Σ_ch λ_ch B_ch²)
-    Bw, B : (Ch, H, W) float64, λ·B and B; lam : (Ch,) = 1/(2 s_ch²)
-    F : (C, Ch, h, w) float64; F2 : (C,) = Σ_ch λ_ch ||F_c,ch||²
+    Bw, B : (H, W, Ch) float64, λ·B and B; lam : (Ch,) = 1/(2 s_ch²)
+    F : (C, h, w, Ch) float64; F2 : (C,) = Σ_ch λ_ch ||F_c,ch||²
     BBw, log_const : float
         Σ_ch λ_ch ||B_ch||² and -HW/2 Σ_ch log(2π s_ch²).
     hard : bool
@@ -401,6 +415,9 @@ def fused_pass(
         leading q exact).
     with_moments : bool
         Also add Σ_k x' to SX_part and Σ_k ||x'||² to SXX_part.
+    sq : (n, Ch) float64
+        Each image's ||x'_ch||²: read when `have_sq`, else written (the chunk keeps them).
+    have_sq : bool
     N_part, SF_part, XC_part, SX_part, SXX_part : (n_blocks, ...) float64, zeroed
         Partial sums, one per block.
     dense : (n,) uint8, out -- 1 where the dense route must finish S_F and XC.
@@ -408,7 +425,7 @@ def fused_pass(
     ll, maxp, ent : (n,) float64, out. cprob : (n, C) float64, out.
     near : (n, 8) float64, out -- the prior-free gains of the neighbouring corners (`_near_gains`).
     """
-    n, Ch, H, W = X.shape
+    n, H, W, Ch = X.shape
     C, P, Q = logA.shape
     M = C * P * Q
     h = H - P + 1
@@ -425,7 +442,14 @@ def fused_pass(
         XCb = XC_part[blk]
         for k in range(k0, k1):
             x = X[k]
-            rss, xx = _sat_xb(x, off, inv, Bw, B, lam, sat, SX_part[blk], SXX_part[blk], with_moments)
+            xb = _sat_xb(x, off, inv, Bw, sat, SX_part[blk], SXX_part[blk], with_moments)
+            if not have_sq:
+                _sq_norms(x, off, inv, sq[k])
+            xx = 0.0
+            for ch in range(Ch):
+                xx += lam[ch] * sq[k, ch]
+            # Σ_ch λ_ch ||x'_ch - B_ch||², from the image's norms and the SAT's total
+            rss = xx - 2.0 * xb + BBw
             o = out[k]
             mx, am = _logits(corr[k], sat, logA, boxB2, F2, h, w, xb2, o)
             f2max = 0.0
@@ -435,8 +459,8 @@ def fused_pass(
             # the logits o plus `frame` are log p(x, c, d | θ)
             frame = log_const - rss
             if err > REFINE_ABOVE and mx > -np.inf:
-                # so large a residual that log_const - rss itself would lose digits: the relative frame
-                exact = rss * 1.1e-16 > FRAME_EXACT
+                # so large a norm that log_const - rss itself would lose digits: the relative frame
+                exact = (xx + BBw) * 1.1e-16 > FRAME_EXACT
                 mx, am, rc, ri, rj = _refine(x, off, inv, F, B, lam, logA, err, band, exact, o, mx, am)
                 if rc >= 0:
                     frame = _top_joint(x, off, inv, F[rc], B, lam, logA[rc, ri, rj], log_const, ri, rj)
@@ -568,23 +592,44 @@ def block_moments(X, out):
         out[k, 5] = a3
 
 
+def spectral_product(xhat, filters, out):
+    """``out[k, c] = Σ_ch xhat[k, ch] · filters[c, ch]``: the channel-summed product before the inverse FFTs.
+
+    The fused copy of the product in `kernels.correlate_fft`: the spectra are
+    read once and no temporary is made, whatever the number of channels.
+    """
+    n, Ch, H, Wr = xhat.shape
+    C = filters.shape[0]
+    for k in nb.prange(n):
+        for c in range(C):
+            o = out[k, c]
+            for r in range(H):
+                for f in range(Wr):
+                    o[r, f] = xhat[k, 0, r, f] * filters[c, 0, r, f]
+            for ch in range(1, Ch):
+                for r in range(H):
+                    for f in range(Wr):
+                        o[r, f] += xhat[k, ch, r, f] * filters[c, ch, r, f]
+
+
 def standardize(X, off, inv, out):
-    """out = (X - off) * inv, in parallel (out may have another dtype)."""
+    """out = (X - off) * inv with the channels moved first: X (n, H, W, Ch) -> out (n, Ch, H, W)."""
     n = X.shape[0]
     for k in nb.prange(n):
         xk = X[k]
         ok = out[k]
-        for ch in range(xk.shape[0]):
-            for r in range(xk.shape[1]):
-                for c in range(xk.shape[2]):
-                    ok[ch, r, c] = (xk[ch, r, c] - off) * inv
+        for r in range(xk.shape[0]):
+            for c in range(xk.shape[1]):
+                for ch in range(xk.shape[2]):
+                    ok[ch, r, c] = (xk[r, c, ch] - off) * inv
 
 
 # Each kernel with a parallel loop exists twice: parallel, and serial (``<name>_serial``,
 # prange run as range) for work too small to be worth waking the thread pool --
 # on a machine whose other core is busy a parallel region waits a whole time slice
 # (measured: 16 ms against 0.17 ms for the crops of 18 images).
-_PARALLEL = ("fused_pass", "coverage_xc", "crops_from_q", "crops_at_positions", "standardize", "block_moments")
+_PARALLEL = ("fused_pass", "coverage_xc", "crops_from_q", "crops_at_positions", "standardize", "block_moments",
+             "spectral_product")
 for _name in _PARALLEL:
     _fn = globals()[_name]
     globals()[_name + "_serial"] = nb.njit(**_OPTS)(_fn)

@@ -13,7 +13,7 @@ __all__ = ["Chunk", "ChunkCache", "standardized", "chunk_spectra"]
 
 @dataclass
 class ChunkCache:
-    """What one chunk keeps between iterations: its image spectra, when the budget allows.
+    """What one chunk keeps between iterations: its images' norms, and their spectra when the budget allows.
 
     `spectra` is an array of the namespace that computed it (numpy, or torch
     on a device); `key` says which (device and precision), so a change of
@@ -23,9 +23,11 @@ class ChunkCache:
     keep_spectra: bool = True
     spectra: object = None
     key: tuple | None = None
+    sq: np.ndarray | None = None  # (n, Ch): each image's ||x'_ch||², in working units
 
     @property
     def nbytes(self):
+        """Bytes of cached spectra (what the memory budget bounds; the norms are 8 bytes per image and channel)."""
         if self.spectra is None:
             return 0
         nb = getattr(self.spectra, "nbytes", None)
@@ -36,7 +38,7 @@ class ChunkCache:
 
 @dataclass
 class Chunk:
-    """A block of raw images (n, Ch, H, W) with its map to working units ``(x - offset) * inv_scale``."""
+    """A block of raw images (n, H, W, Ch), as stored, with its map to working units ``(x - offset) * inv_scale``."""
 
     data: np.ndarray
     offset: float = 0.0
@@ -49,21 +51,36 @@ class Chunk:
 
 
 def standardized(chunk, dtype, *, use_numba=True):
-    """The chunk in working units, as a new (n, Ch, H, W) array of `dtype`."""
+    """The chunk in working units, as a new (n, Ch, H, W) array of `dtype` (channels first, for the FFTs)."""
     x = chunk.data
     dtype = np.dtype(dtype)
+    n, H, W, Ch = x.shape
     if use_numba and x.dtype != np.bool_:
         from . import _numba_kernels as nk
 
-        out = np.empty(x.shape, dtype=dtype)
+        out = np.empty((n, Ch, H, W), dtype=dtype)
         nk.pick("standardize", x.size, 2)(x, float(chunk.offset), float(chunk.inv_scale), out)
         return out
-    out = np.asarray(x, dtype=dtype)
+    out = np.moveaxis(np.asarray(x, dtype=dtype), -1, 1)
     if chunk.offset != 0.0 or chunk.inv_scale != 1.0:
         out = (out - dtype.type(chunk.offset)) * dtype.type(chunk.inv_scale)
-    elif out is x:
-        out = out.copy()
-    return out
+    return np.array(out, copy=True, order="C")
+
+
+def _raw_spectra(chunk, workers):
+    """Spectra of the standardized chunk computed from the raw images, (n, Ch, H, W//2+1).
+
+    ``rfft2((x - o)·s) = s·rfft2(x)`` but for the zero frequency, which loses
+    ``o·s·H·W``: no standardized copy of the chunk is made.
+    """
+    x = chunk.data
+    n, H, W, Ch = x.shape
+    sp = kernels.spectra(x[..., 0] if Ch == 1 else np.moveaxis(x, -1, 1), workers)
+    sp = sp[:, None] if Ch == 1 else sp
+    if chunk.inv_scale != 1.0:
+        sp *= chunk.inv_scale
+    sp[..., 0, 0] -= chunk.offset * chunk.inv_scale * H * W
+    return np.ascontiguousarray(sp)
 
 
 def chunk_spectra(chunk, plan, xs=None):
@@ -72,9 +89,12 @@ def chunk_spectra(chunk, plan, xs=None):
     key = ("cpu", plan.dtype.name)
     if c.spectra is not None and c.key == key:
         return c.spectra
-    if xs is None:
-        xs = standardized(chunk, plan.dtype, use_numba=plan.backend == "numba")
-    sp = kernels.spectra(xs.astype(plan.dtype, copy=False), plan.workers)
+    if xs is None and chunk.data.dtype == plan.dtype:
+        sp = _raw_spectra(chunk, plan.workers)
+    else:
+        if xs is None:
+            xs = standardized(chunk, plan.dtype, use_numba=plan.backend == "numba")
+        sp = kernels.spectra(xs.astype(plan.dtype, copy=False), plan.workers)
     if plan.cache_spectra and c.keep_spectra:
         c.spectra, c.key = sp, key
     return sp

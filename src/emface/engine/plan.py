@@ -58,6 +58,17 @@ class Plan:
     idft_rows: np.ndarray | None
     max_sparse: int
 
+    def channels_last(self):
+        """(λ·B, B, F) channels last, (H, W, Ch) and (C, h, w, Ch), as the fused CPU kernels read them."""
+        cached = getattr(self, "_channels_last", None)
+        if cached is None:
+            B = self.params.background
+            cached = (np.ascontiguousarray(np.moveaxis(B * self.lam[:, None, None], 0, -1)),
+                      np.ascontiguousarray(np.moveaxis(B, 0, -1)),
+                      np.ascontiguousarray(np.moveaxis(self.params.faces, 1, -1)))
+            self._channels_last = cached
+        return cached
+
     @property
     def grid_shape(self):
         return self.params.grid_shape

@@ -166,18 +166,32 @@ def _n_blocks(n, workers):
 
 
 def _partials(n, workers, n_faces, n_channels, image_shape, face_shape):
-    """Zeroed per-thread partial sums (N, S_F, XC, SX, SXX) for a chunk."""
+    """Zeroed per-thread partial sums (N, S_F, XC, SX, SXX) for a chunk, channels last as the kernels write them."""
     H, W = image_shape
     h, w = face_shape
     nb = _n_blocks(n, workers)
     C, Ch = n_faces, n_channels
-    return (np.zeros((nb, C, H - h + 1, W - w + 1)), np.zeros((nb, C, Ch, h, w)), np.zeros((nb, Ch, H, W)),
-            np.zeros((nb, Ch, H, W)), np.zeros((nb, Ch)))
+    return (np.zeros((nb, C, H - h + 1, W - w + 1)), np.zeros((nb, C, h, w, Ch)), np.zeros((nb, H, W, Ch)),
+            np.zeros((nb, H, W, Ch)), np.zeros((nb, Ch)))
 
 
 def _sum_partials(parts, with_moments):
+    """The partial sums added up, with the channels moved first: N, S_F (C, Ch, h, w), XC, SX (Ch, H, W), SXX."""
     N, SF, XC, SX, SXX = (p.sum(axis=0) for p in parts)
+    SF = np.ascontiguousarray(np.moveaxis(SF, -1, 1))
+    XC = np.ascontiguousarray(np.moveaxis(XC, -1, 0))
+    SX = np.ascontiguousarray(np.moveaxis(SX, -1, 0))
     return N, SF, XC, (SX if with_moments else None), (SXX if with_moments else None)
+
+
+def _fused_product(xhat, filters):
+    """The channel-summed spectral product by the fused kernel (see `kernels.correlate_fft`)."""
+    from . import _numba_kernels as nk
+
+    n, Ch, H, Wr = xhat.shape
+    out = np.empty((n, filters.shape[0], H, Wr), dtype=np.result_type(xhat.dtype, filters.dtype))
+    nk.pick("spectral_product", out.size * Ch, 2)(xhat, filters, out)
+    return out
 
 
 def _numba_pass(chunk, plan, output):
@@ -185,7 +199,7 @@ def _numba_pass(chunk, plan, output):
 
     P, Q = plan.grid_shape
     H, W = plan.image_shape
-    n, Ch = chunk.data.shape[:2]
+    n, Ch = chunk.data.shape[0], chunk.data.shape[3]
     C = plan.n_faces
     xs = None
     if plan.route == "direct":
@@ -196,7 +210,7 @@ def _numba_pass(chunk, plan, output):
             xs = standardized(chunk, plan.dtype)
         sp = chunk_spectra(chunk, plan, xs)
         corr = kernels.correlate_fft(sp, plan.filters, (P, Q), (H, W), idft_rows=plan.idft_rows,
-                                     workers=plan.workers)
+                                     workers=plan.workers, product=_fused_product)
     out = corr if (corr.dtype == np.float64 and corr.flags.c_contiguous) else np.empty((n, C, P, Q))
     parts = _partials(n, plan.workers, C, Ch, (H, W), plan.face_shape)
     dense = np.zeros(n, dtype=np.uint8)
@@ -205,15 +219,18 @@ def _numba_pass(chunk, plan, output):
     cprob = np.empty((n, C))
     near = np.empty((n, len(kernels.NEAR_OFFSETS)))
     mode = 1 if output == "log_joint" else 0
-    p = plan.params
+    Bw_last, B_last, F_last = plan.channels_last()
     rel_eps, band = (1e-6, 2.0) if corr.dtype == np.float32 else (1e-13, 40.0)
     work = n * (C * P * Q + Ch * H * W)
+    have_sq = chunk.cache.sq is not None and chunk.cache.sq.shape == (n, Ch)
+    sq = chunk.cache.sq if have_sq else np.empty((n, Ch))
     nk.pick("fused_pass", work, parts[0].shape[0])(
         chunk.data, float(chunk.offset), float(chunk.inv_scale), corr, out, plan.logA, plan.box_b2,
-        p.background * plan.lam[:, None, None], p.background, plan.lam, p.faces, plan.face_sq, plan.bg_sq,
-        plan.log_const, plan.hard, mode, Q_THRESHOLD, plan.max_sparse, rel_eps, band, plan.with_moments,
-        *parts, dense, arg, ll, maxp, ent, cprob, near,
+        Bw_last, B_last, plan.lam, F_last, plan.face_sq, plan.bg_sq, plan.log_const, plan.hard, mode,
+        Q_THRESHOLD, plan.max_sparse, rel_eps, band, plan.with_moments, sq, have_sq, *parts, dense, arg, ll, maxp,
+        ent, cprob, near,
     )
+    chunk.cache.sq = sq
     S_F_hat = None
     if mode == 0:
         idx = np.flatnonzero(dense)
@@ -250,7 +267,7 @@ def stats_from_positions(chunk, positions, labels, face_shape, n_faces, *, backe
     backend = _host_backend(backend)
     positions = np.asarray(positions, dtype=np.int64).reshape(-1, 2)
     labels = np.zeros(chunk.n, dtype=np.int64) if labels is None else np.asarray(labels, dtype=np.int64)
-    n, Ch, H, W = chunk.data.shape
+    n, H, W, Ch = chunk.data.shape
     if backend != "numba":
         x = standardized(chunk, np.float64, use_numba=False)
         P, Q = H - face_shape[0] + 1, W - face_shape[1] + 1
@@ -277,7 +294,7 @@ def stats_from_q(chunk, q, face_shape, *, backend=None, workers=1, with_moments=
     """
     backend = _host_backend(backend)
     q = np.ascontiguousarray(q, dtype=np.float64)
-    n, Ch, H, W = chunk.data.shape
+    n, H, W, Ch = chunk.data.shape
     if backend == "numba":
         from . import _numba_kernels as nk
 

@@ -61,6 +61,7 @@ def to_device(chunk, plan):
     rdt = torch.float32 if plan.dtype == np.float32 else torch.float64
     x = torch.from_numpy(np.ascontiguousarray(chunk.data))
     x = x.pin_memory().to(dev) if dev.type == "cuda" else x.to(dev)
+    x = x.permute(0, 3, 1, 2).contiguous()  # (n, Ch, H, W): channels first, as the kernels take them
     return (x.to(rdt) - chunk.offset) * chunk.inv_scale
 
 
