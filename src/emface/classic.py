@@ -192,7 +192,7 @@ def _em(X, h, w, F, B, s, A, tolerance, max_iter, use_MAP, n_starts):
 
     est = FaceEM((h, w), hard=use_MAP, n_init=n_starts, max_iter=max_iter, tol=tolerance / K,
                  init="random", face_init=F, background_init=B, noise_std_init=s, prior_init=A,
-                 shift_escape=False,
+                 shift_escape=False, accelerate=False, algorithm="batch",
                  # random starts follow numpy's global seed, as the course's code does
                  random_state=int(np.random.randint(0, 2**31 - 1)))
     with warnings.catch_warnings():

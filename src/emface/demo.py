@@ -40,7 +40,8 @@ DEMO_RUNS = [
 
 
 def _note_settings(kw, seed):
-    base = dict(init="random", shift_escape=False, random_state=seed)
+    # the note's plain EM: no data-driven start, no escapes, no over-relaxation
+    base = dict(init="random", shift_escape=False, accelerate=False, algorithm="batch", random_state=seed)
     base.update(kw)
     return base
 

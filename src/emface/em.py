@@ -25,10 +25,19 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
+
 __all__ = ["EMSettings", "EMRun", "run_em", "fit_restarts", "ConvergenceWarning", "atomic_save",
            "ALGORITHMS"]
 
 ALGORITHMS = ("auto", "batch", "incremental")
+
+
+#: over-relaxation: η grows by this factor per accepted step, up to _ETA_MAX; it starts once a step
+#: gains more than _SLOW times what the previous one did (EM converging slowly)
+_ETA_GROWTH = 1.5
+_ETA_MAX = 16.0
+_SLOW = 0.5
 
 
 class ConvergenceWarning(UserWarning):
@@ -48,16 +57,28 @@ class EMSettings:
         (the course API divides its total tolerance by K).
     algorithm : {"batch", "incremental"}
     block_chunks : list of list of int
-        Incremental EM: the chunks of each block, in the order visited.
+        Incremental EM: the chunks of each block.
     incremental_sweeps : int
-        Incremental sweeps before the batch iterations.
+        Incremental sweeps at most before the batch iterations; they stop
+        sooner when one raises the free energy by less than `switch_tol` per image.
+    switch_tol : float or None
+        None: `tol`.
+    accelerate : bool
+        Adaptive over-relaxation (Salakhutdinov and Roweis, 2003) of the batch
+        iterations once EM crawls: the step from θ to its M-step is stretched
+        by η > 1 (the model's ``extrapolate``), η grows while the stretched
+        steps raise the objective, and a step that does not is replaced by the
+        plain EM step (one more pass). The objective still never decreases,
+        and the fixed point is EM's.
     """
 
     max_iter: int = 100
     tol: float = 1e-3
     algorithm: str = "batch"
     block_chunks: list = field(default_factory=list)
-    incremental_sweeps: int = 3
+    incremental_sweeps: int = 50
+    switch_tol: float | None = None
+    accelerate: bool = True
 
 
 @dataclass
@@ -98,7 +119,10 @@ def _incremental_sweeps(executor, model, params, settings, callback, run_index, 
     The first sweep grows the total block by block (each M-step then fits the
     images seen so far); later sweeps replace a block's old sums by its new
     ones. Each block keeps only its image-independent sums, compactly (its
-    frequency-domain part already turned into image space).
+    frequency-domain part already turned into image space). Blocks are
+    visited in a new random order every sweep, so that images stored in order
+    (the frames of a video) do not pull θ one way for a whole sweep. Sweeps
+    stop once one raises the free energy by less than `tol` per image.
 
     Returns (params, iterations done).
     """
@@ -109,11 +133,12 @@ def _incremental_sweeps(executor, model, params, settings, callback, run_index, 
     sweeps = 0
     t0 = time.perf_counter()
     processed = 0
+    order_rng = np.random.default_rng(run_index)
     for _ in range(settings.incremental_sweeps):
         if len(history) - 1 >= settings.max_iter:
             break
-        for b, chunks in enumerate(blocks):
-            st = model.compact(model.e_step(executor, params, chunks=chunks, per_image=False))
+        for b in order_rng.permutation(len(blocks)):
+            st = model.compact(model.e_step(executor, params, chunks=blocks[b], per_image=False))
             if kept[b] is None:
                 total = st if total is None else total + st
             else:
@@ -124,17 +149,22 @@ def _incremental_sweeps(executor, model, params, settings, callback, run_index, 
             processed += st.n_images
             params, _ = model.m_step(total, params)
             if callback is not None:
-                callback(dict(run=run_index, iter=len(history) - 1, block=b, n_blocks=len(blocks),
+                callback(dict(run=run_index, iter=len(history) - 1, block=int(b), n_blocks=len(blocks),
                               images=processed, seconds=time.perf_counter() - t0,
                               objective=model.free_energy(total, params) / total.n_images,
                               params=params, history=history, stats=None))
+        if sweeps == 0:
+            executor.remember_moments(total.SX, total.SXX)
         sweeps += 1
         obj = model.free_energy(total, params) / K
         _check_finite(obj, params)
+        change = obj - history[-1]
         history.append(obj)
         if callback is not None:
             callback(dict(run=run_index, iter=len(history) - 1, objective=obj, params=params, history=history,
                           stats=None))
+        if change < (settings.tol if settings.switch_tol is None else settings.switch_tol):
+            break
     return params, sweeps
 
 
@@ -188,11 +218,24 @@ def run_em(executor, model, params, settings, *, callback=None, run_index=0, his
     it = start_iter
     if callback is not None:
         callback(dict(run=run_index, iter=it, objective=obj, params=params, history=history, stats=stats))
+    eta, last_change = 1.0, None
     while it < settings.max_iter:
         new_params, info = model.m_step(stats, params)
         n_uncov = info.n_uncovered
-        new_stats = model.e_step(executor, new_params)
-        new_obj = model.objective(new_stats, new_params) / K
+        new_stats = None
+        if eta > 1.0:
+            # over-relaxed step: kept only if it raises the objective, else the plain EM step
+            cand = model.extrapolate(params, new_params, eta)
+            cand_stats = model.e_step(executor, cand)
+            cand_obj = model.objective(cand_stats, cand) / K
+            if np.isfinite(cand_obj) and cand_obj > obj:
+                new_params, new_stats, new_obj = cand, cand_stats, cand_obj
+                eta = min(eta * _ETA_GROWTH, _ETA_MAX)
+            else:
+                eta = 1.0
+        if new_stats is None:
+            new_stats = model.e_step(executor, new_params)
+            new_obj = model.objective(new_stats, new_params) / K
         _check_finite(new_obj, new_params)
         it += 1
         history.append(new_obj)
@@ -203,6 +246,10 @@ def run_em(executor, model, params, settings, *, callback=None, run_index=0, his
         if abs(change) < settings.tol:
             converged = True
             break
+        if (settings.accelerate and eta == 1.0 and last_change is not None and 0 < change
+                and change > _SLOW * last_change):
+            eta = _ETA_GROWTH  # EM crawls: each step gains nearly what the last did; try longer ones
+        last_change = change
     if settings.max_iter == 0 or (it == start_iter and start_iter >= settings.max_iter):
         converged = False
     return EMRun(params=params, objective=obj, objectives=history, n_iter=it, converged=converged,

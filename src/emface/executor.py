@@ -151,6 +151,11 @@ class LocalExecutor:
                          route=self.config.route, workers=self.config.workers, cache_spectra=cached,
                          device=self.config.device, with_moments=with_moments)
 
+    def remember_moments(self, SX, SXX):
+        """Keep ``Σ_k X_k`` and ``Σ_k ||X_k||²`` of the whole stack (summed elsewhere, e.g. by incremental EM)."""
+        if self._moments is None:
+            self._moments = (SX, SXX)
+
     def _fill_moments(self, total, full):
         if total.SX is not None:
             if full and self._moments is None:

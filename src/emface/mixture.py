@@ -17,6 +17,7 @@ import scipy.fft as sfft
 
 from .engine import free_energy, objective, params_from
 from .engine.mstep import NOISE_MODELS
+from .model import Params
 
 __all__ = ["FaceMixture", "NOISE_MODELS"]
 
@@ -76,6 +77,25 @@ class FaceMixture:
     def free_energy(self, stats, params):
         """The total free energy of the posteriors summed in `stats` under θ (incremental EM)."""
         return free_energy(stats, params, self.prior_smoothing)
+
+    def extrapolate(self, old, new, eta):
+        """θ stretched past an M-step: ``old + η (new - old)``, in coordinates where any η keeps θ valid.
+
+        F and B move linearly; s and A move in log space (A stays a
+        distribution, its zeros zero) and s stays above the noise floor, as the
+        M-step keeps it: from a θ outside the M-step's constraints the next
+        EM step could lose ground.
+        """
+        F = old.faces + eta * (new.faces - old.faces)
+        B = old.background + eta * (new.background - old.background)
+        s = np.maximum(old.noise_std * (new.noise_std / old.noise_std) ** eta, self.noise_floor)
+        pos = (new.prior > 0) & (old.prior > 0)
+        la = np.full(new.prior.shape, -np.inf)
+        la[pos] = np.log(old.prior[pos]) + eta * (np.log(new.prior[pos]) - np.log(old.prior[pos]))
+        keep = (new.prior > 0) & ~pos
+        la[keep] = np.log(new.prior[keep])
+        A = np.exp(la - la.max())
+        return Params(F, B, s, A / A.sum())
 
     @staticmethod
     def compact(stats):

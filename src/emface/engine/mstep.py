@@ -102,9 +102,11 @@ def params_from(stats, previous, *, prior_smoothing=0.0, noise_floor=1e-12, nois
     P, Q = stats.N.shape[-2:]
     info = MStepInfo()
     alpha = float(prior_smoothing)
-    A = (stats.N + alpha) / (K + alpha * C * P * Q)
+    # incremental EM swaps blocks' sums in and out: N may carry -1e-16 where it should be 0
+    N = np.maximum(stats.N, 0.0)
+    A = (N + alpha) / (K + alpha * C * P * Q)
     S_F = face_sums(stats)
-    Nc = stats.N.sum(axis=(1, 2))
+    Nc = N.sum(axis=(1, 2))
     # a face no image chose keeps its last value: S_F,c = 0 there, so no NaN
     full = Nc > 1e-12 * max(K, 1.0)
     F = np.empty_like(S_F)
