@@ -532,15 +532,9 @@ class FaceEM:
         """The face size for X by `emface.face_size.search`, with this estimator's engine settings."""
         from .face_size import search
 
-        keep = ("n_faces", "noise", "dtype", "n_jobs", "backend", "max_memory", "device", "noise_floor")
-        base = {k: getattr(self, k) for k in keep}
-
-        def make(shape, **overrides):
-            return type(self)(shape, **dict(base, **overrides))
-
         rng = _check_random_state(self.random_state)
-        return search(X, make, n_faces=int(self.n_faces), face_shape=spec, noise=self.noise,
-                      random_state=int(rng.integers(2**31)), record=record)
+        return search(X, self._config(), n_faces=int(self.n_faces), face_shape=spec, noise=self.noise,
+                      noise_floor=float(self.noise_floor), random_state=int(rng.integers(2**31)), record=record)
 
     def _make_callback(self, src):
         user_cb = self.callback

@@ -1,4 +1,4 @@
-"""Choosing the face size: an outer search around the estimator, not a branch of the EM loop.
+"""Choosing the face size: an outer search around the EM loop, not a branch inside it.
 
 The likelihood alone cannot choose a size: a larger window has more face
 pixels to fit. What it can do is tell a face pixel from a background pixel
@@ -10,52 +10,57 @@ when the face moves over a textured background:
 - a window one row too short leaves a row of the face to the background B,
   which is fixed in the frame while the face moves, so B fits it badly too.
 
-With the images' faces at their positions, the likelihood therefore peaks at
-the true size, by about (rows or columns misfitted) × (the background's
-variation across positions) / (2 s²) nats per image. Where the background is
-flat around the face both neighbours fit equally well, and the BIC penalty of
-``½ log K`` nats per face parameter picks the smaller window: the criterion is
+With the images' faces held at their positions, the likelihood therefore
+peaks at the true size, by about (rows or columns misfitted) × (the
+background's variation across positions) / (2 s²) nats per image. Where the
+background is flat around the face both neighbours fit equally well, and the
+BIC penalty of ``½ log K`` nats per face parameter picks the smaller window.
+The criterion (`profile_criterion`), per image, is
 
-    criterion(h, w) = log p(X | θ̂ with a uniform prior) / K - C·h·w·Ch·log(K) / (2K)
+    log p(X, c, d | θ̂) under a uniform prior, with (c, d) each image's face and corner
+    and θ̂ their closed-form M-step,  minus  C·h·w·Ch·log(K) / (2K).
 
-per image. The uniform prior keeps the prior's P·Q free parameters, whose
-number changes with the size, out of the comparison.
+The uniform prior keeps the prior's C·P·Q free parameters, whose number
+changes with the size, out of the comparison.
 
-The search is cheap (`search`):
+The search (`search`) is cheap: each stage holds its images in one executor,
+whose cached spectra serve every size, and most candidates cost one pass of
+window sums and an M-step, no E-step:
 
-1. a coarse grid of sizes fitted on a subsample of images shrunk so that the
-   longer side is at most 32 pixels (each fit costs a few milliseconds per
-   iteration);
-2. at full resolution, on a subsample, the best coarse size is fitted once,
-   and then each side of the window is moved by up to a few pixels with the
-   fitted positions held fixed: each candidate costs one pass of window sums
-   and a closed-form M-step (`profile_criterion`), no E-step;
-3. the fit and margin step repeat until the window stops moving, and the
-   estimator then fits all images at the chosen size.
+1. coarse: a 3×3 grid of sizes fitted on images shrunk so that the longer
+   side is at most 32 pixels, then the best one's window walked (below);
+2. fine: at full resolution, on at most 600 images, the coarse size is fitted
+   and walked: each side of the window is moved by up to a few pixels with
+   the positions held, the best moves are kept, and the walk refits only to
+   update the positions, until the window stops moving;
+3. the estimator then fits all images at the chosen size.
 """
 
 from __future__ import annotations
 
 import math
-import warnings
 
 import numpy as np
 
-from ._layout import public_background, public_faces, public_noise
+from .em import EMSettings, fit_restarts
 from .engine import params_from
-from .executor import EngineConfig, LocalExecutor
-from .sources import ArraySource
+from .executor import LocalExecutor
+from .init import auto_start
+from .mixture import FaceMixture
+from .model import Params
+from .sources import ArraySource, read_runs, sample_runs
 
 __all__ = ["search", "profile_criterion", "size_range"]
 
 #: the coarse stage shrinks images until the longer side is at most this
 _COARSE_SIDE = 32
-#: sizes per axis in the coarse grid, at most
-_COARSE_STEPS = 6
-#: images used by the search, at most (a random subsample beyond)
+#: sizes per axis in the coarse grid
+_COARSE_STEPS = 3
+#: images used by the search, at most (a random subsample beyond), and their weight in memory;
+#: the coarse stage takes the first 200 of them
 _SEARCH_IMAGES = 600
-#: rounds of fit-and-move at full resolution, at most
-_ROUNDS = 4
+_COARSE_IMAGES = 200
+_SEARCH_BYTES = 256 * 2**20
 
 
 def size_range(face_shape, image_shape):
@@ -74,8 +79,7 @@ def _grid(lo, hi, steps):
     """Up to `steps` integers spread geometrically over [lo, hi]."""
     if hi - lo + 1 <= steps:
         return list(range(lo, hi + 1))
-    vals = np.unique(np.round(np.geomspace(lo, hi, steps)).astype(int))
-    return [int(v) for v in vals]
+    return [int(v) for v in np.unique(np.round(np.geomspace(lo, hi, steps)).astype(int))]
 
 
 def _downsample(x, f):
@@ -85,58 +89,48 @@ def _downsample(x, f):
     K, H, W = x.shape[:3]
     Hc, Wc = H // f, W // f
     x = np.asarray(x[:, :Hc * f, :Wc * f], dtype=np.float64)
-    shape = (K, Hc, f, Wc, f) + x.shape[3:]
-    return x.reshape(shape).mean(axis=(2, 4))
-
-
-def _subsample(X, rng, n_max, bytes_max=200 * 2**20):
-    """Up to `n_max` images of X (and never more than `bytes_max` as float64), read in runs."""
-    K = int(X.shape[0])
-    per = int(np.prod(X.shape[1:])) * 8
-    n = max(1, min(K, n_max, bytes_max // max(per, 1)))
-    if n >= K:
-        return np.asarray(X[0:K])
-    run = max(1, n // 10)
-    starts = np.sort(rng.choice(K - run + 1, size=max(1, n // run), replace=False))
-    keep = np.concatenate([[True], np.diff(starts) >= run])
-    return np.concatenate([np.asarray(X[a:a + run]) for a in starts[keep]])
-
-
-def _uniform_loglik(est, X, make):
-    """Mean log p(X_k | F, B, s, A uniform): the fit's likelihood without the prior's free parameters."""
-    C = len(est.faces_)
-    P, Q = est.prior_.shape[-2:]
-    probe = make(est.faces_.shape[1:3], face_init=est.faces_ if C > 1 else est.face_,
-                 background_init=est.background_, noise_std_init=est.noise_std_,
-                 prior_init=np.full((C, P, Q) if C > 1 else (P, Q), 1.0 / (C * P * Q)), max_iter=0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        probe.fit(X)
-    return probe.lower_bound_
+    return x.reshape((K, Hc, f, Wc, f) + x.shape[3:]).mean(axis=(2, 4))
 
 
 def _penalty(shape, n_faces, n_channels, K):
     return 0.5 * n_faces * shape[0] * shape[1] * n_channels * math.log(max(K, 2)) / K
 
 
-def _profile(X, face_shape, positions, labels, n_faces, noise):
-    """(criterion per image, θ of the one M-step in the user's layout) for faces held at `positions`."""
-    src = ArraySource(X, face_shape, n_faces=n_faces)
-    ex = LocalExecutor(src, EngineConfig())
-    K = src.n_images
-    stats = ex.stats_from_positions(positions, labels, n_faces=n_faces, face_shape=tuple(face_shape))
-    p, _ = params_from(stats, None, noise_floor=1e-9 * max(src.working_std(), 1e-300), noise=noise)
-    H, W = src.image_shape
-    Ch = src.n_channels
-    P, Q = p.grid_shape
-    gauss = -0.5 * H * W * float(np.sum(np.log(2 * np.pi * p.noise_std ** 2) + 1.0))
-    per_image = src.loglik_to_data(gauss - math.log(n_faces * P * Q))
-    colour = len(X.shape) == 4
-    d = src.to_data(p)
-    faces = public_faces(d.faces, colour)
-    init = dict(face_init=faces if n_faces > 1 else faces[0], background_init=public_background(d.background, colour),
-                noise_std_init=public_noise(d.noise_std, noise == "per_channel"))
-    return per_image - _penalty(face_shape, n_faces, Ch, K), init
+class _Stage:
+    """One set of images held for the search: an executor whose spectra serve every size tried."""
+
+    def __init__(self, x, config, n_faces, noise, noise_floor, moments=None):
+        self.source = ArraySource(x, (1, 1), compute_dtype=config.dtype, n_faces=n_faces, moments=moments)
+        self.executor = LocalExecutor(self.source, config)
+        self.n_faces = n_faces
+        self.noise = noise
+        self.floor = noise_floor * (self.source.working_std() or 1.0)
+
+    def model(self, shape, escape):
+        return FaceMixture(tuple(shape), self.n_faces, noise=self.noise, noise_floor=self.floor,
+                           shift_escape=escape, split_merge=escape and self.n_faces > 1)
+
+    def fit(self, shape, rng, start=None, escape=False):
+        """(positions, labels) of a short EM fit at `shape`, from `start` or the data-driven start."""
+        model = self.model(shape, escape)
+        params = auto_start(self.source, model, rng) if start is None else start
+        settings = EMSettings(max_iter=30 if escape else 6, tol=1e-3 if escape else 1e-2, accelerate=False)
+        best, _ = fit_restarts(self.executor, model, [params], settings)
+        return best.stats.positions, best.stats.labels
+
+    def profile(self, shape, positions, labels):
+        """(criterion per image, the M-step's θ with a uniform prior) for faces held at `positions`."""
+        ex, src = self.executor, self.source
+        K = src.n_images
+        stats = ex.stats_from_positions(positions, labels, n_faces=self.n_faces, face_shape=tuple(shape))
+        p, _ = params_from(stats, None, noise_floor=self.floor, noise=self.noise)
+        H, W = src.image_shape
+        P, Q = p.grid_shape
+        C = self.n_faces
+        gauss = -0.5 * H * W * float(np.sum(np.log(2 * np.pi * p.noise_std ** 2) + 1.0))
+        score = src.loglik_to_data(gauss - math.log(C * P * Q)) - _penalty(shape, C, src.n_channels, K)
+        start = Params(p.faces, p.background, p.noise_std, np.full(p.prior.shape, 1.0 / p.prior.size))
+        return score, start
 
 
 def profile_criterion(X, face_shape, positions, labels=None, n_faces=1, noise="shared"):
@@ -162,7 +156,10 @@ def profile_criterion(X, face_shape, positions, labels=None, n_faces=1, noise="s
     -------
     float
     """
-    return _profile(X, face_shape, positions, labels, n_faces, noise)[0]
+    from .executor import EngineConfig
+
+    stage = _Stage(X, EngineConfig(), n_faces, noise, 1e-9)
+    return stage.profile(tuple(face_shape), np.asarray(positions), labels)[0]
 
 
 def _moved(positions, margins, grid):
@@ -175,69 +172,83 @@ def _moved(positions, margins, grid):
     return pos
 
 
-def _walk(x, shape, fit, bounds, n_faces, noise, reach, record, stage, scale=1, rounds=12):
-    """Move the window's sides to where the criterion is highest, refitting between moves.
+def _walk(stage, shape, bounds, reach, rng, record, tag, scale=1, escape=False, rounds=20):
+    """Move the window's sides to where the criterion is highest; refit only to update the positions.
 
-    Each round fits at the current size (warm-started from the last move's
-    M-step), then tries every side moved by up to `reach` pixels with the
-    positions held (`_profile`), keeps the best move of each side and, if
-    together they raise the criterion, takes them. A side that moved as far
-    as it could doubles the reach of the next round.
+    With the positions held, every side is tried moved by up to `reach`
+    pixels; each side's best move is kept, and the moves are taken together,
+    best first, while each raises the criterion (the positions move with the
+    window). A side that moved as far as it could doubles the next reach. The
+    positions are refitted (from the last M-step) once the window has moved a
+    fifth of its size since the last fit, and always before the walk may end:
+    it ends when, with freshly fitted positions, no move helps.
     """
     (h0, h1), (w0, w1) = bounds
-    H, W = x.shape[1:3]
+    H, W = stage.source.image_shape
     h, w = shape
-    init = {}
+    start = None
+    fitted_at = None
     for _ in range(rounds):
-        summ = fit(x, (h, w), **init).posterior_summary()
-        pos, lab = summ.positions, summ.faces
-        base, _ = _profile(x, (h, w), pos, lab, n_faces, noise)
-        record.append(dict(shape=(h * scale, w * scale), score=float(base), stage=stage))
+        if fitted_at is None:
+            pos, lab = stage.fit((h, w), rng, start=start, escape=escape)
+            fitted_at = (h, w)
+        base, _ = stage.profile((h, w), pos, lab)
+        record.append(dict(shape=(h * scale, w * scale), score=float(base), stage=tag))
+
+        def tried(mg):
+            hh, ww = h + mg[0] + mg[1], w + mg[2] + mg[3]
+            if not (h0 <= hh <= h1 and w0 <= ww <= w1):
+                return None
+            sc, st = stage.profile((hh, ww), _moved(pos, mg, (H - hh + 1, W - ww + 1)), lab)
+            record.append(dict(shape=(hh * scale, ww * scale), score=float(sc), stage=tag))
+            return sc, st
+
         moves = []  # (gain, side, m): each side's best move alone
         for side in range(4):
             best = (base, 0)
             for m in range(-reach, reach + 1):
                 mg = [0, 0, 0, 0]
                 mg[side] = m
-                hh, ww = h + mg[0] + mg[1], w + mg[2] + mg[3]
-                if m == 0 or not (h0 <= hh <= h1 and w0 <= ww <= w1):
-                    continue
-                sc, _ = _profile(x, (hh, ww), _moved(pos, mg, (H - hh + 1, W - ww + 1)), lab, n_faces, noise)
-                record.append(dict(shape=(hh * scale, ww * scale), score=float(sc), stage=stage))
-                if sc > best[0]:
-                    best = (sc, m)
+                r = tried(mg) if m else None
+                if r is not None and r[0] > best[0]:
+                    best = (r[0], m)
             if best[1]:
                 moves.append((best[0] - base, side, best[1]))
-        # the sides' moves together, best first, each kept while it fits and raises the criterion
-        margins, score, init = [0, 0, 0, 0], base, {}
+        margins, score = [0, 0, 0, 0], base
         for _, side, m in sorted(moves, reverse=True):
             mg = list(margins)
             mg[side] = m
-            hh, ww = h + mg[0] + mg[1], w + mg[2] + mg[3]
-            if not (h0 <= hh <= h1 and w0 <= ww <= w1):
-                continue
-            sc, fitted = _profile(x, (hh, ww), _moved(pos, mg, (H - hh + 1, W - ww + 1)), lab, n_faces, noise)
-            if sc > score:
-                margins, score, init = mg, sc, fitted
+            r = tried(mg)
+            if r is not None and r[0] > score:
+                margins, score, start = mg, r[0], r[1]
         if margins == [0, 0, 0, 0]:
-            break
+            if fitted_at == (h, w):
+                break
+            fitted_at = None  # confirm with positions fitted at this size
+            continue
         reach = 2 * reach if max(abs(m) for m in margins) >= reach else max(2, reach // 2)
+        pos = _moved(pos, margins, (H - (h + margins[0] + margins[1]) + 1, W - (w + margins[2] + margins[3]) + 1))
         h, w = h + margins[0] + margins[1], w + margins[2] + margins[3]
+        fh, fw = fitted_at
+        if abs(h - fh) > max(2, fh // 5) or abs(w - fw) > max(2, fw // 5):
+            fitted_at = None
     return h, w
 
 
-def search(X, make_estimator, *, n_faces=1, face_shape="auto", noise="shared", random_state=None, record=None):
+def search(X, config, *, n_faces=1, face_shape="auto", noise="shared", noise_floor=1e-6, random_state=None,
+           record=None):
     """Choose the face size (h, w) for the images X; see the module's docstring.
 
     Parameters
     ----------
     X : array-like (K, H, W) or (K, H, W, Ch)
-    make_estimator : callable(face_shape, **settings) -> unfitted FaceEM
-        Makes the search's estimators, with the caller's settings (precision,
-        backend, noise model, number of faces) and the given overrides.
+    config : emface.executor.EngineConfig
+        How the search computes (precision, backend, threads).
     n_faces : int
     face_shape : "auto" or ((h_min, h_max), (w_min, w_max))
     noise : {"shared", "per_channel"}
+    noise_floor : float
+        Smallest s, relative to the data's spread.
     random_state : numpy Generator or int, optional
     record : list, optional
         Receives one dict per size tried: ``shape``, ``score`` (the criterion
@@ -251,35 +262,27 @@ def search(X, make_estimator, *, n_faces=1, face_shape="auto", noise="shared", r
     record = [] if record is None else record
     H, W = int(X.shape[1]), int(X.shape[2])
     (h0, h1), (w0, w1) = size_range(face_shape, (H, W))
-    Ch = int(X.shape[3]) if len(X.shape) == 4 else 1
-    C = int(n_faces)
-    sub = _subsample(X, rng, _SEARCH_IMAGES)
-    Ks = len(sub)
-
-    def fit(x, shape, **kw):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return make_estimator(shape, n_init=1, max_iter=30, random_state=int(rng.integers(2**31)),
-                                  **kw).fit(x)
-
-    # 1. coarse: a grid of sizes fitted on shrunk images, then the window walked from the best
+    per_image = 8 * int(np.prod(X.shape[1:]))
+    sub = read_runs(X, sample_runs(int(X.shape[0]), _SEARCH_IMAGES, rng, bytes_per_image=per_image,
+                                   max_bytes=_SEARCH_BYTES))
+    fine = _Stage(sub, config, int(n_faces), noise, noise_floor)
+    # 1. coarse: a grid of sizes on shrunk images, then the best one's window walked
     f = max(1, math.ceil(max(H, W) / _COARSE_SIDE))
-    coarse = _downsample(sub, f)
-    Hc, Wc = coarse.shape[1:3]
-    cb = ((max(1, h0 // f), max(1, min(Hc, -(-h1 // f)))), (max(1, w0 // f), max(1, min(Wc, -(-w1 // f)))))
-    best = None
-    for hc in _grid(*cb[0], _COARSE_STEPS):
-        for wc in _grid(*cb[1], _COARSE_STEPS):
-            # positions need not be exact here: no escapes, a looser tolerance
-            est = fit(coarse, (hc, wc), shift_escape=False, split_merge=False, tol=1e-2)
-            score = _uniform_loglik(est, coarse, make_estimator) - _penalty((hc, wc), C, Ch, Ks)
-            record.append(dict(shape=(hc * f, wc * f), score=float(score), stage="coarse"))
-            if best is None or score > best[0]:
-                best = (score, (hc, wc))
     if f > 1:
-        hc, wc = _walk(coarse, best[1], fit, cb, C, noise, 2, record, "coarse", scale=f)
+        coarse = _Stage(_downsample(sub[:_COARSE_IMAGES], f), config, int(n_faces), noise, noise_floor)
+        Hc, Wc = coarse.source.image_shape
+        cb = ((max(1, h0 // f), max(1, min(Hc, -(-h1 // f)))), (max(1, w0 // f), max(1, min(Wc, -(-w1 // f)))))
+        best = None
+        for hc in _grid(*cb[0], _COARSE_STEPS):
+            for wc in _grid(*cb[1], _COARSE_STEPS):
+                pos, lab = coarse.fit((hc, wc), rng)
+                score, _ = coarse.profile((hc, wc), pos, lab)
+                record.append(dict(shape=(hc * f, wc * f), score=float(score), stage="coarse"))
+                if best is None or score > best[0]:
+                    best = (score, (hc, wc))
+        hc, wc = _walk(coarse, best[1], cb, 2, rng, record, "coarse", scale=f)
+        start, reach = (min(h1, max(h0, hc * f)), min(w1, max(w0, wc * f))), f + 1
     else:
-        hc, wc = best[1]
+        start, reach = (min(h1, max(h0, (h0 + h1) // 2)), min(w1, max(w0, (w0 + w1) // 2))), 4
     # 2. full resolution, from the coarse size
-    start = (min(h1, max(h0, hc * f)), min(w1, max(w0, wc * f)))
-    return _walk(sub, start, fit, ((h0, h1), (w0, w1)), C, noise, f + 1, record, "fine")
+    return _walk(fine, start, ((h0, h1), (w0, w1)), reach, rng, record, "fine", escape=True)
