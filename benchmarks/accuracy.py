@@ -22,7 +22,6 @@ rows where it does not are marked "-" in the last column and are not judged.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 import warnings

@@ -83,7 +83,6 @@ def accuracy(seed=0, configs=CONFIGS):
 
 def speed(n_faces=(1, 2, 4, 8, 16), repeats=5):
     """Median seconds per iteration (E-step pass + M-step) after the first, from the data-driven start."""
-    from emface.em import EMSettings, run_em
     from emface.estimator import FaceEM
     from emface.init import auto_start
 

@@ -1,6 +1,5 @@
 """Fitting on a Dask LocalCluster (2 worker processes on loopback) equals the numpy fit."""
 
-import warnings
 
 import numpy as np
 import pytest

@@ -109,12 +109,13 @@ def test_warm_start_continues_history(data):
     est = FaceEM((7, 8), max_iter=2, tol=0.0, random_state=0)
     with pytest.warns(ConvergenceWarning):
         est.fit(X)
-    first = list(est._history_full)
+    first = list(est.runs_[est.best_run_]["objectives"])
     est.set_params(warm_start=True, max_iter=6)
     with pytest.warns(ConvergenceWarning):
         est.fit(X)
-    assert est._history_full[:3] == pytest.approx(first, rel=1e-12)
-    assert len(est._history_full) == 7
+    again = est.runs_[est.best_run_]["objectives"]
+    assert again[:3] == pytest.approx(first, rel=1e-12)
+    assert len(again) == 7
 
 
 def test_random_state_reproducible(data):

@@ -1,7 +1,6 @@
 """Long runs are never lost: atomic checkpoints, resuming, and Ctrl-C during fit."""
 
 import os
-import warnings
 
 import numpy as np
 import pytest

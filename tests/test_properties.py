@@ -91,7 +91,7 @@ def test_bound_is_monotone(problem, hard, alpha):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         est.fit(X)
-    hist = np.asarray(est._history_full)
+    hist = np.asarray(est.runs_[est.best_run_]["objectives"])
     assert np.isfinite(hist[1:]).all()
     fin = hist[np.isfinite(hist)]
     assert np.all(np.diff(fin) >= -1e-9 * np.abs(fin).max())

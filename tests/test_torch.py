@@ -1,6 +1,5 @@
 """The torch backend, run on the CPU, agrees with the numpy engine (float64: to 1e-10)."""
 
-import warnings
 
 import numpy as np
 import pytest

@@ -18,6 +18,7 @@ _LAZY = {
     "Params": ("model", "Params"),
     "make_faces": ("datasets", "make_faces"),
     "load_stack": ("io", "load_stack"),
+    "classic": ("classic", None),
 }
 
 
@@ -27,7 +28,8 @@ def __getattr__(name):
         import importlib
 
         module, attr = _LAZY[name]
-        return getattr(importlib.import_module(f".{module}", __name__), attr)
+        mod = importlib.import_module(f".{module}", __name__)
+        return mod if attr is None else getattr(mod, attr)
     raise AttributeError(f"module 'emface' has no attribute {name!r}")
 
 

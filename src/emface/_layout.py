@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["public_faces", "public_background", "public_prior", "public_noise", "public_images"]
+__all__ = ["public_faces", "public_background", "public_prior", "public_noise", "LUMA"]
+
+#: ITU-R 601 luma: colour (..., 3) to grey by ``rgb @ LUMA``
+LUMA = np.array([0.299, 0.587, 0.114])
 
 
 def public_faces(faces, colour):
@@ -32,8 +35,3 @@ def public_prior(prior):
 def public_noise(noise_std, per_channel):
     """(Ch,) -> a float for one shared s, an array (Ch,) with one s per channel."""
     return np.asarray(noise_std, dtype=np.float64).copy() if per_channel else float(noise_std[0])
-
-
-def public_images(x, colour):
-    """Images (n, Ch, H, W) -> (n, H, W) grey or (n, H, W, Ch) colour."""
-    return np.moveaxis(x, 1, -1) if colour else x[:, 0]

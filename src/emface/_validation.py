@@ -154,7 +154,8 @@ def _check_array(value, name, shape):
     if arr.shape != tuple(shape):
         raise ValueError(f"{name} must have shape {tuple(shape)}, got {arr.shape}")
     if not np.isfinite(arr).all():
-        raise ValueError(f"{name} must hold finite values only")
+        bad = int((~np.isfinite(arr)).sum())
+        raise ValueError(f"{name} must hold finite values only, got {bad} NaN or infinite value(s)")
     return arr
 
 
@@ -184,9 +185,9 @@ def check_params_arrays(image_shape, face_shape, *, n_faces=1, n_channels=1, col
                         names=("face_init", "background_init", "noise_std_init", "prior_init")):
     """Validate user-given parameter arrays against the data's geometry.
 
-    The user's layouts are images-first: a face is (h, w), (C, h, w), (h, w, Ch)
-    or (C, h, w, Ch); a background (H, W) or (H, W, Ch); a prior (P, Q) or
-    (C, P, Q); s a number, or one per channel with ``noise="per_channel"``.
+    The user's layouts put the channels last: a face is (h, w), (C, h, w),
+    (h, w, Ch) or (C, h, w, Ch); a background (H, W) or (H, W, Ch); a prior
+    (P, Q) or (C, P, Q); s a number, or one per channel with ``noise="per_channel"``.
 
     Returns a dict with the given ones as float64 arrays in the engine's
     layout (faces (C, Ch, h, w), background (Ch, H, W), prior (C, P, Q)

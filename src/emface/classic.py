@@ -88,7 +88,8 @@ def _check_q(q, shape_pqk, use_MAP, K):
             raise ValueError(f"q must have shape (2, K)=(2, {K}) with use_MAP=True, got {q.shape}")
         if q.dtype.kind not in "iu":
             if not np.all(np.equal(np.mod(q, 1), 0)):
-                raise ValueError("q must hold integer positions with use_MAP=True")
+                raise ValueError(f"q must hold integer positions with use_MAP=True, got values such as "
+                                 f"{q[np.mod(q, 1) != 0].ravel()[0]!r}")
             q = q.astype(np.int64)
         if (q[0] < 0).any() or (q[0] >= P).any() or (q[1] < 0).any() or (q[1] >= Q).any():
             raise ValueError(f"q's positions must lie in [0, {P}) x [0, {Q}), got rows "
@@ -97,7 +98,8 @@ def _check_q(q, shape_pqk, use_MAP, K):
     if q.shape != tuple(shape_pqk):
         raise ValueError(f"q must have shape (H-h+1, W-w+1, K)={tuple(shape_pqk)}, got {q.shape}")
     if not np.isfinite(q).all() or (q < 0).any():
-        raise ValueError("q must be finite and non-negative")
+        raise ValueError(f"q must be finite and non-negative, got a minimum of {np.nanmin(q):g} and "
+                         f"{int((~np.isfinite(q)).sum())} NaN or infinite value(s)")
     return q.astype(np.float64)
 
 

@@ -2,7 +2,8 @@
 
     emface fit INPUT --face-shape HxW --out DIR     fit, write pictures, tables, model and report
     emface predict MODEL INPUT --out FILE.csv       positions of new images under a saved model
-    emface generate --out FILE.npy ...              a synthetic stack, the truth saved beside it
+    emface generate --out FILE.npy | --video FILE.mp4 ...
+                                                    a synthetic stack or video, the truth saved beside it
     emface demo --out DIR                           the note's experiments on a bundled example
 
 Bad input ends with exit code 2 and one line on stderr; Ctrl-C writes what has
@@ -21,7 +22,7 @@ import click
 import numpy as np
 
 from ._version import __version__
-from .io import InputError
+from ._errors import InputError, one_line
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
@@ -464,14 +465,10 @@ def demo(out_dir, seed, quiet):
     from .demo import run_demo
 
     _prepare_out_dir(out_dir)
-    run_demo(out_dir, seed=seed, quiet=quiet, echo=lambda m: _echo(quiet, m))
+    run_demo(out_dir, seed=seed, echo=lambda m: _echo(quiet, m))
 
 
 # ----------------------------------------------------------------------------- entry point
-
-def _one_line(msg):
-    return " ".join(str(msg).split())
-
 
 def main(argv=None):
     """Run the command line; exit 2 with one line on bad input, 130 on Ctrl-C."""
@@ -484,25 +481,25 @@ def main(argv=None):
         click.echo("emface: interrupted", err=True)
         sys.exit(EXIT_INTERRUPTED)
     except Interrupted as exc:
-        click.echo(f"emface: {_one_line(exc)}", err=True)
+        click.echo(f"emface: {one_line(exc)}", err=True)
         sys.exit(EXIT_INTERRUPTED)
     except click.exceptions.UsageError as exc:
         hint = f" (see: emface {exc.ctx.info_name} --help)" if exc.ctx is not None and exc.ctx.info_name != "emface" else \
             " (see: emface --help)"
-        click.echo(f"emface: error: {_one_line(exc.format_message())}{hint}", err=True)
+        click.echo(f"emface: error: {one_line(exc.format_message())}{hint}", err=True)
         sys.exit(EXIT_BAD_INPUT)
     except click.ClickException as exc:
-        click.echo(f"emface: error: {_one_line(exc.format_message())}", err=True)
+        click.echo(f"emface: error: {one_line(exc.format_message())}", err=True)
         sys.exit(EXIT_BAD_INPUT)
-    except (InputError, ValueError, MemoryError) as exc:
-        click.echo(f"emface: error: {_one_line(exc)}", err=True)
+    except (InputError, ValueError, MemoryError, FloatingPointError) as exc:
+        click.echo(f"emface: error: {one_line(exc)}", err=True)
         sys.exit(EXIT_BAD_INPUT)
     except ImportError as exc:  # an optional extra that is not installed: the message names the pip install
-        click.echo(f"emface: error: {_one_line(exc)}", err=True)
+        click.echo(f"emface: error: {one_line(exc)}", err=True)
         sys.exit(EXIT_BAD_INPUT)
     except OSError as exc:
         where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
-        click.echo(f"emface: error: {where}{_one_line(exc.strerror or exc)}", err=True)
+        click.echo(f"emface: error: {where}{one_line(exc.strerror or exc)}", err=True)
         sys.exit(EXIT_BAD_INPUT)
     sys.exit(rv if isinstance(rv, int) else 0)
 

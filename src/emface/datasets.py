@@ -23,8 +23,10 @@ import numpy as np
 from scipy import ndimage
 
 from . import _validation as v
+from ._layout import LUMA
 
-__all__ = ["make_faces", "FacesTruth", "photo", "PHOTOS", "FACES", "BACKGROUNDS", "make_prior"]
+__all__ = ["make_faces", "FacesTruth", "photo", "PHOTOS", "FACES", "BACKGROUNDS", "make_prior", "draw_assignments",
+           "render"]
 
 FACES = ("astronaut", "chelsea", "cup", "patch", "helmet", "rocket", "flag", "coin", "cameraman", "tissue")
 BACKGROUNDS = ("camera", "coffee", "brick", "coins", "rocket_launch", "hubble", "tissue_slide")
@@ -116,7 +118,7 @@ def photo(name, shape=None, *, colour=False):
         if img.ndim == 3 and img.shape[-1] in (3, 4):
             img = img[..., :3]
             if not colour:
-                img = img @ np.array([0.299, 0.587, 0.114])
+                img = img @ LUMA
         elif img.ndim == 3 and img.shape[-1] == 1:
             img = img[..., 0]
         if img.ndim == 2 and colour:
@@ -128,7 +130,7 @@ def photo(name, shape=None, *, colour=False):
     return img
 
 
-def make_prior(kind, grid_shape, rng=None):
+def make_prior(kind, grid_shape):
     """A prior over face positions.
 
     Parameters
@@ -142,7 +144,7 @@ def make_prior(kind, grid_shape, rng=None):
     P, Q = grid_shape
     if not isinstance(kind, str):
         return v.check_prior(np.asarray(kind, dtype=np.float64) / np.sum(kind), (P, Q), "prior")
-    v.check_choice(kind, "prior", PRIORS + ("array",))
+    v.check_choice(kind, "prior", PRIORS)
     if kind == "uniform":
         return np.full((P, Q), 1.0 / (P * Q))
     if kind == "band":
@@ -160,6 +162,45 @@ def make_prior(kind, grid_shape, rng=None):
     sj = max(Q / 4.0, 0.5)
     A = np.exp(-0.5 * (((i - (P - 1) / 2) / si) ** 2 + ((j - (Q - 1) / 2) / sj) ** 2))
     return A / A.sum()
+
+
+def draw_assignments(prior, n, rng):
+    """Each of `n` images' face and top-left corner, drawn from a prior (C, P, Q) (or (P, Q)) over both.
+
+    Returns
+    -------
+    labels : int ndarray (n,)
+    positions : int ndarray (n, 2)
+    """
+    A = np.asarray(prior, dtype=np.float64)
+    A = A[None] if A.ndim == 2 else A
+    C, P, Q = A.shape
+    p = A.ravel() if abs(A.sum() - 1.0) <= 1e-12 else A.ravel() / A.sum()
+    flat = rng.choice(C * P * Q, size=n, p=p)
+    labels, rem = flat // (P * Q), flat % (P * Q)
+    return labels, np.stack([rem // Q, rem % Q], axis=1)
+
+
+def render(background, faces, labels, positions):
+    """Mean images: the background with face ``labels[k]`` pasted at ``positions[k]``, float64.
+
+    Parameters
+    ----------
+    background : ndarray (H, W) or (H, W, Ch)
+    faces : ndarray (C, h, w) or (C, h, w, Ch)
+    labels : int ndarray (n,); positions : int ndarray (n, 2)
+
+    Returns
+    -------
+    ndarray (n, H, W) or (n, H, W, Ch)
+    """
+    B = np.asarray(background, dtype=np.float64)
+    h, w = faces.shape[1:3]
+    X = np.empty((len(positions),) + B.shape, dtype=np.float64)
+    X[:] = B
+    for k, (i, j) in enumerate(positions):
+        X[k, i:i + h, j:j + w] = faces[labels[k]]
+    return X
 
 
 def make_faces(n_images=1000, image_shape=(100, 120), face_shape=(40, 32), *, n_faces=1, face=None,
@@ -227,19 +268,14 @@ def make_faces(n_images=1000, image_shape=(100, 120), face_shape=(40, 32), *, n_
     else:
         s = v.check_real(noise_std, "noise_std", low=0.0)
     P, Q = H - h + 1, W - w + 1
-    A = make_prior(prior, (P, Q), rng)
+    A = make_prior(prior, (P, Q))
     if weights is None:
         pi = np.full(C, 1.0 / C)
     else:
         pi = v.check_prior(np.asarray(weights, dtype=np.float64) / np.sum(weights), (C,), "weights")
     joint = pi[:, None, None] * A[None]
-    flat = rng.choice(C * P * Q, size=K, p=joint.ravel())
-    labels, rem = flat // (P * Q), flat % (P * Q)
-    pos = np.stack([rem // Q, rem % Q], axis=1)
-    X = np.empty((K,) + B.shape, dtype=np.float64)
-    X[:] = B
-    for k, (i, j) in enumerate(pos):
-        X[k, i:i + h, j:j + w] = F[labels[k]]
+    labels, pos = draw_assignments(joint, K, rng)
+    X = render(B, F, labels, pos)
     if s > 0:
         X += rng.normal(0.0, s, size=X.shape)
     dtype = np.dtype(dtype)

@@ -7,7 +7,7 @@ Runs, each from the note's random start (every pixel of F and B uniform):
 - soft EM with 10 restarts;
 - hard EM with prior smoothing 100;
 
-then emface's defaults (data-driven start, restarts by size, shift escape) and
+then emface's defaults (data-driven start, shift escape, over-relaxation) and
 the truth. The note found that every variant recovers the background, that the
 objective agrees with visual quality, that restarts help soft EM and that
 smoothing rescues hard EM.
@@ -46,7 +46,7 @@ def _note_settings(kw, seed):
     return base
 
 
-def run_demo(out_dir, *, seed=0, quiet=False, echo=print):
+def run_demo(out_dir, *, seed=0, echo=print):
     """Run the demo and write ``demo.png``, ``report.html`` and the stack with its truth to `out_dir`.
 
     Returns

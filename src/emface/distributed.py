@@ -21,7 +21,7 @@ import operator
 import numpy as np
 
 from .engine import Chunk, ChunkCache, chunk_stats, costs, make_plan, stats_from_positions
-from .executor import EngineConfig, single_threaded_blas, subsample_executor
+from .executor import BaseExecutor, EngineConfig, single_threaded_blas
 from .sources import Moments, WorkingUnits, as_chunk_array, spectrum_bytes_per_image
 
 __all__ = ["DaskExecutor", "get_client"]
@@ -135,7 +135,7 @@ class DaskSource(WorkingUnits):
         return self._adopt(m)
 
 
-class DaskExecutor:
+class DaskExecutor(BaseExecutor):
     """Sums the engine's statistics over a dask array's blocks on a Dask cluster.
 
     Parameters
@@ -164,15 +164,13 @@ class DaskExecutor:
         self.source = DaskSource(X, face_shape, self.client, moments=moments)
         self.n_images = self.source.n_images
         self.image_shape = self.source.image_shape
-        self.n_channels = self.source.n_channels
-        self._moments = None
         src = self.source
         n_workers = max(1, len(self.client.scheduler_info().get("workers", {})))
-        per_image = spectrum_bytes_per_image(self.image_shape, self.config.dtype, self.n_channels)
+        per_image = spectrum_bytes_per_image(self.image_shape, self.config.dtype, src.n_channels)
         budget = costs.parse_memory(max_memory)
         if budget is None:
             K, (H, W) = self.n_images, self.image_shape
-            raw = K * H * W * self.n_channels * max(np.dtype(X.dtype).itemsize, 1)
+            raw = K * H * W * src.n_channels * max(np.dtype(X.dtype).itemsize, 1)
             budget = max(raw // n_workers, 512 * 2**20)
         else:
             budget = int(0.6 * budget)
@@ -212,14 +210,6 @@ class DaskExecutor:
                          route=self.config.route, workers=1, cache_spectra=self.cache_spectra,
                          with_moments=self._moments is None)
 
-    def _fill_moments(self, total):
-        if total.SX is not None:
-            if self._moments is None:
-                self._moments = (total.SX, total.SXX)
-        elif self._moments is not None:
-            total.SX, total.SXX = self._moments
-        return total
-
     def _tree_sum(self, futures):
         while len(futures) > 1:
             nxt = [self.client.submit(operator.add, futures[i], futures[i + 1], pure=False)
@@ -251,12 +241,6 @@ class DaskExecutor:
         for s, _ in parts:
             total = s if total is None else total + s
         return self._fill_moments(total), np.concatenate([o for _, o in parts])
-
-    def subsample(self, n_max, rng, *, n_faces=1):
-        """(executor, indices) over up to `n_max` images, gathered here: the moves rank candidates on it."""
-        src = self.source
-        return subsample_executor(src.data, src.face_shape, (src.offset, src.scale), self.config, n_max, rng,
-                                  n_faces=n_faces)
 
     def stats_from_positions(self, positions, labels=None, *, n_faces=1, face_shape=None):
         positions = np.asarray(positions)

@@ -4,13 +4,15 @@ It calls a model's steps -- ``e_step``, ``m_step``, ``objective`` -- until the
 objective settles, restarts from several starting points, lets the model's
 moves (escapes from its local optima) take over after convergence, reports
 progress through callbacks and keeps the best run. It knows nothing about the
-shape of the parameters, file formats or screens: a model does the mathematics,
-an executor does the passes, callbacks do the reporting, as
+shape of the parameters or screens: a model does the mathematics, an
+executor does the passes, callbacks do the reporting, as
 ``sklearn.mixture.BaseMixture.fit_predict`` calls ``_e_step`` and ``_m_step``.
 
 Two schedules share the loop:
 
 - ``batch``: every iteration is one E-step over all images and one M-step;
+  once EM crawls, the steps are over-relaxed (the model's ``extrapolate``),
+  each stretched step kept only if it raises the objective;
 - ``incremental`` (Neal and Hinton, 1998): the first sweeps visit the images
   block by block and do an M-step after each block, with each block's latest
   sums swapped into the total -- the free energy never decreases -- then batch
@@ -20,15 +22,12 @@ Two schedules share the loop:
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["EMSettings", "EMRun", "run_em", "fit_restarts", "ConvergenceWarning", "atomic_save",
-           "ALGORITHMS"]
+__all__ = ["EMSettings", "EMRun", "run_em", "fit_restarts", "ConvergenceWarning", "ALGORITHMS"]
 
 ALGORITHMS = ("auto", "batch", "incremental")
 
@@ -60,9 +59,7 @@ class EMSettings:
         Incremental EM: the chunks of each block.
     incremental_sweeps : int
         Incremental sweeps at most before the batch iterations; they stop
-        sooner when one raises the free energy by less than `switch_tol` per image.
-    switch_tol : float or None
-        None: `tol`.
+        sooner when one raises the free energy by less than `tol` per image.
     accelerate : bool
         Adaptive over-relaxation (Salakhutdinov and Roweis, 2003) of the batch
         iterations once EM crawls: the step from θ to its M-step is stretched
@@ -77,7 +74,6 @@ class EMSettings:
     algorithm: str = "batch"
     block_chunks: list = field(default_factory=list)
     incremental_sweeps: int = 50
-    switch_tol: float | None = None
     accelerate: bool = True
 
 
@@ -86,7 +82,8 @@ class EMRun:
     """One EM run: its parameters, history and final statistics (working units).
 
     `objectives[t]` is the objective after iteration t (``objectives[0]`` is
-    the start's); `objective` is that of `params`.
+    the start's, -inf when incremental EM began without spending a pass on
+    it); `objective` is that of `params`.
     """
 
     params: object
@@ -98,11 +95,7 @@ class EMRun:
     init_index: int = 0
     n_uncovered: int = 0
     moves: list = field(default_factory=list)
-
-    @property
-    def lower_bounds(self):
-        """Objective after each iteration (the start excluded), per image."""
-        return self.objectives[1:]
+    accel: tuple = (1.0, None)
 
 
 def _check_finite(value, params):
@@ -163,20 +156,21 @@ def _incremental_sweeps(executor, model, params, settings, callback, run_index, 
         if callback is not None:
             callback(dict(run=run_index, iter=len(history) - 1, objective=obj, params=params, history=history,
                           stats=None))
-        if change < (settings.tol if settings.switch_tol is None else settings.switch_tol):
+        if change < settings.tol:
             break
     return params, sweeps
 
 
-def run_em(executor, model, params, settings, *, callback=None, run_index=0, history=None, stats=None):
+def run_em(executor, model, params, settings, *, callback=None, run_index=0, history=None, stats=None,
+           accel=None):
     """Run EM from `params` until the objective settles or `max_iter` iterations.
 
     Parameters
     ----------
     executor : LocalExecutor or DaskExecutor
-    model : an object with ``e_step``, ``m_step``, ``objective`` (and, for
-        incremental EM, ``free_energy`` and ``compact``), such as
-        `emface.mixture.FaceMixture`
+    model : an object with ``e_step``, ``m_step``, ``objective``, and
+        ``extrapolate`` (over-relaxation), ``free_energy`` and ``compact``
+        (incremental EM), such as `emface.mixture.FaceMixture`
     params : starting point, working units
     settings : EMSettings
     callback : callable(dict), optional
@@ -190,6 +184,9 @@ def run_em(executor, model, params, settings, *, callback=None, run_index=0, his
         Objectives of an earlier part of this run, when resuming.
     stats : Stats, optional
         The E-step statistics of `params` when already computed.
+    accel : (float, float or None), optional
+        The over-relaxation's state (η, last gain) when resuming, so that a
+        resumed run takes the steps the uninterrupted one would have.
 
     Returns
     -------
@@ -217,8 +214,9 @@ def run_em(executor, model, params, settings, *, callback=None, run_index=0, his
     converged = False
     it = start_iter
     if callback is not None:
-        callback(dict(run=run_index, iter=it, objective=obj, params=params, history=history, stats=stats))
-    eta, last_change = 1.0, None
+        callback(dict(run=run_index, iter=it, objective=obj, params=params, history=history, stats=stats,
+                      accel=accel or (1.0, None)))
+    eta, last_change = accel or (1.0, None)
     while it < settings.max_iter:
         new_params, info = model.m_step(stats, params)
         n_uncov = info.n_uncovered
@@ -241,22 +239,25 @@ def run_em(executor, model, params, settings, *, callback=None, run_index=0, his
         history.append(new_obj)
         change = new_obj - obj
         params, stats, obj = new_params, new_stats, new_obj
-        if callback is not None:
-            callback(dict(run=run_index, iter=it, objective=obj, params=params, history=history, stats=stats))
         if abs(change) < settings.tol:
             converged = True
-            break
-        if (settings.accelerate and eta == 1.0 and last_change is not None and 0 < change
+        elif (settings.accelerate and eta == 1.0 and last_change is not None and 0 < change
                 and change > _SLOW * last_change):
             eta = _ETA_GROWTH  # EM crawls: each step gains nearly what the last did; try longer ones
         last_change = change
+        if callback is not None:
+            callback(dict(run=run_index, iter=it, objective=obj, params=params, history=history, stats=stats,
+                          accel=(eta, last_change)))
+        if converged:
+            break
     if settings.max_iter == 0 or (it == start_iter and start_iter >= settings.max_iter):
         converged = False
     return EMRun(params=params, objective=obj, objectives=history, n_iter=it, converged=converged,
-                 stats=stats, init_index=run_index, n_uncovered=n_uncov)
+                 stats=stats, init_index=run_index, n_uncovered=n_uncov, accel=(eta, last_change))
 
 
-def fit_restarts(executor, model, starts, settings, *, callback=None, history=None, should_restart=None):
+def fit_restarts(executor, model, starts, settings, *, callback=None, history=None, should_restart=None,
+                 accel=None):
     """EM from each starting point, then the model's moves; keep the best run.
 
     Parameters
@@ -270,6 +271,8 @@ def fit_restarts(executor, model, starts, settings, *, callback=None, history=No
     callback : callable(dict), optional
     history : list, optional
         Objectives of an earlier part of the first run, which this call continues.
+    accel : tuple, optional
+        That earlier part's over-relaxation state (see `run_em`).
     should_restart : callable(list of EMRun) -> bool, optional
         Asked before every start after the first: False ends the restarts
         (the model's judgement whether the runs so far look like the optimum).
@@ -297,14 +300,14 @@ def fit_restarts(executor, model, starts, settings, *, callback=None, history=No
 
     try:
         with executor.running():
-            best = _restarts(executor, model, starts, settings, _track, history, runs, should_restart)
+            best = _restarts(executor, model, starts, settings, _track, history, runs, should_restart, accel)
     except KeyboardInterrupt as exc:
         best = max(runs, key=lambda r: r.objective) if runs else None
         info = current["run"]
         if info is not None:
             partial = EMRun(params=info["params"], objective=info["objective"],
                             objectives=list(info["history"]), n_iter=info["iter"], converged=False,
-                            stats=info.get("stats"), init_index=info["run"])
+                            stats=info.get("stats"), init_index=info["run"], accel=info.get("accel", (1.0, None)))
             runs.append(partial)
             if best is None or partial.objective > best.objective:
                 best = partial
@@ -316,14 +319,14 @@ def fit_restarts(executor, model, starts, settings, *, callback=None, history=No
     return best, runs
 
 
-def _restarts(executor, model, starts, settings, callback, history, runs, should_restart):
+def _restarts(executor, model, starts, settings, callback, history, runs, should_restart, accel):
     best = None
     for i, start in enumerate(starts):
         if i > 0 and should_restart is not None and not should_restart(runs):
             break
         params = start() if callable(start) else start
         r = run_em(executor, model, params, settings, callback=callback, run_index=i,
-                   history=history if i == 0 else None)
+                   history=history if i == 0 else None, accel=accel if i == 0 else None)
 
         def resume(p, stats, hist, _i=i):
             return run_em(executor, model, p, settings, callback=callback, run_index=_i, history=hist,
@@ -335,17 +338,3 @@ def _restarts(executor, model, starts, settings, callback, history, runs, should
         if best is None or r.objective > best.objective:
             best = r
     return best
-
-
-def atomic_save(path, save_fn):
-    """Write through a temporary file in the same folder, then rename it into place."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=folder)
-    os.close(fd)
-    try:
-        save_fn(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)

@@ -12,14 +12,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import _validation as v
-from ._layout import public_background, public_faces, public_images, public_noise, public_prior
-from .em import ALGORITHMS, ConvergenceWarning, EMSettings, atomic_save, fit_restarts
+from ._layout import public_background, public_faces, public_noise, public_prior
+from .datasets import draw_assignments, render
+from .em import ALGORITHMS, ConvergenceWarning, EMSettings, fit_restarts
 from .engine import costs
 from .engine.plan import BACKENDS
 from .executor import EngineConfig, LocalExecutor
 from .init import INIT_METHODS, auto_start, random_start, user_start
 from .mixture import NOISE_MODELS, FaceMixture
-from .model import Params, load_model, save_model
+from .model import atomic_save, load_model, save_model
 from .sources import ArraySource
 
 __all__ = ["FaceEM", "PosteriorSummary", "INCREMENTAL_MIN_IMAGES"]
@@ -109,9 +110,11 @@ class FaceEM:
         halves of the images (several faces). ``"auto"``: one run from the
         data-driven start, and up to 3 more only when it looks like a poor
         optimum (a mean posterior probability of the chosen position below
-        0.95) or the stack is small (fewer than 300 images, where runs cost
-        little): the data-driven start and the escapes find the optimum of
-        every stack of ``benchmarks/accuracy.py`` in one run.
+        0.95; never for hard EM, whose posteriors are one-hot), and a second
+        run always when the stack is small (fewer than 300 images, where runs
+        cost little): the data-driven start and the escapes find the optimum of
+        every stack of ``benchmarks/accuracy.py`` in one run. One run when
+        `face_init` is given.
     max_iter : int, default=100
         Most EM iterations per run.
     tol : float, default=1e-3
@@ -184,7 +187,8 @@ class FaceEM:
         ``block``, ``n_blocks``, ``images`` and ``seconds``.
     device : str, default="cpu"
         ``"cuda"`` (or ``"cuda:N"``) runs the engine on an NVIDIA GPU through
-        PyTorch (the ``gpu`` extra); ``"cpu"`` uses the fused CPU kernels.
+        PyTorch (the ``gpu`` extra; `backend` must then be "auto" or "torch");
+        ``"cpu"`` runs the backend's kernels on this machine's cores.
     scheduler : str or distributed.Client, optional
         Fit on this Dask cluster (an address such as ``"tcp://host:8786"``).
         A dask array is fitted on the active client when there is one.
@@ -212,11 +216,22 @@ class FaceEM:
     n_iter_ : int
     converged_ : bool
     positions_ : ndarray (K, 2)
-        Most probable top-left corner of each training image.
+        Most probable top-left corner of each training image (None after `load`).
     labels_ : ndarray (K,)
-        Most probable face of each training image.
+        Most probable face of each training image (None after `load`).
     runs_ : list of dict
-        History of every run (for reports).
+        Every run: ``objectives`` (the start's first; -inf for a start
+        incremental EM did not evaluate), ``n_iter``, ``converged`` and the
+        ``moves`` that escaped local optima.
+    best_run_ : int
+        The run kept.
+    algorithm_ : {"batch", "incremental"}
+        The schedule used.
+    fit_time_ : float
+        Seconds the last `fit` took.
+    image_shape_ : (H, W)
+    n_features_in_ : int
+        H·W·Ch.
     """
 
     def __init__(self, face_shape, *, n_faces=1, hard=False, n_init="auto", max_iter=100, tol=1e-3,
@@ -382,6 +397,8 @@ class FaceEM:
     def _n_init(self, n_images):
         """(most runs, runs always made) for `n_images` images: ``n_init``, or its "auto" rule."""
         if isinstance(self.n_init, str):
+            if self.face_init is not None:
+                return 1, 1  # the user's start: restarts would replace the faces they chose
             return _AUTO_MAX_RUNS, (2 if n_images < _SMALL_STACK else 1)
         return int(self.n_init), int(self.n_init)
 
@@ -403,6 +420,10 @@ class FaceEM:
     def _algorithm(self, X):
         """"batch" or "incremental" for these images: `algorithm`, or its "auto" rule."""
         if _is_dask(X) or self.scheduler is not None:
+            if self.algorithm == "incremental":
+                warnings.warn("algorithm='incremental' runs on this machine only: a Dask cluster fits by batch "
+                              "EM (each iteration one pass of the workers over their blocks)", UserWarning,
+                              stacklevel=3)
             return "batch"  # Dask fits by batch EM: see the README's "Large stacks and clusters"
         if self.algorithm == "auto":
             return "incremental" if int(X.shape[0]) >= INCREMENTAL_MIN_IMAGES else "batch"
@@ -492,12 +513,13 @@ class FaceEM:
         rng = _check_random_state(self.random_state)
         starts = self._starts(src, model, user, rng)
         history = [src.loglik_to_working(o) for o in self._history_full] if warm else None
+        accel = getattr(self, "_accel", None) if warm else None
         callback = self._make_callback(src)
         t0 = time.perf_counter()
         made = self._n_init(executor.n_images)[1]
         try:
             best, runs = fit_restarts(executor, model, starts, settings, callback=callback, history=history,
-                                      should_restart=lambda runs: self._should_restart(made, runs))
+                                      should_restart=lambda runs: self._should_restart(made, runs), accel=accel)
         except KeyboardInterrupt as exc:
             best = getattr(exc, "emface_best", None)
             if best is not None:
@@ -571,7 +593,7 @@ class FaceEM:
         def write(tmp):
             save_model(tmp, p, history=hist, n_iter=int(best_info["iter"]), run=int(best_info["run"]),
                        settings=self._saved_settings(), moments=[src.offset, src.scale], kind="checkpoint",
-                       colour=len(src.data.shape) == 4)
+                       colour=len(src.data.shape) == 4, accel=list(best_info.get("accel", (1.0, None))))
 
         atomic_save(path, write)
 
@@ -583,6 +605,7 @@ class FaceEM:
         self.lower_bounds_ = self._history_full[1:]
         self.n_iter_ = best.n_iter
         self.converged_ = best.converged
+        self._accel = best.accel
         st = best.stats
         self.positions_ = None if st is None else st.positions
         self.labels_ = None if st is None else st.labels
@@ -701,16 +724,11 @@ class FaceEM:
         n_samples = v.check_int(n_samples, "n_samples", low=1)
         rng = _check_random_state(random_state)
         th = self._theta
-        C, Ch, h, w = th.faces.shape
-        _, P, Q = th.prior.shape
-        flat = rng.choice(C * P * Q, size=n_samples, p=th.prior.ravel() / th.prior.sum())
-        labels, rem = flat // (P * Q), flat % (P * Q)
-        pos = np.stack([rem // Q, rem % Q], axis=1)
-        X = np.repeat(th.background[None], n_samples, axis=0)
-        for k, (i, j) in enumerate(pos):
-            X[k, :, i:i + h, j:j + w] = th.faces[labels[k]]
-        X += rng.normal(0.0, 1.0, size=X.shape) * th.noise_std[None, :, None, None]
-        X = public_images(X, self._colour)
+        C = th.n_faces
+        labels, pos = draw_assignments(th.prior, n_samples, rng)
+        X = render(public_background(th.background, True), public_faces(th.faces, True), labels, pos)
+        X += rng.normal(0.0, 1.0, size=X.shape) * th.noise_std
+        X = X if self._colour else X[..., 0]
         return (X, pos, labels) if C > 1 else (X, pos)
 
     # ------------------------------------------------------------------ persistence
@@ -719,17 +737,19 @@ class FaceEM:
         self._check_fitted()
         save_model(path, self._theta, history=np.asarray(self._history_full), n_iter=int(self.n_iter_),
                    converged=bool(self.converged_), settings=self._saved_settings(), moments=list(self._moments),
-                   kind="model", runs=self.runs_, colour=self._colour,
-                   face_shape_scores=getattr(self, "face_shape_scores_", []))
+                   kind="model", runs=self.runs_, colour=self._colour, best_run=int(self.best_run_),
+                   accel=list(self._accel),
+                   algorithm=self.algorithm_, face_shape_scores=getattr(self, "face_shape_scores_", []))
 
     @classmethod
     def load(cls, path):
         """A fitted `FaceEM` from a file written by `save` (or a checkpoint)."""
         params, extra = load_model(path)
         settings = dict(extra.get("settings", {}))
-        settings.pop("face_shape", None)
-        if settings.get("dtype") is not None:
-            settings["dtype"] = np.dtype(settings["dtype"])
+        # how it was computed (a GPU, its float32, threads, memory) belongs to the machine that fitted
+        # it: the loaded model computes with this machine's defaults
+        for k in ("face_shape", "device", "backend", "dtype", "n_jobs", "max_memory", "scheduler", "checkpoint"):
+            settings.pop(k, None)
         settings = {k: val for k, val in settings.items() if k in cls._get_param_names()}
         settings["n_faces"] = params.n_faces
         est = cls(tuple(params.face_shape), **settings)
@@ -745,7 +765,11 @@ class FaceEM:
         mom = extra.get("moments")
         est._moments = tuple(mom) if mom is not None else _default_moments(params)
         est.runs_ = extra.get("runs", [])
+        est._accel = tuple(extra.get("accel", (1.0, None)))
+        est.best_run_ = int(extra.get("best_run", 0))
+        est.algorithm_ = extra.get("algorithm", "batch")
         est.face_shape_scores_ = extra.get("face_shape_scores", [])
+        est.positions_ = est.labels_ = None  # not kept in the file: predict(X) gives them
         return est
 
     @classmethod

@@ -1,8 +1,10 @@
 """Run one pass of the engine over a source, on this machine.
 
 An executor maps `emface.engine.chunk_stats` over a source's chunks and sums
-the results. The EM driver only talks to executors, so the same loop runs on
-threads here or on a Dask cluster (`emface.distributed.DaskExecutor`).
+the results: `LocalExecutor` here, chunk after chunk (the kernels run their
+own threads inside each chunk), `emface.distributed.DaskExecutor` on a Dask
+cluster. The EM driver and the moves only talk to executors, so the same
+loop runs on either.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import numpy as np
 from .engine import chunk_stats, make_plan, resolve_backend, stats_from_positions, stats_from_q
 from .sources import ArraySource, read_runs, sample_runs
 
-__all__ = ["EngineConfig", "LocalExecutor", "single_threaded_blas", "subsample_executor"]
+__all__ = ["EngineConfig", "BaseExecutor", "LocalExecutor", "single_threaded_blas", "subsample_executor"]
 
 #: a subsample's raw images weigh at most this much in memory, and its chunks this much each
 SUBSAMPLE_BYTES = 256 * 2**20
@@ -85,6 +87,9 @@ class EngineConfig:
         self.device = str(self.device)
         if self.device != "cpu" and self.backend in (None, "auto"):
             self.backend = "torch"
+        if self.device != "cpu" and self.backend != "torch":
+            raise ValueError(f"device={self.device!r} runs through PyTorch: backend must be 'auto' or 'torch', "
+                             f"got {self.backend!r}")
         self.backend = resolve_backend(self.backend)
         if self.backend == "torch":
             _check_torch_device(self.device)
@@ -106,11 +111,38 @@ def subsample_executor(data, face_shape, moments, config, n_max, rng, *, n_faces
     return LocalExecutor(src, config), idx
 
 
-class LocalExecutor:
-    """Sums the engine's statistics over a source's chunks, in this process.
+class BaseExecutor:
+    """What every executor shares: the stack's constant sums, and in-memory subsamples for the moves.
 
     The sums ``Σ_k X_k`` and ``Σ_k ||X_k||²`` do not change between passes:
     the first full pass computes them and later passes reuse them.
+    Subclasses set `source`, `config`, `n_images` and `image_shape`.
+    """
+
+    _moments = None
+
+    def remember_moments(self, SX, SXX):
+        """Keep ``Σ_k X_k`` and ``Σ_k ||X_k||²`` of the whole stack (summed elsewhere, e.g. by incremental EM)."""
+        if self._moments is None:
+            self._moments = (SX, SXX)
+
+    def _fill_moments(self, total, full=True):
+        if total.SX is not None:
+            if full and self._moments is None:
+                self._moments = (total.SX, total.SXX)
+        elif full and self._moments is not None:
+            total.SX, total.SXX = self._moments
+        return total
+
+    def subsample(self, n_max, rng, *, n_faces=1):
+        """(executor, indices) over up to `n_max` images, held here in memory in large chunks."""
+        src = self.source
+        return subsample_executor(src.data, src.face_shape, (src.offset, src.scale), self.config, n_max, rng,
+                                  n_faces=n_faces)
+
+
+class LocalExecutor(BaseExecutor):
+    """Sums the engine's statistics over a source's chunks, in this process.
 
     Parameters
     ----------
@@ -123,8 +155,6 @@ class LocalExecutor:
         self.config = config or EngineConfig()
         self.n_images = source.n_images
         self.image_shape = source.image_shape
-        self.n_channels = source.n_channels
-        self._moments = None
         if self.config.backend == "numba":
             import numba
 
@@ -150,19 +180,6 @@ class LocalExecutor:
         return make_plan(params, hard=hard, dtype=self.config.dtype, backend=self.config.backend,
                          route=self.config.route, workers=self.config.workers, cache_spectra=cached,
                          device=self.config.device, with_moments=with_moments)
-
-    def remember_moments(self, SX, SXX):
-        """Keep ``Σ_k X_k`` and ``Σ_k ||X_k||²`` of the whole stack (summed elsewhere, e.g. by incremental EM)."""
-        if self._moments is None:
-            self._moments = (SX, SXX)
-
-    def _fill_moments(self, total, full):
-        if total.SX is not None:
-            if full and self._moments is None:
-                self._moments = (total.SX, total.SXX)
-        elif full and self._moments is not None:
-            total.SX, total.SXX = self._moments
-        return total
 
     def pass_stats(self, params, *, hard=False, per_image=True, chunks=None):
         """One E-step over all images (or the chunks numbered `chunks`): the summed `Stats` of θ.
@@ -197,12 +214,6 @@ class LocalExecutor:
                 full[a:b] = out
                 total = s if total is None else total + s
         return self._fill_moments(total, True), full
-
-    def subsample(self, n_max, rng, *, n_faces=1):
-        """(executor, indices) over up to `n_max` images, held in memory in large chunks."""
-        src = self.source
-        return subsample_executor(src.data, src.face_shape, (src.offset, src.scale), self.config, n_max, rng,
-                                  n_faces=n_faces)
 
     def stats_from_q(self, q_of_chunk, face_shape=None):
         """M-step statistics under a posterior given per chunk.

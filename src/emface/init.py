@@ -25,6 +25,8 @@ _AUTO_IMAGES_PER_FACE = 60
 _AUTO_MAX_IMAGES = 500
 _AUTO_MAX_BYTES = 128 * 2**20
 _MEDIAN_IMAGES = 100
+# ... and the noise level the residuals of that many
+_NOISE_IMAGES = 200
 
 
 def _grid(source, face_shape):
@@ -113,7 +115,7 @@ def auto_start(source, model, rng, fraction=1.0):
     C = model.n_faces
     x = _subset(source, rng, fraction, C)
     n = len(x)
-    # the median over (at most) 200 images, each pixel's values contiguous: partitioning is then fast
+    # the median over (at most) _MEDIAN_IMAGES images, each pixel's values contiguous: partitioning is then fast
     m = x[:_MEDIAN_IMAGES].reshape(min(n, _MEDIAN_IMAGES), -1)
     B = np.median(np.ascontiguousarray(m.T), axis=1).reshape(x.shape[1:])
     r = x - B
@@ -130,7 +132,7 @@ def auto_start(source, model, rng, fraction=1.0):
     counts = np.zeros((C, P * Q))
     np.add.at(counts, (labels, arg), 1.0)
     A = (counts.reshape(C, P, Q) + 1.0) / (n + C * P * Q)
-    m = min(n, 200)
+    m = min(n, _NOISE_IMAGES)
     mu = np.repeat(B[None], m, axis=0)
     for k in range(m):
         i, j = pos[k]

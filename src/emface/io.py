@@ -5,12 +5,13 @@
 - ``.npy`` (memory-mapped, so larger-than-memory stacks stream) and ``.npz``;
 - multi-page TIFF (through tifffile, memory-mapped when the file allows);
 - a folder of PNG, JPEG or TIFF frames, in natural sort order;
-- a video file, through imageio's ffmpeg plugin (the ``video`` extra);
+- a video file, decoded in chunks by PyAV (the ``video`` extra), or cached once to disk;
 - zarr stores and HDF5 files (``path.h5:dataset``), read lazily.
 
 Colour frames, TIFF stacks and videos stay in colour, (K, H, W, 3); ``grey=True``
-converts them (ITU-R 601 luma). RGBA loses its alpha channel, with a
-`UserWarning` that says so. Every failure raises `InputError`, a ValueError
+converts them (ITU-R 601 luma), slice by slice as they are read. Pictures
+(frames, TIFF, video) with an alpha channel lose it, with a `UserWarning`
+that says so; arrays (npy, npz, zarr, HDF5) keep every channel they have. Every failure raises `InputError`, a ValueError
 whose message says what is wrong and what was expected; an optional reader
 that is not installed is named with the ``pip install`` that adds it.
 """
@@ -24,9 +25,10 @@ import zipfile
 
 import numpy as np
 
-from ._errors import InputError
+from ._errors import InputError, one_line
+from ._layout import LUMA
 
-__all__ = ["InputError", "load_stack", "read_image", "write_image", "write_positions", "to_uint8", "to_grey"]
+__all__ = ["InputError", "GreyView", "load_stack", "read_image", "write_positions", "to_uint8", "to_grey"]
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp")
 VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
@@ -38,7 +40,7 @@ def to_grey(img):
     img = np.asarray(img)
     if img.ndim >= 3 and img.shape[-1] in (3, 4):
         rgb = img[..., :3].astype(np.float64)
-        return rgb @ np.array([0.299, 0.587, 0.114])
+        return rgb @ LUMA
     if img.ndim >= 3 and img.shape[-1] == 1:
         return img[..., 0]
     return img
@@ -87,19 +89,19 @@ def load_stack(path, *, layout="khw", grey=False, cache_dir=None):
     if os.path.isdir(spec):
         if os.path.exists(os.path.join(spec, ".zarray")) or os.path.exists(os.path.join(spec, "zarr.json")) \
                 or os.path.exists(os.path.join(spec, ".zgroup")):
-            return _finish(_load_zarr(spec, dataset), layout, None, spec, grey)
+            return _finish(_load_zarr(spec, dataset), layout, None, spec, grey, pictures=False)
         X, names = _load_folder(spec, grey)
         return X, names
     if low.endswith(".npy"):
-        return _finish(_load_npy(spec), layout, None, spec, grey)
+        return _finish(_load_npy(spec), layout, None, spec, grey, pictures=False)
     if low.endswith(".npz"):
-        return _finish(_load_npz(spec), layout, None, spec, grey)
+        return _finish(_load_npz(spec), layout, None, spec, grey, pictures=False)
     if low.endswith(TIFF_EXTS):
         return _finish(_load_tiff(spec), "khw", None, spec, grey)
     if low.endswith((".h5", ".hdf5", ".hdf")):
-        return _finish(_load_h5(spec, dataset), layout, None, spec, grey)
+        return _finish(_load_h5(spec, dataset), layout, None, spec, grey, pictures=False)
     if low.endswith(".zarr"):
-        return _finish(_load_zarr(spec, dataset), layout, None, spec, grey)
+        return _finish(_load_zarr(spec, dataset), layout, None, spec, grey, pictures=False)
     if low.endswith(VIDEO_EXTS):
         return _finish(_load_video(spec, grey, cache_dir), "khw", None, spec, grey)
     if low.endswith(IMAGE_EXTS):
@@ -111,7 +113,33 @@ def load_stack(path, *, layout="khw", grey=False, cache_dir=None):
     )
 
 
-def _finish(X, layout, names, path, grey=False):
+class GreyView:
+    """A colour stack (K, H, W, Ch) seen as grey (K, H, W), converted slice by slice when read.
+
+    So ``--grey`` streams a memory-mapped or lazily read stack instead of
+    converting all of it into memory first.
+    """
+
+    def __init__(self, data):
+        self.data = data
+        K, H, W = (int(v) for v in data.shape[:3])
+        self.shape = (K, H, W)
+        self.ndim = 3
+        self.dtype = np.dtype(np.float64)
+
+    def __len__(self):
+        return self.shape[0]
+
+    def __getitem__(self, key):
+        return to_grey(np.asarray(self.data[key]))
+
+    def __array__(self, dtype=None, copy=None):
+        out = to_grey(np.asarray(self.data))
+        return out if dtype is None else out.astype(dtype)
+
+
+def _finish(X, layout, names, path, grey=False, *, pictures=True):
+    """The loaded array checked and put images first; `pictures`: an alpha channel is dropped."""
     if X.ndim == 2:
         X = X[None] if layout == "khw" else X[..., None]
     if X.ndim not in (3, 4):
@@ -119,12 +147,12 @@ def _finish(X, layout, names, path, grey=False):
                          f"got shape {tuple(X.shape)}")
     if layout == "hwk":
         X = np.moveaxis(np.asarray(X), -1, 0)
-    if X.ndim == 4 and X.shape[-1] in (2, 4):
+    if pictures and X.ndim == 4 and X.shape[-1] in (2, 4):
         what = "RGBA frames" if X.shape[-1] == 4 else "grey frames with alpha"
         warnings.warn(f"{path}: {what}: the alpha channel is dropped", UserWarning, stacklevel=3)
         X = X[..., :3] if X.shape[-1] == 4 else X[..., 0]
     if grey and X.ndim == 4:
-        X = np.stack([to_grey(x) for x in X]) if len(X) else np.asarray(X)[..., 0]
+        X = GreyView(X)
     if np.dtype(X.dtype).kind not in "biuf":
         raise InputError(f"{path}: expected real-valued images, got dtype {X.dtype}")
     return X, names
@@ -141,7 +169,7 @@ def _load_npy(path):
             shape, fortran, dtype = read_header(fh)
             offset = fh.tell()
     except (ValueError, OSError, EOFError) as exc:
-        raise InputError(f"{path}: not a valid .npy file ({_one_line(exc)})") from None
+        raise InputError(f"{path}: not a valid .npy file ({one_line(exc)})") from None
     if dtype.hasobject:
         raise InputError(f"{path}: holds Python objects, not an image array")
     need = offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
@@ -151,11 +179,7 @@ def _load_npy(path):
     try:
         return np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
-        raise InputError(f"{path}: not a valid .npy file ({_one_line(exc)})") from None
-
-
-def _one_line(exc):
-    return " ".join(str(exc).split())
+        raise InputError(f"{path}: not a valid .npy file ({one_line(exc)})") from None
 
 
 def _load_npz(path):
@@ -173,15 +197,19 @@ def _load_npz(path):
 
 
 def _load_tiff(path):
+    """A TIFF stack (memory-mapped when the file allows), or one picture as a stack of one."""
     import tifffile
 
     try:
+        with tifffile.TiffFile(path) as tf:
+            one_colour_page = len(tf.pages) == 1 and tf.pages[0].ndim == 3 and tf.pages[0].shape[-1] in (1, 2, 3, 4)
         try:
-            return tifffile.memmap(path, mode="r")
+            X = tifffile.memmap(path, mode="r")
         except (ValueError, OSError):
-            return tifffile.imread(path)
+            X = tifffile.imread(path)
     except Exception as exc:  # tifffile raises many kinds
         raise InputError(f"{path}: not a readable TIFF file ({exc})") from None
+    return X[None] if one_colour_page else X
 
 
 def _load_h5(path, dataset):
@@ -214,7 +242,11 @@ def _load_zarr(path, dataset):
     except Exception as exc:
         raise InputError(f"{path}: not a readable zarr store ({exc})") from None
     if dataset is not None:
-        z = z[dataset]
+        try:
+            z = z[dataset]
+        except (KeyError, ValueError, TypeError):
+            found = [k for k, _ in z.arrays()] if hasattr(z, "arrays") else []
+            raise InputError(f"{path}: no array {dataset!r} in this zarr store (found {found or 'none'})") from None
     if not hasattr(z, "shape"):
         arrays = [k for k, v in z.arrays()] if hasattr(z, "arrays") else []
         if len(arrays) != 1:
@@ -332,13 +364,6 @@ def to_uint8(img, lo=None, hi=None):
     if not hi > lo:
         return np.full(img.shape, 128, dtype=np.uint8)
     return np.clip(np.round((img - lo) / (hi - lo) * 255), 0, 255).astype(np.uint8)
-
-
-def write_image(path, img, lo=None, hi=None):
-    """Write a (H, W) array as an 8-bit grey PNG, or an (H, W, 3) array as an RGB one."""
-    import imageio.v3 as iio
-
-    iio.imwrite(path, to_uint8(img, lo, hi))
 
 
 def write_positions(path, summary, names=None):

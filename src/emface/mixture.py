@@ -13,10 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 import numpy as np
-import scipy.fft as sfft
 
 from .engine import free_energy, objective, params_from
-from .engine.mstep import NOISE_MODELS
+from .engine.mstep import NOISE_MODELS, face_sums
 from .model import Params
 
 __all__ = ["FaceMixture", "NOISE_MODELS"]
@@ -101,12 +100,7 @@ class FaceMixture:
     def compact(stats):
         """The sums a block of incremental EM keeps: no per-image arrays, S_F in image space."""
         st = stats.without_per_image()
-        if st.S_F_hat is not None:
-            h, w = st.S_F.shape[-2:]
-            H, W = st.XC.shape[-2:]
-            st = replace(st, S_F=st.S_F + sfft.irfft2(st.S_F_hat, s=(H, W), axes=(-2, -1))[..., :h, :w],
-                         S_F_hat=None)
-        return st
+        return replace(st, S_F=face_sums(st), S_F_hat=None) if st.S_F_hat is not None else st
 
     # ------------------------------------------------------------------ escapes from local optima
     def moves(self):

@@ -16,17 +16,19 @@ Internally every array is *channel first*, with the class axis in front:
 ``prior``      (C, P, Q)           A over (face, top-left corner); sums to 1
 =============  ==================  =========================================
 
-One grey face is C = Ch = 1. The estimator shows users the images-first layouts
+One grey face is C = Ch = 1. The estimator shows users the channels-last layouts
 ``(h, w)``, ``(C, h, w)``, ``(h, w, Ch)`` and ``(C, h, w, Ch)``.
 """
 
 from __future__ import annotations
 
+import os
+import tempfile
 from dataclasses import dataclass, fields, replace
 
 import numpy as np
 
-__all__ = ["Params", "Stats", "save_model", "load_model"]
+__all__ = ["Params", "Stats", "save_model", "load_model", "atomic_save"]
 
 
 def _as_faces(face):
@@ -237,12 +239,6 @@ class Stats:
         """A copy without the per-image arrays (what a reduction needs to ship)."""
         return replace(self, **{k: None for k in PER_IMAGE})
 
-    @property
-    def nbytes(self) -> int:
-        """Bytes held by the arrays (what a kept block of incremental EM costs)."""
-        return sum(getattr(self, f.name).nbytes for f in fields(self)
-                   if isinstance(getattr(self, f.name), np.ndarray))
-
 
 def save_model(path, params, **extra):
     """Save θ and any extra arrays or JSON-able settings to a ``.npz`` file.
@@ -313,3 +309,17 @@ def load_model(path):
         if "meta" in files:
             extra.update(json.loads(str(z["meta"])))
     return params, extra
+
+
+def atomic_save(path, save_fn):
+    """Write through a temporary file in the same folder, then rename it into place."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=folder)
+    os.close(fd)
+    try:
+        save_fn(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

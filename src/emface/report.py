@@ -18,6 +18,7 @@ import numpy as np
 from .io import to_uint8
 
 __all__ = [
+    "displayable",
     "prior_figure",
     "faces_figure",
     "objective_figure",
@@ -48,10 +49,28 @@ def png_bytes(fig):
     return buf.getvalue()
 
 
+def displayable(img):
+    """A picture to show: (H, W) grey or (H, W, 3) RGB as they are, one channel as grey, and any other
+    number of channels side by side, each as grey (a fluorescence microscope's channels, say)."""
+    img = np.asarray(img)
+    if img.ndim == 2 or (img.ndim == 3 and img.shape[-1] == 3):
+        return img
+    if img.shape[-1] == 1:
+        return img[..., 0]
+    gap = np.full((img.shape[0], 1), np.nan)
+    parts = []
+    for c in range(img.shape[-1]):
+        parts += [img[..., c], gap] if c < img.shape[-1] - 1 else [img[..., c]]
+    return np.concatenate(parts, axis=1)
+
+
 def image_png(img, lo=None, hi=None, min_size=0):
-    """A (H, W) grey or (H, W, 3) colour array as 8-bit PNG bytes, enlarged by whole pixels to `min_size`."""
+    """A picture (see `displayable`) as 8-bit PNG bytes, enlarged by whole pixels to `min_size`."""
     import imageio.v3 as iio
 
+    img = displayable(img)
+    if np.isnan(img).any():  # the gaps between channels: white
+        img = np.where(np.isnan(img), np.nanmax(img) if hi is None else hi, img)
     u8 = to_uint8(img, lo, hi)
     side = max(u8.shape[:2])
     if min_size and side < min_size:
@@ -61,11 +80,12 @@ def image_png(img, lo=None, hi=None, min_size=0):
 
 
 def _show(ax, img, lo, hi):
-    """Show a grey or colour image with a shared display range."""
+    """Show a picture (see `displayable`) with a shared display range."""
+    img = displayable(img)
     if img.ndim == 3:
         ax.imshow(to_uint8(img, lo, hi), interpolation="nearest")
     else:
-        ax.imshow(img, cmap="gray", vmin=lo, vmax=hi, interpolation="nearest")
+        ax.imshow(np.ma.masked_invalid(img), cmap="gray", vmin=lo, vmax=hi, interpolation="nearest")
     ax.set_xticks([])
     ax.set_yticks([])
 

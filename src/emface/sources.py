@@ -2,8 +2,9 @@
 
 A source turns an array-like of shape (K, H, W) or (K, H, W, Ch) -- an
 in-memory array, a memory-mapped ``.npy``, a zarr array, an HDF5 dataset, a
-lazily read TIFF or video -- into a sequence of `emface.engine.Chunk` objects,
-each (n, Ch, H, W) as the engine reads it. It also fixes the affine map
+memory-mapped (or else read) TIFF, a lazily decoded video -- into a sequence
+of `emface.engine.Chunk` objects, each (n, H, W, Ch) raw as the kernels read
+it (a view, for an in-memory grey stack). It also fixes the affine map
 to working units (centre and scale), so that the engine's expanded sums of
 squares stay well conditioned whatever the data's range: the model is
 equivariant, and the estimator maps the parameters back.
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .engine import Chunk, ChunkCache, costs
+from .engine import Chunk, ChunkCache, block_moments, costs
 
 __all__ = ["ArraySource", "Moments", "WorkingUnits", "available_memory", "sample_runs", "read_runs"]
 
@@ -121,10 +122,7 @@ class Moments:
         if x.size == 0:
             return cls()
         if x.dtype in _DIRECT_DTYPES and x.flags.c_contiguous:
-            from .engine import _numba_kernels as nk
-
-            out = np.empty((len(x), 6))
-            nk.pick("block_moments", x.size, 2)(x, out)
+            out = block_moments(x)
             bad = out[:, 0]
         else:
             x64 = x.astype(np.float64)
@@ -178,7 +176,8 @@ class WorkingUnits:
     def _adopt(self, m):
         """Take the map and the data's summary from `Moments`; return (offset, scale)."""
         if not np.isfinite(m.mean):
-            raise ValueError("X holds values too large to sum in float64")
+            raise ValueError(f"X must hold values whose sum fits in float64, got a sum of {m.mean * m.n!r} "
+                             f"over {m.n} values (largest {m.hi!r})")
         std = math.sqrt(m.m2 / max(m.n, 1))
         if not np.isfinite(std) or std < 1e-300:
             scale = max(abs(m.mean), 1.0)

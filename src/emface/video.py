@@ -23,11 +23,12 @@ import threading
 
 import numpy as np
 
-from ._errors import InputError
+from ._errors import InputError, one_line
+from ._layout import LUMA as _LUMA64
 
 __all__ = ["VideoStack", "write_synthetic_video", "LUMA"]
 
-LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R 601
+LUMA = _LUMA64.astype(np.float32)  # ITU-R 601, in single precision for frames
 _EXTRA = "pip install 'emface[video]'"
 _CACHE_CHUNK_BYTES = 64 * 2**20
 # x264 settings of the synthetic videos: CAVLC and no deblocking (tune fastdecode)
@@ -42,10 +43,6 @@ def _import_av(what="reading"):
     except ImportError:
         raise InputError(f"{what} video needs the video extra: {_EXTRA}") from None
     return av
-
-
-def _one_line(exc):
-    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 class VideoStack:
@@ -107,7 +104,7 @@ class VideoStack:
         try:
             container = av.open(self.path, "r")
         except Exception as exc:  # PyAV raises its own error classes (FFmpegError, ...)
-            raise InputError(f"{self.path}: could not open the video ({_one_line(exc)})") from None
+            raise InputError(f"{self.path}: could not open the video ({one_line(exc)})") from None
         if not container.streams.video:
             container.close()
             raise InputError(f"{self.path}: the file has no video stream")
@@ -143,7 +140,7 @@ class VideoStack:
         except InputError:
             raise
         except Exception as exc:
-            raise InputError(f"{self.path}: could not read the video ({_one_line(exc)})") from None
+            raise InputError(f"{self.path}: could not read the video ({one_line(exc)})") from None
         finally:
             container.close()
         K = len(pts)
@@ -349,7 +346,7 @@ class VideoStack:
                     frame = next(self._frames, None)
                 except Exception as exc:
                     self._frames = None
-                    raise InputError(f"{self.path}: could not decode frame {want} ({_one_line(exc)})") from None
+                    raise InputError(f"{self.path}: could not decode frame {want} ({one_line(exc)})") from None
                 if frame is None:
                     self._frames = None
                     got = self._next if self._next is not None else "?"
@@ -436,7 +433,7 @@ class VideoStack:
         try:
             return np.load(final, mmap_mode="r")
         except (ValueError, OSError, EOFError) as exc:
-            raise InputError(f"{final}: could not read the video cache back ({_one_line(exc)})") from None
+            raise InputError(f"{final}: could not read the video cache back ({one_line(exc)})") from None
 
     @classmethod
     def _write_cache(cls, stack, final, chunk_bytes):
@@ -536,7 +533,7 @@ def write_synthetic_video(path, n_images=1000, image_shape=(100, 120), face_shap
     """
     from fractions import Fraction
 
-    from .datasets import FacesTruth, make_faces
+    from .datasets import FacesTruth, draw_assignments, make_faces, render
 
     av = _import_av("writing")
     path = os.fspath(path)
@@ -550,9 +547,7 @@ def write_synthetic_video(path, n_images=1000, image_shape=(100, 120), face_shap
     h, w = (int(v) for v in face_shape)
     P, Q = H - h + 1, W - w + 1
     joint = np.asarray(t.prior, dtype=np.float64).reshape(C, P, Q)
-    flat = rng.choice(C * P * Q, size=K, p=joint.ravel() / joint.sum())
-    labels, rem = flat // (P * Q), flat % (P * Q)
-    pos = np.stack([rem // Q, rem % Q], axis=1)
+    labels, pos = draw_assignments(joint, K, rng)
 
     rate = Fraction(fps).limit_denominator(100000)
     base, ext = os.path.splitext(path)
@@ -568,11 +563,7 @@ def write_synthetic_video(path, n_images=1000, image_shape=(100, 120), face_shap
             stream.options = dict(X264_OPTIONS, crf=str(int(crf)))
             for a in range(0, K, n_block):
                 b = min(K, a + n_block)
-                X = np.empty((b - a,) + B.shape, dtype=np.float64)
-                X[:] = B
-                for k in range(a, b):
-                    i, j = pos[k]
-                    X[k - a, i:i + h, j:j + w] = F[labels[k]]
+                X = render(B, F, labels[a:b], pos[a:b])
                 if s > 0:
                     X += rng.normal(0.0, s, size=X.shape)
                 u8 = np.clip(np.round(X), 0, 255).astype(np.uint8)
@@ -596,7 +587,7 @@ def write_synthetic_video(path, n_images=1000, image_shape=(100, 120), face_shap
         raise
     except Exception as exc:  # PyAV's errors, OSError
         _remove(tmp)
-        raise InputError(f"cannot write the video {path}: {_one_line(exc)}") from None
+        raise InputError(f"cannot write the video {path}: {one_line(exc)}") from None
     except BaseException:  # Ctrl-C: no half-written video is left
         _remove(tmp)
         raise

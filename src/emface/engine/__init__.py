@@ -10,7 +10,7 @@
 Nothing here imports anything above it (no estimator, no I/O, no CLI, no plots).
 """
 
-from .chunk import Chunk, ChunkCache
+from .chunk import Chunk, ChunkCache, block_moments
 from .mstep import MStepInfo, expected_sse, free_energy, objective, params_from
 from .plan import Plan, make_plan, resolve_backend
 from .stats import chunk_stats, stats_from_positions, stats_from_q
@@ -18,6 +18,7 @@ from .stats import chunk_stats, stats_from_positions, stats_from_q
 __all__ = [
     "Chunk",
     "ChunkCache",
+    "block_moments",
     "MStepInfo",
     "Plan",
     "chunk_stats",

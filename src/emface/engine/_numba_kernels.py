@@ -374,12 +374,10 @@ def _add_moments(x, off, inv, SX, SXX):
     sx = SX.reshape(H * W * Ch)
     for t in range(flat.shape[0]):
         sx[t] += (flat[t] - off) * inv
+    sq = np.empty(Ch)
+    _sq_norms(x, off, inv, sq)
     for ch in range(Ch):
-        acc = 0.0
-        for t in range(ch, flat.shape[0], Ch):
-            v = (flat[t] - off) * inv
-            acc += v * v
-        SXX[ch] += acc
+        SXX[ch] += sq[ch]
 
 
 def fused_pass(

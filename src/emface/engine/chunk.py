@@ -8,7 +8,7 @@ import numpy as np
 
 from . import kernels
 
-__all__ = ["Chunk", "ChunkCache", "standardized", "chunk_spectra"]
+__all__ = ["Chunk", "ChunkCache", "standardized", "chunk_spectra", "block_moments"]
 
 
 @dataclass
@@ -48,6 +48,16 @@ class Chunk:
     @property
     def n(self):
         return self.data.shape[0]
+
+
+def block_moments(x):
+    """Per image of a block (n, ...) of float64, float32 or uint8: [count of non-finite values, sum, min,
+    max, Σ (x - m)², Σ (x - m)³] with m the block's mean, as an (n, 6) array (two fused passes)."""
+    from . import _numba_kernels as nk
+
+    out = np.empty((len(x), 6))
+    nk.pick("block_moments", x.size, 2)(x, out)
+    return out
 
 
 def standardized(chunk, dtype, *, use_numba=True):

@@ -42,7 +42,7 @@ def use_partial_idft(P, H):
 
 
 def _corr_fft_cost(H, W, h, w, cached, n_faces=1, n_channels=1):
-    P, Q = H - h + 1, W - w + 1
+    P = H - h + 1
     Wr = W // 2 + 1
     C, Ch = n_faces, n_channels
     cost = _C_MUL * H * Wr * C * Ch

@@ -131,7 +131,7 @@ def params_from(stats, previous, *, prior_smoothing=0.0, noise_floor=1e-12, nois
         raise ValueError(f"noise must be one of {list(NOISE_MODELS)}, got {noise!r}")
     if not np.isfinite(s2).all():
         raise FloatingPointError(
-            "the noise variance became non-finite in the M-step; the data or the "
+            f"the noise variance became non-finite in the M-step (s² = {s2}); the data or the "
             "parameters hold values too large for float64"
         )
     floor2 = float(noise_floor) ** 2

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -57,17 +57,19 @@ class Plan:
     filters: np.ndarray | None  # (C, Ch, H, W//2+1)  conj(rfft2(λ·F))
     idft_rows: np.ndarray | None
     max_sparse: int
+    #: per-backend copies made on first use: the channels-last arrays of the
+    #: fused kernels, and the arrays on a torch device (`torch_backend.device_plan`)
+    device_arrays: object = field(default=None, repr=False, compare=False)
+    _channels_last: tuple | None = field(default=None, repr=False, compare=False)
 
     def channels_last(self):
         """(λ·B, B, F) channels last, (H, W, Ch) and (C, h, w, Ch), as the fused CPU kernels read them."""
-        cached = getattr(self, "_channels_last", None)
-        if cached is None:
+        if self._channels_last is None:
             B = self.params.background
-            cached = (np.ascontiguousarray(np.moveaxis(B * self.lam[:, None, None], 0, -1)),
-                      np.ascontiguousarray(np.moveaxis(B, 0, -1)),
-                      np.ascontiguousarray(np.moveaxis(self.params.faces, 1, -1)))
-            self._channels_last = cached
-        return cached
+            self._channels_last = (np.ascontiguousarray(np.moveaxis(B * self.lam[:, None, None], 0, -1)),
+                                   np.ascontiguousarray(np.moveaxis(B, 0, -1)),
+                                   np.ascontiguousarray(np.moveaxis(self.params.faces, 1, -1)))
+        return self._channels_last
 
     @property
     def grid_shape(self):
@@ -115,7 +117,7 @@ def make_plan(params, *, hard=False, dtype=np.float64, backend=None, route=None,
     dtype = np.dtype(dtype)
     C, Ch, h, w = params.faces.shape
     H, W = params.image_shape
-    P, Q = H - h + 1, W - w + 1
+    P = H - h + 1
     backend = resolve_backend(backend)
     if backend == "torch":
         route = "fft"  # the torch kernels correlate through the FFT only

@@ -10,7 +10,8 @@ Two routes compute the same formulas:
 - the shared array-API kernels (`kernels`), for numpy and for torch devices;
 - the fused Numba sweep (`_numba_kernels`), the CPU's fast path.
 
-Each returns raw arrays; `_build_stats` alone turns them into `Stats`.
+Each returns raw arrays, which `_build_stats` alone turns into `Stats`
+(`_given_q_stats` builds those of the sums from given posteriors).
 """
 
 from __future__ import annotations

@@ -31,9 +31,8 @@ def _torch():
 def device_plan(plan):
     """The plan's arrays as tensors on ``plan.device``, made once per plan."""
     torch = _torch()
-    cached = getattr(plan, "_device_arrays", None)
-    if cached is not None:
-        return cached
+    if plan.device_arrays is not None:
+        return plan.device_arrays
     dev = torch.device(plan.device)
     cdt = torch.complex64 if plan.dtype == np.float32 else torch.complex128
 
@@ -50,7 +49,7 @@ def device_plan(plan):
         faces_w=f64(plan.faces_w),
         idft_rows=None if plan.idft_rows is None else torch.as_tensor(plan.idft_rows, device=dev).to(cdt),
     )
-    plan._device_arrays = arrs
+    plan.device_arrays = arrs
     return arrs
 
 
