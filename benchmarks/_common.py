@@ -8,6 +8,7 @@ knowing where every face was".
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import time
@@ -129,4 +130,51 @@ def fmt_s(v):
     return f"{v:.1f} s" if v >= 1 else f"{v:.3f} s"
 
 
-__all__ += ["cpu_count", "fmt_s"]
+def synthetic_block(rng, n, face, bg, s):
+    """n float32 images: the grey face pasted at uniform positions on the background, plus noise of std s."""
+    H, W = bg.shape
+    h, w = face.shape
+    X = np.repeat(bg[None], n, axis=0).astype(np.float32)
+    rows = rng.integers(0, H - h + 1, n)
+    cols = rng.integers(0, W - w + 1, n)
+    for k in range(n):
+        X[k, rows[k]:rows[k] + h, cols[k]:cols[k] + w] = face
+    X += rng.normal(0, s, X.shape).astype(np.float32)
+    return X
+
+
+def time_iterations(X, face_shape, *, n_faces=1, hard=False, dtype=np.float64, n_iter=5, start="random",
+                    workers=None, backend=None, device="cpu", max_memory=None, probe=None, sync=None):
+    """Seconds of each of `n_iter` EM iterations (one E-step pass, one M-step), as FaceEM.fit runs them.
+
+    The first pass (which caches the spectra and compiles the kernels) is not
+    timed. `start` is "random" (the note's start) or "auto" (the data-driven
+    start); `probe` is a context-manager factory entered around each timed
+    iteration, returned with the times; `sync` is called before each clock read
+    (a GPU's synchronisation). Returns (times, probes, executor).
+    """
+    from emface.init import auto_start, random_start
+    from emface.mixture import FaceMixture
+
+    src = ArraySource(X, face_shape, compute_dtype=dtype, max_memory=max_memory, n_faces=n_faces)
+    ex = LocalExecutor(src, EngineConfig(dtype=dtype, backend=backend, workers=workers or cpu_count(), device=device))
+    model = FaceMixture(tuple(face_shape), n_faces, hard=hard)
+    sync = sync or (lambda: None)
+    times, probes = [], []
+    with ex.running():  # as FaceEM.fit runs: BLAS on one thread beside the engine's threads
+        first = random_start if start == "random" else auto_start
+        params = first(src, model, np.random.default_rng(1))
+        params, _ = model.m_step(model.e_step(ex, params), params)
+        for _ in range(n_iter):
+            p = probe() if probe is not None else None
+            with p if p is not None else contextlib.nullcontext():
+                sync()
+                t = time.perf_counter()
+                params, _ = model.m_step(model.e_step(ex, params), params)
+                sync()
+                times.append(time.perf_counter() - t)
+            probes.append(p)
+    return times, probes, ex
+
+
+__all__ += ["cpu_count", "fmt_s", "synthetic_block", "time_iterations"]

@@ -18,11 +18,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 
 import numpy as np
 
-from _common import ari, face_errors, floor_params, match_faces, oracle, timed_fit
+from _common import ari, face_errors, floor_params, match_faces, oracle, time_iterations, timed_fit
 from emface.datasets import FACES, make_faces
 
 # C, (H, W), (h, w), K, noise / contrast, background, colour, weights
@@ -83,9 +82,6 @@ def accuracy(seed=0, configs=CONFIGS):
 
 def speed(n_faces=(1, 2, 4, 8, 16), repeats=5):
     """Median seconds per iteration (E-step pass + M-step) after the first, from the data-driven start."""
-    from emface.estimator import FaceEM
-    from emface.init import auto_start
-
     K, (H, W), (h, w) = 2000, (128, 128), (48, 48)
     print(f"seconds per EM iteration at {H}x{W}, a {h}x{w} face, K={K} (soft EM, float64, cached spectra):")
     print(f"{'C':>3} {'s/it':>8} {'x one face':>10}")
@@ -93,18 +89,7 @@ def speed(n_faces=(1, 2, 4, 8, 16), repeats=5):
     for C in n_faces:
         faces = [FACES[i % len(FACES)] for i in range(C)]
         X, _ = make_faces(K, (H, W), (h, w), n_faces=C, face=faces, background="coffee", noise=1.0, random_state=0)
-        est = FaceEM((h, w), n_faces=C)
-        ex = est._make_executor(X, (h, w))
-        model = est._model((h, w), ex.source)
-        p = auto_start(ex.source, model, np.random.default_rng(0))
-        with ex.running():
-            stats = model.e_step(ex, p)  # the first pass computes the spectra
-            times = []
-            for _ in range(repeats):
-                t = time.perf_counter()
-                p, _ = model.m_step(stats, p)
-                stats = model.e_step(ex, p)
-                times.append(time.perf_counter() - t)
+        times, _, _ = time_iterations(X, (h, w), n_faces=C, n_iter=repeats, start="auto")
         med = float(np.median(times))
         base = base or med
         print(f"{C:>3} {med:8.3f} {med / base:10.2f}", flush=True)

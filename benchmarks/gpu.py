@@ -17,11 +17,12 @@ import argparse
 import os
 import statistics
 import sys
-import time
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
+
+from _common import time_iterations  # noqa: E402
 
 SHAPES = [
     (256, 256, 48, 48, 20000),
@@ -38,25 +39,9 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def time_iterations(X, face_shape, hard, dtype, device, n_iter):
-    from emface.engine import params_from
-    from emface.executor import EngineConfig, LocalExecutor
-    from emface.init import random_start
-    from emface.sources import ArraySource
-
-    src = ArraySource(X, face_shape, compute_dtype=dtype, max_memory="64GB")
-    ex = LocalExecutor(src, EngineConfig(dtype=dtype, backend="torch", device=device))
-    params = random_start(src, np.random.default_rng(1))
-    stats = ex.pass_stats(params, hard=hard)  # spectra cached on the device
-    params, _ = params_from(stats, params, face_shape=face_shape)
-    times = []
-    for _ in range(n_iter):
-        _sync(device)
-        t = time.perf_counter()
-        stats = ex.pass_stats(params, hard=hard)
-        params, _ = params_from(stats, params, face_shape=face_shape)
-        _sync(device)
-        times.append(time.perf_counter() - t)
+def seconds_per_iteration(X, face_shape, hard, dtype, device, n_iter):
+    times, _, _ = time_iterations(X, face_shape, hard=hard, dtype=dtype, n_iter=n_iter, backend="torch",
+                                  device=device, max_memory="64GB", sync=lambda: _sync(device))
     return statistics.median(times)
 
 
@@ -92,7 +77,7 @@ def main(argv=None):
         X = X.astype(np.float32)
         for hard in (False, True):
             for dtype in (np.float32, np.float64):
-                t = time_iterations(X, (h, w), hard, dtype, args.device, n)
+                t = seconds_per_iteration(X, (h, w), hard, dtype, args.device, n)
                 gbs = min_bytes(H, W, h, w, K, dtype) / t / 1e9
                 share = "" if not peak else f"{gbs / peak:7.1%}"
                 print(f"{f'{H},{W},{h},{w},{K}':<24} {'hard' if hard else 'soft':<5} "

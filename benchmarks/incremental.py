@@ -33,6 +33,10 @@ import warnings
 
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(__file__))
+
+from _common import peak_rss_gb, synthetic_block  # noqa: E402
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results")
 DEFAULT_STORE = "/tmp/emface-bench-noisy.zarr"
@@ -48,22 +52,8 @@ RUNS = {
 }
 
 
-def _peak_gb():
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
 
 
-def _block(rng, n, face, bg, s):
-    H, W = bg.shape
-    h, w = face.shape
-    X = np.repeat(bg[None], n, axis=0).astype(np.float32)
-    rows = rng.integers(0, H - h + 1, n)
-    cols = rng.integers(0, W - w + 1, n)
-    for k in range(n):
-        X[k, rows[k]:rows[k] + h, cols[k]:cols[k] + w] = face
-    X += rng.normal(0, s, X.shape).astype(np.float32)
-    return X
 
 
 def make_data(case, store=DEFAULT_STORE):
@@ -79,14 +69,14 @@ def make_data(case, store=DEFAULT_STORE):
     if case == "memory":
         X = np.empty((K, H, W), dtype=np.float32)
         for a in range(0, K, 5000):
-            X[a:a + 5000] = _block(rng, min(5000, K - a), face, bg, s)
+            X[a:a + 5000] = synthetic_block(rng, min(5000, K - a), face, bg, s)
         return X
     import zarr
 
     if not os.path.exists(store):
         z = zarr.create_array(store, shape=(K, H, W), chunks=(1000, H, W), dtype="float32", compressors=None)
         for a in range(0, K, 1000):
-            z[a:a + 1000] = _block(rng, 1000, face, bg, s)
+            z[a:a + 1000] = synthetic_block(rng, 1000, face, bg, s)
     return zarr.open(store, mode="r")
 
 
@@ -110,7 +100,7 @@ def child(case, name, store):
         est = FaceEM(c["face"], **kw).fit(X)
     s = est.posterior_summary(X)
     print(json.dumps(dict(name=name, trace=trace, final=est.lower_bound_, n_iter=est.n_iter_,
-                          wall=time.perf_counter() - t0, cpu=time.process_time() - c0, peak_gb=_peak_gb(),
+                          wall=time.perf_counter() - t0, cpu=time.process_time() - c0, peak_gb=peak_rss_gb(),
                           positions=s.positions.tolist(), decisive=(s.probability >= 0.9).tolist())))
 
 

@@ -20,7 +20,7 @@ def attempt(label, make):
         with warnings.catch_warnings(record=True) as w:
             warnings.simplefilter("always")
             out = make()
-        extra = f" (warned: {w[0].category.__name__})" if w else ""
+        extra = f" (warned: {w[0].category.__name__}: {w[0].message})" if w else ""
         print(f"| {label} | works: {out}{extra} |")
     except Exception as exc:  # noqa: BLE001 - we print what the user would see
         print(f"| {label} | {type(exc).__name__}: {exc} |")
@@ -38,7 +38,7 @@ attempt("NaN pixel", lambda: fit(bad))
 inf = X.copy(); inf[0, 0, 0] = np.inf
 attempt("inf pixel", lambda: fit(inf))
 attempt("2-D input", lambda: fit(X[0]))
-attempt("4-D input", lambda: fit(X[None]))
+attempt("grey stack with an extra axis, X[None]", lambda: fit(X[None]))
 attempt("empty stack (0, 12, 14)", lambda: fit(X[:0]))
 attempt("strings", lambda: fit(np.full((2, 5, 5), "x")))
 attempt("face (13, 5) in 12x14 images", lambda: fit(X, face=(13, 5)))

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -21,24 +20,16 @@ import warnings
 
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(__file__))
+
+from _common import peak_rss_gb, synthetic_block  # noqa: E402
+
 DEFAULT_STORE = "/tmp/emface-bench.zarr"
 ZK, ZH, ZW, ZH_F, ZW_F = 200_000, 100, 80, 40, 30
 
 
-def _peak_gb():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
 
 
-def _synthetic_block(rng, n, face, bg, s):
-    H, W = bg.shape
-    h, w = face.shape
-    X = np.repeat(bg[None], n, axis=0).astype(np.float32)
-    rows = rng.integers(0, H - h + 1, n)
-    cols = rng.integers(0, W - w + 1, n)
-    for k in range(n):
-        X[k, rows[k]:rows[k] + h, cols[k]:cols[k] + w] = face
-    X += rng.normal(0, s, X.shape).astype(np.float32)
-    return X
 
 
 def memory_child():
@@ -51,14 +42,14 @@ def memory_child():
     bg = photo("camera", (H, W))
     X = np.empty((K, H, W), dtype=np.float32)
     for a in range(0, K, 5000):
-        X[a:a + 5000] = _synthetic_block(rng, 5000, face, bg, face.std())
-    base = _peak_gb()
+        X[a:a + 5000] = synthetic_block(rng, 5000, face, bg, face.std())
+    base = peak_rss_gb()
     t = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         est = FaceEM((h, w), random_state=0).fit(X)
     dt = time.perf_counter() - t
-    peak = _peak_gb()
+    peak = peak_rss_gb()
     data = X.nbytes / 1e9
     print(json.dumps(dict(what="memory", K=K, data_gb=round(data, 3), peak_rss_gb=round(peak, 3),
                           ratio=round(peak / data, 2), rss_before_fit_gb=round(base, 3), fit_s=round(dt, 1),
@@ -78,7 +69,7 @@ def make_store(path):
     z = zarr.create_array(path, shape=(ZK, ZH, ZW), chunks=(1000, ZH, ZW), dtype="float32", compressors=None)
     t = time.perf_counter()
     for a in range(0, ZK, 1000):
-        z[a:a + 1000] = _synthetic_block(rng, 1000, face, bg, face.std())
+        z[a:a + 1000] = synthetic_block(rng, 1000, face, bg, face.std())
     print(f"wrote {path}: {ZK} images of {ZH}x{ZW} float32 ({ZK * ZH * ZW * 4 / 1e9:.1f} GB) "
           f"in {time.perf_counter() - t:.0f} s", flush=True)
 
@@ -113,7 +104,7 @@ def zarr_child(path, iters=3):
 
     times = _timed_fit(zarr.open_array(path, mode="r"), iters)
     print(json.dumps(dict(what="zarr", K=ZK, store_gb=round(ZK * ZH * ZW * 4 / 1e9, 1), max_memory="1GB",
-                          peak_rss_gb=round(_peak_gb(), 3), **times)))
+                          peak_rss_gb=round(peak_rss_gb(), 3), **times)))
 
 
 def cluster_child(path, n_workers, iters=3):

@@ -35,6 +35,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
 
+from _common import time_iterations  # noqa: E402
+
 SHAPES = [
     # H, W, h, w, K
     (100, 200, 100, 73, 1000),
@@ -96,28 +98,11 @@ class _FFTTimer:
 
 def time_emface(X, face_shape, hard, dtype, n_iter, workers):
     from emface.engine import costs
-    from emface.executor import EngineConfig, LocalExecutor
-    from emface.init import random_start
-    from emface.mixture import FaceMixture
-    from emface.sources import ArraySource
 
-    src = ArraySource(X, face_shape, compute_dtype=dtype)
-    ex = LocalExecutor(src, EngineConfig(dtype=dtype, workers=workers))
-    model = FaceMixture(face_shape, hard=hard)
-    times, fft_share = [], []
-    with ex.running():  # as FaceEM.fit runs: BLAS on one thread beside the engine's threads
-        params = random_start(src, model, np.random.default_rng(1))
-        stats = model.e_step(ex, params)  # first pass: spectra cached, kernels compiled
-        params, _ = model.m_step(stats, params)
-        for _ in range(n_iter):
-            with _FFTTimer() as ft:
-                t = time.perf_counter()
-                stats = model.e_step(ex, params)
-                params, _ = model.m_step(stats, params)
-                dt = time.perf_counter() - t
-            times.append(dt)
-            fft_share.append(ft.t / dt)
-    route = costs.choose_correlation_route(X.shape[1:3], face_shape, cached=src.cache_budget > 0)
+    times, timers, ex = time_iterations(X, face_shape, hard=hard, dtype=dtype, n_iter=n_iter, workers=workers,
+                                        probe=_FFTTimer)
+    fft_share = [ft.t / dt for ft, dt in zip(timers, times, strict=True)]
+    route = costs.choose_correlation_route(X.shape[1:3], face_shape, cached=ex.source.cache_budget > 0)
     return statistics.median(times), statistics.median(fft_share), route
 
 

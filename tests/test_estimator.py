@@ -49,6 +49,27 @@ def test_predict_proba_and_scores_match_the_reference(data):
     assert est.score(Xs) == pytest.approx(np.mean(want), rel=1e-10)
 
 
+@pytest.mark.parametrize("n_channels", [1, 3])
+def test_predict_face_and_proba_of_several_faces_match_the_reference(rng, n_channels):
+    """predict_face is the face of highest posterior mass with positions summed out, from loops."""
+    from conftest import random_problem
+
+    theta, X, _, _ = random_problem(rng, 12, 9, 10, 4, 3, n_faces=3, n_channels=n_channels, s=1.5)
+    F, B, s, A = (np.moveaxis(theta.faces, 1, -1), np.moveaxis(theta.background, 0, -1), theta.noise_std,
+                  theta.prior)
+    if n_channels == 1:
+        F, B = F[..., 0], B[..., 0]
+    est = FaceEM((4, 3), n_faces=3, face_init=F, background_init=B, noise_std_init=float(s[0]), prior_init=A,
+                 max_iter=0).fit(X)
+    qr = ref.posterior(X, F, B, s, A)
+    mass = qr.sum(axis=(2, 3))
+    assert np.array_equal(est.predict_face(X), np.argmax(mass, axis=1))
+    assert np.abs(est.predict_proba(X) - qr).max() < 1e-10
+    # predict gives the position of the most probable (face, position) pair
+    labels, positions = ref.hard_assignments(X, F, B, s, A)
+    assert (est.predict(X) == positions).all()
+
+
 def test_lower_bound_is_the_mean_log_likelihood(data):
     theta, X, pos = data
     est = FaceEM((7, 8), random_state=1).fit(X)

@@ -32,6 +32,18 @@ def test_five_dimensional_input_says_why():
         FaceEM((3, 3)).fit(np.zeros((2, 3, 10, 12, 3)))
 
 
+def test_many_channels_are_read_as_colour_with_a_warning(X):
+    """A (1, K, H, W) stack is a legal 4-D array; the warning says how it is read and what to pass instead."""
+    with pytest.warns(UserWarning, match=r"read as 1 image\(s\) of 6x10 pixels with 12 channels .* pass a 3-D"):
+        est = FaceEM((3, 3), max_iter=1).fit(X[None])
+    assert est.face_.shape == (3, 3, 12)
+
+
+def test_rgb_stacks_fit_without_a_channel_warning(X, recwarn):
+    FaceEM((3, 3), max_iter=1).fit(np.stack([X] * 3, axis=-1))
+    assert not [w for w in recwarn if "channels each" in str(w.message)]
+
+
 @pytest.mark.parametrize("shape", [(0, 10, 12), (3, 0, 12), (3, 10, 0)])
 def test_empty_stack(shape):
     with pytest.raises(ValueError, match="X must hold at least one image of at least one pixel"):

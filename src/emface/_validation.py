@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numbers
+import warnings
 
 import numpy as np
 
@@ -26,6 +27,9 @@ def _describe(x):
 
 def _is_array_like(X):
     return hasattr(X, "shape") and hasattr(X, "dtype") and hasattr(X, "__getitem__")
+
+
+_MAX_USUAL_CHANNELS = 4  # grey, grey + alpha, RGB, RGBA: more is unusual enough to say so
 
 
 def check_stack(X, name="X", *, layout="khw", allow_channels=True):
@@ -63,6 +67,10 @@ def check_stack(X, name="X", *, layout="khw", allow_channels=True):
         raise ValueError(f"{name} must be {dims} array of shape {what}, got {len(shape)}-D shape {shape}{hint}")
     if 0 in shape:
         raise ValueError(f"{name} must hold at least one image of at least one pixel, got shape {shape}")
+    if len(shape) == 4 and shape[3] > _MAX_USUAL_CHANNELS:
+        warnings.warn(f"{name} of shape {shape} is read as {shape[0]} image(s) of {shape[1]}x{shape[2]} pixels with "
+                      f"{shape[3]} channels each (channels last); if it is a grey stack with an extra axis, "
+                      "pass a 3-D array (K, H, W) instead", UserWarning, stacklevel=3)
     return X
 
 
