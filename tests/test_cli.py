@@ -106,12 +106,12 @@ def test_fit_folder_of_frames_in_natural_order(tmp_path, stack):
 
 
 def test_fit_video(tmp_path, stack):
-    optional("imageio_ffmpeg")
+    optional("av")  # the video extra; imageio's pyav plugin writes the file
     import imageio.v3 as iio
 
     X, truth = make_faces(K, (48, 64), (20, 16), noise=0.3, random_state=2)
     u8 = np.clip(np.round(X), 0, 255).astype(np.uint8)
-    iio.imwrite(tmp_path / "v.avi", np.repeat(u8[..., None], 3, axis=3), plugin="FFMPEG", codec="ffv1", fps=10)
+    iio.imwrite(tmp_path / "v.avi", np.repeat(u8[..., None], 3, axis=3), plugin="pyav", codec="ffv1", fps=10)
     r = run("fit", tmp_path / "v.avi", "--face-shape", "20x16", "--out", tmp_path / "out", "-q", "--grey")
     assert r.returncode == 0, r.stderr
     with open(tmp_path / "out" / "positions.csv") as fh:

@@ -103,3 +103,16 @@ def test_progress_reports_images_per_second_after_every_block(monkeypatch):
     blocks = [i for i in seen if "block" in i]
     assert len(blocks) >= 6  # every block of the first sweep at least
     assert all(i["images"] > 0 and i["seconds"] > 0 and np.isfinite(i["objective"]) for i in blocks)
+
+
+def test_the_first_sweep_does_not_pin_images_to_positions_seen_in_earlier_blocks(monkeypatch):
+    """Far more positions than images per block: an A fitted to the first blocks alone would be zero where
+    the later blocks' faces are, and those images would stay at wrong positions for good."""
+    monkeypatch.setattr(estimator_module, "_BLOCK_IMAGES", 60)
+    X, truth = make_faces(480, (48, 56), (12, 12), noise=0.2, prior="uniform", random_state=7)
+    kw = dict(random_state=0, n_init=1, shift_escape=False)
+    batch = FaceEM((12, 12), algorithm="batch", **kw).fit(X)
+    incr = FaceEM((12, 12), algorithm="incremental", **kw).fit(X)
+    assert len(np.unique(truth.positions, axis=0)) > 5 * 60  # far more positions than a block holds
+    assert np.mean((batch.predict(X) == truth.positions).all(axis=1)) >= 0.99
+    assert np.mean((incr.predict(X) == batch.predict(X)).all(axis=1)) >= 0.99

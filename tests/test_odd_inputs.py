@@ -47,7 +47,8 @@ def test_bool_stack(rng):
 
 def test_a_single_image(rng):
     X = rng.normal(size=(1, 9, 11))
-    est = FaceEM((3, 4), random_state=0).fit(X)
+    with pytest.warns(UserWarning, match="12 background pixel.* covered by a face in every image"):
+        est = FaceEM((3, 4), random_state=0).fit(X)
     assert est.predict(X).shape == (1, 2)
     assert np.isfinite(est.lower_bound_)
     assert est.prior_.sum() == pytest.approx(1.0)

@@ -4,11 +4,11 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 
 import numpy as np
 import pytest
 
-from emface import FaceEM
 from emface.datasets import make_faces
 
 CHECK = """<script>window.addEventListener("load", function () {
@@ -40,17 +40,23 @@ def _rendered(exe, html_path, tmp_path):
     return int(m.group(1)), int(m.group(2))
 
 
-def test_fit_report_renders_every_image(tmp_path):
+@pytest.mark.parametrize("n_faces,colour,face_shape,n_images", [
+    (1, False, "10x8", 4),  # face, background, prior, objective
+    # several colour faces at a chosen size: the faces figure, a picture per face, background, prior,
+    # objective and the size figure
+    (2, True, "auto", 7),
+])
+def test_fit_report_renders_every_image(tmp_path, n_faces, colour, face_shape, n_images):
+    """`emface fit` (the command itself) writes a page whose every image a browser can show."""
     exe = _chromium()
-    from emface.cli import _write_fit_outputs
-
-    X, truth = make_faces(40, (24, 30), (10, 8), noise=0.5, random_state=1)
-    est = FaceEM((10, 8), random_state=0).fit(X)
-    out = tmp_path / "out"
-    out.mkdir()
-    _write_fit_outputs(str(out), est, X, None, "stack.npy", 1.0, False, True)
-    total, ok = _rendered(exe, out / "report.html", tmp_path)
-    assert total == 4 and ok == total
+    X, _ = make_faces(40 * n_faces, (24, 30), (10, 8), n_faces=n_faces, colour=colour, noise=0.5, random_state=1)
+    np.save(tmp_path / "stack.npy", X)
+    r = subprocess.run([sys.executable, "-m", "emface.cli", "fit", str(tmp_path / "stack.npy"), "--face-shape",
+                        face_shape, "--faces", str(n_faces), "--seed", "0", "--out", str(tmp_path / "out"), "-q"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    total, ok = _rendered(exe, tmp_path / "out" / "report.html", tmp_path)
+    assert total == n_images and ok == total
 
 
 def test_demo_report_renders_every_image(tmp_path, monkeypatch):

@@ -208,7 +208,7 @@ def fit(input, face_shape, out_dir, n_faces, hard, restarts, smoothing, max_iter
                  dtype=None if dtype == "auto" else np.dtype(dtype), n_jobs=n_jobs, max_memory=max_memory,
                  checkpoint=checkpoint, device=device, scheduler=scheduler)
     colour = f", {X.shape[3]} channels" if len(X.shape) == 4 else ""
-    size = "chosen from the data" if not isinstance(face_shape[0], int) else f"{face_shape[0]}x{face_shape[1]}"
+    size = "a size chosen from the data" if not isinstance(face_shape[0], int) else f"{face_shape[0]}x{face_shape[1]}"
     progress = _Progress(max_iter, quiet, f"emface: {K} images of {H}x{W}{colour}, {n_faces} face(s) of {size}, "
                                           f"{'hard' if hard else 'soft'} EM")
     est.set_params(callback=progress)

@@ -109,9 +109,11 @@ def _check_finite(value, params):
 def _incremental_sweeps(executor, model, params, settings, callback, run_index, history):
     """Neal and Hinton's incremental EM: an M-step after every block, the block's sums swapped in.
 
-    The first sweep grows the total block by block (each M-step then fits the
-    images seen so far); later sweeps replace a block's old sums by its new
-    ones. Each block keeps only its image-independent sums, compactly (its
+    The first sweep grows the total block by block (each M-step then fits F,
+    B and s to the images seen so far, and keeps the start's A: an A fitted to
+    part of the stack is zero wherever only unseen images have their faces,
+    and a zero of A is never left again); later sweeps replace a block's old
+    sums by its new ones and update A too. Each block keeps only its image-independent sums, compactly (its
     frequency-domain part already turned into image space). Blocks are
     visited in a new random order every sweep, so that images stored in order
     (the frames of a video) do not pull θ one way for a whole sweep. Sweeps
@@ -140,7 +142,8 @@ def _incremental_sweeps(executor, model, params, settings, callback, run_index, 
                 total.SX, total.SXX = moments
             kept[b] = st
             processed += st.n_images
-            params, _ = model.m_step(total, params)
+            # first sweep: A waits for every block (see the docstring)
+            params, _ = model.m_step(total, params, update_prior=sweeps > 0)
             if callback is not None:
                 callback(dict(run=run_index, iter=len(history) - 1, block=int(b), n_blocks=len(blocks),
                               images=processed, seconds=time.perf_counter() - t0,

@@ -64,10 +64,18 @@ class FaceMixture:
         """One E-step pass: the sufficient statistics of θ (``kw``: ``chunks``, ``per_image``)."""
         return executor.pass_stats(params, hard=self.hard, **kw)
 
-    def m_step(self, stats, previous):
-        """The closed-form M-step; returns (Params, MStepInfo)."""
-        return params_from(stats, previous, prior_smoothing=self.prior_smoothing, noise_floor=self.noise_floor,
-                           noise=self.noise)
+    def m_step(self, stats, previous, *, update_prior=True):
+        """The closed-form M-step; returns (Params, MStepInfo).
+
+        With ``update_prior=False`` A stays `previous`'s (a partial M-step, as
+        incremental EM's first sweep needs: sums over part of the stack would
+        set A to zero wherever the images not yet seen have their faces).
+        """
+        params, info = params_from(stats, previous, prior_smoothing=self.prior_smoothing,
+                                   noise_floor=self.noise_floor, noise=self.noise)
+        if not update_prior:
+            params = replace(params, prior=np.array(previous.prior, copy=True))
+        return params, info
 
     def objective(self, stats, params):
         """The total objective of θ from its own E-step (log-likelihood or MAP joint, plus α Σ log A)."""

@@ -117,7 +117,9 @@ def prior_figure(prior, weights=None):
         if C == 1:
             ax.set_xlabel("column")
             ax.set_ylabel("row")
-    fig.colorbar(im, ax=axes.ravel().tolist(), label="probability")
+    bar = fig.colorbar(im, ax=axes.ravel().tolist(), label="probability")
+    bar.formatter.set_powerlimits((-2, 3))  # 1e-4-sized probabilities as "x 1e-4", not a column of "0.00"
+    bar.update_ticks()
     return fig
 
 
@@ -140,6 +142,12 @@ def faces_figure(faces, weights, lo=None, hi=None):
 def size_figure(scores, chosen=None):
     """The face-size criterion over the sizes tried (higher is better).
 
+    A coarse search's scores (on shrunk images) and a fine walk's (on the
+    full images) are on different scales: each stage gets its own panels.
+    Sizes on a 2-D grid are a heat map; the fine walk, which moves one side
+    of the window at a time, is shown as the criterion against h and against
+    w through the chosen size.
+
     Parameters
     ----------
     scores : list of dict
@@ -147,45 +155,84 @@ def size_figure(scores, chosen=None):
     chosen : (h, w), optional
     """
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
-    shapes = [tuple(r["shape"]) for r in scores]
-    vals = np.array([r["score"] for r in scores], dtype=float)
-    hs = sorted({s[0] for s in shapes})
-    ws = sorted({s[1] for s in shapes})
-    if len(hs) > 1 and len(ws) > 1:
-        grid = np.full((len(hs), len(ws)), np.nan)
-        for (h, w), val in zip(shapes, vals):
-            grid[hs.index(h), ws.index(w)] = val if np.isnan(grid[hs.index(h), ws.index(w)]) else \
-                max(val, grid[hs.index(h), ws.index(w)])
-        im = ax.imshow(grid, cmap="viridis", origin="lower", aspect="auto", interpolation="nearest")
-        ax.set_xticks(range(len(ws)))
-        ax.set_xticklabels(ws, fontsize=7, rotation=90)
-        ax.set_yticks(range(len(hs)))
-        ax.set_yticklabels(hs, fontsize=7)
-        ax.set_xlabel("face width w")
-        ax.set_ylabel("face height h")
-        fig.colorbar(im, ax=ax, label="criterion per image")
-        if chosen is not None and chosen[0] in hs and chosen[1] in ws:
-            ax.plot(ws.index(chosen[1]), hs.index(chosen[0]), "r*", ms=14, label=f"chosen {chosen[0]}x{chosen[1]}")
-            ax.legend(fontsize=8, loc="upper left")
-    else:
-        axis = 1 if len(ws) > 1 else 0
-        order = np.argsort([s[axis] for s in shapes])
-        x = np.array([shapes[i][axis] for i in order])
-        ax.plot(x, vals[order], "o-")
-        ax.set_xlabel("face width w" if axis == 1 else "face height h")
-        ax.set_ylabel("criterion per image")
-        if chosen is not None:
-            ax.axvline(chosen[axis], color="C3", ls="--", label=f"chosen {chosen[0]}x{chosen[1]}")
-            ax.legend(fontsize=8)
-        ax.grid(alpha=0.3)
-    ax.set_title("face size: the criterion of each size tried")
+    stages = {}
+    for r in scores:
+        stages.setdefault(r.get("stage", ""), []).append((tuple(int(v) for v in r["shape"]), float(r["score"])))
+    coarse = stages.pop("coarse", None)
+    panels = ([("coarse", coarse)] if coarse else []) + list(stages.items())
+    widths = [1.0 if name == "coarse" or _is_grid(recs) else 2.0 for name, recs in panels]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.4 * sum(widths), 4.2), squeeze=False,
+                             gridspec_kw=dict(width_ratios=widths))
+    for ax, (name, recs) in zip(axes[0], panels):
+        where = {"coarse": "coarse search, shrunk images", "fine": "fine walk, full images"}.get(name, name)
+        if name == "coarse" or _is_grid(recs):
+            _size_heatmap(fig, ax, recs, chosen, where)
+        else:
+            _size_profiles(ax, recs, chosen, where)
+    fig.suptitle("face size: the criterion of each size tried (higher is better)")
+    fig.tight_layout()
     return fig
+
+
+def _best_per_shape(recs):
+    best = {}
+    for shape, val in recs:
+        best[shape] = max(val, best.get(shape, -np.inf))
+    return best
+
+
+def _is_grid(recs):
+    """True when the sizes fill a 2-D grid (not a line or a cross through one size)."""
+    shapes = set(_best_per_shape(recs))
+    hs, ws = {h for h, _ in shapes}, {w for _, w in shapes}
+    return len(hs) > 1 and len(ws) > 1 and len(shapes) >= 0.5 * len(hs) * len(ws)
+
+
+def _size_heatmap(fig, ax, recs, chosen, where):
+    best = _best_per_shape(recs)
+    hs = sorted({h for h, _ in best})
+    ws = sorted({w for _, w in best})
+    grid = np.full((len(hs), len(ws)), np.nan)
+    for (h, w), val in best.items():
+        grid[hs.index(h), ws.index(w)] = val
+    im = ax.imshow(grid, cmap="viridis", origin="lower", aspect="auto", interpolation="nearest")
+    ax.set_xticks(range(len(ws)))
+    ax.set_xticklabels(ws, fontsize=7, rotation=90)
+    ax.set_yticks(range(len(hs)))
+    ax.set_yticklabels(hs, fontsize=7)
+    ax.set_xlabel("face width w")
+    ax.set_ylabel("face height h")
+    ax.set_title(where, fontsize=10)
+    fig.colorbar(im, ax=ax, label="criterion per image")
+    if chosen is not None and chosen[0] in hs and chosen[1] in ws:
+        ax.plot(ws.index(chosen[1]), hs.index(chosen[0]), "r*", ms=14, label=f"chosen {chosen[0]}x{chosen[1]}")
+        ax.legend(fontsize=8, loc="upper left")
+
+
+def _size_profiles(ax, recs, chosen, where):
+    """Criterion against h (w held) and against w (h held), through the chosen (or best) size."""
+    best = _best_per_shape(recs)
+    ch, cw = chosen if chosen is not None and tuple(chosen) in best else max(best, key=best.get)
+    top = best[(ch, cw)]
+    for axis, held, label, style in ((0, cw, f"height h (w = {cw})", "o-"), (1, ch, f"width w (h = {ch})", "s-")):
+        line = sorted((shape[axis], val) for shape, val in best.items() if shape[1 - axis] == held)
+        if len(line) > 1:
+            x, v = zip(*line)
+            ax.plot(x, np.asarray(v) - top, style, ms=4, label=label)
+    ax.axvline(ch, color="C0", ls=":", lw=1)
+    ax.axvline(cw, color="C1", ls=":", lw=1)
+    ax.set_xlabel("face side (pixels)")
+    ax.set_ylabel(f"criterion per image − chosen {ch}x{cw}'s")
+    ax.set_title(where, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
 
 
 def objective_figure(runs, best_run=None, ylabel="objective per image"):
     """The objective per iteration, one line per restart, the best one marked."""
     plt = _plt()
+    from matplotlib.ticker import MaxNLocator
+
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     for r in runs:
         y = np.asarray(r["objectives"], dtype=float)
@@ -197,6 +244,7 @@ def objective_figure(runs, best_run=None, ylabel="objective per image"):
                 color="C3" if best else None, label=f"run {r.get('run', 0)}" + (" (best)" if best else ""),
                 marker="o" if best and len(y) < 40 else None, ms=3)
     ax.set_xlabel("iteration")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(ylabel)
     ax.set_title("EM objective")
     finite = [v for r in runs for v in r["objectives"] if np.isfinite(v)]
@@ -290,7 +338,7 @@ _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1100px;color:#222;padding:0 1em}
 h1{font-size:1.6em;margin-bottom:.2em} h2{font-size:1.2em;margin-top:1.6em;border-bottom:1px solid #ddd}
 .sub{color:#666;margin-top:0} .pics{display:flex;flex-wrap:wrap;gap:1.5em;align-items:flex-start}
-figure{margin:0} figcaption{color:#555;font-size:.9em;text-align:center}
+figure{margin:0;max-width:100%} img{max-width:100%;height:auto} figcaption{color:#555;font-size:.9em;text-align:center}
 img.px{image-rendering:pixelated;border:1px solid #ccc}
 table{border-collapse:collapse;font-size:.92em} td,th{padding:.25em .8em;border-bottom:1px solid #eee;text-align:left}
 th{background:#f6f6f6} .num{text-align:right;font-variant-numeric:tabular-nums}
