@@ -52,10 +52,6 @@ RUNS = {
 }
 
 
-
-
-
-
 def make_data(case, store=DEFAULT_STORE):
     """The images of a case: an in-memory array, or the zarr store (written once)."""
     from emface.datasets import photo
