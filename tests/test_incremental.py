@@ -116,3 +116,22 @@ def test_the_first_sweep_does_not_pin_images_to_positions_seen_in_earlier_blocks
     assert len(np.unique(truth.positions, axis=0)) > 5 * 60  # far more positions than a block holds
     assert np.mean((batch.predict(X) == truth.positions).all(axis=1)) >= 0.99
     assert np.mean((incr.predict(X) == batch.predict(X)).all(axis=1)) >= 0.99
+
+
+@pytest.mark.parametrize("max_memory", [None, 200_000])
+def test_the_blocks_kept_sums_stay_within_their_share_of_max_memory(max_memory, monkeypatch):
+    """Each block keeps N, S_F and XC; under a small budget the blocks grow so that their sums fit it."""
+    monkeypatch.setattr(estimator_module, "_BLOCK_IMAGES", 25)
+    X, _ = make_faces(300, (20, 24), (8, 8), noise=1.0, random_state=0)
+    seen = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        FaceEM((8, 8), algorithm="incremental", n_init=1, max_iter=2, max_memory=max_memory,
+               callback=seen.append).fit(X)
+    n_blocks = {i["n_blocks"] for i in seen if "block" in i}.pop()
+    per_block = 8 * (13 * 17 + 8 * 8 + 2 * 20 * 24)  # N, S_F, XC and SX, float64
+    if max_memory is None:
+        assert n_blocks >= 300 // (2 * 25)  # blocks of about 25 images (whole chunks)
+    else:
+        assert 2 <= n_blocks < 300 // (2 * 25)
+        assert n_blocks * per_block <= estimator_module._BLOCK_SHARE * max_memory

@@ -30,8 +30,15 @@ __all__ = ["FaceEM", "PosteriorSummary", "INCREMENTAL_MIN_IMAGES"]
 #: the start's own pass dominates either way.
 INCREMENTAL_MIN_IMAGES = 20_000
 
-#: images per block of incremental EM (about; whole chunks are grouped)
-_BLOCK_IMAGES = 1000
+#: images per block of incremental EM (about; whole chunks are grouped): on
+#: 60,000 images of 64x64 at noise 6x, blocks of 250 reached the batch optimum
+#: in 7 sweeps (32 s); smaller blocks mean more M-steps per sweep, each block
+#: keeping a few face-sized sums (``benchmarks/incremental.py``)
+_BLOCK_IMAGES = 250
+#: share of `max_memory` the blocks' kept sums may take (blocks grow past
+#: `_BLOCK_IMAGES` images to stay within it), and their bound without one
+_BLOCK_SHARE = 0.15
+_BLOCK_BYTES_DEFAULT = 512 * 2**20
 
 #: n_init="auto": at most this many runs; always two below `_SMALL_STACK`
 #: images; more only while the best run's mean posterior probability of the
@@ -142,7 +149,7 @@ class FaceEM:
     algorithm : {"auto", "batch", "incremental"}, default="auto"
         ``"batch"``: every iteration reads all images once. ``"incremental"``:
         Neal and Hinton's incremental EM, an M-step after every block of about
-        1,000 images for the first sweeps, then batch iterations until `tol`
+        250 images for the first sweeps, then batch iterations until `tol`
         holds (the same answer, in fewer passes on large noisy stacks).
         ``"auto"``: incremental for stacks of at least `INCREMENTAL_MIN_IMAGES`
         images on this machine; batch on a Dask cluster.
@@ -432,11 +439,14 @@ class FaceEM:
     def _settings(self, executor, algorithm):
         blocks = []
         if algorithm == "incremental":
+            src = executor.source
+            per_block = _block_images(executor.n_images, src.image_shape, src.face_shape, int(self.n_faces),
+                                      src.n_channels, costs.parse_memory(self.max_memory))
             cur, size = [], 0
             for i, (a, b) in enumerate(executor.bounds):
                 cur.append(i)
                 size += b - a
-                if size >= _BLOCK_IMAGES:
+                if size >= per_block:
                     blocks.append(cur)
                     cur, size = [], 0
             if cur:
@@ -778,6 +788,20 @@ class FaceEM:
         est = cls.load(path)
         est.warm_start = True
         return est
+
+
+def _block_images(n_images, image_shape, face_shape, n_faces, n_channels, max_memory):
+    """Images per block of incremental EM: `_BLOCK_IMAGES`, or more where the
+    blocks' kept sums (N, S_F and XC, float64, per block) would pass their share
+    of the memory budget (`_BLOCK_SHARE` of `max_memory`, else
+    `_BLOCK_BYTES_DEFAULT`)."""
+    (H, W), (h, w) = image_shape, face_shape
+    P, Q = H - h + 1, W - w + 1
+    # N, S_F and XC; SX beside them while the first sweep runs
+    per_block = 8 * (n_faces * P * Q + n_faces * n_channels * h * w + 2 * n_channels * H * W)
+    budget = _BLOCK_SHARE * max_memory if max_memory is not None else _BLOCK_BYTES_DEFAULT
+    max_blocks = max(2, int(budget // per_block))
+    return max(_BLOCK_IMAGES, -(-int(n_images) // max_blocks))
 
 
 def _chunk_cap(X, face_shape, est):

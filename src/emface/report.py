@@ -249,7 +249,8 @@ def objective_figure(runs, best_run=None, ylabel="objective per image"):
     ax.set_title("EM objective")
     finite = [v for r in runs for v in r["objectives"] if np.isfinite(v)]
     if finite:
-        lo, hi = np.percentile(finite, 5), max(finite)
+        # a long run: the start's far-off values would flatten the rest, so the lowest 5% may fall off
+        lo, hi = (min(finite) if len(finite) < 20 else np.percentile(finite, 5)), max(finite)
         pad = 0.05 * (hi - lo) if hi > lo else 1.0
         ax.set_ylim(lo - pad, hi + pad)
     if len(runs) <= 12:
