@@ -75,3 +75,18 @@ def test_the_engine_imports_nothing_above_it():
             above = [d for d in deps if not d.startswith("emface.engine") and d != "emface.model"]
             assert above == [], (name, above)
 
+
+
+def test_the_cli_is_a_client_of_the_public_api():
+    """cli.py imports no private module or name of emface and reads no private attribute (``x._y``)."""
+    tree = ast.parse((ROOT / "cli.py").read_text())
+    private = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__"):
+            private.append(f"line {node.lineno}: .{node.attr}")
+        if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("emface")):
+            parts = (node.module or "").split(".")
+            private += [f"line {node.lineno}: module {node.module}" for p in parts if p.startswith("_")]
+            private += [f"line {node.lineno}: {a.name}" for a in node.names
+                        if a.name.startswith("_") and not a.name.startswith("__")]
+    assert not private, private

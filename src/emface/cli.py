@@ -21,8 +21,8 @@ import warnings
 import click
 import numpy as np
 
-from ._version import __version__
-from ._errors import InputError, one_line
+from . import __version__
+from .errors import InputError, one_line
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130

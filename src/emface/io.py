@@ -25,7 +25,7 @@ import zipfile
 
 import numpy as np
 
-from ._errors import InputError, one_line
+from .errors import InputError, one_line
 from ._layout import LUMA
 
 __all__ = ["InputError", "GreyView", "load_stack", "read_image", "write_positions", "to_uint8", "to_grey"]

@@ -23,7 +23,7 @@ import threading
 
 import numpy as np
 
-from ._errors import InputError, one_line
+from .errors import InputError, one_line
 from ._layout import LUMA as _LUMA64
 
 __all__ = ["VideoStack", "write_synthetic_video", "LUMA"]

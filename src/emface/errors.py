@@ -1,4 +1,4 @@
-"""The error every reader raises for input it cannot use (its own module, so readers need not import each other)."""
+"""Errors of emface's readers: the one every reader raises for input it cannot use, and its one-line form."""
 
 __all__ = ["InputError", "one_line"]
 
