@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import os
 import resource
+import subprocess
+import sys
 import time
 import warnings
 
@@ -177,4 +179,17 @@ def time_iterations(X, face_shape, *, n_faces=1, hard=False, dtype=np.float64, n
     return times, probes, ex
 
 
-__all__ += ["cpu_count", "fmt_s", "synthetic_block", "time_iterations"]
+def cli(*args):
+    """The command line of ``emface ARGS`` run by this Python."""
+    return [sys.executable, "-m", "emface.cli", *map(str, args)]
+
+
+def run_measured(cmd, quiet):
+    """Run `cmd`; (exit code, wall seconds, peak RSS in bytes) of that child alone (``os.wait4``)."""
+    t = time.perf_counter()
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL if quiet else None, stderr=None)
+    _, status, usage = os.wait4(p.pid, 0)
+    return os.waitstatus_to_exitcode(status), time.perf_counter() - t, usage.ru_maxrss * 1024
+
+
+__all__ += ["cpu_count", "fmt_s", "synthetic_block", "time_iterations", "cli", "run_measured"]

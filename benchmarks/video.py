@@ -18,27 +18,17 @@ import argparse
 import csv
 import json
 import os
-import subprocess
 import sys
 import time
 
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(__file__))
+
+from _common import cli, run_measured  # noqa: E402
+
 IMAGE = (240, 320)  # H x W: 320 wide, 240 high
 FACE = (56, 48)
-
-
-def _cli(*args):
-    return [sys.executable, "-m", "emface.cli", *map(str, args)]
-
-
-def _run_measured(cmd, quiet):
-    """Run `cmd`; (exit code, wall seconds, peak RSS in bytes) of that child alone."""
-    t = time.perf_counter()
-    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL if quiet else None, stderr=None)
-    _, status, usage = os.wait4(p.pid, 0)
-    p.returncode = os.waitstatus_to_exitcode(status)
-    return p.returncode, time.perf_counter() - t, usage.ru_maxrss * 1024
 
 
 def _decode_rate(video, n=1500):
@@ -75,11 +65,11 @@ def main(argv=None):
     if os.path.isfile(video) and os.path.isfile(truth_file):
         print(f"reusing {video}")
     else:
-        cmd = _cli("generate", "--video", video, "--n-images", args.frames, "--image-shape",
+        cmd = cli("generate", "--video", video, "--n-images", args.frames, "--image-shape",
                    f"{IMAGE[0]}x{IMAGE[1]}", "--face-shape", f"{FACE[0]}x{FACE[1]}", "--noise", 1.0,
                    "--fps", 25, "--seed", args.seed, *q)
         print("writing", video)
-        rc, gen_s, gen_rss = _run_measured(cmd, args.quiet)
+        rc, gen_s, gen_rss = run_measured(cmd, args.quiet)
         if rc != 0:
             sys.exit(f"emface generate failed (exit {rc})")
         print(f"  generate: {gen_s:.1f} s, peak RSS {gen_rss / 2**20:.0f} MiB")
@@ -89,10 +79,10 @@ def main(argv=None):
           f"{rates['colour']:.0f} frames/s in colour, {rates['grey']:.0f} grey")
 
     out = os.path.join(args.dir, f"fit-{args.frames}")
-    cmd = _cli("fit", video, "--face-shape", f"{FACE[0]}x{FACE[1]}", "--max-memory", args.max_memory,
+    cmd = cli("fit", video, "--face-shape", f"{FACE[0]}x{FACE[1]}", "--max-memory", args.max_memory,
                "--out", out, "--seed", args.seed, *q, *args.fit_args)
     print("running:", " ".join(map(str, cmd[1:])))
-    rc, fit_s, fit_rss = _run_measured(cmd, args.quiet)
+    rc, fit_s, fit_rss = run_measured(cmd, args.quiet)
     if rc != 0:
         sys.exit(f"emface fit failed (exit {rc})")
 
@@ -106,15 +96,24 @@ def main(argv=None):
     near = float(np.mean(np.abs(pos - true_pos).max(axis=1) <= 1))
     with np.load(os.path.join(out, "model.npz")) as z:
         meta = json.loads(str(z["meta"]))
+        face = z["faces"][0].mean(axis=0)  # (Ch, h, w) -> grey, as the video's faces were made
+    with np.load(truth_file) as t:
+        true_face = t["faces"][0]
+    # the face recovered: its correlation with the true face, and its RMS error against the face's
+    # own spread (H.264 blurs the frames, so a perfect fit still differs from the face it was made of)
+    corr = float(np.corrcoef(face.ravel(), true_face.ravel())[0, 1])
+    rel_rms = float(np.sqrt(np.mean((face - true_face) ** 2)) / true_face.std())
     n_runs = len(meta.get("runs", []))
     n_iter = sum(r["n_iter"] for r in meta.get("runs", []))
     print(f"fit: {fit_s:.1f} s wall, peak RSS {fit_rss / 2**20:.0f} MiB (--max-memory {args.max_memory}), "
           f"{n_runs} run(s), {n_iter} iterations in all")
     print(f"positions right: {right:.4f} (within one pixel: {near:.4f})")
+    print(f"face: correlation with the true face {corr:.4f}, RMS error {rel_rms:.3f} of the face's spread")
     print(json.dumps({"frames": args.frames, "video_bytes": size, "generate_s": gen_s,
                       "decode_fps": rates, "fit_s": fit_s, "fit_peak_rss_bytes": fit_rss,
                       "max_memory": args.max_memory, "runs": n_runs, "iterations": n_iter,
-                      "positions_right": right, "positions_within_1px": near}))
+                      "positions_right": right, "positions_within_1px": near, "face_correlation": corr,
+                      "face_rms_over_std": rel_rms}))
 
 
 if __name__ == "__main__":

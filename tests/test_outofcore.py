@@ -83,3 +83,30 @@ def test_max_memory_bounds_the_spectrum_cache(data):
 def test_bad_max_memory():
     with pytest.raises(ValueError, match="max_memory must be positive"):
         FaceEM((2, 2), max_memory=-5).fit(np.zeros((2, 4, 4)))
+
+
+def test_a_folder_of_frames_is_decoded_a_chunk_at_a_time(tmp_path, monkeypatch):
+    """A fit on a folder decodes a chunk (or a byte-capped subsample) at a time, never all its frames, and
+    equals the fit of the same frames in memory."""
+    import imageio.v3 as iio
+
+    import emface.io as io_module
+
+    X, truth = make_faces(150, (64, 80), (16, 16), noise=0.5, random_state=3)
+    u8 = np.clip(np.round(X), 0, 255).astype(np.uint8)
+    for k, x in enumerate(u8):
+        iio.imwrite(tmp_path / f"f{k}.png", x)
+    folder, names = load_stack(tmp_path)
+    assert isinstance(folder, io_module.FrameFolder) and folder.shape == u8.shape and folder.dtype == np.uint8
+    assert names[:3] == ["f0.png", "f1.png", "f2.png"]  # natural order
+    # the start and the moves read a subsample capped in bytes: here at 60 frames
+    monkeypatch.setattr("emface.executor.SUBSAMPLE_BYTES", 60 * u8[0].nbytes)
+    monkeypatch.setattr("emface.init._AUTO_MAX_BYTES", 60 * 8 * u8[0].size)  # the start's, in float64
+    read = []
+    real = io_module.FrameFolder._read
+    monkeypatch.setattr(io_module.FrameFolder, "_read", lambda self, index: read.append(len(index)) or real(self, index))
+    est = FaceEM((16, 16), random_state=0, n_init=1, max_memory="4MB").fit(folder)
+    assert read and max(read) <= 60  # chunks and capped subsamples, never the whole folder
+    ref = FaceEM((16, 16), random_state=0, n_init=1, max_memory="4MB").fit(u8)
+    assert np.array_equal(est.predict(u8), ref.predict(u8))
+    assert np.abs(est.face_ - ref.face_).max() <= 1e-10 * np.abs(ref.face_).max()

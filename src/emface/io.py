@@ -4,7 +4,7 @@
 
 - ``.npy`` (memory-mapped, so larger-than-memory stacks stream) and ``.npz``;
 - multi-page TIFF (through tifffile, memory-mapped when the file allows);
-- a folder of PNG, JPEG or TIFF frames, in natural sort order;
+- a folder of PNG, JPEG or TIFF frames, in natural sort order, decoded a chunk at a time;
 - a video file, decoded in chunks by PyAV (the ``video`` extra), or cached once to disk;
 - zarr stores and HDF5 files (``path.h5:dataset``), read lazily.
 
@@ -28,7 +28,7 @@ import numpy as np
 from .errors import InputError, one_line
 from ._layout import LUMA
 
-__all__ = ["InputError", "GreyView", "load_stack", "read_image", "write_positions", "to_uint8", "to_grey"]
+__all__ = ["InputError", "GreyView", "FrameFolder", "load_stack", "read_image", "write_positions", "to_uint8", "to_grey"]
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp")
 VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
@@ -302,37 +302,139 @@ def _read_picture(path, grey):
     return img, alpha
 
 
-def _describe_frame(img):
-    ch = "grey" if img.ndim == 2 else f"{img.shape[-1]} channels"
-    return f"{img.shape[0]}x{img.shape[1]}, {ch}"
-
-
 def _load_folder(folder, grey=False):
     names = [n for n in os.listdir(folder) if n.lower().endswith(IMAGE_EXTS) and not n.startswith(".")]
     if not names:
         raise InputError(f"{folder}: no PNG, JPEG or TIFF frames in this folder")
-    names = _natural_sorted(names)
-    frames = []
-    shape = None
-    alpha = None
-    for n in names:
-        img, a = _read_picture(os.path.join(folder, n), grey)
-        alpha = alpha or a
-        if shape is None:
-            shape = img.shape
-        elif img.shape != shape:
-            what = "size" if img.shape[:2] != shape[:2] else "channel count"
-            raise InputError(
-                f"{folder}: frames differ in {what}: {names[0]} is {_describe_frame(frames[0])} but {n} is "
-                f"{_describe_frame(img)}; all frames must have the same size and channels (or use --grey)"
-            )
-        frames.append(img)
-    if alpha:
-        warnings.warn(f"{folder}: {alpha}: the alpha channel is dropped", UserWarning, stacklevel=3)
-    X = np.stack(frames)
-    if X.dtype.kind == "f" and X.dtype != np.float32:
-        X = X.astype(np.float64)
-    return X, names
+    X = FrameFolder(folder, _natural_sorted(names), grey=grey)
+    if X.alpha:
+        warnings.warn(f"{folder}: {X.alpha}: the alpha channel is dropped", UserWarning, stacklevel=3)
+    return X, X.names
+
+
+def _frame_header(path):
+    """(H, W, pixel format) from a picture's header, without decoding it; None where Pillow cannot tell."""
+    try:
+        from PIL import Image
+
+        with Image.open(path) as im:
+            return im.size[1], im.size[0], im.mode
+    except Exception:
+        return None
+
+
+class FrameFolder:
+    """The frames of a folder as a lazy stack: (K, H, W) grey or (K, H, W, Ch) colour.
+
+    Frames are decoded when a slice of them is read, so a pass over a folder
+    of 100,000 frames holds one chunk of them at a time. Opening the folder
+    reads every frame's header only (size and pixel format) and decodes one
+    frame of each pixel format, so that frames of different sizes or channel
+    counts are reported before any work starts.
+
+    Parameters
+    ----------
+    folder : str
+    names : list of str
+        The frame files, in the stack's order.
+    grey : bool
+        Convert colour frames to grey as they are read.
+
+    Attributes
+    ----------
+    shape, dtype, ndim, size, nbytes : as an array's
+    names : list of str
+    alpha : str or None
+        What had an alpha channel (dropped as the frames are read), if anything did.
+    """
+
+    def __init__(self, folder, names, grey=False):
+        self.folder, self.names, self.grey = folder, list(names), bool(grey)
+        paths = [os.path.join(folder, n) for n in self.names]
+        formats = {}  # pixel format -> (a decoded frame's shape, its dtype, alpha note)
+        first = None
+        self.alpha = None
+        dtypes = []
+        for n, path in zip(self.names, paths):
+            head = _frame_header(path)
+            key = head[2] if head is not None else ("file", n)
+            if key not in formats:
+                img, alpha = _read_picture(path, self.grey)
+                formats[key] = (img.shape[2:], img.dtype)
+                self.alpha = self.alpha or alpha
+                dtypes.append(img.dtype)
+                if head is None:
+                    head = (img.shape[0], img.shape[1], key)
+            this = (head[0], head[1]) + tuple(formats[key][0])
+            if first is None:
+                first = (n, this)
+            elif this != first[1]:
+                what = "size" if this[:2] != first[1][:2] else "channel count"
+                raise InputError(
+                    f"{folder}: frames differ in {what}: {first[0]} is {_describe_shape(first[1])} but {n} is "
+                    f"{_describe_shape(this)}; all frames must have the same size and channels (or use --grey)"
+                )
+        self.frame_shape = first[1]
+        dtype = np.result_type(*dtypes)
+        self.dtype = np.dtype(np.float64) if dtype.kind == "f" and dtype != np.float32 else np.dtype(dtype)
+        self.shape = (len(self.names),) + tuple(int(v) for v in self.frame_shape)
+
+    @property
+    def ndim(self):
+        return len(self.shape)
+
+    @property
+    def size(self):
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    @property
+    def nbytes(self):
+        return self.size * self.dtype.itemsize
+
+    def __len__(self):
+        return self.shape[0]
+
+    def __repr__(self):
+        return f"FrameFolder({self.folder!r}, {len(self)} frames of {_describe_shape(self.frame_shape)})"
+
+    def __array__(self, dtype=None, copy=None):
+        X = self[:]
+        return X if dtype is None else X.astype(dtype, copy=False)
+
+    def _read(self, index):
+        out = np.empty((len(index),) + self.shape[1:], dtype=self.dtype)
+        for t, k in enumerate(index):
+            img, _ = _read_picture(os.path.join(self.folder, self.names[k]), self.grey)
+            if img.shape != self.shape[1:]:
+                raise InputError(f"{self.folder}: {self.names[k]} is {_describe_shape(img.shape)}, the other "
+                                 f"frames {_describe_shape(self.shape[1:])}")
+            out[t] = img
+        return out
+
+    def __getitem__(self, key):
+        rest = ()
+        if isinstance(key, tuple):
+            key, rest = (key[0], key[1:]) if key else (slice(None), ())
+        K = len(self)
+        if isinstance(key, (int, np.integer)):
+            if not -K <= int(key) < K:
+                raise IndexError(f"frame {int(key)} is out of range for a folder of {K} frames")
+            out = self._read([int(key) % K])[0]
+        elif isinstance(key, slice):
+            out = self._read(range(*key.indices(K)))
+        elif key is Ellipsis:
+            out = self._read(range(K))
+        else:
+            index = np.arange(K)[key]  # an array of indices or a mask
+            out = self._read([int(k) for k in np.atleast_1d(index)])
+        if rest:
+            return out[(slice(None),) + rest] if not isinstance(key, (int, np.integer)) else out[rest]
+        return out
+
+
+def _describe_shape(shape):
+    ch = "grey" if len(shape) == 2 else f"{shape[2]} channels"
+    return f"{shape[0]}x{shape[1]}, {ch}"
 
 
 def _load_video(path, grey=False, cache_dir=None):
