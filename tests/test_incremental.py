@@ -135,3 +135,26 @@ def test_the_blocks_kept_sums_stay_within_their_share_of_max_memory(max_memory, 
     else:
         assert 2 <= n_blocks < 300 // (2 * 25)
         assert n_blocks * per_block <= estimator_module._BLOCK_SHARE * max_memory
+
+
+def test_restarts_checkpoints_and_resume_with_incremental_em(tmp_path, monkeypatch):
+    """Several runs of incremental EM keep the best; a run stopped after its sweeps resumes from its
+    checkpoint by batch iterations and ends at the uninterrupted run's answer."""
+    monkeypatch.setattr(estimator_module, "_BLOCK_IMAGES", 50)
+    X, truth = make_faces(400, (28, 32), (10, 9), n_faces=2, noise=1.0, random_state=6)
+    kw = dict(n_faces=2, algorithm="incremental", tol=1e-9, max_iter=300, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        multi = FaceEM((10, 9), n_init=3, **kw).fit(X)
+        assert multi.algorithm_ == "incremental" and len(multi.runs_) == 3
+        assert multi.lower_bound_ == max(r["objectives"][-1] for r in multi.runs_)
+        whole = FaceEM((10, 9), n_init=1, **kw).fit(X)
+        path = tmp_path / "run.npz"
+        stopped = FaceEM((10, 9), n_init=1, checkpoint=path, checkpoint_every=1, **{**kw, "max_iter": 3}).fit(X)
+        assert not stopped.converged_
+        resumed = FaceEM.resume(path)
+        resumed.set_params(max_iter=300)
+        resumed.fit(X)
+    assert resumed.converged_
+    assert np.array_equal(resumed.predict(X), whole.predict(X))
+    assert np.abs(resumed.faces_ - whole.faces_).max() <= 1e-6 * np.abs(whole.faces_).max()

@@ -133,7 +133,10 @@ def _incremental_sweeps(executor, model, params, settings, callback, run_index, 
         if len(history) - 1 >= settings.max_iter:
             break
         for b in order_rng.permutation(len(blocks)):
-            st = model.compact(model.e_step(executor, params, chunks=blocks[b], per_image=False))
+            # the first sweep's M-steps fit the blocks seen so far: they need those blocks' own SX and SXX
+            # (a later run of the same executor knows the whole stack's and would not compute them)
+            st = model.compact(model.e_step(executor, params, chunks=blocks[b], per_image=False,
+                                            with_moments=True if kept[b] is None else None))
             if kept[b] is None:
                 total = st if total is None else total + st
             else:

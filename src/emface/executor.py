@@ -181,15 +181,19 @@ class LocalExecutor(BaseExecutor):
                          route=self.config.route, workers=self.config.workers, cache_spectra=cached,
                          device=self.config.device, with_moments=with_moments)
 
-    def pass_stats(self, params, *, hard=False, per_image=True, chunks=None):
+    def pass_stats(self, params, *, hard=False, per_image=True, chunks=None, with_moments=None):
         """One E-step over all images (or the chunks numbered `chunks`): the summed `Stats` of θ.
 
         `params` are in working units. A pass over a subset of chunks carries
-        the subset's own SX and SXX only while the whole source's are not yet known.
+        the subset's own SX and SXX while the whole source's are not yet known,
+        or when `with_moments` is True (incremental EM's first sweep, whose
+        M-steps fit the blocks seen so far).
         """
         ids = range(self.n_chunks) if chunks is None else chunks
         full = chunks is None
-        plan = self._plan(params, hard, with_moments=self._moments is None)
+        if with_moments is None:
+            with_moments = self._moments is None
+        plan = self._plan(params, hard, with_moments=bool(with_moments))
         total = None
         with single_threaded_blas():
             for i in ids:
