@@ -202,11 +202,12 @@ def _size_heatmap(fig, ax, recs, chosen, where):
     ax.set_yticklabels(hs, fontsize=7)
     ax.set_xlabel("face width w")
     ax.set_ylabel("face height h")
-    ax.set_title(where, fontsize=10)
     fig.colorbar(im, ax=ax, label="criterion per image")
     if chosen is not None and chosen[0] in hs and chosen[1] in ws:
-        ax.plot(ws.index(chosen[1]), hs.index(chosen[0]), "r*", ms=14, label=f"chosen {chosen[0]}x{chosen[1]}")
-        ax.legend(fontsize=8, loc="upper left")
+        # named in the title: a legend would hide cells of the map
+        ax.plot(ws.index(chosen[1]), hs.index(chosen[0]), "r*", ms=14)
+        where = f"{where} (red star: chosen {chosen[0]}x{chosen[1]})"
+    ax.set_title(where, fontsize=10)
 
 
 def _size_profiles(ax, recs, chosen, where):
@@ -221,6 +222,9 @@ def _size_profiles(ax, recs, chosen, where):
             ax.plot(x, np.asarray(v) - top, style, ms=4, label=label)
     ax.axvline(ch, color="C0", ls=":", lw=1)
     ax.axvline(cw, color="C1", ls=":", lw=1)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # sides are whole pixels
     ax.set_xlabel("face side (pixels)")
     ax.set_ylabel(f"criterion per image − chosen {ch}x{cw}'s")
     ax.set_title(where, fontsize=10)
