@@ -113,6 +113,9 @@ class _Progress:
             return
         from tqdm.auto import tqdm
 
+        # no monitor thread: a bar refreshed from the callback needs none, and one thread fewer
+        # holding tqdm's lock when Ctrl-C arrives
+        tqdm.monitor_interval = 0
         if self.header:
             click.echo(self.header, err=True)
             self.header = None
