@@ -487,8 +487,8 @@ def main(argv=None):
         click.echo(f"emface: {one_line(exc)}", err=True)
         sys.exit(EXIT_INTERRUPTED)
     except click.exceptions.UsageError as exc:
-        hint = f" (see: emface {exc.ctx.info_name} --help)" if exc.ctx is not None and exc.ctx.info_name != "emface" else \
-            " (see: emface --help)"
+        command = exc.ctx.info_name if exc.ctx is not None and exc.ctx.info_name != "emface" else None
+        hint = f" (see: emface {command} --help)" if command else " (see: emface --help)"
         click.echo(f"emface: error: {one_line(exc.format_message())}{hint}", err=True)
         sys.exit(EXIT_BAD_INPUT)
     except click.ClickException as exc:

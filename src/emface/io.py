@@ -11,9 +11,10 @@
 Colour frames, TIFF stacks and videos stay in colour, (K, H, W, 3); ``grey=True``
 converts them (ITU-R 601 luma), slice by slice as they are read. Pictures
 (frames, TIFF, video) with an alpha channel lose it, with a `UserWarning`
-that says so; arrays (npy, npz, zarr, HDF5) keep every channel they have. Every failure raises `InputError`, a ValueError
-whose message says what is wrong and what was expected; an optional reader
-that is not installed is named with the ``pip install`` that adds it.
+that says so; arrays (npy, npz, zarr, HDF5) keep every channel they have.
+Every failure raises `InputError`, a ValueError whose message says what is
+wrong and what was expected; an optional reader that is not installed is
+named with the ``pip install`` that adds it.
 """
 
 from __future__ import annotations
@@ -25,10 +26,12 @@ import zipfile
 
 import numpy as np
 
-from .errors import InputError, one_line
+from ._arraylike import LazyStack
 from ._layout import LUMA
+from .errors import InputError, one_line
 
-__all__ = ["InputError", "GreyView", "FrameFolder", "load_stack", "read_image", "write_positions", "to_uint8", "to_grey"]
+__all__ = ["InputError", "GreyView", "FrameFolder", "load_stack", "read_image", "write_positions", "to_uint8",
+           "to_grey"]
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp")
 VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
@@ -323,7 +326,7 @@ def _frame_header(path):
         return None
 
 
-class FrameFolder:
+class FrameFolder(LazyStack):
     """The frames of a folder as a lazy stack: (K, H, W) grey or (K, H, W, Ch) colour.
 
     Frames are decoded when a slice of them is read, so a pass over a folder
@@ -379,27 +382,8 @@ class FrameFolder:
         self.dtype = np.dtype(np.float64) if dtype.kind == "f" and dtype != np.float32 else np.dtype(dtype)
         self.shape = (len(self.names),) + tuple(int(v) for v in self.frame_shape)
 
-    @property
-    def ndim(self):
-        return len(self.shape)
-
-    @property
-    def size(self):
-        return int(np.prod(self.shape, dtype=np.int64))
-
-    @property
-    def nbytes(self):
-        return self.size * self.dtype.itemsize
-
-    def __len__(self):
-        return self.shape[0]
-
     def __repr__(self):
         return f"FrameFolder({self.folder!r}, {len(self)} frames of {_describe_shape(self.frame_shape)})"
-
-    def __array__(self, dtype=None, copy=None):
-        X = self[:]
-        return X if dtype is None else X.astype(dtype, copy=False)
 
     def _read(self, index):
         out = np.empty((len(index),) + self.shape[1:], dtype=self.dtype)

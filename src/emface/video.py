@@ -23,8 +23,9 @@ import threading
 
 import numpy as np
 
-from .errors import InputError, one_line
+from ._arraylike import LazyStack
 from ._layout import LUMA as _LUMA64
+from .errors import InputError, one_line
 
 __all__ = ["VideoStack", "write_synthetic_video", "LUMA"]
 
@@ -45,7 +46,7 @@ def _import_av(what="reading"):
     return av
 
 
-class VideoStack:
+class VideoStack(LazyStack):
     """A video file as a read-only stack (K, H, W, 3) of uint8 RGB frames, or (K, H, W) grey.
 
     Parameters
@@ -165,32 +166,9 @@ class VideoStack:
         self.dtype = np.dtype(np.float32) if self.grey else np.dtype(np.uint8)
 
     # ------------------------------------------------------------------ array-like
-    @property
-    def ndim(self):
-        return len(self.shape)
-
-    @property
-    def size(self):
-        return int(np.prod(self.shape, dtype=np.int64))
-
-    @property
-    def nbytes(self):
-        return self.size * self.dtype.itemsize
-
-    def __len__(self):
-        return self.n_frames
-
     def __repr__(self):
         kind = "grey" if self.grey else "RGB"
         return f"VideoStack({self.path!r}, {self.n_frames} {kind} frames of {self.shape[1]}x{self.shape[2]})"
-
-    def __iter__(self):
-        for k in range(self.n_frames):
-            yield self[k]
-
-    def __array__(self, dtype=None, copy=None):
-        X = self[:]
-        return X if dtype is None else X.astype(dtype, copy=False)
 
     def __getitem__(self, key):
         rest = ()
