@@ -321,14 +321,18 @@ def test_error_unknown_option(tmp_path):
 
 
 def test_ctrl_c_writes_partial_results_and_exits_130(tmp_path):
+    import signal
+
     X, truth = make_faces(3000, (64, 64), (24, 24), noise=1.5, random_state=0)
     np.save(tmp_path / "big.npy", X)
     proc = subprocess.Popen([sys.executable, "-m", "emface.cli", "fit", str(tmp_path / "big.npy"),
                              "--face-shape", "24x24", "--out", str(tmp_path / "out"), "--init", "random",
                              "--restarts", "3", "--tol", "0", "--max-iter", "1000"],
-                            stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                            # as in a terminal: a shell runs background jobs (such as a CI script started
+                            # with &) with SIGINT ignored, and Python keeps an ignored SIGINT ignored
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     # wait until the progress bar shows iterations, then press Ctrl-C
-    import signal
     import time
 
     buf = ""

@@ -113,8 +113,7 @@ class _Progress:
             return
         from tqdm.auto import tqdm
 
-        # no monitor thread: a bar refreshed from the callback needs none, and one thread fewer
-        # holding tqdm's lock when Ctrl-C arrives
+        # no monitor thread: a bar refreshed from the callback after every pass needs none
         tqdm.monitor_interval = 0
         if self.header:
             click.echo(self.header, err=True)

@@ -113,11 +113,12 @@ def _incremental_sweeps(executor, model, params, settings, callback, run_index, 
     B and s to the images seen so far, and keeps the start's A: an A fitted to
     part of the stack is zero wherever only unseen images have their faces,
     and a zero of A is never left again); later sweeps replace a block's old
-    sums by its new ones and update A too. Each block keeps only its image-independent sums, compactly (its
-    frequency-domain part already turned into image space). Blocks are
-    visited in a new random order every sweep, so that images stored in order
-    (the frames of a video) do not pull θ one way for a whole sweep. Sweeps
-    stop once one raises the free energy by less than `tol` per image.
+    sums by its new ones and update A too. Each block keeps only its
+    image-independent sums, compactly (its frequency-domain part already
+    turned into image space). Blocks are visited in a new random order every
+    sweep, so that images stored in order (the frames of a video) do not pull
+    θ one way for a whole sweep. Sweeps stop once one raises the free energy
+    by less than `tol` per image.
 
     Returns (params, iterations done).
     """
