@@ -83,3 +83,16 @@ def test_spectra_stay_cached_on_the_workers(client, data):
     ids2 = client.gather([ex._submit(spectra_id, i) for i in range(len(ex._chunks))])
     assert ids == ids2  # the same arrays: not recomputed, not moved
     ex.close()
+
+
+def test_several_colour_faces_on_the_cluster_equal_the_numpy_fit(client):
+    """C = 2 faces in colour, hard EM with smoothing: the cluster's fit is the numpy fit."""
+    X, truth = make_faces(240, (28, 32), (10, 9), n_faces=2, colour=True, noise=0.8, random_state=5)
+    kw = dict(n_faces=2, hard=True, prior_smoothing=5.0, random_state=0, n_init=1, tol=1e-6)
+    ref = FaceEM((10, 9), **kw).fit(X)
+    got = FaceEM((10, 9), **kw).fit(da.from_array(X, chunks=(60, -1, -1, -1)))
+    assert got.faces_.shape == (2, 10, 9, 3)
+    assert _rel(got.faces_, ref.faces_) < 1e-10
+    assert _rel(got.prior_, ref.prior_) < 1e-10
+    assert _rel(got.lower_bounds_, ref.lower_bounds_) < 1e-10
+    assert np.array_equal(got.predict_face(X), ref.predict_face(X))

@@ -88,3 +88,22 @@ def test_warm_start_after_an_interrupt_continues(X):
 def test_checkpoint_into_a_missing_folder_fails_before_fitting(tmp_path, X):
     with pytest.raises(ValueError, match="checkpoint folder .* does not exist"):
         FaceEM((6, 7), checkpoint=tmp_path / "nope" / "c.npz", **_settings()).fit(X)
+
+
+def test_resume_with_several_faces_continues_the_same_run(tmp_path):
+    """A checkpoint of a C = 2 fit resumes to the uninterrupted fit."""
+    from emface.datasets import make_faces
+
+    X, _ = make_faces(200, (26, 30), (9, 8), n_faces=2, noise=0.8, random_state=2)
+    kw = dict(n_faces=2, random_state=0, n_init=1, tol=0.0, max_iter=12, init="random", shift_escape=False,
+              split_merge=False, accelerate=False)
+    whole = FaceEM((9, 8), **kw).fit(X)
+    path = tmp_path / "run.npz"
+    est = FaceEM((9, 8), checkpoint=path, checkpoint_every=1, callback=Stop(7), **kw)
+    with pytest.raises(KeyboardInterrupt):
+        est.fit(X)
+    resumed = FaceEM.resume(path)
+    resumed.fit(X)
+    assert resumed.n_iter_ == 12
+    assert np.allclose(resumed.faces_, whole.faces_, rtol=1e-9, atol=1e-9)
+    assert np.allclose(resumed.lower_bounds_, whole.lower_bounds_, rtol=1e-10)

@@ -110,3 +110,17 @@ def test_a_folder_of_frames_is_decoded_a_chunk_at_a_time(tmp_path, monkeypatch):
     ref = FaceEM((16, 16), random_state=0, n_init=1, max_memory="4MB").fit(u8)
     assert np.array_equal(est.predict(u8), ref.predict(u8))
     assert np.abs(est.face_ - ref.face_).max() <= 1e-10 * np.abs(ref.face_).max()
+
+
+def test_several_faces_from_a_memory_map_under_max_memory_equal_the_in_memory_fit(tmp_path):
+    """C = 3 faces streamed from an .npy memory map in small chunks, spectra capped: the in-memory fit."""
+    X, truth = make_faces(300, (30, 36), (10, 9), n_faces=3, noise=0.6, random_state=9)
+    np.save(tmp_path / "s.npy", X)
+    mm, _ = load_stack(tmp_path / "s.npy")
+    assert isinstance(mm, np.memmap)
+    kw = dict(n_faces=3, random_state=0, n_init=1, tol=1e-8)
+    ref = FaceEM((10, 9), **kw).fit(X)
+    got = FaceEM((10, 9), max_memory="1MB", **kw).fit(mm)
+    assert np.abs(got.faces_ - ref.faces_).max() <= 1e-10 * np.abs(ref.faces_).max()
+    assert got.lower_bounds_ == pytest.approx(ref.lower_bounds_, rel=1e-12)
+    assert np.array_equal(got.predict_face(X), ref.predict_face(X))
