@@ -218,22 +218,6 @@ def test_a_missing_extra_is_named_with_its_pip_install(tmp_path, stack):
     _bad(r, "pip install 'emface[distributed]'")
 
 
-def test_the_cli_uses_only_public_names():
-    """The CLI is a client: no private name of another emface module or of the estimator."""
-    import ast
-    import emface.cli
-
-    tree = ast.parse(open(emface.cli.__file__).read())
-    private = []
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.module and node.level:
-            private += [a.name for a in node.names if a.name.startswith("_") and not a.name.startswith("__")]
-        if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__"):
-            if isinstance(node.value, ast.Name) and node.value.id in ("est", "estimator", "io", "model", "em"):
-                private.append(f"{node.value.id}.{node.attr}")
-    assert private == []
-
-
 def test_version_and_help():
     r = run("--version")
     assert r.returncode == 0 and "emface" in r.stdout

@@ -6,11 +6,39 @@ __all__ = ["LazyStack"]
 
 
 class LazyStack:
-    """The array attributes derived from ``shape`` and ``dtype``, iteration, and reading the whole stack.
+    """The array attributes derived from ``shape`` and ``dtype``, indexing, iteration, and reading it whole.
 
-    Subclasses set ``shape`` and ``dtype`` and implement ``__getitem__`` for an
-    int and a slice of images.
+    Subclasses set ``shape`` and ``dtype`` and implement ``_read_frames(frames)``,
+    the images numbered by a `range` (or by a list, from `_index`) as one
+    array; `_index` turns any other key into such a list, or refuses it.
+    ``_what`` names the stack in messages.
     """
+
+    _what = "a stack"
+
+    def __getitem__(self, key):
+        rest = ()
+        if isinstance(key, tuple):
+            key, rest = (key[0], key[1:]) if key else (slice(None), ())
+        K = len(self)
+        if isinstance(key, (int, np.integer)):
+            k = int(key)
+            if not -K <= k < K:
+                raise IndexError(f"frame {k} is out of range for {self._what} of {K} frames")
+            out = self._read_frames(range(k % K, k % K + 1))[0]
+            return out[rest] if rest else out
+        if isinstance(key, slice):
+            frames = range(*key.indices(K))
+        elif key is Ellipsis:
+            frames = range(K)
+        else:
+            frames = self._index(key)
+        out = self._read_frames(frames)
+        return out[(slice(None),) + rest] if rest else out
+
+    def _index(self, key):
+        raise TypeError(f"{type(self).__name__} is indexed by an int or a slice of frames, "
+                        f"got {type(key).__name__}")
 
     @property
     def ndim(self):

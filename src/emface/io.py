@@ -351,13 +351,14 @@ class FrameFolder(LazyStack):
         What had an alpha channel (dropped as the frames are read), if anything did.
     """
 
+    _what = "a folder"
+
     def __init__(self, folder, names, grey=False):
         self.folder, self.names, self.grey = folder, list(names), bool(grey)
         paths = [os.path.join(folder, n) for n in self.names]
-        formats = {}  # pixel format -> (a decoded frame's shape, its dtype, alpha note)
+        formats = {}  # pixel format -> (a decoded frame's channel axis, () or (Ch,), and its dtype)
         first = None
         self.alpha = None
-        dtypes = []
         for n, path in zip(self.names, paths):
             head = _frame_header(path)
             key = head[2] if head is not None else ("file", n)
@@ -365,7 +366,6 @@ class FrameFolder(LazyStack):
                 img, alpha = _read_picture(path, self.grey)
                 formats[key] = (img.shape[2:], img.dtype)
                 self.alpha = self.alpha or alpha
-                dtypes.append(img.dtype)
                 if head is None:
                     head = (img.shape[0], img.shape[1], key)
             this = (head[0], head[1]) + tuple(formats[key][0])
@@ -378,7 +378,7 @@ class FrameFolder(LazyStack):
                     f"{_describe_shape(this)}; all frames must have the same size and channels (or use --grey)"
                 )
         self.frame_shape = first[1]
-        dtype = np.result_type(*dtypes)
+        dtype = np.result_type(*(d for _, d in formats.values()))
         self.dtype = np.dtype(np.float64) if dtype.kind == "f" and dtype != np.float32 else np.dtype(dtype)
         self.shape = (len(self.names),) + tuple(int(v) for v in self.frame_shape)
 
@@ -395,25 +395,12 @@ class FrameFolder(LazyStack):
             out[t] = img
         return out
 
-    def __getitem__(self, key):
-        rest = ()
-        if isinstance(key, tuple):
-            key, rest = (key[0], key[1:]) if key else (slice(None), ())
-        K = len(self)
-        if isinstance(key, (int, np.integer)):
-            if not -K <= int(key) < K:
-                raise IndexError(f"frame {int(key)} is out of range for a folder of {K} frames")
-            out = self._read([int(key) % K])[0]
-        elif isinstance(key, slice):
-            out = self._read(range(*key.indices(K)))
-        elif key is Ellipsis:
-            out = self._read(range(K))
-        else:
-            index = np.arange(K)[key]  # an array of indices or a mask
-            out = self._read([int(k) for k in np.atleast_1d(index)])
-        if rest:
-            return out[(slice(None),) + rest] if not isinstance(key, (int, np.integer)) else out[rest]
-        return out
+    def _read_frames(self, frames):
+        return self._read(frames)
+
+    def _index(self, key):
+        # an array of indices or a mask, as numpy reads it
+        return [int(k) for k in np.atleast_1d(np.arange(len(self))[key])]
 
 
 def _describe_shape(shape):

@@ -79,6 +79,8 @@ class VideoStack(LazyStack):
     pickle (the copy reopens the file).
     """
 
+    _what = "a video"
+
     def __init__(self, path, grey=False, *, threads=True):
         self._av = _import_av()
         self.path = os.fspath(path)
@@ -170,31 +172,11 @@ class VideoStack(LazyStack):
         kind = "grey" if self.grey else "RGB"
         return f"VideoStack({self.path!r}, {self.n_frames} {kind} frames of {self.shape[1]}x{self.shape[2]})"
 
-    def __getitem__(self, key):
-        rest = ()
-        if isinstance(key, tuple):
-            if not key:
-                key = slice(None)
-            else:
-                key, rest = key[0], key[1:]
-        K = self.n_frames
-        if isinstance(key, (int, np.integer)):
-            k = int(key)
-            if k < -K or k >= K:
-                raise IndexError(f"frame {k} is out of range for a video of {K} frames")
-            k %= K
-            out = self._read(k, k + 1, 1)[0]
-            return out[rest] if rest else out
-        elif isinstance(key, slice):
-            a, b, step = key.indices(K)
-            if step < 1:
-                raise InputError(f"{self.path}: a video is read forwards: slice steps must be positive, got {step}")
-            out = self._read(a, max(a, b), step)
-        elif key is Ellipsis:
-            out = self._read(0, K, 1)
-        else:
-            raise TypeError(f"a VideoStack is indexed by an int or a slice of frames, got {type(key).__name__}")
-        return out[(slice(None),) + rest] if rest else out
+    def _read_frames(self, frames):
+        if frames.step < 1:
+            raise InputError(f"{self.path}: a video is read forwards: slice steps must be positive, "
+                             f"got {frames.step}")
+        return self._read(frames.start, max(frames.start, frames.stop), frames.step)
 
     # ------------------------------------------------------------------ state
     def close(self):
