@@ -259,3 +259,50 @@ def test_one_channel_in_four_dimensions_equals_the_grey_stack():
     assert np.array_equal(four.face_[..., 0], grey.face_)
     assert np.array_equal(four.background_[..., 0], grey.background_)
     assert four.noise_std_ == grey.noise_std_ and four.lower_bounds_ == grey.lower_bounds_
+
+
+def test_parallel_and_serial_kernels_are_compiled_and_cached_apart():
+    """Each kernel's parallel build and its serial twin have their own cache entries.
+
+    Numba keys its on-disk cache by the function's name and line, not by its
+    options (numba/numba#6845): with one name, whichever build was compiled
+    first was loaded for both, and the "parallel" kernels ran on one core.
+    """
+    from emface.engine import _numba_kernels as nk
+
+    for name in nk._PARALLEL:
+        par, ser = getattr(nk, name), getattr(nk, name + "_serial")
+        assert par.targetoptions.get("parallel") is True
+        assert not ser.targetoptions.get("parallel", False)
+        assert par.py_func.__code__ is ser.py_func.__code__  # one body of code
+        assert par.py_func.__qualname__ != ser.py_func.__qualname__
+        assert par._cache._cache_file._index_path != ser._cache._cache_file._index_path
+
+
+@pytest.mark.parametrize("model", [(1, 1), (2, 3)])
+def test_parallel_kernels_against_the_reference(model, monkeypatch):
+    """Every kernel split over two threads (as for large chunks) equals the loops: soft, hard, dense, given q."""
+    from emface.engine import _numba_kernels as nk
+
+    monkeypatch.setattr(nk, "SERIAL_BELOW", 0)
+    K, H, W, h, w = 9, 14, 15, 5, 6
+    theta, X, _, _ = _problem((K, H, W, h, w), model, "parallel")
+    src = ArraySource(X, (h, w), standardize=False, chunk_size=5)
+    ex = LocalExecutor(src, EngineConfig(backend="numba", workers=2))
+    qr = ref.posterior(X, *ref_args(theta))
+    stats, q = ex.collect(theta, output="q")
+    assert _close(q, qr)
+    new, _ = params_from(stats, theta, noise_floor=1e-300)
+    _check_m_step(new, qr, X, theta, h, w)
+    hard = ex.pass_stats(theta, hard=True)
+    labels, pos = ref.hard_assignments(X, *ref_args(theta))
+    assert np.array_equal(hard.positions, pos) and np.array_equal(hard.labels, labels)
+    given = ex.stats_from_q(lambda a, b: qr[a:b])
+    for name in ("N", "S_F", "XC"):
+        assert _close(getattr(given, name), getattr(stats, name))
+    broad = theta.copy()
+    broad.noise_std = np.full(model[1], 50.0)  # broad posteriors: the dense route
+    dense = ex.pass_stats(broad)
+    assert dense.S_F_hat is not None
+    new, _ = params_from(dense, broad, noise_floor=1e-300)
+    _check_m_step(new, ref.posterior(X, *ref_args(broad)), X, broad, h, w)
