@@ -166,23 +166,29 @@ def _n_blocks(n, workers):
     return max(1, min(n, workers))
 
 
-def _partials(n, workers, n_faces, n_channels, image_shape, face_shape):
-    """Zeroed per-thread partial sums (N, S_F, XC, SX, SXX) for a chunk, channels last as the kernels write them."""
+def _partials(n, workers, n_faces, n_channels, image_shape, face_shape, with_moments):
+    """Zeroed per-thread partial sums (N, S_F, XC, SX, SXX) for a chunk, channels last as the kernels write them.
+
+    Without moments SX is a (blocks, 1, 1, Ch) stand-in that the kernels do not touch.
+    """
     H, W = image_shape
     h, w = face_shape
     nb = _n_blocks(n, workers)
     C, Ch = n_faces, n_channels
+    HX, WX = (H, W) if with_moments else (1, 1)
     return (np.zeros((nb, C, H - h + 1, W - w + 1)), np.zeros((nb, C, h, w, Ch)), np.zeros((nb, H, W, Ch)),
-            np.zeros((nb, H, W, Ch)), np.zeros((nb, Ch)))
+            np.zeros((nb, HX, WX, Ch)), np.zeros((nb, Ch)))
 
 
 def _sum_partials(parts, with_moments):
     """The partial sums added up, with the channels moved first: N, S_F (C, Ch, h, w), XC, SX (Ch, H, W), SXX."""
-    N, SF, XC, SX, SXX = (p.sum(axis=0) for p in parts)
+    N, SF, XC = (p.sum(axis=0) for p in parts[:3])
     SF = np.ascontiguousarray(np.moveaxis(SF, -1, 1))
     XC = np.ascontiguousarray(np.moveaxis(XC, -1, 0))
-    SX = np.ascontiguousarray(np.moveaxis(SX, -1, 0))
-    return N, SF, XC, (SX if with_moments else None), (SXX if with_moments else None)
+    if not with_moments:
+        return N, SF, XC, None, None
+    SX = np.ascontiguousarray(np.moveaxis(parts[3].sum(axis=0), -1, 0))
+    return N, SF, XC, SX, parts[4].sum(axis=0)
 
 
 def _fused_product(xhat, filters):
@@ -213,7 +219,7 @@ def _numba_pass(chunk, plan, output):
         corr = kernels.correlate_fft(sp, plan.filters, (P, Q), (H, W), idft_rows=plan.idft_rows,
                                      workers=plan.workers, product=_fused_product)
     out = corr if (corr.dtype == np.float64 and corr.flags.c_contiguous) else np.empty((n, C, P, Q))
-    parts = _partials(n, plan.workers, C, Ch, (H, W), plan.face_shape)
+    parts = _partials(n, plan.workers, C, Ch, (H, W), plan.face_shape, plan.with_moments)
     dense = np.zeros(n, dtype=np.uint8)
     arg = np.empty(n, dtype=np.int64)
     ll, maxp, ent = np.empty(n), np.empty(n), np.empty(n)
@@ -279,7 +285,7 @@ def stats_from_positions(chunk, positions, labels, face_shape, n_faces, *, backe
         return _given_q_stats(chunk, N, S_F, None, XC, SX, SXX)
     from . import _numba_kernels as nk
 
-    parts = _partials(n, workers, n_faces, Ch, (H, W), face_shape)
+    parts = _partials(n, workers, n_faces, Ch, (H, W), face_shape, with_moments)
     work = n * Ch * (face_shape[0] * face_shape[1] + (H * W if with_moments else 0))
     nk.pick("crops_at_positions", work, parts[0].shape[0])(
         chunk.data, float(chunk.offset), float(chunk.inv_scale), labels, np.ascontiguousarray(positions[:, 0]),
@@ -299,7 +305,7 @@ def stats_from_q(chunk, q, face_shape, *, backend=None, workers=1, with_moments=
     if backend == "numba":
         from . import _numba_kernels as nk
 
-        parts = _partials(n, workers, q.shape[1], Ch, (H, W), face_shape)
+        parts = _partials(n, workers, q.shape[1], Ch, (H, W), face_shape, with_moments)
         nk.pick("crops_from_q", q.size + (n * Ch * H * W if with_moments else 0), parts[0].shape[0])(
             chunk.data, float(chunk.offset), float(chunk.inv_scale), q, Q_THRESHOLD, with_moments, *parts)
         N, S_F, XC, SX, SXX = _sum_partials(parts, with_moments)
