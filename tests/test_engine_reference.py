@@ -199,6 +199,30 @@ def test_chunking_does_not_change_sums(backend, model):
     assert np.array_equal(many.labels, one.labels)
 
 
+def test_stats_sum_equals_the_fold_of_plus():
+    """`StatsSum` gives the same floats as ``a + b + c`` (sums in the same order) and leaves its inputs alone."""
+    from emface.engine import chunk_stats
+    from emface.model import StatsSum
+
+    theta, X, _, _ = _problem((13, 9, 10, 4, 3), (2, 2), "sum")
+    ex = _executor(X, (4, 3), "numba", None, chunk_size=3)
+    plan = ex._plan(theta, False, with_moments=True)
+    parts = [chunk_stats(ex.source.chunk(i), plan) for i in range(ex.n_chunks)]
+    before = [p.XC.copy() for p in parts]
+    fold = parts[0]
+    for p in parts[1:]:
+        fold = fold + p
+    acc = StatsSum()
+    for p in parts:
+        acc.add(p)
+    total = acc.result()
+    for name in ("n_images", "N", "S_F", "XC", "SX", "SXX", "loglik", "entropy_sum", "positions", "labels",
+                 "image_loglik", "max_prob", "entropy", "class_prob", "near"):
+        assert np.array_equal(getattr(total, name), getattr(fold, name)), name
+    assert all(np.array_equal(p.XC, b) for p, b in zip(parts, before))
+    assert StatsSum().result() is None
+
+
 @pytest.mark.parametrize("model", [(1, 1), (3, 2)])
 def test_dense_and_sparse_routes_agree_with_the_reference(model):
     """Broad posteriors take the FFT route for S_F, peaked ones the crop route: both equal the loops."""

@@ -22,6 +22,7 @@ import numpy as np
 
 from .engine import Chunk, ChunkCache, chunk_stats, costs, make_plan, stats_from_positions
 from .executor import BaseExecutor, EngineConfig, single_threaded_blas
+from .model import StatsSum
 from .sources import Moments, WorkingUnits, as_chunk_array, spectrum_bytes_per_image
 
 __all__ = ["DaskExecutor", "get_client"]
@@ -237,10 +238,10 @@ class DaskExecutor(BaseExecutor):
         plan = self.client.scatter(self._plan(params, hard), broadcast=True, hash=False)
         futures = [self._submit(_collect_task, i, plan, output) for i in range(len(self._chunks))]
         parts = self.client.gather(futures)
-        total = None
+        total = StatsSum()
         for s, _ in parts:
-            total = s if total is None else total + s
-        return self._fill_moments(total), np.concatenate([o for _, o in parts])
+            total.add(s)
+        return self._fill_moments(total.result()), np.concatenate([o for _, o in parts])
 
     def stats_from_positions(self, positions, labels=None, *, n_faces=1, face_shape=None):
         positions = np.asarray(positions)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .engine import chunk_stats, make_plan, resolve_backend, stats_from_positions, stats_from_q
+from .model import StatsSum
 from .sources import ArraySource, read_runs, sample_runs
 
 __all__ = ["EngineConfig", "BaseExecutor", "LocalExecutor", "single_threaded_blas", "subsample_executor"]
@@ -194,12 +195,11 @@ class LocalExecutor(BaseExecutor):
         if with_moments is None:
             with_moments = self._moments is None
         plan = self._plan(params, hard, with_moments=bool(with_moments))
-        total = None
+        total = StatsSum()
         with single_threaded_blas():
             for i in ids:
-                s = chunk_stats(self.source.chunk(i), plan, per_image=per_image)
-                total = s if total is None else total + s
-        return self._fill_moments(total, full)
+                total.add(chunk_stats(self.source.chunk(i), plan, per_image=per_image))
+        return self._fill_moments(total.result(), full)
 
     def collect(self, params, *, hard=False, output="q"):
         """Like `pass_stats`, but also gather the posterior or log joint of every image.
@@ -211,13 +211,13 @@ class LocalExecutor(BaseExecutor):
         plan = self._plan(params, hard, with_moments=self._moments is None)
         P, Q = plan.grid_shape
         full = np.empty((self.n_images, plan.n_faces, P, Q))
-        total = None
+        total = StatsSum()
         with single_threaded_blas():
             for i, (a, b) in enumerate(self.source.bounds):
                 s, out = chunk_stats(self.source.chunk(i), plan, output=output)
                 full[a:b] = out
-                total = s if total is None else total + s
-        return self._fill_moments(total, True), full
+                total.add(s)
+        return self._fill_moments(total.result(), True), full
 
     def stats_from_q(self, q_of_chunk, face_shape=None):
         """M-step statistics under a posterior given per chunk.
@@ -226,23 +226,21 @@ class LocalExecutor(BaseExecutor):
         ----------
         q_of_chunk : callable (a, b) -> ndarray (b - a, C, P, Q)
         """
-        total = None
+        total = StatsSum()
         face_shape = face_shape or self.source.face_shape
         for i, (a, b) in enumerate(self.source.bounds):
-            s = stats_from_q(self.source.chunk(i), q_of_chunk(a, b), face_shape, backend=self.config.backend,
-                             workers=self.config.workers, with_moments=self._moments is None)
-            total = s if total is None else total + s
-        return self._fill_moments(total, True)
+            total.add(stats_from_q(self.source.chunk(i), q_of_chunk(a, b), face_shape, backend=self.config.backend,
+                                   workers=self.config.workers, with_moments=self._moments is None))
+        return self._fill_moments(total.result(), True)
 
     def stats_from_positions(self, positions, labels=None, *, n_faces=1, face_shape=None):
         """M-step statistics when image k shows face ``labels[k]`` at ``positions[k]``: crops, no FFT."""
         positions = np.asarray(positions)
         labels = np.zeros(len(positions), dtype=np.int64) if labels is None else np.asarray(labels)
         face_shape = face_shape or self.source.face_shape
-        total = None
+        total = StatsSum()
         for i, (a, b) in enumerate(self.source.bounds):
-            s = stats_from_positions(self.source.chunk(i), positions[a:b], labels[a:b], face_shape, n_faces,
-                                     backend=self.config.backend, workers=self.config.workers,
-                                     with_moments=self._moments is None)
-            total = s if total is None else total + s
-        return self._fill_moments(total, True)
+            total.add(stats_from_positions(self.source.chunk(i), positions[a:b], labels[a:b], face_shape, n_faces,
+                                           backend=self.config.backend, workers=self.config.workers,
+                                           with_moments=self._moments is None))
+        return self._fill_moments(total.result(), True)

@@ -28,7 +28,7 @@ from dataclasses import dataclass, fields, replace
 
 import numpy as np
 
-__all__ = ["Params", "Stats", "save_model", "load_model", "atomic_save"]
+__all__ = ["Params", "Stats", "StatsSum", "save_model", "load_model", "atomic_save"]
 
 
 def _as_faces(face):
@@ -238,6 +238,54 @@ class Stats:
     def without_per_image(self) -> "Stats":
         """A copy without the per-image arrays (what a reduction needs to ship)."""
         return replace(self, **{k: None for k in PER_IMAGE})
+
+
+class StatsSum:
+    """Adds the `Stats` of disjoint image sets as they come, in order: ``a + b + c + ...`` in one pass.
+
+    The sums are added in place (the same additions in the same order as
+    ``+``, so the same floats) and the per-image arrays are concatenated once,
+    in `result`: folding ``total = total + s`` over n chunks copies the growing
+    per-image arrays n times.
+    """
+
+    def __init__(self):
+        self._sums = None
+        self._per_image = []
+
+    def add(self, stats):
+        """Add the `Stats` of the next image set (None adds nothing)."""
+        if stats is None:
+            return
+        self._per_image.append([getattr(stats, k) for k in PER_IMAGE])
+        if self._sums is None:
+            # a copy: in-place sums never touch the caller's arrays
+            self._sums = {f.name: _copy(getattr(stats, f.name)) for f in fields(stats) if f.name not in PER_IMAGE}
+            return
+        for name, acc in self._sums.items():
+            v = getattr(stats, name)
+            if v is None:
+                continue
+            if acc is None:
+                self._sums[name] = _copy(v)
+            elif isinstance(acc, np.ndarray):
+                acc += v
+            else:
+                self._sums[name] = acc + v
+
+    def result(self):
+        """The total `Stats`, or None when nothing was added."""
+        if self._sums is None:
+            return None
+        per_image = {}
+        for i, k in enumerate(PER_IMAGE):
+            vals = [row[i] for row in self._per_image]
+            per_image[k] = None if any(v is None for v in vals) else (vals[0] if len(vals) == 1 else np.concatenate(vals))
+        return Stats(**self._sums, **per_image)
+
+
+def _copy(v):
+    return v.copy() if isinstance(v, np.ndarray) else v
 
 
 def save_model(path, params, **extra):
