@@ -330,3 +330,18 @@ def test_parallel_kernels_against_the_reference(model, monkeypatch):
     assert dense.S_F_hat is not None
     new, _ = params_from(dense, broad, noise_floor=1e-300)
     _check_m_step(new, ref.posterior(X, *ref_args(broad)), X, broad, h, w)
+
+
+@pytest.mark.parametrize("given, expected", [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+def test_openmp_workers_sleep_unless_the_user_says_otherwise(given, expected):
+    """The kernels ask for passive OpenMP workers before Numba starts its threads; a user's setting stays."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if given is not None:
+        env["OMP_WAIT_POLICY"] = given
+    code = "import os, emface.engine._numba_kernels; print(os.environ['OMP_WAIT_POLICY'])"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == expected
