@@ -199,8 +199,10 @@ def test_chunking_does_not_change_sums(backend, model):
     assert np.array_equal(many.labels, one.labels)
 
 
-def test_stats_sum_equals_the_fold_of_plus():
-    """`StatsSum` gives the same floats as ``a + b + c`` (sums in the same order) and leaves its inputs alone."""
+def test_stats_sum_adds_in_order_and_joins_the_per_image_arrays():
+    """`StatsSum` (and ``+``): each sum added in chunk order, the per-image arrays joined, the inputs untouched."""
+    import functools
+
     from emface.engine import chunk_stats
     from emface.model import StatsSum
 
@@ -208,17 +210,17 @@ def test_stats_sum_equals_the_fold_of_plus():
     ex = _executor(X, (4, 3), "numba", None, chunk_size=3)
     plan = ex._plan(theta, False, with_moments=True)
     parts = [chunk_stats(ex.source.chunk(i), plan) for i in range(ex.n_chunks)]
+    assert len(parts) == 5
     before = [p.XC.copy() for p in parts]
-    fold = parts[0]
-    for p in parts[1:]:
-        fold = fold + p
     acc = StatsSum()
     for p in parts:
         acc.add(p)
-    total = acc.result()
-    for name in ("n_images", "N", "S_F", "XC", "SX", "SXX", "loglik", "entropy_sum", "positions", "labels",
-                 "image_loglik", "max_prob", "entropy", "class_prob", "near"):
-        assert np.array_equal(getattr(total, name), getattr(fold, name)), name
+    for total in (acc.result(), functools.reduce(lambda a, b: a + b, parts)):
+        for name in ("n_images", "N", "S_F", "XC", "SX", "SXX", "loglik", "entropy_sum"):
+            want = functools.reduce(lambda a, b: a + b, [getattr(p, name) for p in parts])
+            assert np.array_equal(getattr(total, name), want), name
+        for name in ("positions", "labels", "image_loglik", "max_prob", "entropy", "class_prob", "near"):
+            assert np.array_equal(getattr(total, name), np.concatenate([getattr(p, name) for p in parts])), name
     assert all(np.array_equal(p.XC, b) for p, b in zip(parts, before))
     assert StatsSum().result() is None
 

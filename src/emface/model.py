@@ -111,20 +111,6 @@ class Params:
                       abs(scale) * self.noise_std, self.prior.copy())
 
 
-def _cat(a, b):
-    if a is None or b is None:
-        return None
-    return np.concatenate([a, b])
-
-
-def _add_opt(a, b):
-    if a is None:
-        return b
-    if b is None:
-        return a
-    return a + b
-
-
 #: the per-image fields of `Stats`, concatenated (not summed) by ``+``
 PER_IMAGE = ("positions", "labels", "image_loglik", "max_prob", "entropy", "class_prob", "near")
 
@@ -133,8 +119,8 @@ PER_IMAGE = ("positions", "labels", "image_loglik", "max_prob", "entropy", "clas
 class Stats:
     """Sufficient statistics of one pass over a set of images (MODEL.md).
 
-    All sums are float64. Two `Stats` of disjoint image sets add with ``+``;
-    the per-image arrays are concatenated in order.
+    All sums are float64. Two `Stats` of disjoint image sets add with ``+``
+    (many with `StatsSum`); the per-image arrays are concatenated in order.
 
     Attributes
     ----------
@@ -200,16 +186,10 @@ class Stats:
     def __add__(self, other: "Stats") -> "Stats":
         if other is None or (isinstance(other, int) and other == 0):
             return self
-        out = {}
-        for f in fields(self):
-            a, b = getattr(self, f.name), getattr(other, f.name)
-            if f.name in PER_IMAGE:
-                out[f.name] = _cat(a, b)
-            elif f.name in ("S_F_hat", "SX", "SXX"):
-                out[f.name] = _add_opt(a, b)
-            else:
-                out[f.name] = a + b
-        return Stats(**out)
+        total = StatsSum()
+        total.add(self)
+        total.add(other)
+        return total.result()
 
     def __radd__(self, other):
         # lets ``sum(list_of_stats)`` work
@@ -243,10 +223,12 @@ class Stats:
 class StatsSum:
     """Adds the `Stats` of disjoint image sets as they come, in order: ``a + b + c + ...`` in one pass.
 
-    The sums are added in place (the same additions in the same order as
-    ``+``, so the same floats) and the per-image arrays are concatenated once,
-    in `result`: folding ``total = total + s`` over n chunks copies the growing
-    per-image arrays n times.
+    The one place where `Stats` are added (``+`` is a sum of two). The sums
+    are added in place, in order, and the per-image arrays are concatenated
+    once, in `result`: folding ``total = total + s`` over n chunks would copy
+    the growing per-image arrays n times. Sums absent from one set (None:
+    S_F_hat, SX, SXX) count as zero; a per-image array absent from one set is
+    absent from the total.
     """
 
     def __init__(self):
