@@ -307,7 +307,8 @@ def test_parallel_and_serial_kernels_are_compiled_and_cached_apart():
 
 @pytest.mark.parametrize("model", [(1, 1), (2, 3)])
 def test_parallel_kernels_against_the_reference(model, monkeypatch):
-    """Every kernel split over two threads (as for large chunks) equals the loops: soft, hard, dense, given q."""
+    """Every kernel split over two threads (as for large chunks) equals the loops: soft, hard, dense, direct,
+    given q, given positions."""
     from emface.engine import _numba_kernels as nk
 
     monkeypatch.setattr(nk, "SERIAL_BELOW", 0)
@@ -323,6 +324,11 @@ def test_parallel_kernels_against_the_reference(model, monkeypatch):
     hard = ex.pass_stats(theta, hard=True)
     labels, pos = ref.hard_assignments(X, *ref_args(theta))
     assert np.array_equal(hard.positions, pos) and np.array_equal(hard.labels, labels)
+    at = ex.stats_from_positions(pos, labels, n_faces=model[0])
+    for name in ("N", "S_F", "XC"):
+        assert _close(getattr(at, name), getattr(hard, name))
+    direct = LocalExecutor(src, EngineConfig(backend="numba", route="direct", workers=2)).pass_stats(theta)
+    assert _close(direct.loglik, stats.loglik) and np.array_equal(direct.positions, stats.positions)
     given = ex.stats_from_q(lambda a, b: qr[a:b])
     for name in ("N", "S_F", "XC"):
         assert _close(getattr(given, name), getattr(stats, name))
