@@ -22,10 +22,6 @@ from .engine import Chunk, ChunkCache, block_moments, costs
 
 __all__ = ["ArraySource", "Moments", "WorkingUnits", "available_memory", "sample_runs", "read_runs"]
 
-#: without max_memory, spectra are cached up to the data's own size, and at least this much
-#: (while half the available memory allows): a stack of 2,000 colour images of 128x128 fits
-_MIN_CACHE = 2**30
-
 # raw dtypes the fused kernels read directly; others are converted per chunk
 _DIRECT_DTYPES = (np.dtype(np.float64), np.dtype(np.float32), np.dtype(np.uint8))
 
@@ -241,8 +237,9 @@ class ArraySource(WorkingUnits):
         Precision of the correlations (and so of the cached spectra).
     max_memory : int or None
         Bound in bytes on what the engine holds besides `data` itself (cached
-        spectra and chunk buffers). None: cache up to the data's own size (at
-        least 1 GiB) and never more than half the available memory.
+        spectra and chunk buffers). None: `emface.engine.costs.default_cache_budget`
+        (every spectrum while they fit in 1 GiB, else up to the data's own size),
+        never more than half the available memory.
     chunk_size : int or None
         Images per chunk; None picks it from a memory target.
     standardize : bool
@@ -280,7 +277,8 @@ class ArraySource(WorkingUnits):
         spec_bytes_per_image = spectrum_bytes_per_image(self.image_shape, self.compute_dtype, self.n_channels)
         if self.max_memory is None:
             raw_bytes = self.n_images * H * W * self.n_channels * max(self.raw_dtype.itemsize, 1)
-            budget = min(max(raw_bytes, _MIN_CACHE), available_memory() // 2)
+            budget = costs.default_cache_budget(raw_bytes, self.n_images * spec_bytes_per_image,
+                                                available_memory())
         else:
             budget = max(0, int(0.6 * self.max_memory) - 4 * target)
         self.cache_budget = budget
@@ -333,4 +331,11 @@ class ArraySource(WorkingUnits):
     @property
     def cached_bytes(self):
         return sum(c.nbytes for c in self._caches)
+
+    @property
+    def planned_cache_bytes(self):
+        """Bytes of spectra the cache will hold once every chunk has been seen (within `cache_budget`)."""
+        per_image = spectrum_bytes_per_image(self.image_shape, self.compute_dtype, self.n_channels)
+        return sum((b - a) * per_image for (a, b), c in zip(self._bounds, self._caches, strict=True)
+                   if c.keep_spectra)
 

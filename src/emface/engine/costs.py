@@ -19,6 +19,8 @@ __all__ = [
     "chunk_size",
     "parse_memory",
     "default_workers",
+    "default_cache_budget",
+    "DEFAULT_CACHE_BYTES",
 ]
 
 # per element of an FFT of n points, per log2(n); a real FFT is about half a complex one
@@ -153,6 +155,45 @@ def chunk_size(image_shape, face_shape, itemsize, *, target_bytes=16 * 2**20, n_
     if n_images is not None:
         n = min(n, n_images)
     return n
+
+
+#: without max_memory, a stack whose spectra all fit in this much caches them all (2,000 colour images of
+#: 128x128 do); a larger one caches up to the data's own size, or up to what is left of this much beside
+#: the data when that is more (a uint8 stack is small beside its spectra)
+DEFAULT_CACHE_BYTES = 2**30
+
+
+def default_cache_budget(data_bytes, spectra_bytes, available=None):
+    """Bytes of image spectra to cache when no ``max_memory`` is given.
+
+    Every spectrum while they all fit in `DEFAULT_CACHE_BYTES`; beyond, as many
+    as the data's own size, or as many as fit beside the data in
+    `DEFAULT_CACHE_BYTES` when that is more. A large stack's cached spectra so
+    weigh at most as much as the data: in float64 a spectrum weighs about
+    8/itemsize times its image, so caching them all would triple the memory
+    of a large float32 stack. Never more than half the `available` memory.
+
+    Parameters
+    ----------
+    data_bytes : int
+        The stack's bytes as stored (K·H·W·Ch·itemsize).
+    spectra_bytes : int
+        The bytes of every image's spectra in the compute precision.
+    available : int, optional
+        Bytes of memory available now.
+
+    Returns
+    -------
+    int
+    """
+    data_bytes, spectra_bytes = int(data_bytes), int(spectra_bytes)
+    if spectra_bytes <= DEFAULT_CACHE_BYTES:
+        budget = spectra_bytes
+    else:
+        budget = max(data_bytes, DEFAULT_CACHE_BYTES - data_bytes)
+    if available is not None:
+        budget = min(budget, int(available) // 2)
+    return max(0, budget)
 
 
 def default_workers(n_jobs=None):
