@@ -1,6 +1,7 @@
 """Stacks bigger than memory, and scaling on a Dask cluster (issue 8). Run by hand:
 
-    python benchmarks/scale.py memory          # K=40,000 of 64x64 float32, 8x8 face: peak RSS vs data
+    python benchmarks/scale.py memory [N]      # K=40,000 of 64x64 float32, 8x8 face: peak RSS vs data
+                                               # (a default fit, or max_iter=N)
     python benchmarks/scale.py zarr [DIR]      # K=200,000 of 100x80 float32 in zarr (6.4 GB): max_memory=1GB
     python benchmarks/scale.py cluster [DIR]   # the same store on a LocalCluster of 1, then 2 workers
 
@@ -28,9 +29,10 @@ DEFAULT_STORE = "/tmp/emface-bench.zarr"
 ZK, ZH, ZW, ZH_F, ZW_F = 200_000, 100, 80, 40, 30
 
 
-def memory_child():
+def memory_child(max_iter=None):
     from emface import FaceEM
     from emface.datasets import photo
+    from emface.sources import ArraySource
 
     K, H, W, h, w = 40_000, 64, 64, 8, 8
     rng = np.random.default_rng(0)
@@ -43,13 +45,16 @@ def memory_child():
     t = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        est = FaceEM((h, w), random_state=0).fit(X)
+        kw = {} if max_iter is None else dict(max_iter=max_iter)
+        est = FaceEM((h, w), random_state=0, **kw).fit(X)
     dt = time.perf_counter() - t
     peak = peak_rss_gb()
     data = X.nbytes / 1e9
+    # the default plan of the spectrum cache for this stack (a source that reads nothing)
+    cache = ArraySource(X, (h, w), moments=(0.0, 1.0), check_finite=False).planned_cache_bytes / 1e9
     print(json.dumps(dict(what="memory", K=K, data_gb=round(data, 3), peak_rss_gb=round(peak, 3),
-                          ratio=round(peak / data, 2), rss_before_fit_gb=round(base, 3), fit_s=round(dt, 1),
-                          n_iter=est.n_iter_, posterior_if_held_gb=round(K * 57 * 57 * 8 / 1e9, 2))))
+                          ratio=round(peak / data, 2), rss_before_fit_gb=round(base, 3),
+                          spectra_cached_gb=round(cache, 3), fit_s=round(dt, 1), n_iter=est.n_iter_, posterior_if_held_gb=round(K * 57 * 57 * 8 / 1e9, 2))))
 
 
 def make_store(path):
@@ -128,7 +133,7 @@ if __name__ == "__main__":
     what = sys.argv[1] if len(sys.argv) > 1 else "memory"
     store = sys.argv[2] if len(sys.argv) > 2 else DEFAULT_STORE
     if what == "memory":
-        _child("_memory")
+        _child("_memory", *sys.argv[2:3])
     elif what == "zarr":
         make_store(store)
         _child("_zarr", store)
@@ -137,7 +142,7 @@ if __name__ == "__main__":
         _child("_cluster", store, "1")
         _child("_cluster", store, "2")
     elif what == "_memory":
-        memory_child()
+        memory_child(int(sys.argv[2]) if len(sys.argv) > 2 else None)
     elif what == "_zarr":
         zarr_child(store)
     elif what == "_cluster":
