@@ -53,9 +53,7 @@ class EMSettings:
         Most iterations per run (an incremental sweep counts as one).
     tol : float
         Stop when the mean per-image objective changes by less than this
-        (the course API divides its total tolerance by K), or not at all:
-        ``tol=0`` iterates until an iteration leaves the objective exactly
-        unchanged (EM's fixed point in float64), or `max_iter`.
+        (the course API divides its total tolerance by K).
     algorithm : {"batch", "incremental"}
     block_chunks : list of list of int
         Incremental EM: the chunks of each block.
@@ -165,7 +163,7 @@ def _incremental_sweeps(executor, model, params, settings, callback, run_index, 
         if callback is not None:
             callback(dict(run=run_index, iter=len(history) - 1, objective=obj, params=params, history=history,
                           stats=None))
-        if change < settings.tol or change == 0.0:
+        if change < settings.tol:
             break
     return params, sweeps
 
@@ -248,7 +246,7 @@ def run_em(executor, model, params, settings, *, callback=None, run_index=0, his
         history.append(new_obj)
         change = new_obj - obj
         params, stats, obj = new_params, new_stats, new_obj
-        if abs(change) < settings.tol or change == 0.0:  # tol=0: until the objective stops changing
+        if abs(change) < settings.tol:
             converged = True
         elif (settings.accelerate and eta == 1.0 and last_change is not None and 0 < change
                 and change > _SLOW * last_change):

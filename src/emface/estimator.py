@@ -128,9 +128,9 @@ class FaceEM:
         Most EM iterations per run.
     tol : float, default=1e-3
         Convergence threshold on the change of the mean per-image objective.
-        A run also converges when an iteration leaves the objective exactly
-        unchanged, so ``tol=0`` iterates until then (or `max_iter`), and
-        warns only if it never happens.
+        ``tol=0`` runs every one of `max_iter` iterations (``converged_`` is
+        then False); the ConvergenceWarning is left out when the last
+        iteration left the objective exactly unchanged.
     prior_smoothing : float, default=0.0
         Dirichlet pseudo-count α added to every (face, position) of A in the
         M-step (the note uses about K/10 with hard EM).
@@ -564,7 +564,9 @@ class FaceEM:
                 UserWarning,
                 stacklevel=2,
             )
-        if not self.converged_ and settings.max_iter > 0:
+        # tol=0 runs every iteration: no warning when the last one left the objective exactly unchanged
+        settled = len(best.objectives) >= 2 and best.objectives[-1] == best.objectives[-2]
+        if not self.converged_ and settings.max_iter > 0 and not settled:
             warnings.warn(
                 f"Best EM run did not converge in max_iter={self.max_iter} iterations (tol={self.tol}). "
                 "Try a larger max_iter or tol, or more restarts.",
