@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import math
 import numbers
 import os
 import time
@@ -930,7 +931,12 @@ _UNSAVED_SETTINGS = ("face_init", "background_init", "noise_std_init", "prior_in
 
 
 def _is_real(x):
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and np.isfinite(x)
+    if not isinstance(x, (int, float)) or isinstance(x, bool):
+        return False
+    try:
+        return math.isfinite(x)
+    except OverflowError:  # an int beyond float64
+        return False
 
 
 def _is_count(x, low=0):
@@ -951,6 +957,8 @@ def _loaded_state(cls, params, extra, name):
     names = set(cls._get_param_names()) - set(_MACHINE_SETTINGS) - set(_UNSAVED_SETTINGS)
     settings = {k: val for k, val in settings.items() if k in names}
     settings["n_faces"] = params.n_faces
+    if not (settings.get("random_state") is None or _is_count(settings["random_state"])):
+        raise bad("random_state", settings["random_state"], "null or an int >= 0")
     probe = cls(tuple(params.face_shape), **settings)
     try:
         probe._validate_settings()
