@@ -895,6 +895,11 @@ def _check_resumed_stack(expected, n_images):
 
 def _check_working_range(src):
     """New images under a fitted map to working units: refuse values the kernels cannot square in float64."""
+    dt = np.dtype(src.data.dtype)
+    if src.data_range is None and dt.kind in "biu":  # integers: their dtype's range may do, without a pass
+        info = np.iinfo(np.uint8 if dt.kind == "b" else dt)
+        if max(abs(info.min - src.offset), abs(info.max - src.offset)) / src.scale <= _WORKING_LIMIT:
+            return
     lo, hi = src.working_range()
     big = max(abs(lo), abs(hi))
     if not big <= _WORKING_LIMIT:
