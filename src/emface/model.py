@@ -379,35 +379,42 @@ def _model_error(name, msg):
 def _read_model_members(path, name):
     """The arrays (float64) and the JSON settings (a dict, or None) of a ``.npz`` model, read safely."""
     import stat
-    import zipfile
 
-    from .errors import ModelFileError
-
-    if isinstance(path, (str, bytes, os.PathLike)):
-        st = os.stat(path)  # a missing file stays an OSError that names it
+    if not isinstance(path, (str, bytes, os.PathLike)):  # an open binary file
+        return _read_open_model(path, name)
+    # opened without waiting (a FIFO would wait for a writer for ever), then looked at through the descriptor
+    fd = os.open(os.fspath(path), os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise _model_error(name, "is not a regular file (a folder, a FIFO or a device): not an emface model")
         if st.st_size == 0:
             raise _model_error(name, "is empty (0 bytes): not an emface model")
-        with open(path, "rb") as fh:
-            head = fh.read(6)
-    else:  # an open binary file
-        pos = path.tell()
-        head = path.read(6)
-        path.seek(pos)
+        fh = os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+    with fh:
+        return _read_open_model(fh, name)
+
+
+def _read_open_model(fh, name):
+    import zipfile
+
+    from .errors import ModelFileError
+
+    pos = fh.tell()
+    head = fh.read(6)
+    fh.seek(pos)
     if head == b"\x93NUMPY":
         raise _model_error(name, "is a single .npy array, not an emface model (.npz, as written by save)")
     if head[:2] != b"PK":
         raise _model_error(name, "is not an emface model: not a .npz (zip) archive")
     try:
-        with zipfile.ZipFile(path) as zf:
+        with zipfile.ZipFile(fh) as zf:
             return _read_zip_members(zf, name)
     except ModelFileError:
         raise
-    except OSError as exc:
-        if isinstance(path, (str, bytes, os.PathLike)) and not os.path.exists(path):
-            raise
-        raise _model_error(name, f"cannot be read as a .npz archive ({type(exc).__name__}: {exc})") from None
     except Exception as exc:  # a damaged archive raises anything its parsers raise: all mean "unreadable"
         raise _model_error(name, f"cannot be read as a .npz archive ({type(exc).__name__}: {exc})") from None
 
