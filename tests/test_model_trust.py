@@ -99,6 +99,10 @@ def _prior_case(a):
 
 @pytest.mark.parametrize("change, match", [
     (_prior_case, "prior of shape (1, 1681, 1)"),
+    # grids of the right size in the wrong shape: before, a double free, and hangs in the compiled pass
+    (lambda a: a.update(prior=np.full((1, 300, 1), 1 / 300)), "prior of shape (1, 300, 1)"),
+    (lambda a: a.update(prior=np.full((1, 1, 300), 1 / 300)), "prior of shape (1, 1, 300)"),
+    (lambda a: a.update(prior=np.full((1, 40, 40), 1 / 1600)), "prior of shape (1, 40, 40)"),
     (lambda a: a.update(prior=np.full((2, 15, 20), 1 / 600)), "prior of shape (2, 15, 20)"),
     (lambda a: a.update(prior=a["prior"][:, :-1]), "prior of shape (1, 14, 20)"),
     (lambda a: a.update(prior=a["prior"].T), "prior of shape"),
