@@ -128,11 +128,12 @@ def test_no_warning_when_converged(data):
 def test_warm_start_continues_history(data):
     theta, X, pos = data
     est = FaceEM((7, 8), max_iter=2, tol=0.0, random_state=0)
-    with pytest.warns(ConvergenceWarning):
+    # tol=0 runs every iteration; whether it warns depends on the last change being exactly 0 (test_model_trust)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
         est.fit(X)
-    first = list(est.runs_[est.best_run_]["objectives"])
-    est.set_params(warm_start=True, max_iter=6)
-    with pytest.warns(ConvergenceWarning):
+        first = list(est.runs_[est.best_run_]["objectives"])
+        est.set_params(warm_start=True, max_iter=6)
         est.fit(X)
     again = est.runs_[est.best_run_]["objectives"]
     assert again[:3] == pytest.approx(first, rel=1e-12)

@@ -353,6 +353,8 @@ def predict(model, input, out_file, layout, grey, quiet):
         raise InputError(f"{model}: no such model file")
     try:
         est = FaceEM.load(model)
+    except InputError:  # a ModelFileError: one line that names the file already
+        raise
     except (ValueError, OSError, KeyError) as exc:
         raise InputError(f"{model}: not an emface model ({exc})") from None
     _prepare_out_file(out_file)

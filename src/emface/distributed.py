@@ -122,6 +122,8 @@ class DaskSource(WorkingUnits):
         self._check_finite = check_finite
         if moments is not None:
             self.offset, self.scale = float(moments[0]), float(moments[1])
+            if check_finite and np.dtype(self.data.dtype).kind == "f":  # predict's images: checked as fit's
+                self._moments(True)
         else:
             self.offset, self.scale = self._moments(check_finite)
 

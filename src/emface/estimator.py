@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import math
 import numbers
 import os
 import time
@@ -14,9 +15,10 @@ import numpy as np
 from . import _validation as v
 from ._layout import public_background, public_faces, public_noise, public_prior
 from .datasets import draw_assignments, render
-from .em import ALGORITHMS, ConvergenceWarning, EMSettings, fit_restarts
+from .em import _ETA_MAX, ALGORITHMS, ConvergenceWarning, EMSettings, fit_restarts
 from .engine import costs
 from .engine.plan import BACKENDS
+from .errors import ModelFileError, one_line
 from .executor import EngineConfig, LocalExecutor
 from .init import INIT_METHODS, auto_start, random_start, user_start
 from .mixture import NOISE_MODELS, FaceMixture
@@ -127,6 +129,9 @@ class FaceEM:
         Most EM iterations per run.
     tol : float, default=1e-3
         Convergence threshold on the change of the mean per-image objective.
+        ``tol=0`` runs every one of `max_iter` iterations (``converged_`` is
+        then False); the ConvergenceWarning is left out when the last
+        iteration left the objective exactly unchanged.
     prior_smoothing : float, default=0.0
         Dirichlet pseudo-count α added to every (face, position) of A in the
         M-step (the note uses about K/10 with hard EM).
@@ -394,6 +399,10 @@ class FaceEM:
             raise ValueError(
                 f"X has images of shape {shape}, but this FaceEM was fitted on images of shape {want}"
             )
+        th = self._theta  # what the kernels read: the same geometry, whatever was set by hand
+        if tuple(shape[:2]) != th.image_shape or (shape[2] if len(shape) == 3 else 1) != th.n_channels:
+            raise ValueError(f"X has images of shape {shape}, but this FaceEM's parameters are for images of "
+                             f"{th.image_shape[0]}x{th.image_shape[1]} with {th.n_channels} channel(s)")
         return X
 
     def __getattr__(self, name):
@@ -494,6 +503,7 @@ class FaceEM:
         self._validate_settings()
         X = v.check_stack(X)
         H, W = int(X.shape[1]), int(X.shape[2])
+        _check_faces_vs_images(int(self.n_faces), int(X.shape[0]))
         colour = X.ndim == 4
         Ch = int(X.shape[3]) if colour else 1
         spec = v.check_face_shape_spec(self.face_shape, (H, W))
@@ -511,6 +521,8 @@ class FaceEM:
             noise=self.noise,
         )
         warm = self.warm_start and hasattr(self, "faces_")
+        if warm:
+            _check_resumed_stack(getattr(self, "_resume_images", None), int(X.shape[0]))
         if warm and (self._theta.faces.shape != (C, Ch, h, w) or self._theta.image_shape != (H, W)):
             raise ValueError(
                 f"warm_start needs images of shape {self.background_.shape} and faces of shape "
@@ -543,6 +555,7 @@ class FaceEM:
             executor.close()
         self.fit_time_ = time.perf_counter() - t0
         self._store(best, runs, src, colour, settings)
+        self.__dict__.pop("_resume_images", None)  # resumed: later warm fits may take other stacks
         self.face_shape_scores_ = scores
         if self.verbose:
             print(f"FaceEM: best objective {self.lower_bound_:.6g} per image after {self.n_iter_} iterations "
@@ -554,7 +567,9 @@ class FaceEM:
                 UserWarning,
                 stacklevel=2,
             )
-        if not self.converged_ and settings.max_iter > 0:
+        # tol=0 runs every iteration: no warning when the last one left the objective exactly unchanged
+        settled = len(best.objectives) >= 2 and best.objectives[-1] == best.objectives[-2]
+        if not self.converged_ and settings.max_iter > 0 and not settled:
             warnings.warn(
                 f"Best EM run did not converge in max_iter={self.max_iter} iterations (tol={self.tol}). "
                 "Try a larger max_iter or tol, or more restarts.",
@@ -606,6 +621,7 @@ class FaceEM:
         def write(tmp):
             save_model(tmp, p, history=hist, n_iter=int(best_info["iter"]), run=int(best_info["run"]),
                        settings=self._saved_settings(), moments=[src.offset, src.scale], kind="checkpoint",
+                       n_images=int(src.n_images),
                        colour=len(src.data.shape) == 4, accel=list(best_info.get("accel", (1.0, None))))
 
         atomic_save(path, write)
@@ -633,6 +649,7 @@ class FaceEM:
         self.n_features_in_ = int(np.prod(src.image_shape)) * src.n_channels
         self.image_shape_ = tuple(src.image_shape)
         self._moments = (src.offset, src.scale)
+        self._n_images = int(src.n_images)
 
     def _set_theta(self, theta, colour):
         """Keep θ (data units, engine layout) and expose it in the user's layout."""
@@ -654,6 +671,7 @@ class FaceEM:
         X = self._check_X_predict(X)
         ex = self._make_executor(X, self._theta.face_shape, moments=self._moments)
         try:
+            _check_working_range(ex.source)
             params = ex.source.to_working(self._theta)
             if output is None:
                 return ex, ex.pass_stats(params, hard=False), None
@@ -735,12 +753,15 @@ class FaceEM:
         """
         self._check_fitted()
         n_samples = v.check_int(n_samples, "n_samples", low=1)
-        rng = _check_random_state(random_state)
         th = self._theta
+        _check_sample_memory(n_samples, th)
+        rng = _check_random_state(random_state)
         C = th.n_faces
         labels, pos = draw_assignments(th.prior, n_samples, rng)
         X = render(public_background(th.background, True), public_faces(th.faces, True), labels, pos)
-        X += rng.normal(0.0, 1.0, size=X.shape) * th.noise_std
+        step = max(1, _SAMPLE_NOISE_BLOCK // max(1, X[0].size))
+        for a in range(0, n_samples, step):  # the noise a block at a time: the same draws, no second copy of X
+            X[a:a + step] += rng.normal(0.0, 1.0, size=X[a:a + step].shape) * th.noise_std
         X = X if self._colour else X[..., 0]
         return (X, pos, labels) if C > 1 else (X, pos)
 
@@ -752,44 +773,63 @@ class FaceEM:
                    converged=bool(self.converged_), settings=self._saved_settings(), moments=list(self._moments),
                    kind="model", runs=self.runs_, colour=self._colour, best_run=int(self.best_run_),
                    accel=list(self._accel),
-                   algorithm=self.algorithm_, face_shape_scores=getattr(self, "face_shape_scores_", []))
+                   algorithm=self.algorithm_, face_shape_scores=getattr(self, "face_shape_scores_", []),
+                   n_images=getattr(self, "_n_images", None))
 
     @classmethod
     def load(cls, path):
-        """A fitted `FaceEM` from a file written by `save` (or a checkpoint)."""
+        """A fitted `FaceEM` from a file written by `save` (or a checkpoint).
+
+        A model file is untrusted input: θ is validated by
+        `emface.model.load_model` (shapes, dtypes, finite values, s > 0, a
+        prior >= 0 summing to 1), and the settings and history beside it
+        here (types, ranges, the map to working units), before anything
+        computes with them.
+
+        Raises
+        ------
+        emface.errors.ModelFileError
+            A file that is not a usable emface model (a ValueError; one line, naming the file).
+        OSError
+            A file that cannot be opened.
+        """
         params, extra = load_model(path)
-        settings = dict(extra.get("settings", {}))
-        # how it was computed (a GPU, its float32, threads, memory) belongs to the machine that fitted
-        # it: the loaded model computes with this machine's defaults
-        for k in ("face_shape", "device", "backend", "dtype", "n_jobs", "max_memory", "scheduler", "checkpoint"):
-            settings.pop(k, None)
-        settings = {k: val for k, val in settings.items() if k in cls._get_param_names()}
-        settings["n_faces"] = params.n_faces
-        est = cls(tuple(params.face_shape), **settings)
-        est._set_theta(params, bool(extra.get("colour", False)))
-        hist = list(np.asarray(extra.get("history", [])).tolist())
+        st = _loaded_state(cls, params, extra, _file_name(path))
+        est = cls(tuple(params.face_shape), **st["settings"])
+        est._set_theta(params, st["colour"])
+        hist = st["history"]
         est._history_full = hist
         est.lower_bounds_ = hist[1:]
         est.lower_bound_ = hist[-1] if hist else float("nan")
-        est.n_iter_ = int(extra.get("n_iter", 0))
-        est.converged_ = bool(extra.get("converged", False))
+        est.n_iter_ = st["n_iter"]
+        est.converged_ = st["converged"]
         est.image_shape_ = params.image_shape
         est.n_features_in_ = int(np.prod(params.image_shape)) * params.n_channels
-        mom = extra.get("moments")
-        est._moments = tuple(mom) if mom is not None else _default_moments(params)
-        est.runs_ = extra.get("runs", [])
-        est._accel = tuple(extra.get("accel", (1.0, None)))
-        est.best_run_ = int(extra.get("best_run", 0))
-        est.algorithm_ = extra.get("algorithm", "batch")
-        est.face_shape_scores_ = extra.get("face_shape_scores", [])
+        est._moments = st["moments"]
+        est.runs_ = st["runs"]
+        est._accel = st["accel"]
+        est.best_run_ = st["best_run"]
+        est.algorithm_ = st["algorithm"]
+        est.face_shape_scores_ = st["face_shape_scores"]
+        est._n_images = st["n_images"]
         est.positions_ = est.labels_ = None  # not kept in the file: predict(X) gives them
         return est
 
     @classmethod
     def resume(cls, path):
-        """An estimator that continues the run saved in a checkpoint: call ``fit(X)`` on the same data."""
+        """An estimator that continues the run saved in a checkpoint: call ``fit(X)`` on the same data.
+
+        The checkpoint records how many images its run fitted; ``fit`` refuses
+        a stack of another length (a ValueError: resuming continues that run,
+        its history and over-relaxation state, on its own images). To start a
+        new fit from a saved model's parameters, pass them as ``face_init``,
+        ``background_init``, ``noise_std_init`` and ``prior_init``. Files
+        written before emface recorded the count are resumed on any stack of
+        images of the right shape.
+        """
         est = cls.load(path)
         est.warm_start = True
+        est._resume_images = est._n_images
         return est
 
 
@@ -828,7 +868,166 @@ def _summary(stats, src):
 
 def _default_moments(params):
     # a model saved without its map to working units: any affine map works
-    # (results are equivariant); use the background's own spread.
-    B = params.background
-    s = float(B.std()) or 1.0
-    return float(B.mean()), s
+    # (results are equivariant); use the background's own spread, computed
+    # without overflow or underflow at any scale.
+    from .sources import working_map
+
+    return working_map(params.background)
+
+
+#: |values| in working units the kernels are trusted with: squares and ratios such as (F / s)²
+#: summed over an image stay far inside float64 (data are mapped to about unit spread)
+_WORKING_LIMIT = 1e50
+#: values per block of `sample`'s noise
+_SAMPLE_NOISE_BLOCK = 2**22
+
+
+def _check_faces_vs_images(n_faces, n_images):
+    if n_faces > n_images:
+        raise ValueError(f"n_faces={n_faces} is more than the number of images ({n_images}): each face needs "
+                         "images to be learnt from; use n_faces <= the number of images")
+
+
+def _check_resumed_stack(expected, n_images):
+    if expected is not None and expected != n_images:
+        raise ValueError(f"this checkpoint's run fitted {expected} images, but fit was given {n_images}: "
+                         "a resumed run continues on the same stack (to start a new fit from its parameters, "
+                         "pass them as face_init, background_init, noise_std_init and prior_init)")
+
+
+def _check_working_range(src):
+    """New images under a fitted map to working units: refuse values the kernels cannot square in float64."""
+    dt = np.dtype(src.data.dtype)
+    if src.data_range is None and dt.kind in "biu":  # integers: their dtype's range may do, without a pass
+        info = np.iinfo(np.uint8 if dt.kind == "b" else dt)
+        if max(abs(info.min - src.offset), abs(info.max - src.offset)) / src.scale <= _WORKING_LIMIT:
+            return
+    lo, hi = src.working_range()
+    big = max(abs(lo), abs(hi))
+    if not big <= _WORKING_LIMIT:
+        raise ValueError(f"X holds values from {src.data_range[0]:.6g} to {src.data_range[1]:.6g}: too far "
+                         f"from the data this model was fitted on (centre {src.offset:.6g}, spread "
+                         f"{src.scale:.6g}) to be evaluated in float64; give X in the model's units")
+
+
+def _check_sample_memory(n_samples, theta):
+    """`sample` refuses a draw larger than the memory available, instead of being killed for it."""
+    from .sources import available_memory
+
+    per_image = 8 * int(np.prod(theta.background.shape)) + 64
+    need = n_samples * per_image
+    avail = available_memory()
+    if need > avail:
+        raise ValueError(f"sample(n_samples={n_samples}) needs about {need / 2**30:.3g} GiB ({per_image:,} bytes "
+                         f"per image), more than the {avail / 2**30:.3g} GiB of memory available: draw fewer "
+                         "images at a time")
+
+
+def _file_name(path):
+    try:
+        return os.fsdecode(os.fspath(path))
+    except TypeError:
+        return str(getattr(path, "name", "the model file"))
+
+
+#: settings `save` writes that describe the machine that fitted, not the model: the loaded model
+#: computes with this machine's defaults
+_MACHINE_SETTINGS = ("face_shape", "device", "backend", "dtype", "n_jobs", "max_memory", "scheduler", "checkpoint")
+#: settings never saved (arrays and callables): a file that holds them is not trusted with them
+_UNSAVED_SETTINGS = ("face_init", "background_init", "noise_std_init", "prior_init", "callback", "n_faces")
+
+
+def _is_real(x):
+    if not isinstance(x, (int, float)) or isinstance(x, bool):
+        return False
+    try:
+        return math.isfinite(x)
+    except OverflowError:  # an int beyond float64
+        return False
+
+
+def _is_count(x, low=0):
+    return isinstance(x, int) and not isinstance(x, bool) and x >= low
+
+
+def _loaded_state(cls, params, extra, name):
+    """The settings and history saved beside θ, validated (one-line `ModelFileError` naming the file)."""
+
+    def bad(what, value, expected):
+        text = repr(value)
+        text = text if len(text) <= 80 else text[:77] + "..."
+        return ModelFileError(one_line(f"{name}: its {what} is {text}; expected {expected}"))
+
+    settings = extra.get("settings", {})
+    if not isinstance(settings, dict):
+        raise bad("'settings'", settings, "a JSON object")
+    names = set(cls._get_param_names()) - set(_MACHINE_SETTINGS) - set(_UNSAVED_SETTINGS)
+    settings = {k: val for k, val in settings.items() if k in names}
+    settings["n_faces"] = params.n_faces
+    if not (settings.get("random_state") is None or _is_count(settings["random_state"])):
+        raise bad("random_state", settings["random_state"], "null or an int >= 0")
+    probe = cls(tuple(params.face_shape), **settings)
+    try:
+        probe._validate_settings()
+    except ValueError as exc:
+        raise ModelFileError(one_line(f"{name}: its settings are not valid: {exc}")) from None
+    noise = settings.get("noise", "shared")
+    if noise != "per_channel" and not np.all(params.noise_std == params.noise_std[0]):
+        raise bad("noise_std", params.noise_std.tolist(), "one shared value (its settings say noise='shared')")
+    colour = extra.get("colour", False)
+    if not isinstance(colour, bool) or (params.n_channels > 1 and not colour):
+        raise bad("'colour'", colour, f"true or false (true for its {params.n_channels} channels)"
+                  if params.n_channels > 1 else "true or false")
+    hist = extra.get("history", [])
+    try:
+        hist = np.asarray(hist)
+    except Exception:  # ragged or odd JSON
+        raise bad("history", hist, "a list of numbers") from None
+    if hist.dtype.kind not in "biuf" or hist.ndim != 1 or np.isnan(hist).any() or (hist == np.inf).any():
+        raise bad("history", hist.tolist(), "a list of numbers (objectives; -inf for an unevaluated start)")
+    state = dict(settings=settings, colour=colour, history=[float(o) for o in hist])
+    checks = [
+        ("n_iter", 0, lambda x: _is_count(x), "a count >= 0"),
+        ("converged", False, lambda x: isinstance(x, bool), "true or false"),
+        ("runs", [], lambda x: isinstance(x, list) and all(isinstance(r, dict) for r in x), "a list of objects"),
+        ("best_run", 0, lambda x: _is_count(x), "a count >= 0"),
+        ("algorithm", "batch", lambda x: x in ("batch", "incremental"), "'batch' or 'incremental'"),
+        ("face_shape_scores", [], lambda x: isinstance(x, list) and all(isinstance(r, dict) for r in x),
+         "a list of objects"),
+        ("n_images", None, lambda x: x is None or _is_count(x, 1), "a count >= 1"),
+    ]
+    for key, default, ok, expected in checks:
+        val = extra.get(key, default)
+        if not ok(val):
+            raise bad(f"'{key}'", val, expected)
+        state[key] = val
+    accel = extra.get("accel", [1.0, None])
+    if (not isinstance(accel, (list, tuple)) or len(accel) != 2 or not _is_real(accel[0])
+            or not 1.0 <= accel[0] <= _ETA_MAX or not (accel[1] is None or _is_real(accel[1]))):
+        raise bad("'accel'", accel, f"[1 <= eta <= {_ETA_MAX:g}, a number or null]")
+    state["accel"] = (float(accel[0]), None if accel[1] is None else float(accel[1]))
+    mom = extra.get("moments")
+    if mom is None:
+        state["moments"] = _default_moments(params)
+    elif (not isinstance(mom, (list, tuple)) or len(mom) != 2 or not all(_is_real(m) for m in mom)
+            or not mom[1] > 0):
+        raise bad("'moments'", mom, "[offset, scale > 0], two finite numbers")
+    else:
+        state["moments"] = (float(mom[0]), float(mom[1]))
+    _check_model_range(params, state["moments"], bad)
+    return state
+
+
+def _check_model_range(params, moments, bad):
+    """θ in working units stays within `_WORKING_LIMIT` (s within its inverse too)."""
+    offset, scale = moments
+    with np.errstate(over="ignore", invalid="ignore"):
+        big = max(float(np.max(np.abs(params.faces / scale - offset / scale))),
+                  float(np.max(np.abs(params.background / scale - offset / scale))))
+        s = params.noise_std / scale
+    if not big <= _WORKING_LIMIT:
+        raise bad("largest face or background value in working units (under its 'moments')", big,
+                  f"at most {_WORKING_LIMIT:g} spreads from its centre")
+    if not (np.all(s >= 1.0 / _WORKING_LIMIT) and np.all(s <= _WORKING_LIMIT)):
+        raise bad("noise_std in working units (under its 'moments')", s.tolist(),
+                  f"from {1 / _WORKING_LIMIT:g} to {_WORKING_LIMIT:g} spreads")

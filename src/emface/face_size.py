@@ -266,8 +266,9 @@ def search(X, config, *, n_faces=1, face_shape="auto", noise="shared", noise_flo
     sub = read_runs(X, sample_runs(int(X.shape[0]), _SEARCH_IMAGES, rng, bytes_per_image=per_image,
                                    max_bytes=_SEARCH_BYTES))
     fine = _Stage(sub, config, int(n_faces), noise, noise_floor)
-    # 1. coarse: a grid of sizes on shrunk images, then the best one's window walked
-    f = max(1, math.ceil(max(H, W) / _COARSE_SIDE))
+    # 1. coarse: a grid of sizes on shrunk images, then the best one's window walked; never shrunk
+    # below 2 pixels a side (images a few pixels thin, such as 1x64, are searched at full resolution)
+    f = max(1, min(math.ceil(max(H, W) / _COARSE_SIDE), min(H, W) // 2))
     if f > 1:
         coarse = _Stage(_downsample(sub[:_COARSE_IMAGES], f), config, int(n_faces), noise, noise_floor)
         Hc, Wc = coarse.source.image_shape

@@ -28,7 +28,7 @@ from dataclasses import dataclass, fields, replace
 
 import numpy as np
 
-__all__ = ["Params", "Stats", "StatsSum", "save_model", "load_model", "atomic_save"]
+__all__ = ["Params", "Stats", "StatsSum", "save_model", "load_model", "check_model_arrays", "atomic_save"]
 
 
 def _as_faces(face):
@@ -317,28 +317,233 @@ _KEYS = ("faces", "background", "noise_std", "prior")
 def load_model(path):
     """Load what `save_model` wrote (also the one-face files of emface 0.1, with ``face``).
 
+    A model file is untrusted input: it is read without pickle, member by
+    member (each array's header checked against the bytes that follow it and
+    against the memory available before it is read), and θ is validated before
+    anything computes with it (`check_model_arrays`): consistent shapes, real
+    finite values, s > 0 and a prior A >= 0 summing to 1 (renormalised).
+
     Returns
     -------
     params : Params
     extra : dict
         The extra arrays, and the JSON settings merged in.
+
+    Raises
+    ------
+    emface.errors.ModelFileError
+        The file is not an emface model or not a consistent one (an empty or
+        truncated file, a bad zip or CRC, a ``.npy`` array, a missing key, a
+        bad shape, dtype or value, settings that are not a JSON object); the
+        message is one line and names the file.
+    OSError
+        The file cannot be opened (missing, no permission).
     """
+    name = _file_name(path)
+    arrays, meta = _read_model_members(path, name)
+    if "face" in arrays and "faces" not in arrays:  # a one-face grey model of emface 0.1
+        keys = ("face",) + _KEYS[1:]
+    else:
+        keys = _KEYS
+    missing = [k for k in keys if k not in arrays]
+    if missing:
+        raise _model_error(name, f"is not an emface model: it lacks {', '.join(missing)}")
+    params = check_model_arrays(*(arrays[k] for k in keys), name=name)
+    extra = {k: a for k, a in arrays.items() if k not in keys}
+    if meta is not None:
+        extra.update(meta)
+    return params, extra
+
+
+#: the most bytes a model file's arrays and settings may hold in all, whatever the memory available
+_MODEL_MAX_BYTES = 2**34
+#: the most bytes of its JSON settings
+_META_MAX_BYTES = 2**26
+#: a prior is accepted when it sums to 1 within this (then renormalised)
+_PRIOR_SUM_TOL = 1e-6
+
+
+def _file_name(path):
+    try:
+        return os.fsdecode(os.fspath(path))
+    except TypeError:
+        return str(getattr(path, "name", "the model file"))
+
+
+def _model_error(name, msg):
+    from .errors import ModelFileError, one_line
+
+    return ModelFileError(one_line(f"{name}: {msg}"))
+
+
+def _read_model_members(path, name):
+    """The arrays (float64) and the JSON settings (a dict, or None) of a ``.npz`` model, read safely."""
+    import stat
+
+    if not isinstance(path, (str, bytes, os.PathLike)):  # an open binary file
+        return _read_open_model(path, name)
+    # opened without waiting (a FIFO would wait for a writer for ever), then looked at through the descriptor
+    fd = os.open(os.fspath(path), os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise _model_error(name, "is not a regular file (a folder, a FIFO or a device): not an emface model")
+        if st.st_size == 0:
+            raise _model_error(name, "is empty (0 bytes): not an emface model")
+        fh = os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+    with fh:
+        return _read_open_model(fh, name)
+
+
+def _read_open_model(fh, name):
+    import zipfile
+
+    from .errors import ModelFileError
+
+    pos = fh.tell()
+    head = fh.read(6)
+    fh.seek(pos)
+    if head == b"\x93NUMPY":
+        raise _model_error(name, "is a single .npy array, not an emface model (.npz, as written by save)")
+    if head[:2] != b"PK":
+        raise _model_error(name, "is not an emface model: not a .npz (zip) archive")
+    try:
+        with zipfile.ZipFile(fh) as zf:
+            return _read_zip_members(zf, name)
+    except ModelFileError:
+        raise
+    except Exception as exc:  # a damaged archive raises anything its parsers raise: all mean "unreadable"
+        raise _model_error(name, f"cannot be read as a .npz archive ({type(exc).__name__}: {exc})") from None
+
+
+def _read_zip_members(zf, name):
+    from .sources import available_memory
+
+    budget = min(_MODEL_MAX_BYTES, max(available_memory() // 2, 2**28))
+    arrays, meta = {}, None
+    for info in zf.infolist():
+        if not info.filename.endswith(".npy") or info.is_dir():
+            continue  # not an array np.savez wrote: ignored
+        key = info.filename[:-4]
+        if key == "meta":
+            meta = _read_meta(zf, info, name)
+            continue
+        arr = _read_member(zf, info, name, budget, numeric=True)
+        budget -= arr.nbytes
+        arrays[key] = arr
+    return arrays, meta
+
+
+def _read_member(zf, info, name, budget, *, numeric):
+    """One ``.npy`` member, its header checked before its data are read."""
+    what = f"its array {info.filename[:-4]!r}"
+    with zf.open(info) as fh:
+        version = np.lib.format.read_magic(fh)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
+        elif version == (2, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
+        else:
+            raise _model_error(name, f"{what} is in .npy format version {version}, which emface does not read")
+        dtype = np.dtype(dtype)
+        if numeric:
+            if dtype.kind not in "biuf" or dtype.hasobject or dtype.fields is not None or dtype.subdtype is not None:
+                raise _model_error(name, f"{what} holds dtype {dtype}; expected real numbers")
+        elif dtype.kind not in "US" or dtype.fields is not None:
+            raise _model_error(name, f"{what} holds dtype {dtype}; expected a JSON string")
+        count = 1
+        for n in shape:
+            count *= int(n)
+        nbytes = count * dtype.itemsize
+        if nbytes > budget:
+            raise _model_error(name, f"{what} declares {nbytes:,} bytes (shape {shape}), more than a model may "
+                                     f"hold here ({budget:,} bytes)")
+        left = info.file_size - fh.tell()
+        if left != nbytes:
+            raise _model_error(name, f"{what} is damaged: its header declares {nbytes:,} bytes of data "
+                                     f"(shape {shape}, dtype {dtype}), and {left:,} follow")
+        data = fh.read(nbytes)
+        fh.read()  # to the member's end: its CRC is checked there
+    if len(data) != nbytes:
+        raise _model_error(name, f"{what} is truncated: {len(data):,} of {nbytes:,} bytes")
+    arr = np.frombuffer(data, dtype=dtype)
+    arr = arr.reshape(shape[::-1]).T if fortran else arr.reshape(shape)
+    return arr.astype(np.float64) if numeric else arr
+
+
+def _read_meta(zf, info, name):
     import json
 
-    with np.load(path, allow_pickle=False) as z:
-        files = set(z.files)
-        if "face" in files and "faces" not in files:  # a one-face grey model of emface 0.1
-            keys = ("face",) + _KEYS[1:]
-        else:
-            keys = _KEYS
-        missing = [k for k in keys if k not in files]
-        if missing:
-            raise ValueError(f"{path} is not an emface model: it lacks {', '.join(missing)}")
-        params = Params(*(z[k] for k in keys))
-        extra = {k: z[k] for k in z.files if k not in keys + ("meta",)}
-        if "meta" in files:
-            extra.update(json.loads(str(z["meta"])))
-    return params, extra
+    arr = _read_member(zf, info, name, _META_MAX_BYTES, numeric=False)
+    if arr.size != 1:
+        raise _model_error(name, f"its settings ('meta') hold {arr.size} strings; expected one JSON string")
+    try:
+        text = arr.reshape(())[()]
+        text = text.decode("utf-8") if isinstance(text, bytes) else str(text)
+        meta = json.loads(text)
+    except (ValueError, RecursionError, UnicodeDecodeError) as exc:
+        raise _model_error(name, f"its settings ('meta') are not valid JSON ({type(exc).__name__}: {exc})") \
+            from None
+    if not isinstance(meta, dict):
+        raise _model_error(name, f"its settings ('meta') are a JSON {type(meta).__name__}; expected an object")
+    return meta
+
+
+def check_model_arrays(faces, background, noise_std, prior, *, name="the model"):
+    """θ from untrusted arrays, validated: the `Params` of a model file, or a one-line `ModelFileError`.
+
+    Accepts the layouts `Params` does (faces (h, w), (C, h, w) or (C, Ch, h, w);
+    background (H, W) or (Ch, H, W); noise_std a number, or one per channel;
+    prior (P, Q) or (C, P, Q)) and checks what the engine's compiled kernels
+    rely on: the shapes agree (the prior's grid is (H - h + 1, W - w + 1) for
+    each face), every value is finite, s > 0, and A >= 0 sums to 1 (within
+    1e-6; renormalised).
+    """
+    arrs = {}
+    for key, val in (("faces", faces), ("background", background), ("noise_std", noise_std), ("prior", prior)):
+        a = np.asarray(val)
+        if a.dtype.kind not in "biuf":
+            raise _model_error(name, f"its {key} array holds dtype {a.dtype}; expected real numbers")
+        arrs[key] = a.astype(np.float64)
+    F, B, s, A = arrs["faces"], arrs["background"], arrs["noise_std"], arrs["prior"]
+    shapes = (f"faces {F.shape}, background {B.shape}, noise_std {s.shape}, prior {A.shape}")
+    if F.ndim not in (2, 3, 4) or B.ndim not in (2, 3) or s.ndim > 1 or A.ndim not in (2, 3):
+        raise _model_error(name, f"has arrays of shapes {shapes}; expected faces (C, Ch, h, w), background "
+                                 "(Ch, H, W), noise_std (Ch,) and prior (C, H-h+1, W-w+1)")
+    F = F[None, None] if F.ndim == 2 else (F[:, None] if F.ndim == 3 else F)
+    B = B[None] if B.ndim == 2 else B
+    A = A[None] if A.ndim == 2 else A
+    C, Ch, h, w = F.shape
+    _, H, W = B.shape
+    if F.size == 0 or B.size == 0:
+        raise _model_error(name, f"has empty arrays ({shapes})")
+    if B.shape[0] != Ch:
+        raise _model_error(name, f"has faces of {Ch} channel(s) and a background of {B.shape[0]} ({shapes})")
+    if h > H or w > W:
+        raise _model_error(name, f"has faces of {h}x{w}, larger than its background of {H}x{W}")
+    grid = (C, H - h + 1, W - w + 1)
+    if A.shape != grid:
+        raise _model_error(name, f"has a prior of shape {A.shape}; its faces and background need {grid} "
+                                 f"(C, H-h+1, W-w+1) ({shapes})")
+    if s.size == 1:
+        s = np.full(Ch, float(s.reshape(-1)[0]))
+    if s.shape != (Ch,):
+        raise _model_error(name, f"has noise_std of shape {s.shape}; expected one value or {Ch} (one per channel)")
+    for key, a in (("faces", F), ("background", B), ("noise_std", s), ("prior", A)):
+        bad = int(a.size - np.count_nonzero(np.isfinite(a)))
+        if bad:
+            raise _model_error(name, f"its {key} array holds {bad} NaN or infinite value(s)")
+    if (s <= 0).any():
+        raise _model_error(name, f"has noise_std {s.min():g}; expected s > 0")
+    if (A < 0).any():
+        raise _model_error(name, f"has a prior with negative values (minimum {A.min():g}); expected A >= 0")
+    total = float(A.sum())
+    if not abs(total - 1.0) <= _PRIOR_SUM_TOL:
+        raise _model_error(name, f"has a prior that sums to {total:.9g}; expected 1")
+    return Params(F, B, s, A / total)
 
 
 def atomic_save(path, save_fn):

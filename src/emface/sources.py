@@ -20,7 +20,7 @@ import numpy as np
 
 from .engine import Chunk, ChunkCache, block_moments, costs
 
-__all__ = ["ArraySource", "Moments", "WorkingUnits", "available_memory", "sample_runs", "read_runs"]
+__all__ = ["ArraySource", "Moments", "WorkingUnits", "available_memory", "sample_runs", "read_runs", "working_map"]
 
 # raw dtypes the fused kernels read directly; others are converted per chunk
 _DIRECT_DTYPES = (np.dtype(np.float64), np.dtype(np.float32), np.dtype(np.uint8))
@@ -93,12 +93,22 @@ def spectrum_bytes_per_image(image_shape, compute_dtype, n_channels=1):
     return n_channels * H * (W // 2 + 1) * 2 * np.dtype(compute_dtype).itemsize
 
 
+#: values whose largest magnitude lies outside [2**-200, 2**200] are summarised scaled by a power
+#: of two (exactly), so that their squares and cubes, summed, neither overflow nor underflow
+_SHIFT_ABOVE = 2.0 ** 200
+_SHIFT_BELOW = 2.0 ** -200
+
+
 @dataclass
 class Moments:
     """Count, mean, central moments and range of pixel values; combine with ``+``.
 
     One pass over the data, block by block (Chan et al.'s pairwise update), so
     a stack is read once and Dask workers can each summarise their blocks.
+    `mean`, `m2` and `m3` are those of the values times ``2**-exp``: `exp` is
+    0 unless the values are too large or too small (beyond ``2**±200``) to
+    square and cube in float64, and then the exponent of the largest; `lo`
+    and `hi` are in data units.
     """
 
     n: int = 0
@@ -107,6 +117,7 @@ class Moments:
     m3: float = 0.0
     lo: float = math.inf
     hi: float = -math.inf
+    exp: int = 0
 
     @classmethod
     def of(cls, x, *, first_index=0, check_finite=True):
@@ -131,26 +142,57 @@ class Moments:
                 f"{first_index + first} has {int(bad[first])} NaN or infinite pixel(s)"
             )
         if out is not None and not bad.any():
-            return cls(int(x.size), float(out[:, 1].sum()) / x.size, float(out[:, 4].sum()), float(out[:, 5].sum()),
-                       float(out[:, 2].min()), float(out[:, 3].max()))
+            lo, hi = float(out[:, 2].min()), float(out[:, 3].max())
+            if not _needs_shift(lo, hi):
+                return cls(int(x.size), float(out[:, 1].sum()) / x.size, float(out[:, 4].sum()),
+                           float(out[:, 5].sum()), lo, hi)
         x64 = x.astype(np.float64)
+        lo, hi = float(x64.min()), float(x64.max())
+        exp = math.frexp(max(abs(lo), abs(hi)))[1] if _needs_shift(lo, hi) else 0
+        if exp:
+            x64 = np.ldexp(x64, -exp)
         mean = float(np.sum(x64)) / x.size
         d = x64 - mean
         d2 = d * d
-        return cls(int(x.size), mean, float(d2.sum()), float(np.vdot(d2, d)), float(x.min()), float(x.max()))
+        return cls(int(x.size), mean, float(d2.sum()), float(np.vdot(d2, d)), lo, hi, exp)
+
+    def _at(self, exp):
+        """The same moments with the values scaled by ``2**-exp`` (exp >= self.exp: may underflow to 0)."""
+        k = exp - self.exp
+        if k == 0:
+            return self
+        return Moments(self.n, math.ldexp(self.mean, -k), math.ldexp(self.m2, -2 * k), math.ldexp(self.m3, -3 * k),
+                       self.lo, self.hi, exp)
 
     def __add__(self, o):
         if o.n == 0:
             return self
         if self.n == 0:
             return o
+        if self.exp != o.exp:  # one unit for both: the larger values'
+            e = max(self.exp, o.exp)
+            return self._at(e) + o._at(e)
         n = self.n + o.n
         delta = o.mean - self.mean
         mean = self.mean + delta * o.n / n
         m2 = self.m2 + o.m2 + delta * delta * self.n * o.n / n
         m3 = (self.m3 + o.m3 + delta ** 3 * self.n * o.n * (self.n - o.n) / (n * n)
               + 3.0 * delta * (self.n * o.m2 - o.n * self.m2) / n)
-        return Moments(n, mean, m2, m3, min(self.lo, o.lo), max(self.hi, o.hi))
+        return Moments(n, mean, m2, m3, min(self.lo, o.lo), max(self.hi, o.hi), self.exp)
+
+
+def _needs_shift(lo, hi):
+    big = max(abs(lo), abs(hi))
+    return math.isfinite(big) and (big > _SHIFT_ABOVE or 0.0 < big < _SHIFT_BELOW)
+
+
+def working_map(values):
+    """(offset, scale) of the map to working units for these values (an in-memory array), as a stack's.
+
+    Computed without overflow or underflow at any scale; NaN and inf raise ValueError.
+    """
+    x = np.ascontiguousarray(values, dtype=np.float64).reshape(1, -1)
+    return WorkingUnits()._adopt(Moments.of(x))
 
 
 class WorkingUnits:
@@ -170,21 +212,32 @@ class WorkingUnits:
     orientation = None
 
     def _adopt(self, m):
-        """Take the map and the data's summary from `Moments`; return (offset, scale)."""
+        """Take the map and the data's summary from `Moments`; return (offset, scale).
+
+        The moments come scaled by ``2**-m.exp`` where the data's values are
+        too large or small to square in float64: the spread is taken there and
+        scaled back, so that ``c·X`` maps to the same working units as X for
+        any c from 1e-300 to 1e300.
+        """
         if not np.isfinite(m.mean):
             raise ValueError(f"X must hold values whose sum fits in float64, got a sum of {m.mean * m.n!r} "
                              f"over {m.n} values (largest {m.hi!r})")
-        std = math.sqrt(m.m2 / max(m.n, 1))
-        if not np.isfinite(std) or std < 1e-300:
-            scale = max(abs(m.mean), 1.0)
+        mean = math.ldexp(m.mean, m.exp)
+        std_e = math.sqrt(m.m2 / max(m.n, 1))  # in units of 2**m.exp
+        std = math.ldexp(std_e, m.exp) if np.isfinite(std_e) else std_e
+        if not np.isfinite(std_e) or std_e < 1e-300 or not 0.0 < std < math.inf:
+            scale = max(abs(mean), 1.0)
         else:
             scale = std
+        lo_w, hi_w = (m.lo - mean) / scale, (m.hi - mean) / scale
+        if math.isfinite(m.lo) and math.isfinite(m.hi) and not (math.isfinite(lo_w) and math.isfinite(hi_w)):
+            raise ValueError(f"X holds values from {m.lo!r} to {m.hi!r}: too wide a range to centre in float64")
         self.data_range = (m.lo, m.hi)
         self.data_std = std
         # the sign of the data's skewness: random starts drawn relative to it
         # make fits of X and of -X mirror each other exactly
         self.orientation = -1.0 if m.m3 < 0 else 1.0
-        return m.mean, scale
+        return mean, scale
 
     def working_range(self):
         """(min, max) of the data in working units (scanned once on demand)."""
@@ -292,6 +345,8 @@ class ArraySource(WorkingUnits):
         self.orientation = None
         if moments is not None:
             self.offset, self.scale = float(moments[0]), float(moments[1])
+            if check_finite and np.dtype(self.data.dtype).kind == "f":  # predict's images: checked as fit's
+                self._moments(True)
         elif standardize:
             self.offset, self.scale = self._moments(check_finite)
         else:

@@ -459,6 +459,20 @@ def _alive(pid):
 
 # ----------------------------------------------------------------------------- synthetic videos
 
+#: frame rates a synthetic video may have (frames per second)
+_FPS_RANGE = (1e-3, 1e4)
+
+
+def _check_fps(fps):
+    """The frame rate as a Fraction, or a ValueError for one that is not a finite number in `_FPS_RANGE`."""
+    import numbers
+    from fractions import Fraction
+
+    lo, hi = _FPS_RANGE
+    if isinstance(fps, bool) or not isinstance(fps, numbers.Real) or not lo <= float(fps) <= hi:
+        raise ValueError(f"fps must be a number from {lo:g} to {hi:g} frames per second, got {fps!r}")
+    return Fraction(float(fps)).limit_denominator(100000)
+
 def write_synthetic_video(path, n_images=1000, image_shape=(100, 120), face_shape=(40, 32), *, n_faces=1,
                           face=None, background="camera", colour=False, noise=1.0, prior="uniform",
                           random_state=None, fps=25, crf=10, block_bytes=128 * 2**20, progress=None):
@@ -495,6 +509,7 @@ def write_synthetic_video(path, n_images=1000, image_shape=(100, 120), face_shap
 
     from .datasets import FacesTruth, draw_assignments, make_faces, render
 
+    rate = _check_fps(fps)
     av = _import_av("writing")
     path = os.fspath(path)
     K = int(n_images)
@@ -509,7 +524,6 @@ def write_synthetic_video(path, n_images=1000, image_shape=(100, 120), face_shap
     joint = np.asarray(t.prior, dtype=np.float64).reshape(C, P, Q)
     labels, pos = draw_assignments(joint, K, rng)
 
-    rate = Fraction(fps).limit_denominator(100000)
     base, ext = os.path.splitext(path)
     tmp = os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(base)}.{os.getpid()}.tmp{ext}")
     frame_bytes = B.size * 8

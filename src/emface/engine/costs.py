@@ -106,18 +106,30 @@ def max_sparse_positions(image_shape, face_shape, *, cached=True, n_faces=1, n_c
     return max(1, int(dense / (_C_CROP * 2 * h * w * Ch)))
 
 
+#: the largest memory bound taken (1 EiB): a larger one bounds nothing more
+MAX_MEMORY_CAP = 2**60
+
+
 def parse_memory(value):
-    """Bytes from an int or a string such as ``"2GB"``, ``"512 MiB"``; None stays None."""
+    """Bytes from an int or a string such as ``"2GB"``, ``"512 MiB"``; None stays None.
+
+    Sizes must be finite and positive; those above `MAX_MEMORY_CAP` (1 EiB)
+    are taken as that cap.
+    """
     if value is None:
         return None
+    if isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"max_memory must be a number of bytes or a string like '2GB', got {value!r}")
     if isinstance(value, (int, np.integer)):
         if value <= 0:
             raise ValueError(f"max_memory must be positive, got {value}")
-        return int(value)
-    if isinstance(value, float):
+        return min(int(value), MAX_MEMORY_CAP)
+    if isinstance(value, (float, np.floating)):
+        if not math.isfinite(value):
+            raise ValueError(f"max_memory must be a finite number of bytes, got {value!r}")
         if value <= 0:
             raise ValueError(f"max_memory must be positive, got {value}")
-        return int(value)
+        return max(1, min(int(value), MAX_MEMORY_CAP))
     if not isinstance(value, str):
         raise ValueError(f"max_memory must be a number of bytes or a string like '2GB', got {value!r}")
     s = value.strip().upper().replace(" ", "")
@@ -133,9 +145,11 @@ def parse_memory(value):
         v = float(num)
     except ValueError:
         raise ValueError(f"max_memory must be a number of bytes or a string like '2GB', got {value!r}") from None
+    if not math.isfinite(v) or not math.isfinite(v * mult):
+        raise ValueError(f"max_memory must be a finite size such as '2GB', got {value!r}")
     if v <= 0:
         raise ValueError(f"max_memory must be positive, got {value!r}")
-    return int(v * mult)
+    return max(1, min(int(v * mult), MAX_MEMORY_CAP))
 
 
 def chunk_size(image_shape, face_shape, itemsize, *, target_bytes=16 * 2**20, n_images=None, n_faces=1,
