@@ -186,6 +186,7 @@ def load_stack(path, *, layout="khw", grey=False, cache_dir=None, max_memory=Non
     if os.path.isdir(spec):
         if os.path.exists(os.path.join(spec, ".zarray")) or os.path.exists(os.path.join(spec, "zarr.json")) \
                 or os.path.exists(os.path.join(spec, ".zgroup")):
+            _check_store_files(spec, allow_external)
             return _finish(_load_zarr(spec, dataset, decompression_limit(max_memory)), layout, None, spec, grey,
                            pictures=False)
         X, names = _load_folder(spec, grey)
@@ -461,6 +462,32 @@ def _refuse_outside_data(path, dataset, f, obj, link, h5py):
     if why:
         raise InputError(f"{path}: the dataset {dataset!r} {why}; refused because a file could make emface read "
                          f"any file on this machine: pass allow_external=True (--allow-external-data) to trust it")
+
+
+def _check_store_files(root, allow_external=False):
+    """Every file of a zarr store folder is a regular file (a FIFO among the chunks would block the
+    reader), and, unless `allow_external`, no symbolic link leads out of the store. The zarr format
+    itself has no reference to data outside the store; only links in the file system can make one.
+    One listing of the folder (no file is opened)."""
+    top = os.path.realpath(root)
+    folders = [root]
+    while folders:
+        with os.scandir(folders.pop()) as entries:
+            for e in entries:
+                if e.is_dir(follow_symlinks=False):
+                    folders.append(e.path)
+                    continue
+                if e.is_symlink():
+                    real = os.path.realpath(e.path)
+                    if not allow_external and os.path.commonpath([top, real]) != top:
+                        raise InputError(f"{e.path}: a link out of the zarr store (to {real}); refused because "
+                                         f"a store could make emface read any file on this machine: pass "
+                                         f"allow_external=True (--allow-external-data) to trust it")
+                    if os.path.isdir(real):
+                        continue
+                    check_regular_file(e.path)
+                elif not e.is_file(follow_symlinks=False):
+                    check_regular_file(e.path)
 
 
 def _load_zarr(path, dataset, limit=None):
