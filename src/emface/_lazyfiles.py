@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import zipfile
+import zlib
 
 import numpy as np
 
@@ -156,12 +157,15 @@ def npz_member_layout(path, zf, info):
             read = npformat.read_array_header_1_0 if version == (1, 0) else npformat.read_array_header_2_0
             shape, fortran, dtype = read(fh)
             header = fh.tell()
-    except InputError:
+    except (InputError, MemoryError):
         raise
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile, NotImplementedError, RuntimeError) as exc:
-        raise InputError(f"{path}: the .npz member {name} is not a valid .npy array ({one_line(exc)})") from None
+    except Exception as exc:  # numpy's header parser, zipfile and zlib raise many kinds
+        raise InputError(f"{path}: the .npz member {name} is not a valid .npy array "
+                         f"({one_line(exc) or type(exc).__name__})") from None
     if dtype.hasobject:
         raise InputError(f"{path}: the .npz member {name} holds Python objects, not an image array")
+    if 0 in shape or not shape:
+        raise InputError(f"{path}: the .npz member {name} holds no images (shape {shape})")
     nbytes = int(np.prod(shape, dtype=object)) * dtype.itemsize
     if header + nbytes > info.file_size:
         raise InputError(f"{path}: truncated or damaged .npz member {name}: its header announces shape {shape} "
@@ -219,7 +223,7 @@ class NpzMember(LazyStack):
                 fh = self._member()
                 fh.seek(self.data_start + frames.start * self.frame_bytes)
                 buf = fh.read(want)
-            except (OSError, EOFError, zipfile.BadZipFile, ValueError, RuntimeError) as exc:
+            except (OSError, EOFError, zipfile.BadZipFile, ValueError, RuntimeError, zlib.error) as exc:
                 self.close()
                 raise InputError(f"{self.path}: the .npz member {self.name} could not be decompressed "
                                  f"({one_line(exc)})") from None

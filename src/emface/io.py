@@ -24,6 +24,7 @@ import os
 import stat
 import warnings
 import zipfile
+import zlib
 
 import numpy as np
 
@@ -268,17 +269,21 @@ def _load_npy(path):
             read_header = npformat.read_array_header_1_0 if version == (1, 0) else npformat.read_array_header_2_0
             shape, fortran, dtype = read_header(fh)
             offset = fh.tell()
-    except (ValueError, OSError, EOFError) as exc:
-        raise InputError(f"{path}: not a valid .npy file ({one_line(exc)})") from None
+    except MemoryError:
+        raise
+    except Exception as exc:  # numpy's header parser raises ValueError, SyntaxError, tokenize's errors...
+        raise InputError(f"{path}: not a valid .npy file ({one_line(exc) or type(exc).__name__})") from None
     if dtype.hasobject:
         raise InputError(f"{path}: holds Python objects, not an image array")
+    if 0 in shape or not shape:
+        raise InputError(f"{path}: the array holds no images (shape {shape})")
     need = offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     if size < need:
         raise InputError(f"{path}: truncated or damaged .npy file: the header announces shape {shape} "
                          f"({need} bytes) but the file has {size} bytes")
     try:
         return np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
+    except (ValueError, OSError, EOFError, OverflowError, TypeError) as exc:
         raise InputError(f"{path}: not a valid .npy file ({one_line(exc)})") from None
 
 
@@ -298,12 +303,12 @@ def _load_npz(path, layout="khw", limit=None):
             shape, fortran, dtype, where = npz_member_layout(path, zf, info)
     except InputError:
         raise
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile, NotImplementedError, RuntimeError) as exc:
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, NotImplementedError, RuntimeError, zlib.error) as exc:
         raise InputError(f"{path}: not a valid .npz file ({one_line(exc)})") from None
     if info.compress_type == zipfile.ZIP_STORED:
         try:
             return np.memmap(path, dtype=dtype, mode="r", offset=where, shape=shape, order="F" if fortran else "C")
-        except (ValueError, OSError) as exc:
+        except (ValueError, OSError, OverflowError, TypeError) as exc:
             raise InputError(f"{path}: the .npz member {info.filename} cannot be mapped ({one_line(exc)})") from None
     if not fortran and layout == "khw" and len(shape) in (3, 4):
         return NpzMember(path, info.filename, shape, dtype, where)
@@ -315,7 +320,7 @@ def _load_npz(path, layout="khw", limit=None):
         with zipfile.ZipFile(path) as zf, zf.open(info) as fh:
             fh.seek(where)
             buf = fh.read(nbytes)
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile, RuntimeError) as exc:
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, RuntimeError, zlib.error) as exc:
         raise InputError(f"{path}: not a valid .npz file ({one_line(exc)})") from None
     if len(buf) != nbytes:
         raise InputError(f"{path}: truncated .npz member {info.filename}")
