@@ -2,8 +2,10 @@
 
 `load_stack` accepts:
 
-- ``.npy`` (memory-mapped, so larger-than-memory stacks stream) and ``.npz``;
-- multi-page TIFF (through tifffile, memory-mapped when the file allows);
+- ``.npy`` (memory-mapped, so larger-than-memory stacks stream) and ``.npz`` (memory-mapped where
+  stored uncompressed, else decompressed a slice of images at a time);
+- multi-page TIFF (through tifffile: every page, memory-mapped when the file allows, else decoded
+  a slice of pages at a time);
 - a folder of PNG, JPEG or TIFF frames, in natural sort order, decoded a chunk at a time;
 - a video file, decoded in chunks by PyAV (the ``video`` extra), or cached once to disk;
 - zarr stores and HDF5 files (``path.h5:dataset``), read lazily.
@@ -15,6 +17,11 @@ that says so; arrays (npy, npz, zarr, HDF5) keep every channel they have.
 Every failure raises `InputError`, a ValueError whose message says what is
 wrong and what was expected; an optional reader that is not installed is
 named with the ``pip install`` that adds it.
+
+Files are untrusted: FIFOs and devices are refused before they are opened
+(`check_regular_file`); sizes come from headers before anything is
+decompressed (`decompression_limit`); HDF5 data stored outside the file and
+links out of a zarr store are refused unless ``allow_external=True``.
 """
 
 from __future__ import annotations
