@@ -31,6 +31,14 @@ def one_error_line(out):
     return lines[0]
 
 
+def optional_av():
+    try:
+        import av  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 @pytest.fixture
 def X():
     return np.random.default_rng(0).integers(0, 255, (100, 12, 14)).astype(np.uint8)
@@ -143,7 +151,11 @@ def test_every_page_is_read_whichever_library_wrote_the_file(tmp_path, X):
         assert Y.shape == ref.shape, name
         assert np.array_equal(np.asarray(Y[:]), ref) and np.array_equal(Y[37 % len(ref):], ref[37 % len(ref):])
     assert isinstance(load_stack(tmp_path / "one.tif")[0], np.memmap)
-    assert not isinstance(load_stack(tmp_path / "zlib.tif")[0], np.ndarray)  # compressed: read a slice at a time
+    Z, _ = load_stack(tmp_path / "zlib.tif")
+    assert not isinstance(Z, np.ndarray)  # compressed: read a slice at a time
+    import pickle
+
+    assert np.array_equal(pickle.loads(pickle.dumps(Z))[50:60], X[50:60])
 
 
 @pytest.mark.parametrize("second, what", [(np.zeros((6, 14), np.uint8), "size"),
@@ -245,6 +257,12 @@ def test_fifos_and_devices_are_refused_before_they_are_opened(tmp_path, X):
             load_stack(path)
     with pytest.raises(InputError, match="bg.png: is a FIFO"):
         read_image(tmp_path / "bg.png")
+    if optional_av():
+        from emface.video import VideoStack
+
+        os.mkfifo(tmp_path / "v.mp4")
+        with pytest.raises(InputError, match="v.mp4: is a FIFO"):
+            VideoStack(tmp_path / "v.mp4")
     # no hang through the command line either (the subprocess's timeout would fail the test)
     assert "is a FIFO" in one_error_line(cli("fit", tmp_path / "f.npy", "--face-shape", "4x4",
                                              "--out", tmp_path / "o", timeout=60))
@@ -277,6 +295,10 @@ def test_npz_stored_is_memory_mapped_and_deflated_is_read_a_slice_at_a_time(tmp_
     assert not isinstance(Z, np.ndarray) and Z.shape == X.shape and Z.dtype == X.dtype
     assert np.array_equal(Z[:], X) and np.array_equal(Z[40:45], X[40:45]) and np.array_equal(Z[3], X[3])
     assert np.array_equal(Z[[5, 2, 90]], X[[5, 2, 90]]) and np.array_equal(Z[::7], X[::7])
+    import pickle
+
+    W = pickle.loads(pickle.dumps(Z))  # Dask workers get a copy that reopens the file
+    assert np.array_equal(W[10:20], X[10:20])
     F = np.asfortranarray(X.astype(np.float32))
     np.savez(tmp_path / "f.npz", X=F)
     assert np.array_equal(load_stack(tmp_path / "f.npz")[0], F)

@@ -39,6 +39,12 @@ _CACHE_CHUNK_BYTES = 64 * 2**20
 X264_OPTIONS = {"preset": "veryfast", "tune": "fastdecode"}
 
 
+def _check_regular_file(path):
+    from .io import check_regular_file
+
+    check_regular_file(path)
+
+
 def _import_av(what="reading"):
     try:
         import av
@@ -85,8 +91,9 @@ class VideoStack(LazyStack):
     def __init__(self, path, grey=False, *, threads=True):
         self._av = _import_av()
         self.path = os.fspath(path)
-        if not os.path.isfile(self.path):
+        if not os.path.exists(self.path):
             raise InputError(f"{self.path}: no such video file")
+        _check_regular_file(self.path)  # a FIFO would block the demuxer for ever
         self.grey = bool(grey)
         self.threads = bool(threads)
         self._lock = threading.RLock()
@@ -375,8 +382,9 @@ class VideoStack(LazyStack):
         a changed video is decoded again, and the cache of its older version removed.
         """
         path = os.fspath(path)
-        if not os.path.isfile(path):
+        if not os.path.exists(path):
             raise InputError(f"{path}: no such video file")
+        _check_regular_file(path)
         cache_dir = os.fspath(cache_dir)
         try:
             os.makedirs(cache_dir, exist_ok=True)
