@@ -257,6 +257,11 @@ def test_fifos_and_devices_are_refused_before_they_are_opened(tmp_path, X):
             load_stack(path)
     with pytest.raises(InputError, match="bg.png: is a FIFO"):
         read_image(tmp_path / "bg.png")
+    from emface import FaceEM
+
+    os.mkfifo(tmp_path / "model.npz")
+    with pytest.raises(InputError, match="model.npz: is a FIFO"):
+        FaceEM.load(tmp_path / "model.npz")
     if optional_av():
         from emface.video import VideoStack
 

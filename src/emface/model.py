@@ -324,7 +324,12 @@ def load_model(path):
         The extra arrays, and the JSON settings merged in.
     """
     import json
+    import os
 
+    from .io import check_regular_file
+
+    if isinstance(path, (str, bytes, os.PathLike)):
+        check_regular_file(path)  # a FIFO would block np.load for ever
     with np.load(path, allow_pickle=False) as z:
         files = set(z.files)
         if "face" in files and "faces" not in files:  # a one-face grey model of emface 0.1
