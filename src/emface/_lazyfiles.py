@@ -97,6 +97,7 @@ class TiffPages(LazyStack):
         out = np.empty((len(keys),) + self.frame_shape, dtype=self.dtype)
         if not keys:
             return out
+        t = 0
         with self._lock, tifffile_log() as log:
             try:
                 tf = self._file()

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import csv
 import os
-import stat
 import warnings
 import zipfile
 import zlib
@@ -37,6 +36,7 @@ import numpy as np
 
 from ._arraylike import LazyStack
 from ._layout import LUMA
+from ._paths import check_regular_file
 from .errors import InputError, one_line
 
 __all__ = ["InputError", "GreyView", "FrameFolder", "load_stack", "read_image", "write_positions", "to_uint8",
@@ -65,36 +65,6 @@ def _check_path(path):
         raise InputError(f"{path}: not readable (permission denied)")
     if not os.path.isdir(path):
         check_regular_file(path)
-
-
-_FILE_KINDS = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
-               (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a folder"))
-
-
-def check_regular_file(path):
-    """Refuse anything but a regular file (a FIFO, a device, a socket, a folder), without opening it.
-
-    Opening a FIFO blocks until something writes to it, and a device can be
-    endless: both are refused from ``os.stat`` alone (which follows symbolic
-    links, so a link to a regular file is accepted).
-
-    Parameters
-    ----------
-    path : str or path-like
-
-    Raises
-    ------
-    InputError
-        The path does not exist, or is not a regular file; the message says what it is.
-    """
-    path = os.fspath(path)
-    try:
-        mode = os.stat(path).st_mode
-    except OSError as exc:
-        raise InputError(f"{path}: {exc.strerror or 'cannot be read'}") from None
-    if not stat.S_ISREG(mode):
-        what = next((name for test, name in _FILE_KINDS if test(mode)), "not a regular file")
-        raise InputError(f"{path}: is {what}, not a regular file; emface reads regular files only")
 
 
 #: the smallest default bound on what one decompressed piece of an input may take in memory

@@ -326,7 +326,7 @@ def load_model(path):
     import json
     import os
 
-    from .io import check_regular_file
+    from ._paths import check_regular_file
 
     if isinstance(path, (str, bytes, os.PathLike)):
         check_regular_file(path)  # a FIFO would block np.load for ever

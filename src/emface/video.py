@@ -26,6 +26,7 @@ import numpy as np
 
 from ._arraylike import LazyStack
 from ._layout import LUMA as _LUMA64
+from ._paths import check_regular_file
 from .errors import InputError, one_line
 
 __all__ = ["VideoStack", "write_synthetic_video", "LUMA"]
@@ -37,12 +38,6 @@ _CACHE_CHUNK_BYTES = 64 * 2**20
 # decode about six times faster than the defaults, which matters when a fit
 # decodes the whole video on every EM iteration
 X264_OPTIONS = {"preset": "veryfast", "tune": "fastdecode"}
-
-
-def _check_regular_file(path):
-    from .io import check_regular_file
-
-    check_regular_file(path)
 
 
 def _import_av(what="reading"):
@@ -93,7 +88,7 @@ class VideoStack(LazyStack):
         self.path = os.fspath(path)
         if not os.path.exists(self.path):
             raise InputError(f"{self.path}: no such video file")
-        _check_regular_file(self.path)  # a FIFO would block the demuxer for ever
+        check_regular_file(self.path)  # a FIFO would block the demuxer for ever
         self.grey = bool(grey)
         self.threads = bool(threads)
         self._lock = threading.RLock()
@@ -384,7 +379,7 @@ class VideoStack(LazyStack):
         path = os.fspath(path)
         if not os.path.exists(path):
             raise InputError(f"{path}: no such video file")
-        _check_regular_file(path)
+        check_regular_file(path)
         cache_dir = os.fspath(cache_dir)
         try:
             os.makedirs(cache_dir, exist_ok=True)
