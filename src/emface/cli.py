@@ -145,6 +145,9 @@ def _echo(quiet, msg):
 
 # ----------------------------------------------------------------------------- commands
 
+_ALLOW_EXTERNAL_HELP = ("Read HDF5 data stored in other files (external storage, virtual datasets, external "
+                        "links); refused by default, as such a file can point at any file on this machine.")
+
 @click.group(context_settings=dict(help_option_names=["-h", "--help"], max_content_width=100))
 @click.version_option(__version__, prog_name="emface")
 def cli():
@@ -185,10 +188,11 @@ def cli():
 @click.option("--cache", "cache_dir", default=None, metavar="DIR",
               help="Video input: decode the frames once into DIR and reuse them (also in later runs).")
 @click.option("--checkpoint", default=None, metavar="FILE.npz", help="Save the best state so far as it runs.")
+@click.option("--allow-external-data", is_flag=True, help=_ALLOW_EXTERNAL_HELP)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or messages.")
 def fit(input, face_shape, out_dir, n_faces, hard, restarts, smoothing, max_iter, tol, seed, init, grey,
         noise_model, algorithm, dtype, layout, device, scheduler, no_shift_escape, n_jobs, max_memory, cache_dir,
-        checkpoint, quiet):
+        checkpoint, allow_external_data, quiet):
     """Fit the model to the image stack INPUT and write the results to DIR.
 
     INPUT is a .npy or .npz array, a multi-page TIFF, a folder of PNG/JPEG/TIFF
@@ -198,7 +202,8 @@ def fit(input, face_shape, out_dir, n_faces, hard, restarts, smoothing, max_iter
     from .estimator import FaceEM
 
     _prepare_out_dir(out_dir)
-    X, names = _load(input, layout=layout, grey=grey, cache_dir=cache_dir, quiet=quiet)
+    X, names = _load(input, layout=layout, grey=grey, cache_dir=cache_dir, quiet=quiet, max_memory=max_memory,
+                     allow_external=allow_external_data)
     K, H, W = (int(v) for v in X.shape[:3])
     if isinstance(face_shape, tuple) and isinstance(face_shape[0], int):
         h, w = face_shape
@@ -237,13 +242,14 @@ def fit(input, face_shape, out_dir, n_faces, hard, restarts, smoothing, max_iter
     _echo(quiet, f"emface: wrote {out_dir}/report.html ({elapsed:.1f} s)")
 
 
-def _load(input, *, layout="khw", grey=False, cache_dir=None, quiet=False):
-    """`load_stack`, with its notes (such as a dropped alpha channel) as one line each."""
+def _load(input, *, layout="khw", grey=False, cache_dir=None, quiet=False, **options):
+    """`load_stack` (`options`: max_memory, allow_external), with its notes (such as a dropped alpha
+    channel) as one line each."""
     from .io import load_stack
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        X, names = load_stack(input, layout=layout, grey=grey, cache_dir=cache_dir)
+        X, names = load_stack(input, layout=layout, grey=grey, cache_dir=cache_dir, **options)
     for w_ in caught:
         _echo(quiet, f"emface: note: {w_.message}")
     return X, names
@@ -343,8 +349,9 @@ def _write_fit_outputs(out_dir, est, X, names, input, elapsed, interrupted):
 @click.option("--out", "out_file", required=True, metavar="FILE.csv")
 @click.option("--layout", type=click.Choice(["khw", "hwk"]), default="khw", show_default=True)
 @click.option("--grey", is_flag=True, help="Convert colour frames to grey (for a grey model).")
+@click.option("--allow-external-data", is_flag=True, help=_ALLOW_EXTERNAL_HELP)
 @click.option("-q", "--quiet", is_flag=True)
-def predict(model, input, out_file, layout, grey, quiet):
+def predict(model, input, out_file, layout, grey, allow_external_data, quiet):
     """Faces and positions in the images INPUT under the saved MODEL (model.npz)."""
     from .estimator import FaceEM
     from .io import write_positions
@@ -358,7 +365,7 @@ def predict(model, input, out_file, layout, grey, quiet):
     except (ValueError, OSError, KeyError) as exc:
         raise InputError(f"{model}: not an emface model ({exc})") from None
     _prepare_out_file(out_file)
-    X, names = _load(input, layout=layout, grey=grey, quiet=quiet)
+    X, names = _load(input, layout=layout, grey=grey, quiet=quiet, allow_external=allow_external_data)
     if tuple(X.shape[1:]) != tuple(est.background_.shape):
         want = "x".join(map(str, est.background_.shape[:2])) + (
             f" with {est.background_.shape[2]} channels" if est.background_.ndim == 3 else " grey")

@@ -2,8 +2,10 @@
 
 `load_stack` accepts:
 
-- ``.npy`` (memory-mapped, so larger-than-memory stacks stream) and ``.npz``;
-- multi-page TIFF (through tifffile, memory-mapped when the file allows);
+- ``.npy`` (memory-mapped, so larger-than-memory stacks stream) and ``.npz`` (memory-mapped where
+  stored uncompressed, else decompressed a slice of images at a time);
+- multi-page TIFF (through tifffile: every page, memory-mapped when the file allows, else decoded
+  a slice of pages at a time);
 - a folder of PNG, JPEG or TIFF frames, in natural sort order, decoded a chunk at a time;
 - a video file, decoded in chunks by PyAV (the ``video`` extra), or cached once to disk;
 - zarr stores and HDF5 files (``path.h5:dataset``), read lazily.
@@ -15,6 +17,11 @@ that says so; arrays (npy, npz, zarr, HDF5) keep every channel they have.
 Every failure raises `InputError`, a ValueError whose message says what is
 wrong and what was expected; an optional reader that is not installed is
 named with the ``pip install`` that adds it.
+
+Files are untrusted: FIFOs and devices are refused before they are opened
+(`check_regular_file`); sizes come from headers before anything is
+decompressed (`decompression_limit`); HDF5 data stored outside the file and
+links out of a zarr store are refused unless ``allow_external=True``.
 """
 
 from __future__ import annotations
@@ -23,15 +30,17 @@ import csv
 import os
 import warnings
 import zipfile
+import zlib
 
 import numpy as np
 
 from ._arraylike import LazyStack
 from ._layout import LUMA
+from ._paths import check_regular_file
 from .errors import InputError, one_line
 
 __all__ = ["InputError", "GreyView", "FrameFolder", "load_stack", "read_image", "write_positions", "to_uint8",
-           "to_grey"]
+           "to_grey", "check_regular_file", "decompression_limit"]
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp")
 VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
@@ -54,9 +63,50 @@ def _check_path(path):
         raise InputError(f"{path}: no such file or folder")
     if not os.access(path, os.R_OK):
         raise InputError(f"{path}: not readable (permission denied)")
+    if not os.path.isdir(path):
+        check_regular_file(path)
 
 
-def load_stack(path, *, layout="khw", grey=False, cache_dir=None):
+#: the smallest default bound on what one decompressed piece of an input may take in memory
+_MIN_DECOMPRESS = 2**30
+
+
+def decompression_limit(max_memory=None):
+    """Bytes that one piece of a compressed input (a TIFF page, an .npz array read whole, one
+    HDF5 or zarr chunk) may take once decompressed.
+
+    Parameters
+    ----------
+    max_memory : int, str or None
+        The fit's memory bound (``--max-memory``): it is the limit when given.
+        None: the larger of 1 GiB and a quarter of the physical memory.
+    """
+    from .engine import costs
+
+    parsed = costs.parse_memory(max_memory)
+    if parsed is not None:
+        return int(parsed)
+    try:
+        physical = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - not POSIX
+        physical = 4 * _MIN_DECOMPRESS
+    return max(_MIN_DECOMPRESS, int(physical) // 4)
+
+
+def _too_big(path, what, nbytes, limit):
+    return InputError(f"{path}: {what} takes {_fmt_bytes(nbytes)} once decompressed, more than the limit of "
+                      f"{_fmt_bytes(limit)}; raise it with max_memory (--max-memory) if this is intended")
+
+
+def _fmt_bytes(n):
+    n = float(n)
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+
+
+def load_stack(path, *, layout="khw", grey=False, cache_dir=None, max_memory=None, allow_external=False):
     """Read an image stack.
 
     Parameters
@@ -72,6 +122,15 @@ def load_stack(path, *, layout="khw", grey=False, cache_dir=None):
         For a video: decode its frames once into this folder (an on-disk
         array) and reuse them in later calls; without it the frames are
         decoded in chunks on every pass.
+    max_memory : int, str or None
+        Bound on what one decompressed piece of the input may take (see
+        `decompression_limit`): a TIFF page, an ``.npz`` array that must be
+        read whole, one HDF5 or zarr chunk. Compressed stacks are otherwise
+        decompressed a slice of images at a time.
+    allow_external : bool
+        Read HDF5 datasets whose data live in other files (external storage,
+        virtual datasets, external links). Refused by default: such a file
+        can make emface read any file on this machine.
 
     Returns
     -------
@@ -79,32 +138,48 @@ def load_stack(path, *, layout="khw", grey=False, cache_dir=None):
         A numpy array, or a memory map / lazy array for large files.
     names : list of str or None
         The frame file names, for a folder.
+
+    Raises
+    ------
+    InputError
+        Anything that cannot be read as a stack, with a one-line message:
+        among them FIFOs and devices (refused before they are opened), TIFF
+        pages of different sizes, frames of different bit depths, and HDF5
+        data stored outside the file unless `allow_external`.
     """
     path = os.fspath(path)
     if layout not in ("khw", "hwk"):
         raise InputError(f"layout must be 'khw' or 'hwk', got {layout!r}")
     spec = path
     dataset = None
-    if ":" in os.path.basename(path) and not os.path.exists(path):
-        spec, dataset = path.rsplit(":", 1)
+    if ":" in path and not os.path.exists(path):
+        # file.h5:name or file.h5:group/name: the first colon after a file that exists
+        cuts = [i for i, c in enumerate(path) if c == ":" and os.path.isfile(path[:i])]
+        if cuts:
+            spec, dataset = path[:cuts[0]], path[cuts[0] + 1:]
+        elif ":" in os.path.basename(path):
+            spec, dataset = path.rsplit(":", 1)
     _check_path(spec)
     low = spec.lower()
     if os.path.isdir(spec):
         if os.path.exists(os.path.join(spec, ".zarray")) or os.path.exists(os.path.join(spec, "zarr.json")) \
                 or os.path.exists(os.path.join(spec, ".zgroup")):
-            return _finish(_load_zarr(spec, dataset), layout, None, spec, grey, pictures=False)
+            _check_store_files(spec, allow_external)
+            return _finish(_load_zarr(spec, dataset, decompression_limit(max_memory)), layout, None, spec, grey,
+                           pictures=False)
         X, names = _load_folder(spec, grey)
         return X, names
     if low.endswith(".npy"):
         return _finish(_load_npy(spec), layout, None, spec, grey, pictures=False)
+    limit = decompression_limit(max_memory)
     if low.endswith(".npz"):
-        return _finish(_load_npz(spec), layout, None, spec, grey, pictures=False)
+        return _finish(_load_npz(spec, layout, limit), layout, None, spec, grey, pictures=False)
     if low.endswith(TIFF_EXTS):
-        return _finish(_load_tiff(spec), "khw", None, spec, grey)
+        return _finish(_load_tiff(spec, limit), "khw", None, spec, grey)
     if low.endswith((".h5", ".hdf5", ".hdf")):
-        return _finish(_load_h5(spec, dataset), layout, None, spec, grey, pictures=False)
+        return _finish(_load_h5(spec, dataset, limit, allow_external), layout, None, spec, grey, pictures=False)
     if low.endswith(".zarr"):
-        return _finish(_load_zarr(spec, dataset), layout, None, spec, grey, pictures=False)
+        return _finish(_load_zarr(spec, dataset, limit), layout, None, spec, grey, pictures=False)
     if low.endswith(VIDEO_EXTS):
         return _finish(_load_video(spec, grey, cache_dir), "khw", None, spec, grey)
     if low.endswith(IMAGE_EXTS):
@@ -171,51 +246,156 @@ def _load_npy(path):
             read_header = npformat.read_array_header_1_0 if version == (1, 0) else npformat.read_array_header_2_0
             shape, fortran, dtype = read_header(fh)
             offset = fh.tell()
-    except (ValueError, OSError, EOFError) as exc:
-        raise InputError(f"{path}: not a valid .npy file ({one_line(exc)})") from None
+    except MemoryError:
+        raise
+    except Exception as exc:  # numpy's header parser raises ValueError, SyntaxError, tokenize's errors...
+        raise InputError(f"{path}: not a valid .npy file ({one_line(exc) or type(exc).__name__})") from None
     if dtype.hasobject:
         raise InputError(f"{path}: holds Python objects, not an image array")
+    if 0 in shape or not shape:
+        raise InputError(f"{path}: the array holds no images (shape {shape})")
     need = offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     if size < need:
         raise InputError(f"{path}: truncated or damaged .npy file: the header announces shape {shape} "
                          f"({need} bytes) but the file has {size} bytes")
     try:
         return np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
+    except (ValueError, OSError, EOFError, OverflowError, TypeError) as exc:
         raise InputError(f"{path}: not a valid .npy file ({one_line(exc)})") from None
 
 
-def _load_npz(path):
+def _load_npz(path, layout="khw", limit=None):
+    """One array of an ``.npz`` archive, from its headers first: memory-mapped where stored
+    uncompressed, decompressed a slice of images at a time where compressed (C order, images
+    first), else read whole if its decompressed size is within `limit`."""
+    from ._lazyfiles import NpzMember, npz_member_layout
+
     try:
-        with np.load(path, allow_pickle=False) as z:
-            keys = list(z.files)
-            if not keys:
+        with zipfile.ZipFile(path) as zf:
+            infos = {i.filename[:-4]: i for i in zf.infolist() if i.filename.endswith(".npy")}
+            if not infos:
                 raise InputError(f"{path}: the .npz archive is empty; expected one array of images")
-            key = "X" if "X" in keys else ("images" if "images" in keys else keys[0])
-            return z[key]
+            key = "X" if "X" in infos else ("images" if "images" in infos else next(iter(infos)))
+            info = infos[key]
+            shape, fortran, dtype, where = npz_member_layout(path, zf, info)
     except InputError:
         raise
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
-        raise InputError(f"{path}: not a valid .npz file ({exc})") from None
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, NotImplementedError, RuntimeError, zlib.error) as exc:
+        raise InputError(f"{path}: not a valid .npz file ({one_line(exc)})") from None
+    if info.compress_type == zipfile.ZIP_STORED:
+        try:
+            return np.memmap(path, dtype=dtype, mode="r", offset=where, shape=shape, order="F" if fortran else "C")
+        except (ValueError, OSError, OverflowError, TypeError) as exc:
+            raise InputError(f"{path}: the .npz member {info.filename} cannot be mapped ({one_line(exc)})") from None
+    if not fortran and layout == "khw" and len(shape) in (3, 4):
+        return NpzMember(path, info.filename, shape, dtype, where)
+    nbytes = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    if limit is not None and nbytes > limit:
+        raise _too_big(path, f"the compressed array {key!r} (shape {shape}, read whole: "
+                             f"{'Fortran order' if fortran else 'images last'})", nbytes, limit)
+    try:
+        with zipfile.ZipFile(path) as zf, zf.open(info) as fh:
+            fh.seek(where)
+            buf = fh.read(nbytes)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, RuntimeError, zlib.error) as exc:
+        raise InputError(f"{path}: not a valid .npz file ({one_line(exc)})") from None
+    if len(buf) != nbytes:
+        raise InputError(f"{path}: truncated .npz member {info.filename}")
+    return np.frombuffer(buf, dtype=dtype).reshape(shape, order="F" if fortran else "C")
 
 
-def _load_tiff(path):
-    """A TIFF stack (memory-mapped when the file allows), or one picture as a stack of one."""
+def _load_tiff(path, limit=None):
+    """A TIFF stack: every page (whichever library wrote the file), checked to share one shape and
+    dtype from the headers; memory-mapped when tifffile can, else decoded a slice of pages at a time.
+    One picture (a single page, even a colour one) is a stack of one."""
     import tifffile
 
-    try:
-        with tifffile.TiffFile(path) as tf:
-            one_colour_page = len(tf.pages) == 1 and tf.pages[0].ndim == 3 and tf.pages[0].shape[-1] in (1, 2, 3, 4)
+    from ._lazyfiles import TiffPages, tifffile_log
+
+    with tifffile_log() as log:
         try:
-            X = tifffile.memmap(path, mode="r")
-        except (ValueError, OSError):
-            X = tifffile.imread(path)
-    except Exception as exc:  # tifffile raises many kinds
-        raise InputError(f"{path}: not a readable TIFF file ({exc})") from None
-    return X[None] if one_colour_page else X
+            with tifffile.TiffFile(path) as tf:
+                layout = _tiff_layout(path, tf)
+        except InputError:
+            raise
+        except MemoryError:
+            raise
+        except Exception as exc:  # tifffile raises many kinds
+            raise InputError(f"{path}: not a readable TIFF file ({one_line(exc) or type(exc).__name__})") from None
+    bad = log.damage()
+    if bad:
+        raise InputError(f"{path}: truncated or damaged TIFF file ({bad})")
+    n, page, dtype, series, offset, planar = layout
+    nbytes = int(np.prod(page, dtype=object)) * dtype.itemsize
+    if limit is not None and nbytes > limit:
+        raise _too_big(path, f"one TIFF page ({'x'.join(map(str, page))} of {dtype})", nbytes, limit)
+    X = None
+    try:
+        if series is not None and offset is not None:
+            with tifffile_log():
+                X = tifffile.memmap(path, mode="r", series=series)
+        elif offset is not None:
+            X = np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=(n,) + page)
+    except (ValueError, OSError):
+        X = None  # not mappable after all (a short file): read page by page, which says what is wrong
+    if X is not None and X.size == n * int(np.prod(page, dtype=np.int64)):
+        X = X.reshape((n,) + page)
+        return np.moveaxis(X, 1, -1) if planar else X
+    X = TiffPages(path, n, page, dtype.newbyteorder("="), series=series, planar=planar)
+    X[0]  # decode one page now: an unsupported compression is reported before any work starts
+    return X
 
 
-def _load_h5(path, dataset):
+def _tiff_layout(path, tf):
+    """(images, shape of a page, dtype, series or None, data offset or None, planar) of an open TIFF,
+    from its headers only.
+
+    Every page is an image, whichever library wrote the file and however many
+    series tifffile sees in it, and all pages must be alike. The one exception is
+    a file with one page that describes more images (ImageJ hyperstacks over
+    4 GB): then tifffile's series is the stack. The offset is where the pages'
+    data start when they follow each other uncompressed (memory-mappable).
+    """
+    pages = tf.pages
+    n = len(pages)
+    if n == 0:
+        raise InputError(f"{path}: the TIFF file has no pages")
+    first = pages.first
+    page, dtype = tuple(int(v) for v in first.shape), np.dtype(tf.byteorder + first.dtype.char)
+    planar = len(page) == 3 and int(getattr(first, "planarconfig", 1)) == 2 and page[0] > 1
+    size = int(np.prod(page, dtype=object))
+    if n == 1 and size and tf.is_imagej:
+        s = tf.series[0]
+        total = int(np.prod(s.shape, dtype=object))
+        images = total // size
+        if total == images * size and images > 1 and len(s.pages) == images:
+            return images, page, dtype, 0, 0 if s.dataoffset is not None else None, planar
+    nbytes = size * dtype.itemsize
+    offset = _mappable_offset(first, nbytes)
+    for k in range(1, n):
+        p = pages[k]
+        shape, dt = tuple(int(v) for v in p.shape), np.dtype(tf.byteorder + p.dtype.char)
+        if shape != page or dt != dtype:
+            what = "size" if shape != page else "pixel type"
+            raise InputError(f"{path}: TIFF pages differ in {what}: page 0 is {'x'.join(map(str, page))} "
+                             f"{dtype.name} but page {k} is {'x'.join(map(str, shape))} {dt.name}; "
+                             f"all pages must be alike")
+        if offset is not None and _mappable_offset(p, nbytes) != offset + k * nbytes:
+            offset = None
+    return n, page, dtype, None, offset, planar
+
+
+def _mappable_offset(page, nbytes):
+    """Where an uncompressed page's data start in the file, if they are one block of `nbytes`; else None."""
+    try:
+        if not (page.is_memmappable and page.is_contiguous) or int(page.nbytes) != nbytes:
+            return None
+        return int(page.dataoffsets[0])
+    except Exception:  # a page tifffile cannot describe is read (and refused) page by page
+        return None
+
+
+def _load_h5(path, dataset, limit=None, allow_external=False):
     try:
         import h5py
     except ImportError:  # pragma: no cover - optional
@@ -223,19 +403,76 @@ def _load_h5(path, dataset):
     try:
         f = h5py.File(path, "r")
     except OSError as exc:
-        raise InputError(f"{path}: not a readable HDF5 file ({exc})") from None
+        raise InputError(f"{path}: not a readable HDF5 file ({one_line(exc)})") from None
     if dataset is None:
         names = []
         f.visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) and o.ndim >= 3 else None)
         if len(names) != 1:
             raise InputError(f"{path}: name the dataset as {path}:NAME (found {names or 'none with 3 axes'})")
         dataset = names[0]
-    if dataset not in f:
+    try:
+        link = f.get(dataset, getlink=True)
+        obj = f[dataset] if link is not None else None
+    except (KeyError, OSError, ValueError, RuntimeError) as exc:
+        raise InputError(f"{path}: cannot open {dataset!r} ({one_line(exc)})") from None
+    if obj is None:
         raise InputError(f"{path}: no dataset {dataset!r}")
-    return f[dataset]
+    if not isinstance(obj, h5py.Dataset):
+        found = []
+        obj.visititems(lambda n, o: found.append(n) if isinstance(o, h5py.Dataset) else None)
+        raise InputError(f"{path}: {dataset!r} is a group, not a dataset; name one of its datasets as "
+                         f"{path}:{dataset.strip('/')}/NAME (found {found[:10] or 'none'})")
+    if not allow_external:
+        _refuse_outside_data(path, dataset, f, obj, link, h5py)
+    chunks = obj.chunks
+    if limit is not None and chunks is not None:
+        nbytes = int(np.prod(chunks, dtype=object)) * obj.dtype.itemsize
+        if nbytes > limit:
+            raise _too_big(path, f"one chunk {chunks} of dataset {dataset!r}", nbytes, limit)
+    return obj
 
 
-def _load_zarr(path, dataset):
+def _refuse_outside_data(path, dataset, f, obj, link, h5py):
+    """HDF5 data that live outside the file: they could be any file on this machine."""
+    why = None
+    if isinstance(link, h5py.ExternalLink) or os.path.abspath(obj.file.filename) != os.path.abspath(f.filename):
+        why = f"is reached through an external link to another file ({os.fspath(obj.file.filename)})"
+    elif obj.is_virtual:
+        why = "is a virtual dataset (its data come from other files)"
+    elif obj.external:
+        why = f"stores its data in external file(s) ({', '.join(os.fsdecode(e[0]) for e in obj.external[:3])})"
+    if why:
+        raise InputError(f"{path}: the dataset {dataset!r} {why}; refused because a file could make emface read "
+                         f"any file on this machine: pass allow_external=True (--allow-external-data) to trust it")
+
+
+def _check_store_files(root, allow_external=False):
+    """Every file of a zarr store folder is a regular file (a FIFO among the chunks would block the
+    reader), and, unless `allow_external`, no symbolic link leads out of the store. The zarr format
+    itself has no reference to data outside the store; only links in the file system can make one.
+    One listing of the folder (no file is opened)."""
+    top = os.path.realpath(root)
+    folders = [root]
+    while folders:
+        with os.scandir(folders.pop()) as entries:
+            for e in entries:
+                if e.is_dir(follow_symlinks=False):
+                    folders.append(e.path)
+                    continue
+                if e.is_symlink():
+                    real = os.path.realpath(e.path)
+                    if not allow_external and os.path.commonpath([top, real]) != top:
+                        raise InputError(f"{e.path}: a link out of the zarr store (to {real}); refused because "
+                                         f"a store could make emface read any file on this machine: pass "
+                                         f"allow_external=True (--allow-external-data) to trust it")
+                    if os.path.isdir(real):
+                        continue
+                    check_regular_file(e.path)
+                elif not e.is_file(follow_symlinks=False):
+                    check_regular_file(e.path)
+
+
+def _load_zarr(path, dataset, limit=None):
     try:
         import zarr
     except ImportError:  # pragma: no cover - optional
@@ -243,7 +480,7 @@ def _load_zarr(path, dataset):
     try:
         z = zarr.open(path, mode="r")
     except Exception as exc:
-        raise InputError(f"{path}: not a readable zarr store ({exc})") from None
+        raise InputError(f"{path}: not a readable zarr store ({one_line(exc)})") from None
     if dataset is not None:
         try:
             z = z[dataset]
@@ -255,6 +492,11 @@ def _load_zarr(path, dataset):
         if len(arrays) != 1:
             raise InputError(f"{path}: name the array as {path}:NAME (found {arrays or 'none'})")
         z = z[arrays[0]]
+    chunks = getattr(z, "chunks", None)
+    if limit is not None and chunks:
+        nbytes = int(np.prod(chunks, dtype=object)) * np.dtype(z.dtype).itemsize
+        if nbytes > limit:
+            raise _too_big(path, f"one chunk {tuple(chunks)} of the zarr array", nbytes, limit)
     return z
 
 
@@ -274,14 +516,15 @@ def read_image(path, *, grey=False):
     grey : bool
         Convert colour to grey.
     """
-    img, alpha = _read_picture(path, grey)
+    check_regular_file(path)
+    img, alpha, _ = _read_picture(path, grey)
     if alpha:
         warnings.warn(f"{path}: {alpha}: the alpha channel is dropped", UserWarning, stacklevel=2)
     return img
 
 
 def _read_picture(path, grey):
-    """(picture, what had an alpha channel or None)."""
+    """(picture, what had an alpha channel or None, the dtype it was stored in)."""
     import imageio.v3 as iio
 
     try:
@@ -290,6 +533,7 @@ def _read_picture(path, grey):
         raise InputError(f"{path}: not an image this tool can read; expected a PNG, JPEG or TIFF picture "
                          f"({type(exc).__name__})") from None
     img = np.asarray(img)
+    stored = img.dtype
     if img.ndim == 3 and img.shape[0] > 4 and img.shape[-1] not in (1, 2, 3, 4):
         img = img[0]  # a multi-page file read as a stack: take the first page
     if img.ndim == 3 and img.shape[-1] == 1:
@@ -302,7 +546,7 @@ def _read_picture(path, grey):
         img = to_grey(img)
     if img.ndim not in (2, 3):
         raise InputError(f"{path}: expected a 2-D picture, got an array of shape {img.shape}")
-    return img, alpha
+    return img, alpha, stored
 
 
 def _load_folder(folder, grey=False):
@@ -356,29 +600,33 @@ class FrameFolder(LazyStack):
     def __init__(self, folder, names, grey=False):
         self.folder, self.names, self.grey = folder, list(names), bool(grey)
         paths = [os.path.join(folder, n) for n in self.names]
-        formats = {}  # pixel format -> (a decoded frame's channel axis, () or (Ch,), and its dtype)
+        formats = {}  # pixel format -> (a decoded frame's channel axis, () or (Ch,), its dtype, its stored dtype)
         first = None
         self.alpha = None
         for n, path in zip(self.names, paths):
+            check_regular_file(path)  # a FIFO among the frames would block the header read for ever
             head = _frame_header(path)
             key = head[2] if head is not None else ("file", n)
             if key not in formats:
-                img, alpha = _read_picture(path, self.grey)
-                formats[key] = (img.shape[2:], img.dtype)
+                img, alpha, stored = _read_picture(path, self.grey)
+                formats[key] = (img.shape[2:], img.dtype, stored)
                 self.alpha = self.alpha or alpha
                 if head is None:
                     head = (img.shape[0], img.shape[1], key)
             this = (head[0], head[1]) + tuple(formats[key][0])
             if first is None:
-                first = (n, this)
+                first = (n, this, formats[key][2])
             elif this != first[1]:
                 what = "size" if this[:2] != first[1][:2] else "channel count"
                 raise InputError(
                     f"{folder}: frames differ in {what}: {first[0]} is {_describe_shape(first[1])} but {n} is "
                     f"{_describe_shape(this)}; all frames must have the same size and channels (or use --grey)"
                 )
+            elif formats[key][2] != first[2]:
+                raise _depths_differ(folder, first[0], first[2], n, formats[key][2])
         self.frame_shape = first[1]
-        dtype = np.result_type(*(d for _, d in formats.values()))
+        self.frame_dtype = first[2]  # as stored: every frame's, checked again as each is decoded
+        dtype = np.result_type(*(f[1] for f in formats.values()))
         self.dtype = np.dtype(np.float64) if dtype.kind == "f" and dtype != np.float32 else np.dtype(dtype)
         self.shape = (len(self.names),) + tuple(int(v) for v in self.frame_shape)
 
@@ -388,10 +636,12 @@ class FrameFolder(LazyStack):
     def _read(self, index):
         out = np.empty((len(index),) + self.shape[1:], dtype=self.dtype)
         for t, k in enumerate(index):
-            img, _ = _read_picture(os.path.join(self.folder, self.names[k]), self.grey)
+            img, _, stored = _read_picture(os.path.join(self.folder, self.names[k]), self.grey)
             if img.shape != self.shape[1:]:
                 raise InputError(f"{self.folder}: {self.names[k]} is {_describe_shape(img.shape)}, the other "
                                  f"frames {_describe_shape(self.shape[1:])}")
+            if stored != self.frame_dtype:  # a header that did not tell the truth
+                raise _depths_differ(self.folder, self.names[0], self.frame_dtype, self.names[k], stored)
             out[t] = img
         return out
 
@@ -401,6 +651,16 @@ class FrameFolder(LazyStack):
     def _index(self, key):
         # an array of indices or a mask, as numpy reads it
         return [int(k) for k in np.atleast_1d(np.arange(len(self))[key])]
+
+
+def _depth(dtype):
+    dtype = np.dtype(dtype)
+    return "1-bit" if dtype == np.bool_ else f"{8 * dtype.itemsize}-bit{' float' if dtype.kind == 'f' else ''}"
+
+
+def _depths_differ(folder, first, first_dtype, name, dtype):
+    return InputError(f"{folder}: frames differ in bit depth: {first} is {_depth(first_dtype)} ({np.dtype(first_dtype)}) "
+                      f"but {name} is {_depth(dtype)} ({np.dtype(dtype)}); all frames must have the same bit depth")
 
 
 def _describe_shape(shape):

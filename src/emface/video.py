@@ -20,11 +20,13 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+import warnings
 
 import numpy as np
 
 from ._arraylike import LazyStack
 from ._layout import LUMA as _LUMA64
+from ._paths import check_regular_file
 from .errors import InputError, one_line
 
 __all__ = ["VideoStack", "write_synthetic_video", "LUMA"]
@@ -84,8 +86,9 @@ class VideoStack(LazyStack):
     def __init__(self, path, grey=False, *, threads=True):
         self._av = _import_av()
         self.path = os.fspath(path)
-        if not os.path.isfile(self.path):
+        if not os.path.exists(self.path):
             raise InputError(f"{self.path}: no such video file")
+        check_regular_file(self.path)  # a FIFO would block the demuxer for ever
         self.grey = bool(grey)
         self.threads = bool(threads)
         self._lock = threading.RLock()
@@ -129,6 +132,7 @@ class VideoStack(LazyStack):
             avi = "avi" in str(getattr(container.format, "name", "")).split(",")
             self.time_base = stream.time_base
             self.frame_rate = stream.average_rate or stream.guessed_rate
+            declared = _declared_frames(container, stream, self.stream_frames, self.frame_rate)
             H, W = int(stream.codec_context.height), int(stream.codec_context.width)
             for packet in container.demux(stream):
                 # skip flush packets, and frames an edit list drops
@@ -162,6 +166,10 @@ class VideoStack(LazyStack):
         else:
             self._pts = sorted_pts
             self._keys = np.flatnonzero(np.asarray(keys)[order]).astype(np.int64)
+        if declared is not None and K + max(2, declared[0] // 100) < declared[0]:
+            warnings.warn(f"{self.path}: only {K} frames could be read but the file declares {declared[0]} "
+                          f"({declared[1]}): it may be truncated; the {K} frames it holds are used",
+                          UserWarning, stacklevel=3)
         self.n_frames = K
         self.frame_shape = (H, W)
         self.shape = (K, H, W) if self.grey else (K, H, W, 3)
@@ -369,8 +377,9 @@ class VideoStack(LazyStack):
         a changed video is decoded again, and the cache of its older version removed.
         """
         path = os.fspath(path)
-        if not os.path.isfile(path):
+        if not os.path.exists(path):
             raise InputError(f"{path}: no such video file")
+        check_regular_file(path)
         cache_dir = os.fspath(cache_dir)
         try:
             os.makedirs(cache_dir, exist_ok=True)
@@ -421,6 +430,28 @@ class VideoStack(LazyStack):
             _remove(tmp)
             raise
         cls.caches_written += 1
+
+
+def _declared_frames(container, stream, counted, rate):
+    """(frames, how the file says so) from the container's own frame count, else its duration times
+    the frame rate; None when it says neither. Checked against the packets indexed, so a truncated
+    file is noticed."""
+    if counted > 0:
+        return counted, "in its stream header"
+    try:
+        if stream.duration is not None and stream.time_base is not None:
+            seconds = float(stream.duration * stream.time_base)
+        elif container.duration is not None:
+            seconds = container.duration / 1e6  # av.time_base: microseconds
+        else:
+            return None
+        fps = float(rate) if rate else 0.0
+    except (TypeError, ValueError, ZeroDivisionError):
+        return None
+    if not (seconds > 0 and fps > 0) or not np.isfinite(seconds * fps):
+        return None
+    n = int(round(seconds * fps))
+    return n, f"a duration of {seconds:.3g} s at {fps:.4g} frames/s"
 
 
 def _remove(path):

@@ -1,0 +1,256 @@
+"""Lazy stacks over untrusted container files: the pages of a TIFF, a compressed ``.npz`` member.
+
+Both are read a slice of images at a time, so a compressed stack of any
+declared size streams through the engine in bounded memory instead of being
+decompressed whole (a zip or TIFF "bomb" never reaches memory at once).
+Sizes come from the files' headers, checked before any data is decompressed.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import zipfile
+import zlib
+
+import numpy as np
+
+from ._arraylike import LazyStack
+from .errors import InputError, one_line
+
+__all__ = ["TiffPages", "NpzMember", "tifffile_log", "npz_member_layout"]
+
+# tifffile logs what it finds wrong with a file instead of raising; these words mark a damaged one
+_TIFF_DAMAGE = ("invalid", "failed", "truncat", "corrupt", "cannot", "not enough", "out of bounds")
+
+
+class tifffile_log(logging.Handler):
+    """Context manager: tifffile's log messages are collected here instead of printed on stderr."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(one_line(record.getMessage()))
+
+    def __enter__(self):
+        self._logger = logging.getLogger("tifffile")
+        self._propagate = self._logger.propagate
+        self._logger.addHandler(self)
+        self._logger.propagate = False
+        return self
+
+    def __exit__(self, *exc):
+        self._logger.removeHandler(self)
+        self._logger.propagate = self._propagate
+
+    def damage(self):
+        """The first message that says the file is damaged, or None."""
+        for m in self.messages:
+            if any(w in m.lower() for w in _TIFF_DAMAGE):
+                return m
+        return None
+
+
+class TiffPages(LazyStack):
+    """Pages of a TIFF file as a lazy stack (K, H, W) or (K, H, W, S), decoded a slice at a time.
+
+    Parameters
+    ----------
+    path : str
+    n_pages : int
+    frame_shape : tuple
+        The shape of one page (every page's, checked by the caller).
+    dtype : numpy dtype
+    series : int or None
+        Read the pages of this tifffile series; None: the file's pages themselves.
+    planar : bool
+        Pages are colour planes first (C, H, W): the stack has them last.
+    """
+
+    _what = "a TIFF file"
+
+    def __init__(self, path, n_pages, frame_shape, dtype, series=None, planar=False):
+        self.path = path
+        self.page_shape = tuple(int(v) for v in frame_shape)
+        self.planar = bool(planar)
+        self.frame_shape = self.page_shape[1:] + self.page_shape[:1] if planar else self.page_shape
+        self.shape = (int(n_pages),) + self.frame_shape
+        self.dtype = np.dtype(dtype)
+        self.series = series
+        self._lock = threading.RLock()
+        self._tf = None
+
+    def __repr__(self):
+        return f"TiffPages({self.path!r}, {self.shape[0]} pages of {self.frame_shape})"
+
+    def _file(self):
+        if self._tf is None:
+            import tifffile
+
+            self._tf = tifffile.TiffFile(self.path)
+        return self._tf
+
+    def _read_frames(self, frames):
+        keys = [int(k) for k in frames]
+        out = np.empty((len(keys),) + self.frame_shape, dtype=self.dtype)
+        if not keys:
+            return out
+        t = 0
+        with self._lock, tifffile_log() as log:
+            try:
+                tf = self._file()
+                for t, k in enumerate(keys):
+                    page = tf.asarray(key=k, series=self.series, maxworkers=1)
+                    page = np.asarray(page).reshape(self.page_shape)
+                    out[t] = np.moveaxis(page, 0, -1) if self.planar else page
+            except InputError:
+                raise
+            except MemoryError:
+                raise
+            except Exception as exc:  # tifffile and its codecs raise many kinds
+                raise InputError(f"{self.path}: page {keys[t]} of the TIFF file could not be decoded "
+                                 f"({one_line(exc) or type(exc).__name__})") from None
+            bad = log.damage()
+        if bad:
+            raise InputError(f"{self.path}: the TIFF file is damaged ({bad})")
+        return out
+
+    def _index(self, key):
+        return [int(k) for k in np.atleast_1d(np.arange(len(self))[key])]
+
+    def close(self):
+        with self._lock:
+            if self._tf is not None:
+                self._tf.close()
+            self._tf = None
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state.pop("_lock", None)
+        state["_tf"] = None
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._lock = threading.RLock()
+
+
+def npz_member_layout(path, zf, info):
+    """(shape, fortran_order, dtype, where) of one ``.npy`` member of an open zip file, from headers only.
+
+    `where` is the byte offset of the array data in the file for a member stored
+    without compression (so it can be memory-mapped), else the offset of the
+    data within the decompressed member. Raises InputError for a member that is
+    encrypted, not an array, holds Python objects, or is smaller than its header says.
+    """
+    from numpy.lib import format as npformat
+
+    name = info.filename
+    if info.flag_bits & 0x1:
+        raise InputError(f"{path}: the .npz member {name} is encrypted")
+    try:
+        with zf.open(info) as fh:
+            version = npformat.read_magic(fh)
+            if version not in ((1, 0), (2, 0), (3, 0)):
+                raise ValueError(f"unsupported .npy format version {version}")
+            read = npformat.read_array_header_1_0 if version == (1, 0) else npformat.read_array_header_2_0
+            shape, fortran, dtype = read(fh)
+            header = fh.tell()
+    except (InputError, MemoryError):
+        raise
+    except Exception as exc:  # numpy's header parser, zipfile and zlib raise many kinds
+        raise InputError(f"{path}: the .npz member {name} is not a valid .npy array "
+                         f"({one_line(exc) or type(exc).__name__})") from None
+    if dtype.hasobject:
+        raise InputError(f"{path}: the .npz member {name} holds Python objects, not an image array")
+    if 0 in shape or not shape:
+        raise InputError(f"{path}: the .npz member {name} holds no images (shape {shape})")
+    nbytes = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    if header + nbytes > info.file_size:
+        raise InputError(f"{path}: truncated or damaged .npz member {name}: its header announces shape {shape} "
+                         f"({header + nbytes} bytes) but the member holds {info.file_size} bytes")
+    if info.compress_type != zipfile.ZIP_STORED:
+        return shape, fortran, dtype, header
+    with open(path, "rb") as raw:  # the local header's own name and extra lengths give the data offset
+        raw.seek(info.header_offset)
+        local = raw.read(30)
+    if len(local) != 30 or local[:4] != b"PK\x03\x04":
+        raise InputError(f"{path}: damaged .npz archive: no local header for member {name}")
+    start = info.header_offset + 30 + int.from_bytes(local[26:28], "little") + int.from_bytes(local[28:30], "little")
+    return shape, fortran, dtype, start + header
+
+
+class NpzMember(LazyStack):
+    """A compressed ``.npz`` member (C order, images first) as a lazy stack, decompressed a slice at a time.
+
+    Reading images a..b decompresses the member up to image b (from where the
+    last read ended when that is before a, else from the start), so passes in
+    order cost one decompression of the member each and memory stays one slice.
+    """
+
+    _what = "a compressed .npz member"
+
+    def __init__(self, path, name, shape, dtype, data_start):
+        self.path, self.name = path, name
+        self.shape = tuple(int(v) for v in shape)
+        self.dtype = np.dtype(dtype)
+        self.data_start = int(data_start)
+        self.frame_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
+        self._lock = threading.RLock()
+        self._zip = self._fh = None
+
+    def __repr__(self):
+        return f"NpzMember({self.path!r}, {self.name!r}, shape {self.shape})"
+
+    def _member(self):
+        if self._fh is None:
+            self._zip = zipfile.ZipFile(self.path)
+            self._fh = self._zip.open(self.name)
+        return self._fh
+
+    def _read_frames(self, frames):
+        if not isinstance(frames, range) or frames.step != 1:
+            frames = list(frames)
+            return np.stack([self._read_frames(range(k, k + 1))[0] for k in frames]) if frames else \
+                np.empty((0,) + self.shape[1:], self.dtype)
+        n = len(frames)
+        if n == 0:
+            return np.empty((0,) + self.shape[1:], self.dtype)
+        want = n * self.frame_bytes
+        with self._lock:
+            try:
+                fh = self._member()
+                fh.seek(self.data_start + frames.start * self.frame_bytes)
+                buf = fh.read(want)
+            except (OSError, EOFError, zipfile.BadZipFile, ValueError, RuntimeError, zlib.error) as exc:
+                self.close()
+                raise InputError(f"{self.path}: the .npz member {self.name} could not be decompressed "
+                                 f"({one_line(exc)})") from None
+        if len(buf) != want:
+            raise InputError(f"{self.path}: the .npz member {self.name} ends before image {frames.stop - 1}")
+        return np.frombuffer(buf, dtype=self.dtype).reshape((n,) + self.shape[1:])
+
+    def _index(self, key):
+        return [int(k) for k in np.atleast_1d(np.arange(len(self))[key])]
+
+    def close(self):
+        with self._lock:
+            for f in (self._fh, self._zip):
+                if f is not None:
+                    try:
+                        f.close()
+                    except Exception:  # pragma: no cover
+                        pass
+            self._zip = self._fh = None
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state.pop("_lock", None)
+        state["_zip"] = state["_fh"] = None
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._lock = threading.RLock()
