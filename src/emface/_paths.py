@@ -9,7 +9,7 @@ import stat
 
 from .errors import InputError
 
-__all__ = ["check_regular_file"]
+__all__ = ["check_regular_file", "not_regular_message"]
 
 _FILE_KINDS = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
                (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a folder"))
@@ -37,5 +37,10 @@ def check_regular_file(path):
     except OSError as exc:
         raise InputError(f"{path}: {exc.strerror or 'cannot be read'}") from None
     if not stat.S_ISREG(mode):
-        what = next((name for test, name in _FILE_KINDS if test(mode)), "not a regular file")
-        raise InputError(f"{path}: is {what}, not a regular file; emface reads regular files only")
+        raise InputError(f"{path}: {not_regular_message(mode)}")
+
+
+def not_regular_message(mode):
+    """What a file of this ``st_mode`` is, said as the reason it is refused."""
+    what = next((name for test, name in _FILE_KINDS if test(mode)), "not a regular file")
+    return f"is {what}, not a regular file; emface reads regular files only"

@@ -382,12 +382,14 @@ def _read_model_members(path, name):
 
     if not isinstance(path, (str, bytes, os.PathLike)):  # an open binary file
         return _read_open_model(path, name)
+    from ._paths import not_regular_message
+
     # opened without waiting (a FIFO would wait for a writer for ever), then looked at through the descriptor
     fd = os.open(os.fspath(path), os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise _model_error(name, "is not a regular file (a folder, a FIFO or a device): not an emface model")
+            raise _model_error(name, not_regular_message(st.st_mode))
         if st.st_size == 0:
             raise _model_error(name, "is empty (0 bytes): not an emface model")
         fh = os.fdopen(fd, "rb")
