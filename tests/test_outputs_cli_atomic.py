@@ -248,6 +248,9 @@ def test_a_folder_created_for_nothing_is_removed_an_existing_one_kept(tmp_path):
         with OutputFolder(tmp_path / "new"):
             raise ValueError("bad input")
     assert not (tmp_path / "new").exists()
+    with OutputFolder(tmp_path / "a" / "b" / "c"):
+        pass
+    assert os.listdir(tmp_path) == []  # every level it created
     (tmp_path / "old").mkdir()
     with OutputFolder(tmp_path / "old"):
         pass

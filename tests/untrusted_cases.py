@@ -99,7 +99,8 @@ def _positions_right(shared, csv_path):
 # ----------------------------------------------------------------------------- the cases
 
 def c_prior_grid(d, s):
-    return _predict(d, s, _crafted_model(d, s, prior=lambda a: np.full((1, 1681, 1), 1 / 1681)))
+    # the model: the prior's P*Q values in a (1, P*Q, 1) grid (41*41 = 1681 for its 64-pixel frames)
+    return _predict(d, s, _crafted_model(d, s, prior=lambda a: a.reshape(1, -1, 1)))
 
 
 def c_h5_external(d, s):
@@ -198,18 +199,18 @@ def c_killed_checkpoint(d, s):
     return r
 
 
-def _symlinked(name):
-    def build(d, s):
-        os.mkdir(os.path.join(d, "out"))
-        victim = os.path.join(d, "victim.txt")
+def c_symlinks(d, s):
+    names = ("positions.csv", "model.npz", "report.html", "objective.png")
+    os.mkdir(os.path.join(d, "out"))
+    for name in names:
+        victim = os.path.join(d, f"victim-{name}")
         with open(victim, "w") as fh:
             fh.write("not emface's")
         os.symlink(victim, os.path.join(d, "out", name))
-        r = _fit(d, os.path.join(s, "stack.npy"))
-        r["check"] = lambda d: (not os.path.islink(os.path.join(d, "out", name))
-                                and os.path.isfile(os.path.join(d, "out", name)))
-        return r  # victim.txt is outside --out: the common check asserts it is unchanged
-    return build
+    r = _fit(d, os.path.join(s, "stack.npy"))
+    r["check"] = lambda d: all(not os.path.islink(os.path.join(d, "out", n)) and os.path.isfile(
+        os.path.join(d, "out", n)) for n in names)
+    return r  # the victims are outside --out: the common check asserts they are unchanged
 
 
 def c_two_fits(d, s):
@@ -427,9 +428,8 @@ CASES = [
     Case("4", "disk full (2 MB tmpfs) over an earlier result", c_disk_full, needs=("tmpfs",)),
     Case("4", "checkpoint cannot be written: warn, the fit goes on", c_checkpoint_fails, expect="ok"),
     Case("4", "temporary file of a killed run in --out", c_killed_checkpoint, expect="ok"),
-    Case("5", "positions.csv in --out is a symlink", _symlinked("positions.csv"), expect="ok"),
-    Case("5", "model.npz in --out is a symlink", _symlinked("model.npz"), expect="ok"),
-    Case("5", "report.html in --out is a symlink", _symlinked("report.html"), expect="ok"),
+    Case("5", "positions.csv, model.npz, report.html, objective.png in --out are symlinks", c_symlinks,
+         expect="ok"),
     Case("6", "a second fit into a folder a fit holds", c_two_fits),
     Case("7", "predict: NaN and inf pixels", c_predict_nan, owner="model-trust"),
     Case("7", "predict: model with NaN noise", _bad_model(noise_std=lambda a: a * np.nan), owner="model-trust"),

@@ -28,7 +28,8 @@ import numpy as np
 
 from . import __version__
 from .errors import InputError, one_line
-from .outputs import FolderLocked, OutputError, OutputFolder, all_or_nothing, atomic_write
+from .outputs import (FolderLocked, OutputError, OutputFolder, all_or_nothing, atomic_write,
+                      remove_stale_temporaries)
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
@@ -208,6 +209,8 @@ def fit(input, face_shape, out_dir, n_faces, hard, restarts, smoothing, max_iter
     from .estimator import FaceEM
 
     out = _out_folder(out_dir)
+    if checkpoint is not None:  # a killed run's half-written checkpoint
+        remove_stale_temporaries(os.path.dirname(os.path.abspath(checkpoint)))
     X, names = _load(input, layout=layout, grey=grey, cache_dir=cache_dir, quiet=quiet)
     K, H, W = (int(v) for v in X.shape[:3])
     if isinstance(face_shape, tuple) and isinstance(face_shape[0], int):

@@ -342,7 +342,7 @@ class OutputFolder:
 
     def __init__(self, path):
         self.path = os.fspath(path)
-        self.created = False
+        self.created = []  # the folders this run created, deepest first
         self._fd = None
 
     def __enter__(self):
@@ -350,9 +350,13 @@ class OutputFolder:
         if not os.path.isdir(path):
             if os.path.lexists(path):
                 raise OutputError(path, OSError(errno.ENOTDIR, "it exists and is not a folder"))
+            missing, p = [], os.path.abspath(path)
+            while not os.path.lexists(p) and p != os.path.dirname(p):
+                missing.append(p)
+                p = os.path.dirname(p)
             try:
                 os.makedirs(path)
-                self.created = True
+                self.created = missing
             except FileExistsError:
                 pass
             except OSError as exc:
@@ -371,11 +375,11 @@ class OutputFolder:
         return False
 
     def _remove_if_created(self):
-        if self.created:
+        for folder in self.created:
             try:
-                os.rmdir(self.path)  # only an empty folder goes
+                os.rmdir(folder)  # only an empty folder goes
             except OSError:
-                pass
+                break
 
     def _lock(self):
         try:
