@@ -3,7 +3,7 @@ never a crash, a hang, a partial file, or a file changed outside the outputs.
 
 The cases live in tests/untrusted_cases.py (benchmarks/cli_errors.py prints the same table).
 Each runs `python -m emface.cli` in a subprocess with a timeout, so a crash or a hang fails
-the case instead of the test session.
+the case instead of the test session. The few that fit for long are marked slow.
 """
 
 import pytest
@@ -16,7 +16,8 @@ def shared(tmp_path_factory):
     return uc.make_shared(str(tmp_path_factory.mktemp("shared")))
 
 
-@pytest.mark.parametrize("case", uc.CASES, ids=uc.case_id)
+@pytest.mark.parametrize("case", [pytest.param(c, marks=[getattr(pytest.mark, m) for m in c.marks], id=uc.case_id(c))
+                                  for c in uc.CASES])
 def test_every_case_of_issue_21(case, shared, tmp_path):
     for need in case.needs:
         if not uc.available(need):

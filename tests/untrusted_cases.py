@@ -24,7 +24,7 @@ import shutil
 import subprocess
 import sys
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -41,7 +41,7 @@ class Case:
     owner: str = "outputs-cli"
     timeout: float = 120.0
     needs: tuple = ()  # "tmpfs", "fifo", "h5py", "tifffile", "av"
-    marks: tuple = field(default_factory=tuple)
+    marks: tuple = ()  # pytest marks by name: "slow" for the cases that fit for long (or encode a video)
 
 
 # ----------------------------------------------------------------------------- shared inputs
@@ -423,7 +423,7 @@ CASES = [
     Case("1", "predict: model prior of shape (1, 1681, 1)", c_prior_grid, owner="model-trust"),
     Case("2", "HDF5 dataset with external storage", c_h5_external, owner="input-trust", needs=("h5py",)),
     Case("3", "TIFF of 100 pages written page by page", c_tiff_100_pages, expect="ok", owner="input-trust",
-         needs=("tifffile",)),
+         needs=("tifffile",), marks=("slow",)),
     Case("3", "TIFF whose pages differ in size", c_tiff_page_sizes, owner="input-trust", needs=("tifffile",)),
     Case("4", "disk full (2 MB tmpfs) over an earlier result", c_disk_full, needs=("tmpfs",)),
     Case("4", "checkpoint cannot be written: warn, the fit goes on", c_checkpoint_fails, expect="ok"),
@@ -442,8 +442,8 @@ CASES = [
     Case("9", "a FIFO as a frame in a folder", _fifo("frame"), owner="input-trust", timeout=30, needs=("fifo",)),
     Case("9", "a FIFO as generate --background", _fifo("background"), owner="input-trust", timeout=30,
          needs=("fifo",)),
-    Case("10", "data x 1e200", _scaled(1e200), expect="either", owner="model-trust"),
-    Case("10", "data x 1e-200", _scaled(1e-200), expect="either", owner="model-trust"),
+    Case("10", "data x 1e200", _scaled(1e200), expect="either", owner="model-trust", marks=("slow",)),
+    Case("10", "data x 1e-200", _scaled(1e-200), expect="either", owner="model-trust", marks=("slow",)),
     Case("10", "--max-memory 1e400GB", c_max_memory_huge, owner="model-trust"),
     Case("10", "generate --fps inf", c_fps_inf, owner="model-trust"),
     Case("10", "--face-shape auto on 1x64 images", c_auto_thin, expect="either", owner="model-trust"),
@@ -457,9 +457,10 @@ CASES = [
     Case("11", "HDF5 file.h5:group", c_h5_group, owner="input-trust", needs=("h5py",)),
     Case("12", ".npz zip bomb over --max-memory", c_npz_bomb, owner="input-trust"),
     Case("12", "compressed TIFF over --max-memory", c_tiff_bomb, owner="input-trust", needs=("tifffile",)),
-    Case("13", "a truncated MKV", c_mkv_truncated, expect="either", owner="input-trust", needs=("av",)),
+    Case("13", "a truncated MKV", c_mkv_truncated, expect="either", owner="input-trust", needs=("av",),
+         marks=("slow",)),
     Case("13", "stale face_*.png from a run with more faces", c_stale_faces, expect="ok"),
-    Case("13", "--faces 1000 with K = 200", c_faces_1000, owner="model-trust", timeout=60),
+    Case("13", "--faces 1000 with K = 200", c_faces_1000, owner="model-trust", timeout=60, marks=("slow",)),
     Case("13", "generate --out o1 names the file it writes", c_generate_name, expect="ok"),
     Case("13", "an input error with a new --out leaves no folder", c_new_out_input_error),
 ]

@@ -16,6 +16,7 @@ whole. A second fit into a folder that a running fit holds is refused.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import sys
@@ -254,15 +255,34 @@ def fit(input, face_shape, out_dir, n_faces, hard, restarts, smoothing, max_iter
     _echo(quiet, f"emface: wrote {out_dir}/report.html ({elapsed:.1f} s)")
 
 
+class _LogNotes(logging.Handler):
+    """The log records of the libraries that read the input (tifffile, PIL, ...), kept to be shown as
+    notes: on their own they would print one line each on stderr beside emface's one error line."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(f"{record.name}: {one_line(record.getMessage())}")
+
+
 def _load(input, *, layout="khw", grey=False, cache_dir=None, quiet=False):
-    """`load_stack`, with its notes (such as a dropped alpha channel) as one line each."""
+    """`load_stack`, with its notes (such as a dropped alpha channel) and the reading libraries' log
+    warnings as one line each, once; when the input is refused, only the error's line is printed."""
     from .io import load_stack
 
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        X, names = load_stack(input, layout=layout, grey=grey, cache_dir=cache_dir)
-    for w_ in caught:
-        _echo(quiet, f"emface: note: {w_.message}")
+    logs = _LogNotes()
+    root = logging.getLogger()
+    root.addHandler(logs)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            X, names = load_stack(input, layout=layout, grey=grey, cache_dir=cache_dir)
+    finally:
+        root.removeHandler(logs)
+    for text in dict.fromkeys([str(w_.message) for w_ in caught] + logs.messages):
+        _echo(quiet, f"emface: note: {text}")
     return X, names
 
 
@@ -506,7 +526,10 @@ def demo(out_dir, seed, quiet):
 # ----------------------------------------------------------------------------- entry point
 
 def main(argv=None):
-    """Run the command line; exit 2 with one line on bad input, 130 on Ctrl-C."""
+    """Run the command line; exit 2 with one line on bad input, 130 on Ctrl-C (and only on Ctrl-C)."""
+    # a library's log warning while the fit reads its input lazily is not printed: stderr keeps to
+    # emface's own lines (the input's notes are shown by _load)
+    logging.getLogger().addHandler(logging.NullHandler())
     try:
         rv = cli.main(args=argv, prog_name="emface", standalone_mode=False)
     except click.exceptions.Abort:
