@@ -316,6 +316,7 @@ def test_save_adds_npz_as_numpy_does_and_writes_file_objects(tmp_path, small):
     np.testing.assert_array_equal(FaceEM.load(buf).faces_, est.faces_)
 
 
+@pytest.mark.filterwarnings("ignore:Best EM run did not converge")
 def test_a_failed_checkpoint_warns_and_the_fit_goes_on(tmp_path, small):
     ck = tmp_path / "run.npz"
     ck.mkdir()  # every checkpoint write fails: a folder is where the file should go

@@ -55,13 +55,14 @@ _staging = threading.local()  # the open `all_or_nothing` group of this thread, 
 class OutputError(OSError):
     """A file emface could not write; the message names it."""
 
-    def __init__(self, path, exc):
+    def __init__(self, path, exc, what="write"):
         code = getattr(exc, "errno", None) or errno.EIO
         reason = getattr(exc, "strerror", None) or one_line(exc)
         super().__init__(code, reason, os.fspath(path))
+        self.what = what
 
     def __str__(self):
-        return f"cannot write {self.filename}: {self.strerror}"
+        return f"cannot {self.what} {self.filename}: {self.strerror}"
 
 
 class FolderLocked(OSError):
@@ -349,7 +350,8 @@ class OutputFolder:
         path = self.path
         if not os.path.isdir(path):
             if os.path.lexists(path):
-                raise OutputError(path, OSError(errno.ENOTDIR, "it exists and is not a folder"))
+                raise OutputError(path, OSError(errno.ENOTDIR, "it exists and is not a folder"),
+                                  "create the output folder")
             missing, p = [], os.path.abspath(path)
             while not os.path.lexists(p) and p != os.path.dirname(p):
                 missing.append(p)
@@ -360,7 +362,7 @@ class OutputFolder:
             except FileExistsError:
                 pass
             except OSError as exc:
-                raise OutputError(path, exc) from None
+                raise OutputError(path, exc, "create the output folder") from None
         try:
             self._lock()
         except BaseException:
@@ -395,7 +397,7 @@ class OutputFolder:
                 if exc.errno == errno.ELOOP:  # a symlink planted as the lock: replace it, never follow it
                     _remove(lock)
                     continue
-                raise OutputError(self.path, exc) from None
+                raise OutputError(self.path, exc, "write to the output folder") from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as exc:
