@@ -529,7 +529,9 @@ def main(argv=None):
     """Run the command line; exit 2 with one line on bad input, 130 on Ctrl-C (and only on Ctrl-C)."""
     # a library's log warning while the fit reads its input lazily is not printed: stderr keeps to
     # emface's own lines (the input's notes are shown by _load)
-    logging.getLogger().addHandler(logging.NullHandler())
+    root = logging.getLogger()
+    if not root.handlers:
+        root.addHandler(logging.NullHandler())
     try:
         rv = cli.main(args=argv, prog_name="emface", standalone_mode=False)
     except click.exceptions.Abort:
