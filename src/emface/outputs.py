@@ -117,9 +117,21 @@ def _file_mode(path):
             return stat.S_IMODE(st.st_mode)
     except OSError:
         pass
-    mask = os.umask(0)
+    return 0o666 & ~_umask()
+
+
+def _umask():
+    """The process's umask: read where the system tells it (Linux), else set and restored at once."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
     os.umask(mask)
-    return 0o666 & ~mask
+    return mask
 
 
 def _sync(tmp):
