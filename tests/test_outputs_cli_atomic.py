@@ -336,6 +336,12 @@ def test_a_checkpoint_is_written_and_resumes(tmp_path, small):
                random_state=0).fit(small)
     assert ck.is_file() and _temporaries(tmp_path) == []
     assert FaceEM.resume(ck).n_iter_ >= 1
+    exact = tmp_path / "run-without-extension"  # a checkpoint is written where it is asked to be
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        FaceEM((6, 5), n_init=1, max_iter=2, tol=0, checkpoint=str(exact), checkpoint_every=1,
+               random_state=0).fit(small)
+    assert exact.is_file() and FaceEM.resume(exact).n_iter_ >= 1
 
 
 # ----------------------------------------------------------------------------- a real full disk

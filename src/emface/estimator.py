@@ -756,7 +756,7 @@ class FaceEM:
             converged=bool(self.converged_), settings=self._saved_settings(), moments=list(self._moments),
             kind="model", runs=self.runs_, colour=self._colour, best_run=int(self.best_run_),
             accel=list(self._accel),
-            algorithm=self.algorithm_, face_shape_scores=getattr(self, "face_shape_scores_", [])))
+            algorithm=self.algorithm_, face_shape_scores=getattr(self, "face_shape_scores_", [])), numpy_name=True)
 
     @classmethod
     def load(cls, path):

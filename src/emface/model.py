@@ -340,17 +340,18 @@ def load_model(path):
     return params, extra
 
 
-def atomic_save(path, save_fn):
+def atomic_save(path, save_fn, *, numpy_name=False):
     """Write a ``.npz`` file through `emface.outputs.atomic_write`: ``save_fn(tmp)`` writes a temporary
     file in the same folder, which is then renamed into place (replacing a symlink there, never writing
-    through it). A path without ``.npz`` gets it, as `numpy.savez` does; a file object is written as is.
-    A failure leaves the earlier file intact and raises `emface.outputs.OutputError` naming `path`."""
+    through it). With `numpy_name`, a path without ``.npz`` gets it, as `numpy.savez` does; a file object
+    is written as is. A failure leaves the earlier file intact and raises `emface.outputs.OutputError`
+    naming `path`."""
     from .outputs import atomic_write
 
     if hasattr(path, "write"):
         save_fn(path)
         return
     path = os.fspath(path)
-    if not path.endswith(".npz"):
+    if numpy_name and not path.endswith(".npz"):
         path += ".npz"
     atomic_write(path, save_fn, suffix=".npz")
