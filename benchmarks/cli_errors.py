@@ -1,6 +1,11 @@
-"""The emface command on each bad input: exit code and the one line it prints (issue 5's table).
+"""The emface command on each bad input: exit code and the one line it prints (issue 5's table), then
+every numbered case of issue 21 (untrusted files, half-written results): exit code, stderr lines, the
+line itself, what it left behind and what it changed outside its outputs.
 
-    python benchmarks/cli_errors.py
+    python benchmarks/cli_errors.py            # both tables
+    python benchmarks/cli_errors.py --issue21  # issue 21's table only
+
+Issue 21's cases are tests/untrusted_cases.py's, the ones tests/test_cli_untrusted.py asserts.
 """
 
 import os
@@ -17,6 +22,13 @@ def run(*args):
 
 
 def main():
+    if "--issue21" not in sys.argv:
+        issue5()
+        print()
+    issue21()
+
+
+def issue5():
     import imageio.v3 as iio
 
     with tempfile.TemporaryDirectory() as d:
@@ -50,6 +62,33 @@ def main():
         for label, args in cases:
             code, err = run(*args)
             print(f"| {label} | {code} | `{err.replace(d, '$TMP')}` |")
+
+
+def issue21():
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
+    import untrusted_cases as uc
+
+    with tempfile.TemporaryDirectory() as d:
+        shared = uc.make_shared(os.path.join(d, "shared"))
+        print("| item | case | expected | exit code | stderr lines | stderr (last line) | left behind | "
+              "changed outside | holds |\n|---|---|---|---|---|---|---|---|---|")
+        for i, case in enumerate(uc.CASES):
+            missing = [n for n in case.needs if not uc.available(n)]
+            if missing:
+                print(f"| {case.item} | {case.name} | {case.expect} | - | - | (not run: needs {', '.join(missing)}) "
+                      f"| - | - | - |")
+                continue
+            case_dir = os.path.join(d, f"case{i}")
+            os.mkdir(case_dir)
+            res = uc.run_case(case, case_dir, shared)
+            wrong = uc.judge(case, res)
+            last = "(timed out)" if res.timed_out else (res.lines[-1] if res.lines else "")
+            last = last.replace(d, "$TMP").replace("|", "\\|")
+            if len(last) > 160:
+                last = last[:157] + "..."
+            print(f"| {case.item} | {case.name} | {case.expect} | {res.returncode} | {len(res.lines)} | `{last}` | "
+                  f"{', '.join(res.left) or '-'} | {', '.join(res.changed) or '-'} | "
+                  f"{'yes' if not wrong else 'NO: ' + '; '.join(wrong).replace(d, '$TMP')} |", flush=True)
 
 
 if __name__ == "__main__":

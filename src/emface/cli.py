@@ -6,23 +6,31 @@
                                                     a synthetic stack or video, the truth saved beside it
     emface demo --out DIR                           the note's experiments on a bundled example
 
-Bad input ends with exit code 2 and one line on stderr; Ctrl-C writes what has
-been computed so far and ends with exit code 130.
+Bad input, and an output that cannot be written, end with exit code 2 and one
+line on stderr; Ctrl-C writes what has been computed so far and ends with exit
+code 130. Every file is written atomically (`emface.outputs`): a temporary file
+in the same folder, renamed into place, never written through a symlink; the
+files of one fit are renamed together, so a full disk leaves an earlier result
+whole. A second fit into a folder that a running fit holds is refused.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import sys
 import time
 import warnings
+import zipfile
 
 import click
 import numpy as np
 
 from . import __version__
 from .errors import InputError, one_line
+from .outputs import (FolderLocked, OutputError, OutputFolder, all_or_nothing, atomic_write,
+                      remove_stale_temporaries)
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
@@ -69,21 +77,15 @@ def _parse_face_shape(ctx, param, value):
     return (h0, h1), (w0, w1)
 
 
-def _prepare_out_dir(path):
-    """Create the output folder now, so a long fit never ends on an unwritable folder."""
-    try:
-        os.makedirs(path, exist_ok=True)
-    except OSError as exc:
-        raise InputError(f"cannot create the output folder {path}: {exc.strerror or exc}") from None
-    if not os.path.isdir(path):
-        raise InputError(f"{path} exists and is not a folder")
-    probe = os.path.join(path, f".emface-write-test-{os.getpid()}")
-    try:
-        with open(probe, "w") as fh:
-            fh.write("ok")
-        os.unlink(probe)
-    except OSError as exc:
-        raise InputError(f"cannot write to the output folder {path}: {exc.strerror or exc}") from None
+#: the names a fit writes in --out that may differ from run to run: an earlier run's that this run does not
+#: write are removed (a fit with fewer faces leaves no face_3.png behind)
+_FIT_PICTURES = (r"face\.png", r"faces\.png", r"face_\d+\.png", r"face_size\.png")
+
+
+def _out_folder(path):
+    """The --out folder, created (and removed again if the run writes nothing), locked and cleaned of
+    stale temporary files until the command ends: see `emface.outputs.OutputFolder`."""
+    return click.get_current_context().with_resource(OutputFolder(path))
 
 
 def _prepare_out_file(path):
@@ -148,7 +150,18 @@ def _echo(quiet, msg):
 _ALLOW_EXTERNAL_HELP = ("Read HDF5 data stored in other files (external storage, virtual datasets, external "
                         "links); refused by default, as such a file can point at any file on this machine.")
 
-@click.group(context_settings=dict(help_option_names=["-h", "--help"], max_content_width=100))
+
+class _Commands(click.Group):
+    """click turns an EOFError into its Abort ("interrupted"): here it is what it is, a file that ends early."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except EOFError as exc:
+            raise InputError(f"a file ended early ({one_line(exc) or 'no data'})") from None
+
+
+@click.group(cls=_Commands, context_settings=dict(help_option_names=["-h", "--help"], max_content_width=100))
 @click.version_option(__version__, prog_name="emface")
 def cli():
     """Recover an object seen at unknown positions in many noisy images, by EM."""
@@ -201,7 +214,9 @@ def fit(input, face_shape, out_dir, n_faces, hard, restarts, smoothing, max_iter
     """
     from .estimator import FaceEM
 
-    _prepare_out_dir(out_dir)
+    out = _out_folder(out_dir)
+    if checkpoint is not None:  # a killed run's half-written checkpoint
+        remove_stale_temporaries(os.path.dirname(os.path.abspath(checkpoint)))
     X, names = _load(input, layout=layout, grey=grey, cache_dir=cache_dir, quiet=quiet, max_memory=max_memory,
                      allow_external=allow_external_data)
     K, H, W = (int(v) for v in X.shape[:3])
@@ -233,25 +248,48 @@ def fit(input, face_shape, out_dir, n_faces, hard, restarts, smoothing, max_iter
     elapsed = time.perf_counter() - t0
     if not hasattr(est, "faces_"):
         raise Interrupted("interrupted before the first iteration finished; nothing to write")
-    for w_ in caught:
-        _echo(quiet, f"emface: warning: {w_.message}")
+    for text in dict.fromkeys(str(w_.message) for w_ in caught):  # a failing checkpoint warns once
+        _echo(quiet, f"emface: warning: {text}")
     est.set_params(callback=None)
-    _write_fit_outputs(out_dir, est, X, names, input, elapsed, interrupted)
+    with all_or_nothing():  # every file renamed into place at the end, or (a full disk) none
+        written = _write_fit_outputs(out_dir, est, X, names, input, elapsed, interrupted)
+    stale = out.remove_stale(written, _FIT_PICTURES)
+    if stale:
+        _echo(quiet, f"emface: note: removed {', '.join(stale)}, left in {out_dir} by an earlier run")
     if interrupted:
         raise Interrupted(f"interrupted: wrote the best state so far to {out_dir}")
     _echo(quiet, f"emface: wrote {out_dir}/report.html ({elapsed:.1f} s)")
 
 
+class _LogNotes(logging.Handler):
+    """The log records of the libraries that read the input (tifffile, PIL, ...), kept to be shown as
+    notes: on their own they would print one line each on stderr beside emface's one error line."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(f"{record.name}: {one_line(record.getMessage())}")
+
+
 def _load(input, *, layout="khw", grey=False, cache_dir=None, quiet=False, **options):
     """`load_stack` (`options`: max_memory, allow_external), with its notes (such as a dropped alpha
-    channel) as one line each."""
+    channel) and the reading libraries' log warnings as one line each, once; when the input is refused,
+    only the error's line is printed."""
     from .io import load_stack
 
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        X, names = load_stack(input, layout=layout, grey=grey, cache_dir=cache_dir, **options)
-    for w_ in caught:
-        _echo(quiet, f"emface: note: {w_.message}")
+    logs = _LogNotes()
+    root = logging.getLogger()
+    root.addHandler(logs)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            X, names = load_stack(input, layout=layout, grey=grey, cache_dir=cache_dir, **options)
+    finally:
+        root.removeHandler(logs)
+    for text in dict.fromkeys([str(w_.message) for w_ in caught] + logs.messages):
+        _echo(quiet, f"emface: note: {text}")
     return X, names
 
 
@@ -275,6 +313,7 @@ def _write_fit_outputs(out_dir, est, X, names, input, elapsed, interrupted):
     write_positions(os.path.join(out_dir, "positions.csv"), summ, names)
     est.save(os.path.join(out_dir, "model.npz"))
     pics = write_fit_pictures(out_dir, est)
+    written = ["positions.csv", "model.npz", "report.html", *pics]
     K, H, W = (int(v) for v in X.shape[:3])
     C = len(est.faces_)
     h, w = est.faces_.shape[1:3]
@@ -341,6 +380,7 @@ def _write_fit_outputs(out_dir, est, X, names, input, elapsed, interrupted):
         ] + size_pics,
         tables=tables,
     )
+    return written
 
 
 @cli.command()
@@ -362,8 +402,8 @@ def predict(model, input, out_file, layout, grey, allow_external_data, quiet):
         est = FaceEM.load(model)
     except InputError:  # a ModelFileError: one line that names the file already
         raise
-    except (ValueError, OSError, KeyError) as exc:
-        raise InputError(f"{model}: not an emface model ({exc})") from None
+    except (ValueError, OSError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        raise InputError(f"{model}: not an emface model ({one_line(exc) or type(exc).__name__})") from None
     _prepare_out_file(out_file)
     X, names = _load(input, layout=layout, grey=grey, quiet=quiet, allow_external=allow_external_data)
     if tuple(X.shape[1:]) != tuple(est.background_.shape):
@@ -410,9 +450,10 @@ def generate(out_file, video_file, n_images, image_shape, face_shape, n_faces, c
              background, dtype, fps, crf, seed, quiet):
     """Write a synthetic stack made from photographs, and its truth beside it (FILE.truth.npz).
 
-    The stack is a .npy array (--out FILE.npy) or a video (--video FILE.mp4).
+    The stack is a .npy array (--out FILE.npy; ".npy" is added to a name without it, as numpy
+    does) or a video (--video FILE.mp4).
     """
-    from .datasets import PHOTOS, make_faces
+    from .datasets import PHOTOS
     from .io import read_image
 
     if out_file is None and video_file is None:
@@ -423,6 +464,8 @@ def generate(out_file, video_file, n_images, image_shape, face_shape, n_faces, c
     video_exts = (".mp4", ".mkv", ".mov", ".m4v", ".avi")
     if video_file is not None and not video_file.lower().endswith(video_exts):
         raise InputError(f"--video {video_file}: expected a file name ending in {', '.join(video_exts)}")
+    if out_file is not None and not out_file.endswith(".npy"):
+        out_file += ".npy"  # the name numpy would write, and the one `emface fit` reads as a .npy stack
     _prepare_out_file(out_file if video_file is None else video_file)
     if face_shape[0] > image_shape[0] or face_shape[1] > image_shape[1]:
         raise InputError(f"--face-shape {face_shape[0]}x{face_shape[1]} is larger than "
@@ -431,6 +474,16 @@ def generate(out_file, video_file, n_images, image_shape, face_shape, n_faces, c
         raise InputError(f"--face is given {len(face_photos)} time(s) but --faces is {n_faces}")
     faces = [p if p in PHOTOS else read_image(p) for p in face_photos] or None
     bg = background if background in PHOTOS else read_image(background)
+    with all_or_nothing():  # the stack and its truth, or neither
+        out_file, shape, what, stem = _generate(out_file, video_file, n_images, image_shape, face_shape, n_faces,
+                                                colour, noise, prior, faces, bg, dtype, fps, crf, seed, quiet)
+    _echo(quiet, f"emface: wrote {shape[0]} {what} to {out_file} and the truth to {stem}.truth.npz")
+
+
+def _generate(out_file, video_file, n_images, image_shape, face_shape, n_faces, colour, noise, prior, faces, bg,
+              dtype, fps, crf, seed, quiet):
+    from .datasets import make_faces
+
     if video_file is not None:
         from .video import write_synthetic_video
 
@@ -453,13 +506,14 @@ def generate(out_file, video_file, n_images, image_shape, face_shape, n_faces, c
     else:
         X, truth = make_faces(n_images, image_shape, face_shape, n_faces=n_faces, face=faces, background=bg,
                               colour=colour, noise=noise, prior=prior, dtype=np.dtype(dtype), random_state=seed)
-        np.save(out_file, X)
+        atomic_write(out_file, lambda tmp: np.save(tmp, X))
         shape = X.shape
-        stem = out_file[:-4] if out_file.endswith(".npy") else out_file
+        stem = out_file[:-4]
         what = f"images of {X.shape[1]}x{X.shape[2]}"
-    np.savez(stem + ".truth.npz", faces=truth.faces, background=truth.background, noise_std=truth.noise_std,
-             prior=truth.prior, positions=truth.positions, labels=truth.labels)
-    _echo(quiet, f"emface: wrote {shape[0]} {what} to {out_file} and the truth to {stem}.truth.npz")
+    atomic_write(stem + ".truth.npz", lambda tmp: np.savez(
+        tmp, faces=truth.faces, background=truth.background, noise_std=truth.noise_std, prior=truth.prior,
+        positions=truth.positions, labels=truth.labels))
+    return out_file, shape, what, stem
 
 
 @cli.command()
@@ -475,14 +529,19 @@ def demo(out_dir, seed, quiet):
     """
     from .demo import run_demo
 
-    _prepare_out_dir(out_dir)
+    _out_folder(out_dir)
     run_demo(out_dir, seed=seed, echo=lambda m: _echo(quiet, m))
 
 
 # ----------------------------------------------------------------------------- entry point
 
 def main(argv=None):
-    """Run the command line; exit 2 with one line on bad input, 130 on Ctrl-C."""
+    """Run the command line; exit 2 with one line on bad input, 130 on Ctrl-C (and only on Ctrl-C)."""
+    # a library's log warning while the fit reads its input lazily is not printed: stderr keeps to
+    # emface's own lines (the input's notes are shown by _load)
+    root = logging.getLogger()
+    if not root.handlers:
+        root.addHandler(logging.NullHandler())
     try:
         rv = cli.main(args=argv, prog_name="emface", standalone_mode=False)
     except click.exceptions.Abort:
@@ -506,6 +565,9 @@ def main(argv=None):
         click.echo(f"emface: error: {one_line(exc)}", err=True)
         sys.exit(EXIT_BAD_INPUT)
     except ImportError as exc:  # an optional extra that is not installed: the message names the pip install
+        click.echo(f"emface: error: {one_line(exc)}", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+    except (OutputError, FolderLocked) as exc:  # their message names the file or folder
         click.echo(f"emface: error: {one_line(exc)}", err=True)
         sys.exit(EXIT_BAD_INPUT)
     except OSError as exc:

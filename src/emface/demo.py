@@ -53,12 +53,15 @@ def run_demo(out_dir, *, seed=0, echo=print):
     -------
     list of dict, one per run: title, objective, positions right, face error, time.
     """
+    from .outputs import all_or_nothing, atomic_open, atomic_write
     from .report import grid_figure, image_png, png_bytes, write_html
 
     X, truth = make_faces(random_state=seed, **DEMO_DATA)
-    np.save(os.path.join(out_dir, "stack.npy"), X)
-    np.savez(os.path.join(out_dir, "truth.npz"), face=truth.face, background=truth.background,
-             noise_std=truth.noise_std, prior=truth.prior, positions=truth.positions)
+    with all_or_nothing():
+        atomic_write(os.path.join(out_dir, "stack.npy"), lambda tmp: np.save(tmp, X))
+        atomic_write(os.path.join(out_dir, "truth.npz"), lambda tmp: np.savez(
+            tmp, face=truth.face, background=truth.background, noise_std=truth.noise_std, prior=truth.prior,
+            positions=truth.positions))
     h, w = DEMO_DATA["face_shape"]
     echo(f"emface demo: {len(X)} images of {X.shape[1]}x{X.shape[2]}, a {h}x{w} face, "
          f"noise {truth.noise_std:.1f} (the face's contrast)")
@@ -93,25 +96,26 @@ def run_demo(out_dir, *, seed=0, echo=print):
     lo = float(min(truth.face.min(), truth.background.min()))
     hi = float(max(truth.face.max(), truth.background.max()))
     grid = png_bytes(grid_figure(panels, lo, hi))
-    with open(os.path.join(out_dir, "demo.png"), "wb") as fh:
-        fh.write(grid)
     table = [(r["title"], f"{r['objective']:.3f}", f"{r['right']:.1%}", f"{r['face_rms']:.2f}",
               f"{r['bg_rms']:.2f}", r["iterations"], f"{r['time']:.1f} s") for r in rows]
-    write_html(
-        os.path.join(out_dir, "report.html"),
-        "emface demo: the note's experiments",
-        subtitle=f"{len(X)} images of {X.shape[1]}x{X.shape[2]} made from public-domain photographs",
-        notes=[
-            "Each row is one EM run from the note's random start (every pixel of F and B uniform over the "
-            "data's range), then emface's defaults, then the truth. The objective is the mean per-image "
-            "log-likelihood (soft) or MAP joint (hard), plus the smoothing prior's term where it is used.",
-            "The note's findings: every variant recovers the background; the objective agrees with visual "
-            "quality; restarts help soft EM; smoothing rescues hard EM.",
-        ],
-        pictures=[("face, background and objective of each run", grid, 900, False),
-                  ("the true face", image_png(truth.face, lo, hi), 4 * w, True)],
-        tables=[("Runs", table, ("run", "objective per image", "positions right", "face RMS error",
-                                 "background RMS error", "iterations", "time"))],
-    )
+    with all_or_nothing():  # the figure and the report, or neither
+        with atomic_open(os.path.join(out_dir, "demo.png"), "wb") as fh:
+            fh.write(grid)
+        write_html(
+            os.path.join(out_dir, "report.html"),
+            "emface demo: the note's experiments",
+            subtitle=f"{len(X)} images of {X.shape[1]}x{X.shape[2]} made from public-domain photographs",
+            notes=[
+                "Each row is one EM run from the note's random start (every pixel of F and B uniform over the "
+                "data's range), then emface's defaults, then the truth. The objective is the mean per-image "
+                "log-likelihood (soft) or MAP joint (hard), plus the smoothing prior's term where it is used.",
+                "The note's findings: every variant recovers the background; the objective agrees with visual "
+                "quality; restarts help soft EM; smoothing rescues hard EM.",
+            ],
+            pictures=[("face, background and objective of each run", grid, 900, False),
+                      ("the true face", image_png(truth.face, lo, hi), 4 * w, True)],
+            tables=[("Runs", table, ("run", "objective per image", "positions right", "face RMS error",
+                                     "background RMS error", "iterations", "time"))],
+        )
     echo(f"emface demo: wrote {os.path.join(out_dir, 'demo.png')} and {os.path.join(out_dir, 'report.html')}")
     return rows

@@ -624,7 +624,11 @@ class FaceEM:
                        n_images=int(src.n_images),
                        colour=len(src.data.shape) == 4, accel=list(best_info.get("accel", (1.0, None))))
 
-        atomic_save(path, write)
+        try:
+            atomic_save(path, write)
+        except OSError as exc:  # a full disk must not end a long fit: warn, and the fit goes on
+            warnings.warn(f"could not write the checkpoint {path}: {exc.strerror or exc}; the fit goes on",
+                          UserWarning, stacklevel=2)
 
     def _store(self, best, runs, src, colour, settings):
         to_data = src.loglik_to_data
@@ -767,14 +771,16 @@ class FaceEM:
 
     # ------------------------------------------------------------------ persistence
     def save(self, path):
-        """Save the fitted model (parameters, history and settings) to ``.npz``."""
+        """Save the fitted model (parameters, history and settings) to ``.npz``, atomically: a failure
+        leaves an earlier file at `path` intact, and a symlink at `path` is replaced, never followed."""
         self._check_fitted()
-        save_model(path, self._theta, history=np.asarray(self._history_full), n_iter=int(self.n_iter_),
-                   converged=bool(self.converged_), settings=self._saved_settings(), moments=list(self._moments),
-                   kind="model", runs=self.runs_, colour=self._colour, best_run=int(self.best_run_),
-                   accel=list(self._accel),
-                   algorithm=self.algorithm_, face_shape_scores=getattr(self, "face_shape_scores_", []),
-                   n_images=getattr(self, "_n_images", None))
+        atomic_save(path, lambda out: save_model(
+            out, self._theta, history=np.asarray(self._history_full), n_iter=int(self.n_iter_),
+            converged=bool(self.converged_), settings=self._saved_settings(), moments=list(self._moments),
+            kind="model", runs=self.runs_, colour=self._colour, best_run=int(self.best_run_),
+            accel=list(self._accel),
+            algorithm=self.algorithm_, face_shape_scores=getattr(self, "face_shape_scores_", []),
+            n_images=getattr(self, "_n_images", None)), numpy_name=True)
 
     @classmethod
     def load(cls, path):

@@ -711,7 +711,9 @@ def write_positions(path, summary, names=None):
     names : list of str, optional
         The frame file of each image.
     """
-    with open(path, "w", newline="") as fh:
+    from .outputs import atomic_open
+
+    with atomic_open(path, "w", newline="") as fh:
         wr = csv.writer(fh)
         wr.writerow(["index", "file", "face", "row", "col", "probability", "face_probability", "entropy"])
         for k in range(len(summary.positions)):

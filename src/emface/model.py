@@ -23,7 +23,6 @@ One grey face is C = Ch = 1. The estimator shows users the channels-last layouts
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass, fields, replace
 
 import numpy as np
@@ -548,15 +547,18 @@ def check_model_arrays(faces, background, noise_std, prior, *, name="the model")
     return Params(F, B, s, A / total)
 
 
-def atomic_save(path, save_fn):
-    """Write through a temporary file in the same folder, then rename it into place."""
+def atomic_save(path, save_fn, *, numpy_name=False):
+    """Write a ``.npz`` file through `emface.outputs.atomic_write`: ``save_fn(tmp)`` writes a temporary
+    file in the same folder, which is then renamed into place (replacing a symlink there, never writing
+    through it). With `numpy_name`, a path without ``.npz`` gets it, as `numpy.savez` does; a file object
+    is written as is. A failure leaves the earlier file intact and raises `emface.outputs.OutputError`
+    naming `path`."""
+    from .outputs import atomic_write
+
+    if hasattr(path, "write"):
+        save_fn(path)
+        return
     path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=folder)
-    os.close(fd)
-    try:
-        save_fn(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    if numpy_name and not path.endswith(".npz"):
+        path += ".npz"
+    atomic_write(path, save_fn, suffix=".npz")

@@ -16,6 +16,7 @@ import time
 import numpy as np
 
 from .io import to_uint8
+from .outputs import all_or_nothing, atomic_open
 
 __all__ = [
     "displayable",
@@ -307,6 +308,8 @@ def write_fit_pictures(out_dir, est, lo=None, hi=None):
     ``faces.png`` (every face with its weight), ``background.png``,
     ``prior.png``, ``objective.png``, and ``face_size.png`` when the face
     size was chosen. Faces and background are in colour for colour stacks.
+    Each file is written atomically (`emface.outputs`); a failure leaves the
+    earlier pictures as they were and raises `emface.outputs.OutputError`.
 
     Returns
     -------
@@ -329,9 +332,10 @@ def write_fit_pictures(out_dir, est, lo=None, hi=None):
     scores = getattr(est, "face_shape_scores_", None)
     if scores:
         pics["face_size.png"] = png_bytes(size_figure(scores, est.face_shape_))
-    for name, data in pics.items():
-        with open(os.path.join(out_dir, name), "wb") as fh:
-            fh.write(data)
+    with all_or_nothing():  # every picture, or (a full disk) none: the earlier ones stay
+        for name, data in pics.items():
+            with atomic_open(os.path.join(out_dir, name), "wb") as fh:
+                fh.write(data)
     return pics
 
 
@@ -361,7 +365,7 @@ def _table(rows, header=None):
 
 
 def write_html(path, title, *, subtitle="", pictures=(), tables=(), notes=()):
-    """Write one self-contained HTML page.
+    """Write one self-contained HTML page (atomically, as `emface.outputs.atomic_open`).
 
     Parameters
     ----------
@@ -393,5 +397,5 @@ def write_html(path, title, *, subtitle="", pictures=(), tables=(), notes=()):
         parts.append(f"<h2>{html.escape(heading)}</h2>")
         parts.append(_table(rows, header))
     parts.append("</body></html>")
-    with open(path, "w", encoding="utf-8") as fh:
+    with atomic_open(path, "w", encoding="utf-8") as fh:
         fh.write("\n".join(parts))

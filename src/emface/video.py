@@ -411,24 +411,18 @@ class VideoStack(LazyStack):
         K = stack.n_frames
         per_frame = max(1, stack.nbytes // K)
         n = int(max(1, min(K, chunk_bytes // per_frame)))
-        tmp = os.path.join(os.path.dirname(final), f".{os.path.basename(final)}.{os.getpid()}.tmp")
+        from .outputs import atomic_open
+
         try:
-            with open(tmp, "wb") as fh:
+            with atomic_open(final, "wb") as fh:
                 header = {"descr": npformat.dtype_to_descr(stack.dtype), "fortran_order": False,
                           "shape": tuple(stack.shape)}
                 npformat.write_array_header_2_0(fh, header)
                 for a in range(0, K, n):
                     block = np.ascontiguousarray(stack[a:min(K, a + n)])
                     fh.write(memoryview(block).cast("B"))
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, final)
         except OSError as exc:
-            _remove(tmp)
             raise InputError(f"cannot write the video cache {final}: {exc.strerror or exc}") from None
-        except BaseException:
-            _remove(tmp)
-            raise
         cls.caches_written += 1
 
 
@@ -464,7 +458,10 @@ def _remove(path):
 def _remove_stale(final):
     """Remove the caches of older versions of the same video (same path and grey flag), and
     temporary files left by killed runs."""
+    from .outputs import remove_stale_temporaries
+
     folder, name = os.path.split(final)
+    remove_stale_temporaries(folder)
     stem_where, _, kind = name.rsplit("-", 2)
     for other in os.listdir(folder):
         full = os.path.join(folder, other)
@@ -539,6 +536,7 @@ def write_synthetic_video(path, n_images=1000, image_shape=(100, 120), face_shap
     from fractions import Fraction
 
     from .datasets import FacesTruth, draw_assignments, make_faces, render
+    from .outputs import atomic_path
 
     rate = _check_fps(fps)
     av = _import_av("writing")
@@ -555,45 +553,39 @@ def write_synthetic_video(path, n_images=1000, image_shape=(100, 120), face_shap
     joint = np.asarray(t.prior, dtype=np.float64).reshape(C, P, Q)
     labels, pos = draw_assignments(joint, K, rng)
 
-    base, ext = os.path.splitext(path)
-    tmp = os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(base)}.{os.getpid()}.tmp{ext}")
+    ext = os.path.splitext(path)[1]
     frame_bytes = B.size * 8
     n_block = int(max(1, min(500, block_bytes // frame_bytes)))
     try:
-        container = av.open(tmp, "w")
-        try:
-            stream = container.add_stream("libx264", rate=rate)
-            stream.width, stream.height = W, H
-            stream.pix_fmt = "yuv420p" if H % 2 == 0 and W % 2 == 0 else "yuv444p"
-            stream.options = dict(X264_OPTIONS, crf=str(int(crf)))
-            for a in range(0, K, n_block):
-                b = min(K, a + n_block)
-                X = render(B, F, labels[a:b], pos[a:b])
-                if s > 0:
-                    X += rng.normal(0.0, s, size=X.shape)
-                u8 = np.clip(np.round(X), 0, 255).astype(np.uint8)
-                del X
-                for k in range(a, b):
-                    img = u8[k - a]
-                    rgb = img if colour else np.repeat(img[..., None], 3, axis=2)
-                    vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
-                    vf.pts = k
-                    for packet in stream.encode(vf):
-                        container.mux(packet)
-                if progress is not None:
-                    progress(b - a)
-            for packet in stream.encode():
-                container.mux(packet)
-        finally:
-            container.close()
-        os.replace(tmp, path)
+        with atomic_path(path, suffix=ext) as tmp:
+            container = av.open(tmp, "w")
+            try:
+                stream = container.add_stream("libx264", rate=rate)
+                stream.width, stream.height = W, H
+                stream.pix_fmt = "yuv420p" if H % 2 == 0 and W % 2 == 0 else "yuv444p"
+                stream.options = dict(X264_OPTIONS, crf=str(int(crf)))
+                for a in range(0, K, n_block):
+                    b = min(K, a + n_block)
+                    X = render(B, F, labels[a:b], pos[a:b])
+                    if s > 0:
+                        X += rng.normal(0.0, s, size=X.shape)
+                    u8 = np.clip(np.round(X), 0, 255).astype(np.uint8)
+                    del X
+                    for k in range(a, b):
+                        img = u8[k - a]
+                        rgb = img if colour else np.repeat(img[..., None], 3, axis=2)
+                        vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+                        vf.pts = k
+                        for packet in stream.encode(vf):
+                            container.mux(packet)
+                    if progress is not None:
+                        progress(b - a)
+                for packet in stream.encode():
+                    container.mux(packet)
+            finally:
+                container.close()
     except (InputError, MemoryError):
-        _remove(tmp)
         raise
-    except Exception as exc:  # PyAV's errors, OSError
-        _remove(tmp)
+    except Exception as exc:  # PyAV's errors, OSError: no half-written video is left (nor on Ctrl-C)
         raise InputError(f"cannot write the video {path}: {one_line(exc)}") from None
-    except BaseException:  # Ctrl-C: no half-written video is left
-        _remove(tmp)
-        raise
     return FacesTruth(F, B, s, t.prior, pos, labels)
