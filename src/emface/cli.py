@@ -159,6 +159,8 @@ def cli():
 @click.option("--faces", "n_faces", type=click.IntRange(min=1), default=1, show_default=True,
               help="Number of different faces (objects) to learn.")
 @click.option("--hard", is_flag=True, help="Hard (MAP) EM instead of soft EM.")
+@click.option("--empty-frames", is_flag=True,
+              help="Some frames may show no face: add a 'no face' class (such frames get face -1 in positions.csv).")
 @click.option("--restarts", type=click.IntRange(min=1), default=None,
               help="EM runs from different starts [default: auto, more for small stacks].")
 @click.option("--smoothing", type=click.FloatRange(min=0), default=0.0, show_default=True,
@@ -186,7 +188,7 @@ def cli():
               help="Video input: decode the frames once into DIR and reuse them (also in later runs).")
 @click.option("--checkpoint", default=None, metavar="FILE.npz", help="Save the best state so far as it runs.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or messages.")
-def fit(input, face_shape, out_dir, n_faces, hard, restarts, smoothing, max_iter, tol, seed, init, grey,
+def fit(input, face_shape, out_dir, n_faces, hard, empty_frames, restarts, smoothing, max_iter, tol, seed, init, grey,
         noise_model, algorithm, dtype, layout, device, scheduler, no_shift_escape, n_jobs, max_memory, cache_dir,
         checkpoint, quiet):
     """Fit the model to the image stack INPUT and write the results to DIR.
@@ -208,7 +210,7 @@ def fit(input, face_shape, out_dir, n_faces, hard, restarts, smoothing, max_iter
                  max_iter=max_iter, tol=tol, prior_smoothing=smoothing, init=init, random_state=seed,
                  noise=noise_model.replace("-", "_"), algorithm=algorithm, shift_escape=not no_shift_escape,
                  dtype=None if dtype == "auto" else np.dtype(dtype), n_jobs=n_jobs, max_memory=max_memory,
-                 checkpoint=checkpoint, device=device, scheduler=scheduler)
+                 checkpoint=checkpoint, device=device, scheduler=scheduler, empty_frames=empty_frames)
     colour = f", {X.shape[3]} channels" if len(X.shape) == 4 else ""
     size = "a size chosen from the data" if not isinstance(face_shape[0], int) else f"{face_shape[0]}x{face_shape[1]}"
     progress = _Progress(max_iter, quiet, f"emface: {K} images of {H}x{W}{colour}, {n_faces} face(s) of {size}, "
@@ -308,7 +310,7 @@ def _write_fit_outputs(out_dir, est, X, names, input, elapsed, interrupted):
         if "face_size.png" in pics else []
     tables = [("Summary", summary, None)]
     if C > 1:
-        counts = np.bincount(summ.faces, minlength=C)
+        counts = np.bincount(summ.faces[summ.faces >= 0], minlength=C)
         tables.append(("Faces", [(int(c), f"{est.weights_[c]:.4f}", int(counts[c]))
                                  for c in np.argsort(-est.weights_, kind="stable")],
                        ("face", "weight", "images")))
