@@ -48,7 +48,7 @@ def _check_outputs(out, truth, names=None):
     with np.load(out / "model.npz") as z:
         assert "history" in z.files
     html = (out / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == 4 and "http://" not in html and "https://" not in html
+    assert html.count("data:image/png;base64,") == 6 and "http://" not in html and "https://" not in html
 
 
 def test_fit_npy(tmp_path, stack):

@@ -260,7 +260,7 @@ def _summary(est, X):
 
 def _write_fit_outputs(out_dir, est, X, names, input, elapsed, interrupted):
     from .io import write_positions
-    from .report import write_fit_pictures, write_html
+    from .report import misfit_rows, write_fit_pictures, write_html, write_misfit_pictures
 
     if interrupted:  # the last E-step may not be the best state's: summarise it afresh
         with warnings.catch_warnings():
@@ -271,6 +271,7 @@ def _write_fit_outputs(out_dir, est, X, names, input, elapsed, interrupted):
     write_positions(os.path.join(out_dir, "positions.csv"), summ, names)
     est.save(os.path.join(out_dir, "model.npz"))
     pics = write_fit_pictures(out_dir, est)
+    pics.update(write_misfit_pictures(out_dir, est, X, summ))
     K, H, W = (int(v) for v in X.shape[:3])
     C = len(est.faces_)
     h, w = est.faces_.shape[1:3]
@@ -290,6 +291,7 @@ def _write_fit_outputs(out_dir, est, X, names, input, elapsed, interrupted):
         ("objective per image", f"{est.lower_bound_:.6g}"),
         ("noise s", noise_text),
         ("mean posterior probability of the chosen position", f"{np.mean(summ.probability):.4f}"),
+    ] + misfit_rows(summ) + [
         ("time", f"{elapsed:.1f} s"),
     ]
     runs = [(r["run"], r["n_iter"], "yes" if r["converged"] else "no", f"{r['objectives'][-1]:.6g}",
@@ -328,13 +330,18 @@ def _write_fit_outputs(out_dir, est, X, names, input, elapsed, interrupted):
         "emface fit",
         subtitle=f"{os.path.basename(os.fspath(input))}: {K} images",
         notes=["The objective is the mean per-image log-likelihood (soft EM) or MAP joint (hard EM)"
-               + (", plus the smoothing prior's term." if est.prior_smoothing else ".")]
+               + (", plus the smoothing prior's term." if est.prior_smoothing else "."),
+               "Read each frame's probability with its misfit (positions.csv): a frame with misfit z > 5 is very "
+               "unlikely under the model, and a high probability there only means the best of bad options."]
         + (["The fit was interrupted: these are the best parameters found so far."] if interrupted else []),
         pictures=face_pics + [
             ("background", pics["background.png"], max(320, 2 * W) if W < 200 else None, True),
             ("prior A" if C == 1 else "prior A of each face", pics["prior.png"], None, False),
             ("objective per iteration", pics["objective.png"], None, False),
-        ] + size_pics,
+        ] + size_pics + [(title, pics[name], None, False) for name, title in (
+            ("misfit.png", "misfit z of each frame: about N(0, 1) where the model explains the frame"),
+            ("worst_frames.png", "the worst-fitting frames beside their fitted mean images"),
+        ) if name in pics],
         tables=tables,
     )
 
