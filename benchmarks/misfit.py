@@ -103,7 +103,8 @@ def empty_frames(seed, **mk):
         ratios.append(rms(F_est - F_true) / rms(F_floor - F_true))
     ratio = max(ratios)
     ok = right >= 0.99 and exact >= 0.99 and ratio <= 1.05
-    print(f"  seed {seed}{' colour' if mk.get('colour') else ''}{f', {C} faces' if C > 1 else ''}: classified right {right:.1%}, positions exact "
+    what = (" colour" if mk.get("colour") else "") + (f", {C} faces" if C > 1 else "")
+    print(f"  seed {seed}{what}: classified right {right:.1%}, positions exact "
           f"{exact:.1%} (of {int((~empty).sum())} frames with a face), F/floor {ratio:.3f}, "
           f"weight of 'no face' {est.empty_weight_:.3f} (true share {empty.mean():.3f}), "
           f"z > 5 on {np.mean(est.misfit_ > 5):.2%}; {dt:.1f} s  {'OK' if ok else 'FAIL'}")

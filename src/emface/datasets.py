@@ -25,8 +25,8 @@ from scipy import ndimage
 from . import _validation as v
 from ._layout import LUMA
 
-__all__ = ["make_faces", "make_faces_with_outliers", "FacesTruth", "photo", "PHOTOS", "FACES", "BACKGROUNDS", "make_prior", "draw_assignments",
-           "render"]
+__all__ = ["make_faces", "make_faces_with_outliers", "FacesTruth", "photo", "PHOTOS", "FACES", "BACKGROUNDS",
+           "make_prior", "draw_assignments", "render"]
 
 FACES = ("astronaut", "chelsea", "cup", "patch", "helmet", "rocket", "flag", "coin", "cameraman", "tissue")
 BACKGROUNDS = ("camera", "coffee", "brick", "coins", "rocket_launch", "hubble", "tissue_slide")

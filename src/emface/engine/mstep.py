@@ -141,7 +141,6 @@ def params_from(stats, previous, *, prior_smoothing=0.0, noise_floor=1e-12, nois
     C, Ch, h, w = stats.S_F.shape
     K = float(stats.n_images)
     H, W = stats.SX.shape[-2:]
-    P, Q = stats.N.shape[-2:]
     info = MStepInfo()
     alpha = float(prior_smoothing)
     if empty_frames is None:
