@@ -146,3 +146,12 @@ def test_positions_csv_has_misfit_and_no_face_columns(tmp_path):
         if r["empty"] == "1":
             assert (r["face"], r["row"], r["col"]) == ("-1", "-1", "-1")
     assert sum(r["empty"] == "1" for r in rows) == int((kinds == NO_FACE).sum())
+
+
+def test_sample_draws_frames_without_a_face_at_the_fitted_weight():
+    X, truth, kinds = _empty_stack(noise=1.0)
+    est = FaceEM((16, 14), empty_frames=True, random_state=0).fit(X)
+    Xs, pos = est.sample(2000, random_state=1)
+    empty = (pos == -1).all(axis=1)
+    assert abs(empty.mean() - est.empty_weight_) < 0.04
+    assert np.mean((est.predict(Xs) == pos).all(axis=1)) >= 0.97

@@ -722,7 +722,11 @@ class FaceEM:
         return np.where(empty, -1, face)
 
     def predict_proba(self, X):
-        """Posterior over positions for each image: (K, P, Q) for one face, (K, C, P, Q) for several."""
+        """Posterior over positions for each image: (K, P, Q) for one face, (K, C, P, Q) for several.
+
+        With ``empty_frames=True`` each image's posterior sums to 1 minus its
+        probability of "no face" (`posterior_summary`'s ``no_face_probability``).
+        """
         _, _, q = self._pass(X, output="q")
         return q[:, 0] if q.shape[1] == 1 else q
 
@@ -794,8 +798,9 @@ class FaceEM:
         -------
         X : ndarray (n_samples, H, W) or (n_samples, H, W, Ch)
         positions : ndarray of int (n_samples, 2)
+            (-1, -1) for an image drawn without a face (``empty_frames=True``).
         labels : ndarray of int (n_samples,)
-            The face of each image; returned only for several faces.
+            The face of each image (-1: no face); returned only for several faces.
         """
         self._check_fitted()
         n_samples = v.check_int(n_samples, "n_samples", low=1)
@@ -804,6 +809,11 @@ class FaceEM:
         C = th.n_faces
         labels, pos = draw_assignments(th.prior, n_samples, rng)
         X = render(public_background(th.background, True), public_faces(th.faces, True), labels, pos)
+        if th.empty_weight:  # "no face" with its weight: those images show the background alone
+            empty = rng.random(n_samples) < th.empty_weight
+            X[empty] = public_background(th.background, True)
+            labels[empty] = -1
+            pos[empty] = -1
         X += rng.normal(0.0, 1.0, size=X.shape) * th.noise_std
         X = X if self._colour else X[..., 0]
         return (X, pos, labels) if C > 1 else (X, pos)
