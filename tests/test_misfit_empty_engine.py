@@ -241,3 +241,19 @@ def test_em_with_empty_class_never_decreases_its_objective(model, hard):
         assert obj >= last - 1e-9 * abs(last)
         last = obj
     assert p.empty_weight is not None and 0 < p.empty_weight < 1
+
+
+@pytest.mark.parametrize("hard", [False, True])
+def test_parallel_fused_sweep_with_empty_class(hard, monkeypatch):
+    """The fused sweep split over two threads: chi2, q(∅) and the sums equal the loops."""
+    from emface.engine import _numba_kernels as nk
+
+    monkeypatch.setattr(nk, "SERIAL_BELOW", 0)
+    theta, X = _problem((9, 14, 15, 5, 6), (2, 3), "parallel", hard, pi0=0.3)
+    src = ArraySource(X, theta.face_shape, standardize=False, chunk_size=5)
+    stats = LocalExecutor(src, EngineConfig(backend="numba", workers=2)).pass_stats(theta, hard=hard)
+    q = _ref_q(X, theta, hard)
+    assert np.abs(stats.empty_prob - q[:, -1]).max() <= RTOL
+    assert _close(stats.chi2, ref.expected_chi2(X, *ref_args(theta), q, with_empty=True))
+    new, _ = params_from(stats, theta, noise_floor=1e-300)
+    _check_m_step(new, q, X, theta)
