@@ -33,7 +33,8 @@ def _check_outputs(out, truth, names=None):
     with open(out / "positions.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == K
-    assert list(rows[0]) == ["index", "file", "face", "row", "col", "probability", "face_probability", "entropy"]
+    assert list(rows[0]) == ["index", "file", "face", "row", "col", "probability", "face_probability", "entropy",
+                             "misfit", "no_face_probability", "empty"]
     pos = np.array([[int(r["row"]), int(r["col"])] for r in rows])
     assert np.mean((pos == truth.positions).all(axis=1)) >= 0.95
     assert all(0 <= float(r["probability"]) <= 1 for r in rows)
@@ -47,7 +48,7 @@ def _check_outputs(out, truth, names=None):
     with np.load(out / "model.npz") as z:
         assert "history" in z.files
     html = (out / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == 4 and "http://" not in html and "https://" not in html
+    assert html.count("data:image/png;base64,") == 6 and "http://" not in html and "https://" not in html
 
 
 def test_fit_npy(tmp_path, stack):

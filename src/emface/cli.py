@@ -175,6 +175,8 @@ def cli():
 @click.option("--faces", "n_faces", type=click.IntRange(min=1), default=1, show_default=True,
               help="Number of different faces (objects) to learn.")
 @click.option("--hard", is_flag=True, help="Hard (MAP) EM instead of soft EM.")
+@click.option("--empty-frames", is_flag=True,
+              help="Some frames may show no face: add a 'no face' class (such frames get face -1 in positions.csv).")
 @click.option("--restarts", type=click.IntRange(min=1), default=None,
               help="EM runs from different starts [default: auto, more for small stacks].")
 @click.option("--smoothing", type=click.FloatRange(min=0), default=0.0, show_default=True,
@@ -203,7 +205,7 @@ def cli():
 @click.option("--checkpoint", default=None, metavar="FILE.npz", help="Save the best state so far as it runs.")
 @click.option("--allow-external-data", is_flag=True, help=_ALLOW_EXTERNAL_HELP)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or messages.")
-def fit(input, face_shape, out_dir, n_faces, hard, restarts, smoothing, max_iter, tol, seed, init, grey,
+def fit(input, face_shape, out_dir, n_faces, hard, empty_frames, restarts, smoothing, max_iter, tol, seed, init, grey,
         noise_model, algorithm, dtype, layout, device, scheduler, no_shift_escape, n_jobs, max_memory, cache_dir,
         checkpoint, allow_external_data, quiet):
     """Fit the model to the image stack INPUT and write the results to DIR.
@@ -228,7 +230,7 @@ def fit(input, face_shape, out_dir, n_faces, hard, restarts, smoothing, max_iter
                  max_iter=max_iter, tol=tol, prior_smoothing=smoothing, init=init, random_state=seed,
                  noise=noise_model.replace("-", "_"), algorithm=algorithm, shift_escape=not no_shift_escape,
                  dtype=None if dtype == "auto" else np.dtype(dtype), n_jobs=n_jobs, max_memory=max_memory,
-                 checkpoint=checkpoint, device=device, scheduler=scheduler)
+                 checkpoint=checkpoint, device=device, scheduler=scheduler, empty_frames=empty_frames)
     colour = f", {X.shape[3]} channels" if len(X.shape) == 4 else ""
     size = "a size chosen from the data" if not isinstance(face_shape[0], int) else f"{face_shape[0]}x{face_shape[1]}"
     progress = _Progress(max_iter, quiet, f"emface: {K} images of {H}x{W}{colour}, {n_faces} face(s) of {size}, "
@@ -302,7 +304,7 @@ def _summary(est, X):
 
 def _write_fit_outputs(out_dir, est, X, names, input, elapsed, interrupted):
     from .io import write_positions
-    from .report import write_fit_pictures, write_html
+    from .report import misfit_rows, write_fit_pictures, write_html, write_misfit_pictures
 
     if interrupted:  # the last E-step may not be the best state's: summarise it afresh
         with warnings.catch_warnings():
@@ -314,6 +316,7 @@ def _write_fit_outputs(out_dir, est, X, names, input, elapsed, interrupted):
     est.save(os.path.join(out_dir, "model.npz"))
     pics = write_fit_pictures(out_dir, est)
     written = ["positions.csv", "model.npz", "report.html", *pics]
+    pics.update(write_misfit_pictures(out_dir, est, X, summ))
     K, H, W = (int(v) for v in X.shape[:3])
     C = len(est.faces_)
     h, w = est.faces_.shape[1:3]
@@ -333,6 +336,7 @@ def _write_fit_outputs(out_dir, est, X, names, input, elapsed, interrupted):
         ("objective per image", f"{est.lower_bound_:.6g}"),
         ("noise s", noise_text),
         ("mean posterior probability of the chosen position", f"{np.mean(summ.probability):.4f}"),
+    ] + misfit_rows(summ) + [
         ("time", f"{elapsed:.1f} s"),
     ]
     runs = [(r["run"], r["n_iter"], "yes" if r["converged"] else "no", f"{r['objectives'][-1]:.6g}",
@@ -353,7 +357,7 @@ def _write_fit_outputs(out_dir, est, X, names, input, elapsed, interrupted):
         if "face_size.png" in pics else []
     tables = [("Summary", summary, None)]
     if C > 1:
-        counts = np.bincount(summ.faces, minlength=C)
+        counts = np.bincount(summ.faces[summ.faces >= 0], minlength=C)
         tables.append(("Faces", [(int(c), f"{est.weights_[c]:.4f}", int(counts[c]))
                                  for c in np.argsort(-est.weights_, kind="stable")],
                        ("face", "weight", "images")))
@@ -371,13 +375,18 @@ def _write_fit_outputs(out_dir, est, X, names, input, elapsed, interrupted):
         "emface fit",
         subtitle=f"{os.path.basename(os.fspath(input))}: {K} images",
         notes=["The objective is the mean per-image log-likelihood (soft EM) or MAP joint (hard EM)"
-               + (", plus the smoothing prior's term." if est.prior_smoothing else ".")]
+               + (", plus the smoothing prior's term." if est.prior_smoothing else "."),
+               "Read each frame's probability with its misfit (positions.csv): a frame with misfit z > 5 is very "
+               "unlikely under the model, and a high probability there only means the best of bad options."]
         + (["The fit was interrupted: these are the best parameters found so far."] if interrupted else []),
         pictures=face_pics + [
             ("background", pics["background.png"], max(320, 2 * W) if W < 200 else None, True),
             ("prior A" if C == 1 else "prior A of each face", pics["prior.png"], None, False),
             ("objective per iteration", pics["objective.png"], None, False),
-        ] + size_pics,
+        ] + size_pics + [(title, pics[name], None, False) for name, title in (
+            ("misfit.png", "misfit z of each frame: about N(0, 1) where the model explains the frame"),
+            ("worst_frames.png", "the worst-fitting frames beside their fitted mean images"),
+        ) if name in pics],
         tables=tables,
     )
     return written

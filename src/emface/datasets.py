@@ -25,8 +25,8 @@ from scipy import ndimage
 from . import _validation as v
 from ._layout import LUMA
 
-__all__ = ["make_faces", "FacesTruth", "photo", "PHOTOS", "FACES", "BACKGROUNDS", "make_prior", "draw_assignments",
-           "render"]
+__all__ = ["make_faces", "make_faces_with_outliers", "FacesTruth", "photo", "PHOTOS", "FACES", "BACKGROUNDS",
+           "make_prior", "draw_assignments", "render"]
 
 FACES = ("astronaut", "chelsea", "cup", "patch", "helmet", "rocket", "flag", "coin", "cameraman", "tissue")
 BACKGROUNDS = ("camera", "coffee", "brick", "coins", "rocket_launch", "hubble", "tissue_slide")
@@ -285,3 +285,68 @@ def make_faces(n_images=1000, image_shape=(100, 120), face_shape=(40, 32), *, n_
     else:
         X = X.astype(dtype)
     return X, FacesTruth(F, B, s, A if C == 1 else joint, pos, labels)
+
+
+#: kinds of frames of `make_faces_with_outliers`
+GOOD, NO_FACE, OTHER_OBJECT = 0, 1, 2
+
+
+def make_faces_with_outliers(n_images=1000, image_shape=(100, 120), face_shape=(40, 32), *, no_face=0.03,
+                             other_object=0.02, other="brick", random_state=None, **kwargs):
+    """A `make_faces` stack in which some frames do not follow the model: some show no face, some another object.
+
+    Parameters
+    ----------
+    n_images, image_shape, face_shape : as `make_faces`
+    no_face : float
+        Share of frames that show the background alone (plus the same noise).
+    other_object : float
+        Share of frames that show, instead of a face, a face-sized patch of
+        another photo (`other`, resized to the face's size) at a random place.
+    other : str or ndarray
+        That photo (`PHOTOS` name or array).
+    random_state : int or Generator, optional
+    **kwargs
+        Passed to `make_faces` (n_faces, colour, noise, background, ...).
+
+    Returns
+    -------
+    X : ndarray (K, H, W) or (K, H, W, 3)
+    truth : FacesTruth
+        Frames without a face have label -1 and position (-1, -1); frames
+        with the other object keep the label and position they were drawn
+        with, where the patch now is.
+    kinds : int ndarray (K,)
+        `GOOD` (0), `NO_FACE` (1) or `OTHER_OBJECT` (2) for each frame.
+    """
+    rng = np.random.default_rng(random_state)
+    X, truth = make_faces(n_images, image_shape, face_shape, random_state=rng, **kwargs)
+    K = len(X)
+    n0 = int(round(v.check_real(no_face, "no_face", low=0.0) * K))
+    n1 = int(round(v.check_real(other_object, "other_object", low=0.0) * K))
+    if n0 + n1 > K:
+        raise ValueError(f"no_face + other_object must be at most 1, got {no_face} + {other_object}")
+    order = rng.permutation(K)
+    kinds = np.full(K, GOOD, dtype=np.int64)
+    kinds[order[:n0]] = NO_FACE
+    kinds[order[n0:n0 + n1]] = OTHER_OBJECT
+    colour = X.ndim == 4
+    h, w = truth.faces.shape[1:3]
+    patch = photo(other, (h, w), colour=colour)
+    B = np.asarray(truth.background, dtype=np.float64)
+    float_X = X.astype(np.float64)
+    for k in np.flatnonzero(kinds != GOOD):
+        mean = B.copy()
+        if kinds[k] == OTHER_OBJECT:
+            i, j = truth.positions[k]
+            mean[i:i + h, j:j + w] = patch
+        float_X[k] = mean + rng.normal(0.0, truth.noise_std, size=mean.shape)
+    if X.dtype.kind in "iu":
+        float_X = np.clip(np.round(float_X), 0, 255)
+    X = float_X.astype(X.dtype)
+    labels = truth.labels.copy()
+    positions = truth.positions.copy()
+    labels[kinds == NO_FACE] = -1
+    positions[kinds == NO_FACE] = -1
+    truth = FacesTruth(truth.faces, truth.background, truth.noise_std, truth.prior, positions, labels)
+    return X, truth, kinds

@@ -17,8 +17,9 @@ from ._layout import public_background, public_faces, public_noise, public_prior
 from .datasets import draw_assignments, render
 from .em import _ETA_MAX, ALGORITHMS, ConvergenceWarning, EMSettings, fit_restarts
 from .engine import costs
+from .engine.mstep import misfit_z
 from .engine.plan import BACKENDS
-from .errors import ModelFileError, one_line
+from .errors import MisfitWarning, ModelFileError, one_line
 from .executor import EngineConfig, LocalExecutor
 from .init import INIT_METHODS, auto_start, random_start, user_start
 from .mixture import NOISE_MODELS, FaceMixture
@@ -49,6 +50,12 @@ _BLOCK_BYTES_DEFAULT = 512 * 2**20
 _AUTO_MAX_RUNS = 4
 _SMALL_STACK = 300
 _CONFIDENT = 0.95
+
+#: `fit` warns (`MisfitWarning`) when more than this share of the training
+#: frames have a misfit z above `MISFIT_Z`: under the model a frame's z is
+#: about N(0, 1), so z > 5 happens to fewer than 1 in 10⁶ frames that follow it
+MISFIT_Z = 5.0
+MISFIT_SHARE = 0.01
 
 
 def _check_random_state(seed):
@@ -83,6 +90,16 @@ class PosteriorSummary:
         The posterior probability of that face, positions summed out.
     log_likelihood : ndarray (K,)
         ``log p(X_k | θ)``.
+    misfit : ndarray (K,)
+        How badly the model explains each image: the z-score
+        ``(E_q[Σ_ch ||X_k,ch - μ_ch||² / s_ch²] - n) / sqrt(2n)``, n = H·W·Ch,
+        each channel weighed by its own 1/s_ch² (MODEL.md, "Frames that do
+        not fit"). About N(0, 1) for images that follow the model; above 5
+        the image is very unlikely under it, whatever `probability` says (a
+        high probability then means "the best of bad options").
+    no_face_probability : ndarray (K,)
+        The posterior probability of "no face" (0 without ``empty_frames=True``).
+        Where it wins, `faces` is -1 and `positions` (-1, -1).
     """
 
     positions: np.ndarray
@@ -91,6 +108,8 @@ class PosteriorSummary:
     entropy: np.ndarray
     face_probability: np.ndarray
     log_likelihood: np.ndarray
+    misfit: np.ndarray | None = None
+    no_face_probability: np.ndarray | None = None
 
 
 class FaceEM:
@@ -207,6 +226,11 @@ class FaceEM:
     scheduler : str or distributed.Client, optional
         Fit on this Dask cluster (an address such as ``"tcp://host:8786"``).
         A dask array is fitted on the active client when there is one.
+    empty_frames : bool, default=False
+        Add a "no face" class: a frame may show the background alone
+        (``X_k = B + noise``), with a weight π_∅ fitted with the rest
+        (`empty_weight_`). `predict` then returns (-1, -1) and `predict_face`
+        -1 for frames where "no face" is the most probable.
 
     Attributes
     ----------
@@ -221,6 +245,12 @@ class FaceEM:
     background_ : ndarray (H, W) or (H, W, Ch)
     noise_std_ : float, or ndarray (Ch,) with ``noise="per_channel"``
     prior_ : ndarray (P, Q) for one face, (C, P, Q) for several
+        With ``empty_frames=True`` it sums to ``1 - empty_weight_``.
+    empty_weight_ : float or None
+        π_∅, the fitted share of frames without a face (None without ``empty_frames``).
+    misfit_ : ndarray (K,)
+        Each training image's misfit z-score (`PosteriorSummary.misfit`) under
+        the fitted θ, from the fit's last E-step (None after `load`).
     weights_ : ndarray (C,)
         The prior summed over positions: how often each face appears.
     lower_bound_ : float
@@ -255,7 +285,8 @@ class FaceEM:
                  warm_start=False,
                  verbose=0, verbose_interval=10, shift_escape=True, split_merge=True, dtype=None, n_jobs=None,
                  backend="auto", max_memory=None, checkpoint=None, checkpoint_every=10, noise_floor=1e-6,
-                 callback=None, scheduler=None, device="cpu"):
+                 callback=None, scheduler=None, device="cpu",
+                 empty_frames=False):
         self.face_shape = face_shape
         self.n_faces = n_faces
         self.hard = hard
@@ -287,6 +318,7 @@ class FaceEM:
         self.callback = callback
         self.scheduler = scheduler
         self.device = device
+        self.empty_frames = empty_frames
 
     # ------------------------------------------------------------------ sklearn plumbing
     @classmethod
@@ -434,7 +466,8 @@ class FaceEM:
         floor = float(self.noise_floor) * (src.working_std() if src.working_std() > 0 else 1.0)
         return FaceMixture(tuple(face_shape), int(self.n_faces), hard=bool(self.hard),
                            prior_smoothing=float(self.prior_smoothing), noise=self.noise, noise_floor=floor,
-                           shift_escape=bool(self.shift_escape), split_merge=bool(self.split_merge))
+                           shift_escape=bool(self.shift_escape), split_merge=bool(self.split_merge),
+                           empty_frames=bool(self.empty_frames))
 
     def _algorithm(self, X):
         """"batch" or "incremental" for these images: `algorithm`, or its "auto" rule."""
@@ -469,7 +502,7 @@ class FaceEM:
     def _starts(self, src, model, user, rng):
         n_init, _ = self._n_init(src.n_images)
         if self.warm_start and hasattr(self, "faces_"):
-            return [src.to_working(self._theta)]
+            return [model.start(src.to_working(self._theta))]
         starts = []
         for i in range(n_init):
             seed = rng.integers(2**63)
@@ -482,7 +515,7 @@ class FaceEM:
                     base = auto_start(src, model, r, fraction=0.5)
                 else:
                     base = random_start(src, model, r)
-                return user_start(src, base, **user)
+                return model.start(user_start(src, base, **user))
 
             starts.append(make)
         return starts
@@ -567,6 +600,7 @@ class FaceEM:
                 UserWarning,
                 stacklevel=2,
             )
+        self._warn_misfit()
         # tol=0 runs every iteration: no warning when the last one left the objective exactly unchanged
         settled = len(best.objectives) >= 2 and best.objectives[-1] == best.objectives[-2]
         if not self.converged_ and settings.max_iter > 0 and not settled:
@@ -642,6 +676,7 @@ class FaceEM:
         st = best.stats
         self.positions_ = None if st is None else st.positions
         self.labels_ = None if st is None else st.labels
+        self.misfit_ = None if st is None or st.chi2 is None else misfit_z(st.chi2, self._n_values(src))
         self._train_summary = None
         if st is not None and st.positions is not None and not self.hard:
             self._train_summary = _summary(st, src)
@@ -669,6 +704,7 @@ class FaceEM:
         self.noise_std_ = public_noise(theta.noise_std, self.noise == "per_channel")
         self.prior_ = public_prior(theta.prior)
         self.weights_ = theta.weights
+        self.empty_weight_ = theta.empty_weight
 
     # ------------------------------------------------------------------ inference
     def _pass(self, X, output=None):
@@ -689,7 +725,8 @@ class FaceEM:
 
         Returns
         -------
-        ndarray of int, shape (K, 2): row and column.
+        ndarray of int, shape (K, 2): row and column; (-1, -1) where "no
+        face" is more probable than every (face, position) (``empty_frames=True``).
         """
         _, stats, _ = self._pass(X)
         return stats.positions
@@ -700,12 +737,19 @@ class FaceEM:
         Returns
         -------
         ndarray of int, shape (K,)
+            -1 where "no face" is more probable than every face (``empty_frames=True``).
         """
         _, stats, _ = self._pass(X)
-        return np.argmax(stats.class_prob, axis=1)
+        face = np.argmax(stats.class_prob, axis=1)
+        empty = stats.empty_prob > stats.class_prob[np.arange(len(face)), face]
+        return np.where(empty, -1, face)
 
     def predict_proba(self, X):
-        """Posterior over positions for each image: (K, P, Q) for one face, (K, C, P, Q) for several."""
+        """Posterior over positions for each image: (K, P, Q) for one face, (K, C, P, Q) for several.
+
+        With ``empty_frames=True`` each image's posterior sums to 1 minus its
+        probability of "no face" (`posterior_summary`'s ``no_face_probability``).
+        """
         _, _, q = self._pass(X, output="q")
         return q[:, 0] if q.shape[1] == 1 else q
 
@@ -745,6 +789,31 @@ class FaceEM:
         ex, stats, _ = self._pass(X)
         return _summary(stats, ex.source)
 
+    @staticmethod
+    def _n_values(src):
+        """n = H·W·Ch, the values of one image (the misfit's degrees of freedom)."""
+        H, W = src.image_shape
+        return H * W * src.n_channels
+
+    def _warn_misfit(self):
+        """`MisfitWarning` when more than `MISFIT_SHARE` of the training frames have z > `MISFIT_Z`."""
+        z = getattr(self, "misfit_", None)
+        if z is None or len(z) == 0:
+            return
+        bad = int(np.count_nonzero(z > MISFIT_Z))
+        if bad <= MISFIT_SHARE * len(z):
+            return
+        hint = ("some frames may show no face: try empty_frames=True; " if not self.empty_frames else "")
+        warnings.warn(
+            f"{bad} of {len(z)} frames ({100.0 * bad / len(z):.1f}%) do not fit the model (misfit z > {MISFIT_Z:g}; "
+            f"frames that follow it stay below about 3). Their positions and probabilities are the best of bad "
+            f"options. What to try: {hint}look at the worst frames (misfit_, posterior_summary(X).misfit, the "
+            "report's misfit section); other objects, occlusions, changes of brightness or rotations are not "
+            "modelled; a different face_shape or n_faces may explain them.",
+            MisfitWarning,
+            stacklevel=3,
+        )
+
     def sample(self, n_samples=1, random_state=None):
         """Draw images from the fitted model.
 
@@ -752,8 +821,9 @@ class FaceEM:
         -------
         X : ndarray (n_samples, H, W) or (n_samples, H, W, Ch)
         positions : ndarray of int (n_samples, 2)
+            (-1, -1) for an image drawn without a face (``empty_frames=True``).
         labels : ndarray of int (n_samples,)
-            The face of each image; returned only for several faces.
+            The face of each image (-1: no face); returned only for several faces.
         """
         self._check_fitted()
         n_samples = v.check_int(n_samples, "n_samples", low=1)
@@ -763,6 +833,11 @@ class FaceEM:
         C = th.n_faces
         labels, pos = draw_assignments(th.prior, n_samples, rng)
         X = render(public_background(th.background, True), public_faces(th.faces, True), labels, pos)
+        if th.empty_weight:  # "no face" with its weight: those images show the background alone
+            empty = rng.random(n_samples) < th.empty_weight
+            X[empty] = public_background(th.background, True)
+            labels[empty] = -1
+            pos[empty] = -1
         step = max(1, _SAMPLE_NOISE_BLOCK // max(1, X[0].size))
         for a in range(0, n_samples, step):  # the noise a block at a time: the same draws, no second copy of X
             X[a:a + step] += rng.normal(0.0, 1.0, size=X[a:a + step].shape) * th.noise_std
@@ -819,6 +894,7 @@ class FaceEM:
         est.face_shape_scores_ = st["face_shape_scores"]
         est._n_images = st["n_images"]
         est.positions_ = est.labels_ = None  # not kept in the file: predict(X) gives them
+        est.misfit_ = None
         return est
 
     @classmethod
@@ -862,13 +938,18 @@ def _chunk_cap(X, face_shape, est):
 
 def _summary(stats, src):
     cls = stats.class_prob
+    empty = np.zeros(len(cls)) if stats.empty_prob is None else stats.empty_prob
+    labels = stats.labels
+    H, W = src.image_shape
     return PosteriorSummary(
         positions=stats.positions,
-        faces=stats.labels,
+        faces=labels,
         probability=stats.max_prob,
         entropy=stats.entropy,
-        face_probability=cls[np.arange(len(cls)), stats.labels],
+        face_probability=np.where(labels >= 0, cls[np.arange(len(cls)), np.maximum(labels, 0)], empty),
         log_likelihood=src.loglik_to_data(stats.image_loglik),
+        misfit=None if stats.chi2 is None else misfit_z(stats.chi2, H * W * src.n_channels),
+        no_face_probability=empty,
     )
 
 

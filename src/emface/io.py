@@ -700,7 +700,7 @@ def to_uint8(img, lo=None, hi=None):
 
 
 def write_positions(path, summary, names=None):
-    """Write the per-image table: index, file, face, row, column, probabilities, entropy.
+    """Write the per-image table: index, file, face, row, column, probabilities, entropy, misfit, "no face".
 
     Parameters
     ----------
@@ -710,13 +710,27 @@ def write_positions(path, summary, names=None):
         ``face_probability`` that of the chosen face.
     names : list of str, optional
         The frame file of each image.
+
+    Notes
+    -----
+    ``misfit`` is the frame's z-score (about N(0, 1) where the model explains
+    it; above 5 its probabilities are the best of bad options).
+    ``no_face_probability`` is the posterior of "no face", and ``empty`` is 1
+    where that wins: such a frame has face -1 at row -1, column -1.
     """
+    K = len(summary.positions)
+    misfit = getattr(summary, "misfit", None)
+    empty = getattr(summary, "no_face_probability", None)
+    misfit = np.full(K, np.nan) if misfit is None else misfit
+    empty = np.zeros(K) if empty is None else empty
     from .outputs import atomic_open
 
     with atomic_open(path, "w", newline="") as fh:
         wr = csv.writer(fh)
-        wr.writerow(["index", "file", "face", "row", "col", "probability", "face_probability", "entropy"])
-        for k in range(len(summary.positions)):
+        wr.writerow(["index", "file", "face", "row", "col", "probability", "face_probability", "entropy", "misfit",
+                     "no_face_probability", "empty"])
+        for k in range(K):
             wr.writerow([k, "" if names is None else names[k], int(summary.faces[k]), int(summary.positions[k, 0]),
                          int(summary.positions[k, 1]), f"{summary.probability[k]:.6g}",
-                         f"{summary.face_probability[k]:.6g}", f"{summary.entropy[k]:.6g}"])
+                         f"{summary.face_probability[k]:.6g}", f"{summary.entropy[k]:.6g}", f"{misfit[k]:.4g}",
+                         f"{empty[k]:.6g}", int(summary.faces[k] < 0)])

@@ -46,6 +46,9 @@ class FaceMixture:
     escape_sample : int
         Images on which the moves rank their candidates (all when fewer);
         only the best candidate is then confirmed on every image.
+    empty_frames : bool
+        A "no face" class, ``X_k = B + noise``, with its own weight π_∅
+        (``Params.empty_weight``), fitted with A (MODEL.md, "Frames that do not fit").
     """
 
     face_shape: tuple
@@ -58,6 +61,10 @@ class FaceMixture:
     max_shift: int = 2
     split_merge: bool = True
     escape_sample: int = 500
+    empty_frames: bool = False
+
+    #: the weight a start gives "no face" when it has none
+    EMPTY_START = 0.1
 
     # ------------------------------------------------------------------ the steps
     def e_step(self, executor, params, **kw):
@@ -72,10 +79,19 @@ class FaceMixture:
         set A to zero wherever the images not yet seen have their faces).
         """
         params, info = params_from(stats, previous, prior_smoothing=self.prior_smoothing,
-                                   noise_floor=self.noise_floor, noise=self.noise)
+                                   noise_floor=self.noise_floor, noise=self.noise, empty_frames=self.empty_frames)
         if not update_prior:
-            params = replace(params, prior=np.array(previous.prior, copy=True))
+            params = replace(params, prior=np.array(previous.prior, copy=True), empty_weight=previous.empty_weight)
         return params, info
+
+    def start(self, params):
+        """A starting θ with this model's classes: "no face" added (weight `EMPTY_START`, A scaled to
+        share the simplex) or removed (A renormalised) as `empty_frames` says."""
+        if self.empty_frames and params.empty_weight is None:
+            return replace(params, prior=params.prior * (1.0 - self.EMPTY_START), empty_weight=self.EMPTY_START)
+        if not self.empty_frames and params.empty_weight is not None:
+            return replace(params, prior=params.prior / params.prior.sum(), empty_weight=None)
+        return params
 
     def objective(self, stats, params):
         """The total objective of θ from its own E-step (log-likelihood or MAP joint, plus α Σ log A)."""
@@ -96,13 +112,20 @@ class FaceMixture:
         F = old.faces + eta * (new.faces - old.faces)
         B = old.background + eta * (new.background - old.background)
         s = np.maximum(old.noise_std * (new.noise_std / old.noise_std) ** eta, self.noise_floor)
-        pos = (new.prior > 0) & (old.prior > 0)
-        la = np.full(new.prior.shape, -np.inf)
-        la[pos] = np.log(old.prior[pos]) + eta * (np.log(new.prior[pos]) - np.log(old.prior[pos]))
-        keep = (new.prior > 0) & ~pos
-        la[keep] = np.log(new.prior[keep])
+        # "no face" is one more entry of the simplex that A spans
+        empty = new.empty_weight is not None and old.empty_weight is not None
+        a_old = np.append(old.prior.ravel(), old.empty_weight) if empty else old.prior.ravel()
+        a_new = np.append(new.prior.ravel(), new.empty_weight) if empty else new.prior.ravel()
+        pos = (a_new > 0) & (a_old > 0)
+        la = np.full(a_new.shape, -np.inf)
+        la[pos] = np.log(a_old[pos]) + eta * (np.log(a_new[pos]) - np.log(a_old[pos]))
+        keep = (a_new > 0) & ~pos
+        la[keep] = np.log(a_new[keep])
         A = np.exp(la - la.max())
-        return Params(F, B, s, A / A.sum())
+        A /= A.sum()
+        if empty:
+            return Params(F, B, s, A[:-1].reshape(new.prior.shape), float(A[-1]))
+        return Params(F, B, s, A.reshape(new.prior.shape), new.empty_weight)
 
     @staticmethod
     def compact(stats):

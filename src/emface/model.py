@@ -14,7 +14,12 @@ Internally every array is *channel first*, with the class axis in front:
 ``background`` (Ch, H, W)          the background B
 ``noise_std``  (Ch,)               s per channel (all equal for one shared s)
 ``prior``      (C, P, Q)           A over (face, top-left corner); sums to 1
+                                   (to 1 - π_∅ with a "no face" class)
 =============  ==================  =========================================
+
+With ``empty_frames`` (MODEL.md, "Frames that do not fit") θ also holds
+``empty_weight`` = π_∅, the weight of the "no face" class ``X_k = B + noise``;
+None means the model has no such class.
 
 One grey face is C = Ch = 1. The estimator shows users the channels-last layouts
 ``(h, w)``, ``(C, h, w)``, ``(h, w, Ch)`` and ``(C, h, w, Ch)``.
@@ -54,12 +59,15 @@ class Params:
     background : ndarray (Ch, H, W)
     noise_std : ndarray (Ch,)
     prior : ndarray (C, P, Q)
+    empty_weight : float or None
+        π_∅, the weight of the "no face" class (A and π_∅ sum to 1); None: no such class.
     """
 
     faces: np.ndarray
     background: np.ndarray
     noise_std: np.ndarray
     prior: np.ndarray
+    empty_weight: float | None = None
 
     def __post_init__(self):
         self.faces = _as_faces(self.faces)
@@ -70,6 +78,8 @@ class Params:
         self.noise_std = np.full(Ch, float(s[0])) if s.size == 1 else s
         A = np.asarray(self.prior, dtype=np.float64)
         self.prior = A[None] if A.ndim == 2 else A
+        if self.empty_weight is not None:
+            self.empty_weight = float(self.empty_weight)
         if self.faces.shape[1] != Ch or self.noise_std.shape != (Ch,) or self.prior.shape[0] != self.faces.shape[0]:
             raise ValueError(
                 f"inconsistent parameter shapes: faces {self.faces.shape}, background {self.background.shape}, "
@@ -102,16 +112,18 @@ class Params:
         return self.prior.sum(axis=(1, 2))
 
     def copy(self) -> "Params":
-        return Params(self.faces.copy(), self.background.copy(), self.noise_std.copy(), self.prior.copy())
+        return Params(self.faces.copy(), self.background.copy(), self.noise_std.copy(), self.prior.copy(),
+                      self.empty_weight)
 
     def affine(self, scale: float, offset: float) -> "Params":
         """Parameters of the data ``scale * X + offset``: F, B map affinely, s by ``|scale|``."""
         return Params(scale * self.faces + offset, scale * self.background + offset,
-                      abs(scale) * self.noise_std, self.prior.copy())
+                      abs(scale) * self.noise_std, self.prior.copy(), self.empty_weight)
 
 
 #: the per-image fields of `Stats`, concatenated (not summed) by ``+``
-PER_IMAGE = ("positions", "labels", "image_loglik", "max_prob", "entropy", "class_prob", "near")
+PER_IMAGE = ("positions", "labels", "image_loglik", "max_prob", "entropy", "class_prob", "near", "chi2",
+             "empty_prob")
 
 
 @dataclass
@@ -138,6 +150,8 @@ class Stats:
     entropy_sum : float
         ``Σ_k H(q_k)`` (0 for hard EM): with the sums above it gives the free
         energy of these posteriors under any θ (`emface.engine.free_energy`).
+    N_empty : float
+        ``Σ_k q_k(∅)``: the images' weight on the "no face" class (0 without it).
     S_F_hat : complex ndarray (C, Ch, H, W//2+1) or None
         The part of S_F accumulated in the frequency domain,
         ``Σ_k rfft2(X_k) · conj(rfft2(q_k(c)))``; the M-step turns it into image
@@ -147,9 +161,10 @@ class Stats:
     SXX : ndarray (Ch,) or None
         ``Σ_k ||X_k||²`` per channel.
     positions : ndarray (K, 2) of int or None
-        Top-left corner of the most probable (face, position) of each image.
+        Top-left corner of the most probable (face, position) of each image;
+        (-1, -1) where "no face" is the most probable.
     labels : ndarray (K,) of int or None
-        The face of that most probable (face, position).
+        The face of that most probable (face, position); -1 for "no face".
     image_loglik : ndarray (K,) or None
         Per-image terms of `loglik`.
     max_prob : ndarray (K,) or None
@@ -162,7 +177,14 @@ class Stats:
         The log-likelihood gain, prior left out, of moving each image's face
         from its most probable corner to each neighbouring corner
         (`emface.engine.kernels.NEAR_OFFSETS`); -inf off the grid. The shift
-        escape reads its moves from it without another pass.
+        escape reads its moves from it without another pass; -inf where "no face" is the most probable.
+    chi2 : ndarray (K,) or None
+        ``E_q[Σ_ch ||X_k,ch - μ_ch||² / s_ch²]``, the expected residual of
+        each image under its posterior (MODEL.md, "Frames that do not fit"):
+        about χ²_n, n = H·W·Ch, for an image the model explains
+        (`emface.engine.misfit_z` makes it a z-score).
+    empty_prob : ndarray (K,) or None
+        Posterior probability of "no face" (0 without that class).
     """
 
     n_images: int
@@ -171,6 +193,7 @@ class Stats:
     XC: np.ndarray
     loglik: float
     entropy_sum: float = 0.0
+    N_empty: float = 0.0
     S_F_hat: np.ndarray | None = None
     SX: np.ndarray | None = None
     SXX: np.ndarray | None = None
@@ -181,6 +204,8 @@ class Stats:
     entropy: np.ndarray | None = None
     class_prob: np.ndarray | None = None
     near: np.ndarray | None = None
+    chi2: np.ndarray | None = None
+    empty_prob: np.ndarray | None = None
 
     def __add__(self, other: "Stats") -> "Stats":
         if other is None or (isinstance(other, int) and other == 0):
@@ -289,6 +314,8 @@ def save_model(path, params, **extra):
             arrays[k] = v
         else:
             meta[k] = v
+    if params.empty_weight is not None:  # an extra array: files without it load as models without the class
+        arrays["empty_weight"] = np.array(params.empty_weight, dtype=np.float64)
     np.savez(
         path,
         faces=params.faces,
@@ -347,8 +374,8 @@ def load_model(path):
     missing = [k for k in keys if k not in arrays]
     if missing:
         raise _model_error(name, f"is not an emface model: it lacks {', '.join(missing)}")
-    params = check_model_arrays(*(arrays[k] for k in keys), name=name)
-    extra = {k: a for k, a in arrays.items() if k not in keys}
+    params = check_model_arrays(*(arrays[k] for k in keys), name=name, empty_weight=arrays.get("empty_weight"))
+    extra = {k: a for k, a in arrays.items() if k not in keys + ("empty_weight",)}
     if meta is not None:
         extra.update(meta)
     return params, extra
@@ -493,7 +520,7 @@ def _read_meta(zf, info, name):
     return meta
 
 
-def check_model_arrays(faces, background, noise_std, prior, *, name="the model"):
+def check_model_arrays(faces, background, noise_std, prior, *, name="the model", empty_weight=None):
     """θ from untrusted arrays, validated: the `Params` of a model file, or a one-line `ModelFileError`.
 
     Accepts the layouts `Params` does (faces (h, w), (C, h, w) or (C, Ch, h, w);
@@ -541,10 +568,21 @@ def check_model_arrays(faces, background, noise_std, prior, *, name="the model")
         raise _model_error(name, f"has noise_std {s.min():g}; expected s > 0")
     if (A < 0).any():
         raise _model_error(name, f"has a prior with negative values (minimum {A.min():g}); expected A >= 0")
-    total = float(A.sum())
+    empty = 0.0 if empty_weight is None else _check_empty_weight(empty_weight, name)
+    total = float(A.sum()) + empty
     if not abs(total - 1.0) <= _PRIOR_SUM_TOL:
-        raise _model_error(name, f"has a prior that sums to {total:.9g}; expected 1")
-    return Params(F, B, s, A / total)
+        what = "a prior that" if empty_weight is None else "a prior and a 'no face' weight that"
+        raise _model_error(name, f"has {what} sums to {total:.9g}; expected 1")
+    return Params(F, B, s, A / total, None if empty_weight is None else empty / total)
+
+
+def _check_empty_weight(value, name):
+    """The 'no face' weight π_∅ of a model file: one finite number in [0, 1]."""
+    a = np.asarray(value, dtype=np.float64)
+    if a.size != 1 or not np.isfinite(a).all() or not 0.0 <= float(a.reshape(-1)[0]) <= 1.0:
+        raise _model_error(name, f"has a 'no face' weight {a.reshape(-1)[:3].tolist()} of shape {a.shape}; "
+                                 "expected one number from 0 to 1")
+    return float(a.reshape(-1)[0])
 
 
 def atomic_save(path, save_fn, *, numpy_name=False):

@@ -171,7 +171,9 @@ def shift_escape(executor, model, run, resume):
                     # the moved images' new positions may have A ~ 0 under the old
                     # prior: give the candidate both the old support and the new counts
                     A = 0.5 * prior + 0.5 * st.N / st.n_images
-                best = (label, Params(cand.faces, cand.background, cand.noise_std, A))
+                    if cand.empty_weight is not None:  # "no face" shares the simplex in the same way
+                        cand.empty_weight = 0.5 * run.params.empty_weight + 0.5 * st.N_empty / st.n_images
+                best = (label, Params(cand.faces, cand.background, cand.noise_std, A, cand.empty_weight))
         if best is None:
             break
         new = _try(executor, model, run, best[1], best[0], resume)
@@ -244,7 +246,7 @@ def _split_merge_candidates(sub, idx, model, run, rng):
     p = run.params
     C = model.n_faces
     st = run.stats
-    counts = np.bincount(st.labels, minlength=C)
+    counts = np.bincount(st.labels[st.labels >= 0], minlength=C)  # label -1: "no face"
     # merge candidates: the most similar faces (up to small shifts), and empty faces
     pairs = []
     for i in range(C):
@@ -289,8 +291,8 @@ def _split_merge_candidates(sub, idx, model, run, rng):
         A[gone] = A[k] * share
         A[k] = A[k] * (1 - share)
         A = np.maximum(A, 0)
-        A /= A.sum()
-        yield ("split-merge", keep, gone, int(k)), Params(F, p.background, p.noise_std, A)
+        A *= p.prior.sum() / A.sum()  # the share of "no face", if any, stays
+        yield ("split-merge", keep, gone, int(k)), Params(F, p.background, p.noise_std, A, p.empty_weight)
 
 
 def split_merge(executor, model, run, resume):

@@ -29,6 +29,10 @@ __all__ = [
     "image_png",
     "write_fit_pictures",
     "write_html",
+    "misfit_figure",
+    "worst_frames_figure",
+    "write_misfit_pictures",
+    "misfit_rows",
 ]
 
 
@@ -337,6 +341,110 @@ def write_fit_pictures(out_dir, est, lo=None, hi=None):
             with atomic_open(os.path.join(out_dir, name), "wb") as fh:
                 fh.write(data)
     return pics
+
+
+# ----------------------------------------------------------------------------- frames that do not fit
+
+def misfit_figure(z, threshold=5.0):
+    """Histogram of the frames' misfit z-scores, with the N(0, 1) density they follow when the model fits."""
+    plt = _plt()
+    z = np.asarray(z, dtype=float)
+    z = z[np.isfinite(z)]
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    if z.size:
+        hi = max(float(z.max()), threshold + 1.0)
+        lo = min(float(z.min()), -4.0)
+        bins = np.linspace(lo, hi, 60)
+        ax.hist(z, bins=bins, color="C0", alpha=0.8, label=f"{z.size} frames")
+        xs = np.linspace(lo, hi, 400)
+        width = bins[1] - bins[0]
+        ax.plot(xs, z.size * width * np.exp(-0.5 * xs ** 2) / np.sqrt(2 * np.pi), color="k", lw=1,
+                label="N(0, 1): frames the model explains")
+        ax.set_yscale("symlog", linthresh=1.0)
+    ax.axvline(threshold, color="C3", ls="--", lw=1, label=f"z = {threshold:g}")
+    ax.set_xlabel("misfit z")
+    ax.set_ylabel("frames")
+    ax.set_title("Misfit of each frame")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def _fitted_means(est, labels, positions):
+    """The fitted mean image of each frame: its face pasted at its position, or the background alone (-1)."""
+    B = np.asarray(est.background_, dtype=float)
+    F = np.asarray(est.faces_, dtype=float)
+    h, w = F.shape[1:3]
+    out = np.repeat(B[None], len(labels), axis=0)
+    for k, (c, (i, j)) in enumerate(zip(labels, positions)):
+        if c >= 0:
+            out[k, i:i + h, j:j + w] = F[c]
+    return out
+
+
+def worst_frames_figure(frames, means, titles, lo=None, hi=None):
+    """Frames beside their fitted mean images, one pair per row (the worst-fitting frames of a fit)."""
+    plt = _plt()
+    n = len(frames)
+    fig, axes = plt.subplots(n, 2, figsize=(5.2, 2.5 * n), squeeze=False)
+    for row, x, mu, t in zip(axes, frames, means, titles):
+        _show(row[0], x, lo, hi)
+        row[0].set_title(t, fontsize=8)
+        _show(row[1], mu, lo, hi)
+        row[1].set_title("fitted mean image", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def write_misfit_pictures(out_dir, est, X, summary, n_worst=6):
+    """``misfit.png`` (the z histogram) and ``worst_frames.png`` (the worst frames beside their fitted means).
+
+    Parameters
+    ----------
+    out_dir : str
+    est : fitted FaceEM
+    X : the fitted frames (array-like, indexable by frame)
+    summary : PosteriorSummary of those frames (its ``misfit``)
+    n_worst : int
+
+    Returns
+    -------
+    dict of name -> PNG bytes (for the report); empty when the summary has no misfit.
+    """
+    z = getattr(summary, "misfit", None)
+    if z is None:
+        return {}
+    pics = {"misfit.png": png_bytes(misfit_figure(z))}
+    worst = [int(k) for k in np.argsort(-np.nan_to_num(z, nan=-np.inf), kind="stable")[:n_worst]]
+    if worst:
+        frames = np.stack([np.asarray(X[k], dtype=float) for k in worst])
+        means = _fitted_means(est, summary.faces[worst], summary.positions[worst])
+        both = np.concatenate([means.ravel(), frames.ravel()])
+        lo, hi = float(np.percentile(both, 0.5)), float(np.percentile(both, 99.5))
+        titles = [f"frame {k}: z = {z[k]:.1f}, p = {summary.probability[k]:.3f}"
+                  + (" (no face)" if summary.faces[k] < 0 else "") for k in worst]
+        pics["worst_frames.png"] = png_bytes(worst_frames_figure(frames, means, titles, lo, hi))
+    for name, data in pics.items():
+        with open(os.path.join(out_dir, name), "wb") as fh:
+            fh.write(data)
+    return pics
+
+
+def misfit_rows(summary, threshold=5.0):
+    """Rows (what, value) for the report: how many frames misfit and, with a "no face" class, their share."""
+    rows = []
+    z = getattr(summary, "misfit", None)
+    if z is not None:
+        high = int(np.count_nonzero(z > threshold))
+        rows.append((f"frames with misfit z > {threshold:g}", f"{high} ({100.0 * high / max(len(z), 1):.2f}%)"))
+        good = np.isfinite(z)
+        if good.any():
+            rows.append(("misfit z: mean, standard deviation, largest",
+                         f"{np.mean(z[good]):.2f}, {np.std(z[good]):.2f}, {np.max(z[good]):.1f}"))
+    empty = np.asarray(summary.faces) < 0
+    if getattr(summary, "no_face_probability", None) is not None and np.any(summary.no_face_probability > 0):
+        rows.append(("frames without a face", f"{int(empty.sum())} ({100.0 * empty.mean():.2f}%)"))
+    return rows
 
 
 def _data_uri(png):

@@ -11,7 +11,7 @@ Nothing here imports anything above it (no estimator, no I/O, no CLI, no plots).
 """
 
 from .chunk import Chunk, ChunkCache, block_moments
-from .mstep import MStepInfo, expected_sse, free_energy, objective, params_from
+from .mstep import MStepInfo, expected_sse, free_energy, misfit_z, objective, params_from
 from .plan import Plan, make_plan, resolve_backend
 from .stats import chunk_stats, stats_from_positions, stats_from_q
 
@@ -25,6 +25,7 @@ __all__ = [
     "expected_sse",
     "free_energy",
     "make_plan",
+    "misfit_z",
     "objective",
     "params_from",
     "resolve_backend",

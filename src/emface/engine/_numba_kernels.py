@@ -283,14 +283,17 @@ LOG_CUTOFF = -745.2
 
 
 @nb.njit(**_OPTS)
-def _softmax_inplace(o, mx, thr, nz):
-    """Turn the flat logits ``o`` into q in place; return (logsumexp, entropy, max prob, #q > thr, #q > 0).
+def _softmax_inplace(o, mx, extra, thr, nz):
+    """Turn the flat logits ``o`` into q in place, with one more logit `extra` beside them (the "no face"
+    class; -inf without it).
 
-    One exponential per entry (none where it would underflow), kept and then
-    scaled by 1/sum. The entropy is ``log z - Σ e (l - max) / z``; entries with
-    q = 0 (including log A = -inf) contribute nothing. The indices of the
-    non-zero entries go to `nz`, so the sums that follow visit only those
-    (a few, once the posteriors are peaked, out of C·P·Q).
+    Returns (logsumexp, entropy, max prob over ``o``, #q > thr, #q > 0, q of `extra`, E_q[logit]).
+    `mx` is the maximum over ``o`` and `extra`. One exponential per entry
+    (none where it would underflow), kept and then scaled by 1/sum. The
+    entropy is ``log z - Σ e (l - max) / z``; entries with q = 0 (including
+    log A = -inf) contribute nothing. The indices of the non-zero entries go
+    to `nz`, so the sums that follow visit only those (a few, once the
+    posteriors are peaked, out of C·P·Q).
     """
     M = o.shape[0]
     z = 0.0
@@ -307,6 +310,12 @@ def _softmax_inplace(o, mx, thr, nz):
             nnz += 1
         else:
             o[t] = 0.0
+    qe = 0.0
+    d = extra - mx
+    if d > LOG_CUTOFF:
+        qe = math.exp(d)
+        z += qe
+        el += qe * d
     logz = math.log(z)
     iz = 1.0 / z
     ent = logz - el * iz
@@ -322,7 +331,20 @@ def _softmax_inplace(o, mx, thr, nz):
         if q > qmax:
             qmax = q
         o[t] = q
-    return mx + logz, ent, qmax, cnt, nnz
+    return mx + logz, ent, qmax, cnt, nnz, qe * iz, mx + el * iz
+
+
+@nb.njit(**_OPTS)
+def _bg_rss(x, off, inv, B, lam):
+    """Σ_ch λ_ch ||x' - B_ch||², summed directly (the "no face" residual where the expanded sum loses digits)."""
+    H, W, Ch = x.shape
+    total = 0.0
+    for r in range(H):
+        for c in range(W):
+            for ch in range(Ch):
+                d = (x[r, c, ch] - off) * inv - B[r, c, ch]
+                total += lam[ch] * (d * d)
+    return total
 
 
 @nb.njit(**_OPTS)
@@ -409,9 +431,9 @@ def _add_moments(x, off, inv, SX, SXX):
 
 
 def fused_pass(
-    X, off, inv, corr, out, logA, boxB2, Bw, B, lam, F, F2, BBw, log_const, hard, mode, thr,
+    X, off, inv, corr, out, logA, boxB2, Bw, B, lam, F, F2, BBw, log_const, log_empty, hard, mode, thr,
     max_sparse, rel_eps, band, with_moments, sq, have_sq, N_part, SF_part, XC_part, SX_part, SXX_part,
-    dense, pos, ll, maxp, ent, cprob, near,
+    dense, pos, ll, maxp, ent, cprob, near, chi2, qe,
 ):
     """One E-step and the M-step sums for a chunk.
 
@@ -426,6 +448,10 @@ def fused_pass(
     F : (C, h, w, Ch) float64; F2 : (C,) = Σ_ch λ_ch ||F_c,ch||²
     BBw, log_const : float
         Σ_ch λ_ch ||B_ch||² and -HW/2 Σ_ch log(2π s_ch²).
+    log_empty : float
+        log π_∅ of the "no face" class (-inf without it): its logit, one more
+        entry of the softmax or argmax (flat index C·P·Q); its mean image is B,
+        so it adds to N_empty (through `qe`) and to no face or coverage sum.
     hard : bool
     mode : int
         0: posterior and sums; 1: only the log joint (no sums).
@@ -449,7 +475,11 @@ def fused_pass(
     dense : (n,) uint8, out -- 1 where the dense route must finish S_F and XC.
     pos : (n,) int64, out -- flat argmax over (C, P, Q).
     ll, maxp, ent : (n,) float64, out. cprob : (n, C) float64, out.
-    near : (n, 8) float64, out -- the prior-free gains of the neighbouring corners (`_near_gains`).
+    near : (n, 8) float64, out -- the prior-free gains of the neighbouring corners (`_near_gains`);
+        -inf where "no face" wins.
+    chi2 : (n,) float64, out -- ``E_q Σ_ch ||x' - μ||² / s_ch²`` (`kernels.expected_residual`), here as
+        ``2 (log_const - frame + E_q[log A] - E_q[logit])``: the joint is ``logit + frame``.
+    qe : (n,) float64, out -- the posterior of "no face" (0 without it).
     """
     n, H, W, Ch = X.shape
     C, P, Q = logA.shape
@@ -457,6 +487,7 @@ def fused_pass(
     h = H - P + 1
     w = W - Q + 1
     n_blocks = N_part.shape[0]
+    logAf = logA.reshape(M)
     for blk in nb.prange(n_blocks):
         k0 = (blk * n) // n_blocks
         k1 = ((blk + 1) * n) // n_blocks
@@ -485,18 +516,33 @@ def fused_pass(
             err = rel_eps * (f2max + xx + BBw)
             # the logits o plus `frame` are log p(x, c, d | θ)
             frame = log_const - rss
+            rc = -1
             if err > REFINE_ABOVE and mx > -np.inf:
                 # so large a norm that log_const - rss itself would lose digits: the relative frame
                 exact = (xx + BBw) * 1.1e-16 > FRAME_EXACT
                 mx, am, rc, ri, rj = _refine(x, off, inv, F, B, lam, logA, err, band, exact, o, mx, am)
                 if rc >= 0:
                     frame = _top_joint(x, off, inv, F[rc], B, lam, logA[rc, ri, rj], log_const, ri, rj)
-            pos[k] = am
+            # the "no face" logit in the logits' frame: log π_∅ + (log_const - Σ λ ||x' - B||²) - frame
+            le = -np.inf
+            if log_empty > -np.inf:
+                le = log_empty
+                if rc >= 0:
+                    le = log_empty + (log_const - _bg_rss(x, off, inv, B, lam)) - frame
+            # the joint is logit + frame and log_const + log A - Σ λ ||x' - μ||²: la_sub - logit is the residual
+            la_sub = log_const - frame
             ac = am // (P * Q)
             rem = am - ac * (P * Q)
             ai = rem // Q
             aj = rem - ai * Q
-            _near_gains(corr[k], xb2, F2, ac, ai, aj, near[k])
+            if le > mx:
+                mx = le
+                am = M
+                for t in range(8):
+                    near[k, t] = -np.inf
+            else:
+                _near_gains(corr[k], xb2, F2, ac, ai, aj, near[k])
+            pos[k] = am
             of = o.reshape(M)
             if mode == 1:
                 for t in range(M):
@@ -504,31 +550,43 @@ def fused_pass(
                 ll[k] = mx + frame
                 maxp[k] = np.nan
                 ent[k] = np.nan
+                chi2[k] = np.nan
+                qe[k] = np.nan
                 continue
             if hard:
                 for t in range(M):
                     of[t] = 0.0
-                o[ac, ai, aj] = 1.0
-                Nb[am] += 1.0
                 ll[k] = mx + frame
                 maxp[k] = 1.0
                 ent[k] = 0.0
                 for c in range(C):
                     cprob[k, c] = 0.0
-                cprob[k, ac] = 1.0
-                _add_window(x, off, inv, 1.0, ai, aj, SFb[ac], XCb)
                 dense[k] = 0
+                if am == M:
+                    qe[k] = 1.0
+                    chi2[k] = 2.0 * (la_sub + log_empty - le)
+                else:
+                    qe[k] = 0.0
+                    chi2[k] = 2.0 * (la_sub + logA[ac, ai, aj] - mx)
+                    o[ac, ai, aj] = 1.0
+                    Nb[am] += 1.0
+                    cprob[k, ac] = 1.0
+                    _add_window(x, off, inv, 1.0, ai, aj, SFb[ac], XCb)
             else:
-                lse, e, qmax, cnt, nnz = _softmax_inplace(of, mx, thr, nz)
+                lse, e, qmax, cnt, nnz, q0, mean_logit = _softmax_inplace(of, mx, le, thr, nz)
                 ll[k] = lse + frame
-                maxp[k] = qmax
+                maxp[k] = q0 if am == M else qmax
                 ent[k] = e
+                qe[k] = q0
                 for c in range(C):
                     cprob[k, c] = 0.0
+                mean_la = q0 * log_empty if q0 > 0.0 else 0.0
                 for u in range(nnz):
                     t = nz[u]
                     Nb[t] += of[t]
                     cprob[k, t // (P * Q)] += of[t]
+                    mean_la += of[t] * logAf[t]
+                chi2[k] = 2.0 * (la_sub + mean_la - mean_logit)
                 if cnt <= max_sparse:
                     _add_crops_at(x, off, inv, of, nz, nnz, thr, P, Q, SFb, XCb)
                     dense[k] = 0
@@ -563,7 +621,7 @@ def crops_from_q(X, off, inv, q, thr, with_moments, N_part, SF_part, XC_part, SX
 
 def crops_at_positions(X, off, inv, labels, rows, cols, with_moments, N_part, SF_part, XC_part, SX_part,
                        SXX_part):
-    """N, S_F and XC of a chunk whose posteriors are one-hot at (labels[k], rows[k], cols[k])."""
+    """N, S_F and XC of a chunk whose posteriors are one-hot at (labels[k], rows[k], cols[k]) (label < 0: no face)."""
     n = X.shape[0]
     n_blocks = N_part.shape[0]
     for blk in nb.prange(n_blocks):
@@ -571,8 +629,9 @@ def crops_at_positions(X, off, inv, labels, rows, cols, with_moments, N_part, SF
             c = labels[k]
             i = rows[k]
             j = cols[k]
-            N_part[blk, c, i, j] += 1.0
-            _add_window(X[k], off, inv, 1.0, i, j, SF_part[blk, c], XC_part[blk])
+            if c >= 0:  # a negative label is "no face": moments only
+                N_part[blk, c, i, j] += 1.0
+                _add_window(X[k], off, inv, 1.0, i, j, SF_part[blk, c], XC_part[blk])
             if with_moments:
                 _add_moments(X[k], off, inv, SX_part[blk], SXX_part[blk])
 

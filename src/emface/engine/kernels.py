@@ -20,6 +20,8 @@ before each inverse FFT (one inverse FFT per image and face, whatever Ch is).
 
 from __future__ import annotations
 
+import math
+
 import array_api_compat
 import numpy as np
 import scipy.fft as sfft
@@ -38,6 +40,7 @@ __all__ = [
     "neighbour_gains",
     "NEAR_OFFSETS",
     "posterior",
+    "expected_residual",
     "moments",
     "crops",
     "frequency_face_sums",
@@ -287,11 +290,14 @@ def neighbour_gains(loss, argmax):
     """``L(c*, d*) - L(c*, d* + δ)`` for each δ of `NEAR_OFFSETS`: (n, 8), -inf off the grid.
 
     The log-likelihood gain, prior left out, of moving each image's face to a
-    neighbouring corner.
+    neighbouring corner; -inf for every move where the arg-max is "no face"
+    (index C·P·Q).
     """
     xp = get_namespace(loss)
     n, C, P, Q = loss.shape
     flat = xp.reshape(loss, (n, -1))
+    empty = argmax >= C * P * Q  # "no face" chosen: no face to move
+    argmax = xp.where(empty, xp.zeros_like(argmax), argmax)
     c = argmax // (P * Q)
     i = (argmax % (P * Q)) // Q
     j = argmax % Q
@@ -302,12 +308,17 @@ def neighbour_gains(loss, argmax):
         ok = (ii >= 0) & (ii < P) & (jj >= 0) & (jj < Q)
         idx = c * (P * Q) + xp.clip(ii, 0, P - 1) * Q + xp.clip(jj, 0, Q - 1)
         val = top - xp.take_along_axis(flat, idx[:, None], axis=1)[:, 0]
-        cols.append(xp.where(ok, val, xp.full_like(val, -xp.inf)))
+        cols.append(xp.where(ok & ~empty, val, xp.full_like(val, -xp.inf)))
     return xp.stack(cols, axis=1)
 
 
-def posterior(lg, hard):
+def posterior(lg, hard, log_empty=-math.inf):
     """The posterior over (face, position) from logits (n, C, P, Q), in the log domain.
+
+    With a "no face" class (`log_empty` = log π_∅ > -inf) it is one more
+    entry of the softmax (or the argmax), at flat index C·P·Q: its logit is
+    log π_∅, since the logits of the faces have the common ``-Σ λ ||x - B||²``
+    factored out and the "no face" mean image is B itself.
 
     Returns
     -------
@@ -316,19 +327,24 @@ def posterior(lg, hard):
     top : array (n,)
         Soft: ``logsumexp`` of the logits. Hard: their maximum.
     argmax : int array (n,)
-        Flat index over (C, P, Q) of the most probable (face, position).
+        Flat index over (C, P, Q) of the most probable (face, position); C·P·Q for "no face".
     max_prob, entropy : arrays (n,)
     class_prob : array (n, C)
         Posterior of each face, positions summed out.
+    empty_prob : array (n,)
+        Posterior of "no face" (zeros without that class).
     """
     xp = get_namespace(lg)
     n, C = lg.shape[:2]
     flat = xp.reshape(lg, (n, -1))
     M = flat.shape[1]
+    with_empty = log_empty > -math.inf
+    if with_empty:
+        flat = xp.concat([flat, xp.full((n, 1), float(log_empty), dtype=flat.dtype, device=_device(lg))], axis=1)
     arg = xp.argmax(flat, axis=1)
     mx = xp.take_along_axis(flat, arg[:, None], axis=1)[:, 0]
     if hard:
-        idx = xp.arange(M, device=_device(lg))
+        idx = xp.arange(flat.shape[1], device=_device(lg))
         q = xp.astype(idx[None, :] == arg[:, None], xp.float64)
         top = mx
         maxp = xp.ones(n, dtype=xp.float64, device=_device(lg))
@@ -342,8 +358,33 @@ def posterior(lg, hard):
         ent = top - xp.sum(q * safe, axis=1)
         ent = xp.where(ent > 0, ent, xp.zeros_like(ent))
         maxp = xp.take_along_axis(q, arg[:, None], axis=1)[:, 0]
+    if with_empty:
+        q_empty = q[:, M]
+        q = q[:, :M]
+    else:
+        q_empty = xp.zeros(n, dtype=xp.float64, device=_device(lg))
     cls = xp.sum(xp.reshape(q, (n, C, -1)), axis=2)
-    return xp.reshape(q, lg.shape), top, arg, maxp, ent, cls
+    return xp.reshape(q, lg.shape), top, arg, maxp, ent, cls, q_empty
+
+
+def expected_residual(q, loss, base, log_const):
+    """``E_q[Σ_ch ||x_k,ch - μ_ch||² / s_ch²]`` of each image, (n,): its misfit's chi-square.
+
+    ``2 (Σ_ch λ_ch ||x_k,ch - B_ch||² + Σ_(c,d) q_k(c, d) L_k(c, d))`` with λ = 1/(2 s²):
+    the "no face" class adds ``q(∅)·0`` (its mean image is B). `base` and
+    `log_const` are those of `logits` (``log_const - base`` is the first sum).
+
+    Parameters
+    ----------
+    q : array (n, C, P, Q), the posterior of the faces (soft or one-hot)
+    loss : array (n, C, P, Q), L from `logits`
+    base : array (n,)
+    log_const : float
+    """
+    xp = get_namespace(q, loss)
+    n = q.shape[0]
+    el = xp.sum(xp.reshape(q * loss, (n, -1)), axis=1)
+    return 2.0 * ((log_const - base) + el)
 
 
 # ----------------------------------------------------------------------------- M-step sums

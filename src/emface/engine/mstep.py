@@ -17,7 +17,7 @@ from ..model import Params
 from . import kernels
 
 __all__ = ["MStepInfo", "params_from", "face_sums", "expected_sse", "objective", "free_energy",
-           "NOISE_MODELS"]
+           "misfit_z", "NOISE_MODELS"]
 
 NOISE_MODELS = ("shared", "per_channel")
 
@@ -72,7 +72,44 @@ def expected_sse(stats, faces, background, S_F=None, cover=None):
     )
 
 
-def params_from(stats, previous, *, prior_smoothing=0.0, noise_floor=1e-12, noise="shared"):
+def misfit_z(chi2, n_values):
+    """Each image's misfit z-score ``(chi2 - n) / sqrt(2 n)`` (MODEL.md, "Frames that do not fit").
+
+    Parameters
+    ----------
+    chi2 : ndarray (K,)
+        ``E_q[Σ_ch ||X_k,ch - μ_ch||² / s_ch²]`` (`Stats.chi2`): each channel
+        weighed by its own 1/s_ch², so with one s per channel too it is about
+        χ²_n for an image the model explains.
+    n_values : int
+        n = H·W·Ch, the values per image.
+
+    Returns
+    -------
+    ndarray (K,): about N(0, 1) for images that follow the model; large for
+    images it does not explain.
+    """
+    n = float(n_values)
+    return (np.asarray(chi2, dtype=np.float64) - n) / math.sqrt(2.0 * n)
+
+
+def _class_weights(stats, K, alpha, empty):
+    """A (C, P, Q) and π_∅ (None without the "no face" class) from the counts.
+
+    A and π_∅ together sum to 1: maximising ``Σ N log A + N_∅ log π_∅`` (plus
+    α times the sum of their logs) under that constraint gives each the count
+    plus α over ``K + α·(C·P·Q + 1)``, since ``Σ N + N_∅ = K``.
+    """
+    # incremental EM swaps blocks' sums in and out: N may carry -1e-16 where it should be 0
+    N = np.maximum(stats.N, 0.0)
+    cells = N.size + (1 if empty else 0)
+    den = K + alpha * cells
+    A = (N + alpha) / den
+    pi0 = (max(float(stats.N_empty), 0.0) + alpha) / den if empty else None
+    return N, A, pi0
+
+
+def params_from(stats, previous, *, prior_smoothing=0.0, noise_floor=1e-12, noise="shared", empty_frames=None):
     """The closed-form M-step: A, F_c, B, s² from the sufficient statistics (MODEL.md).
 
     Parameters
@@ -89,6 +126,11 @@ def params_from(stats, previous, *, prior_smoothing=0.0, noise_floor=1e-12, nois
         Smallest s returned.
     noise : {"shared", "per_channel"}
         One s for all channels (the note's model), or one per channel.
+    empty_frames : bool, optional
+        Whether the model has the "no face" class (its weight π_∅ is then
+        updated with A); None: as `previous` has. The "no face" images add to
+        B and s through SX and SXX alone (their coverage is 0), so those
+        formulas keep their form.
 
     Returns
     -------
@@ -99,12 +141,11 @@ def params_from(stats, previous, *, prior_smoothing=0.0, noise_floor=1e-12, nois
     C, Ch, h, w = stats.S_F.shape
     K = float(stats.n_images)
     H, W = stats.SX.shape[-2:]
-    P, Q = stats.N.shape[-2:]
     info = MStepInfo()
     alpha = float(prior_smoothing)
-    # incremental EM swaps blocks' sums in and out: N may carry -1e-16 where it should be 0
-    N = np.maximum(stats.N, 0.0)
-    A = (N + alpha) / (K + alpha * C * P * Q)
+    if empty_frames is None:
+        empty_frames = previous is not None and previous.empty_weight is not None
+    N, A, pi0 = _class_weights(stats, K, alpha, empty_frames)
     S_F = face_sums(stats)
     Nc = N.sum(axis=(1, 2))
     # a face no image chose keeps its last value: S_F,c = 0 there, so no NaN
@@ -138,13 +179,16 @@ def params_from(stats, previous, *, prior_smoothing=0.0, noise_floor=1e-12, nois
     if (s2 < floor2).any():
         s2 = np.maximum(s2, floor2)
         info.s_floored = True
-    return Params(F, B, np.sqrt(s2), A), info
+    return Params(F, B, np.sqrt(s2), A, pi0), info
 
 
 def _smoothing_term(params, prior_smoothing):
     if prior_smoothing > 0:
         with np.errstate(divide="ignore"):
-            return prior_smoothing * float(np.sum(np.log(params.prior)))
+            total = float(np.sum(np.log(params.prior)))
+            if params.empty_weight is not None:
+                total += float(np.log(params.empty_weight))
+            return prior_smoothing * total
     return 0.0
 
 
@@ -169,6 +213,8 @@ def free_energy(stats, params, prior_smoothing=0.0):
     with np.errstate(divide="ignore", invalid="ignore"):
         logA = np.log(params.prior)
         prior_term = float(np.sum(np.where(stats.N > 0, stats.N * logA, 0.0)))
+        if stats.N_empty > 0:  # the "no face" class: N_∅ log π_∅ (-inf without the class)
+            prior_term += float(stats.N_empty * np.log(params.empty_weight or 0.0))
     sse = expected_sse(stats, params.faces, params.background)
     gauss = -0.5 * K * H * W * float(np.sum(_LOG_2PI + np.log(s2))) - float(np.sum(sse / (2.0 * s2)))
     return prior_term + gauss + stats.entropy_sum + _smoothing_term(params, prior_smoothing)

@@ -49,6 +49,7 @@ class Plan:
     with_moments: bool
     lam: np.ndarray          # (Ch,)
     logA: np.ndarray         # (C, P, Q)
+    log_empty: float         #          log π_∅ of the "no face" class; -inf without it
     box_b2: np.ndarray       # (P, Q)   box(Σ λ B²)
     face_sq: np.ndarray      # (C,)     Σ_ch λ ||F_c,ch||²
     bg_sq: float             #          Σ_ch λ ||B_ch||²
@@ -129,6 +130,7 @@ def make_plan(params, *, hard=False, dtype=np.float64, backend=None, route=None,
     lam = 1.0 / (2.0 * s2)
     with np.errstate(divide="ignore"):
         logA = np.log(params.prior)
+        log_empty = -math.inf if not params.empty_weight else math.log(params.empty_weight)
     B = params.background
     lamc = lam[:, None, None]
     faces_w = params.faces * lamc
@@ -146,6 +148,7 @@ def make_plan(params, *, hard=False, dtype=np.float64, backend=None, route=None,
         with_moments=bool(with_moments),
         lam=lam,
         logA=logA,
+        log_empty=float(log_empty),
         box_b2=kernels.box_sums(np.sum(lamc * B * B, axis=0), (h, w)),
         face_sq=np.einsum("cdij,cdij->c", faces_w, params.faces),
         bg_sq=float(np.sum(lamc * B * B)),

@@ -16,6 +16,7 @@ Each returns raw arrays, which `_build_stats` alone turns into `Stats`
 
 from __future__ import annotations
 
+from dataclasses import replace
 from types import SimpleNamespace
 
 import numpy as np
@@ -55,6 +56,7 @@ def _build_stats(chunk, plan, raw, per_image):
         XC=r["XC"],
         loglik=float(np.sum(r["ll"])),
         entropy_sum=float(np.sum(ent)) if np.isfinite(ent).all() else 0.0,
+        N_empty=float(np.sum(r["qe"])) if np.isfinite(r["qe"]).all() else 0.0,
         S_F_hat=r["S_F_hat"],
         SX=r["SX"],
         SXX=r["SXX"],
@@ -64,11 +66,16 @@ def _build_stats(chunk, plan, raw, per_image):
         rem = arg % (P * Q)
         stats.labels = arg // (P * Q)
         stats.positions = np.stack([rem // Q, rem % Q], axis=1)
+        empty = arg >= plan.n_faces * P * Q  # "no face" chosen: face -1 at (-1, -1)
+        stats.labels[empty] = -1
+        stats.positions[empty] = -1
         stats.image_loglik = r["ll"]
         stats.max_prob = r["maxp"]
         stats.entropy = ent
         stats.class_prob = r["cprob"]
         stats.near = r["near"]
+        stats.chi2 = r["chi2"]
+        stats.empty_prob = r["qe"]
     return stats
 
 
@@ -142,10 +149,12 @@ def _array_pass(chunk, plan, output):
         nan = np.full(n, np.nan)
         raw = SimpleNamespace(N=np.zeros((C, P, Q)), S_F=np.zeros((C, Ch, h, w)), S_F_hat=None,
                               XC=np.zeros((Ch, H, W)), SX=SX, SXX=SXX, ll=ll, arg=arg, maxp=nan, ent=nan,
-                              cprob=np.full((n, C), np.nan), near=kernels.neighbour_gains(loss, arg))
+                              cprob=np.full((n, C), np.nan), near=kernels.neighbour_gains(loss, arg), chi2=nan,
+                              qe=nan)
         return raw, out
-    q, top, arg, maxp, ent, cprob = kernels.posterior(lg, plan.hard)
+    q, top, arg, maxp, ent, cprob, qe = kernels.posterior(lg, plan.hard, plan.log_empty)
     near = kernels.neighbour_gains(loss, arg)
+    chi2 = kernels.expected_residual(q, loss, base, plan.log_const)
     if plan.hard:
         rem = arg % (P * Q)
         N, S_F, S_F_hat, XC = kernels.accumulate(x, q, (h, w), positions=xp.stack([rem // Q, rem % Q], axis=1),
@@ -155,7 +164,7 @@ def _array_pass(chunk, plan, output):
             xhat = chunk_spectra(chunk, plan, x)
         N, S_F, S_F_hat, XC = kernels.accumulate(x, q, (h, w), xhat=xhat, workers=plan.workers)
     raw = SimpleNamespace(N=N, S_F=S_F, S_F_hat=S_F_hat, XC=XC, SX=SX, SXX=SXX, ll=top + base, arg=arg,
-                          maxp=maxp, ent=ent, cprob=cprob, near=near)
+                          maxp=maxp, ent=ent, cprob=cprob, near=near, chi2=chi2, qe=qe)
     return raw, (q if output == "q" else None)
 
 
@@ -222,7 +231,7 @@ def _numba_pass(chunk, plan, output):
     parts = _partials(n, plan.workers, C, Ch, (H, W), plan.face_shape, plan.with_moments)
     dense = np.zeros(n, dtype=np.uint8)
     arg = np.empty(n, dtype=np.int64)
-    ll, maxp, ent = np.empty(n), np.empty(n), np.empty(n)
+    ll, maxp, ent, chi2, qe = np.empty(n), np.empty(n), np.empty(n), np.empty(n), np.empty(n)
     cprob = np.empty((n, C))
     near = np.empty((n, len(kernels.NEAR_OFFSETS)))
     mode = 1 if output == "log_joint" else 0
@@ -233,9 +242,9 @@ def _numba_pass(chunk, plan, output):
     sq = chunk.cache.sq if have_sq else np.empty((n, Ch))
     nk.pick("fused_pass", work, parts[0].shape[0])(
         chunk.data, float(chunk.offset), float(chunk.inv_scale), corr, out, plan.logA, plan.box_b2,
-        Bw_last, B_last, plan.lam, F_last, plan.face_sq, plan.bg_sq, plan.log_const, plan.hard, mode,
-        Q_THRESHOLD, plan.max_sparse, rel_eps, band, plan.with_moments, sq, have_sq, *parts, dense, arg, ll, maxp,
-        ent, cprob, near,
+        Bw_last, B_last, plan.lam, F_last, plan.face_sq, plan.bg_sq, plan.log_const, plan.log_empty, plan.hard,
+        mode, Q_THRESHOLD, plan.max_sparse, rel_eps, band, plan.with_moments, sq, have_sq, *parts, dense, arg, ll,
+        maxp, ent, cprob, near, chi2, qe,
     )
     chunk.cache.sq = sq
     S_F_hat = None
@@ -248,7 +257,7 @@ def _numba_pass(chunk, plan, output):
                 chunk.data, float(chunk.offset), float(chunk.inv_scale), out, idx.astype(np.int64), parts[2])
     N, S_F, XC, SX, SXX = _sum_partials(parts, plan.with_moments)
     raw = SimpleNamespace(N=N, S_F=S_F, S_F_hat=S_F_hat, XC=XC, SX=SX, SXX=SXX, ll=ll, arg=arg, maxp=maxp,
-                          ent=ent, cprob=cprob, near=near)
+                          ent=ent, cprob=cprob, near=near, chi2=chi2, qe=qe)
     return raw, (out if output is not None else None)
 
 
@@ -269,20 +278,25 @@ def stats_from_positions(chunk, positions, labels, face_shape, n_faces, *, backe
     """M-step statistics of a chunk whose posteriors are one-hot at (labels[k], positions[k]).
 
     The hard-EM statistics without an E-step: sums of crops, no FFT. The
-    objective fields are zero.
+    objective fields are zero. A negative label is "no face": the image counts
+    in N_empty (and in SX, SXX) only.
     """
     backend = _host_backend(backend)
     positions = np.asarray(positions, dtype=np.int64).reshape(-1, 2)
     labels = np.zeros(chunk.n, dtype=np.int64) if labels is None else np.asarray(labels, dtype=np.int64)
+    n_empty = float(np.count_nonzero(labels < 0))
+    if n_empty:
+        positions = np.where(labels[:, None] < 0, 0, positions)
     n, H, W, Ch = chunk.data.shape
     if backend != "numba":
         x = standardized(chunk, np.float64, use_numba=False)
         P, Q = H - face_shape[0] + 1, W - face_shape[1] + 1
         q = np.zeros((n, n_faces, P, Q))
-        q[np.arange(n), labels, positions[:, 0], positions[:, 1]] = 1.0
+        face = labels >= 0
+        q[np.flatnonzero(face), labels[face], positions[face, 0], positions[face, 1]] = 1.0
         N, S_F, _, XC = kernels.accumulate(x, q, face_shape, positions=positions, labels=labels)
         SX, SXX = kernels.moments(x) if with_moments else (None, None)
-        return _given_q_stats(chunk, N, S_F, None, XC, SX, SXX)
+        return replace(_given_q_stats(chunk, N, S_F, None, XC, SX, SXX), N_empty=n_empty)
     from . import _numba_kernels as nk
 
     parts = _partials(n, workers, n_faces, Ch, (H, W), face_shape, with_moments)
@@ -291,7 +305,7 @@ def stats_from_positions(chunk, positions, labels, face_shape, n_faces, *, backe
         chunk.data, float(chunk.offset), float(chunk.inv_scale), labels, np.ascontiguousarray(positions[:, 0]),
         np.ascontiguousarray(positions[:, 1]), with_moments, *parts)
     N, S_F, XC, SX, SXX = _sum_partials(parts, with_moments)
-    return _given_q_stats(chunk, N, S_F, None, XC, SX, SXX)
+    return replace(_given_q_stats(chunk, N, S_F, None, XC, SX, SXX), N_empty=n_empty)
 
 
 def stats_from_q(chunk, q, face_shape, *, backend=None, workers=1, with_moments=True):
