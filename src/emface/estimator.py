@@ -16,11 +16,12 @@ from ._layout import public_background, public_faces, public_noise, public_prior
 from .datasets import draw_assignments, render
 from .em import ALGORITHMS, ConvergenceWarning, EMSettings, fit_restarts
 from .engine import costs
+from .engine.mstep import predictive_prior
 from .engine.plan import BACKENDS
 from .executor import EngineConfig, LocalExecutor
 from .init import INIT_METHODS, auto_start, random_start, user_start
 from .mixture import NOISE_MODELS, FaceMixture
-from .model import atomic_save, load_model, save_model
+from .model import Params, atomic_save, load_model, save_model
 from .sources import ArraySource
 
 __all__ = ["FaceEM", "PosteriorSummary", "INCREMENTAL_MIN_IMAGES"]
@@ -216,6 +217,16 @@ class FaceEM:
     prior_ : ndarray (P, Q) for one face, (C, P, Q) for several
     weights_ : ndarray (C,)
         The prior summed over positions: how often each face appears.
+    prior_predictive_ : ndarray, shaped as `prior_`
+        The prior that `predict`, `predict_proba`, `score_samples` and
+        `posterior_summary(X)` give a new image's (face, position): the
+        posterior predictive of A, ``(N + α + 1) / (K + (α + 1)·C·P·Q)`` from
+        the K training images' counts N (docs/MODEL.md, "Predicting on new
+        frames"). The fitted `prior_` is right for the training images and
+        zero wherever none of them had a face; `positions_`, `labels_` and
+        `posterior_summary()` keep the training fit's own answers.
+    n_images_fit_ : int or None
+        K, the images the model was fitted on (None for a file saved without it).
     lower_bound_ : float
         Mean per-image objective of the best run: log p(X_k | θ) for soft EM,
         max log p(X_k, c, d | θ) for hard EM, plus α Σ log A / K with smoothing.
@@ -604,7 +615,8 @@ class FaceEM:
         def write(tmp):
             save_model(tmp, p, history=hist, n_iter=int(best_info["iter"]), run=int(best_info["run"]),
                        settings=self._saved_settings(), moments=[src.offset, src.scale], kind="checkpoint",
-                       colour=len(src.data.shape) == 4, accel=list(best_info.get("accel", (1.0, None))))
+                       colour=len(src.data.shape) == 4, accel=list(best_info.get("accel", (1.0, None))),
+                       n_images=int(src.n_images))
 
         atomic_save(path, write)
 
@@ -631,6 +643,25 @@ class FaceEM:
         self.n_features_in_ = int(np.prod(src.image_shape)) * src.n_channels
         self.image_shape_ = tuple(src.image_shape)
         self._moments = (src.offset, src.scale)
+        self.n_images_fit_ = int(src.n_images)
+
+    @property
+    def prior_predictive_(self):
+        """The prior of a new image's (face, position), in the layout of `prior_` (see the class docstring)."""
+        self._check_fitted()
+        return public_prior(self._predictive_theta().prior)
+
+    def _predictive_theta(self):
+        """θ with A replaced by its posterior predictive: what a new image is judged under.
+
+        A model saved without its number of training images keeps its fitted A.
+        """
+        th = self._theta
+        K = getattr(self, "n_images_fit_", None)
+        if K is None:
+            return th
+        return Params(th.faces, th.background, th.noise_std,
+                      predictive_prior(th.prior, K, float(self.prior_smoothing)))
 
     def _set_theta(self, theta, colour):
         """Keep θ (data units, engine layout) and expose it in the user's layout."""
@@ -652,7 +683,7 @@ class FaceEM:
         X = self._check_X_predict(X)
         ex = self._make_executor(X, self._theta.face_shape, moments=self._moments)
         try:
-            params = ex.source.to_working(self._theta)
+            params = ex.source.to_working(self._predictive_theta())
             if output is None:
                 return ex, ex.pass_stats(params, hard=False), None
             stats, full = ex.collect(params, hard=False, output=output)
@@ -750,7 +781,8 @@ class FaceEM:
                    converged=bool(self.converged_), settings=self._saved_settings(), moments=list(self._moments),
                    kind="model", runs=self.runs_, colour=self._colour, best_run=int(self.best_run_),
                    accel=list(self._accel),
-                   algorithm=self.algorithm_, face_shape_scores=getattr(self, "face_shape_scores_", []))
+                   algorithm=self.algorithm_, face_shape_scores=getattr(self, "face_shape_scores_", []),
+                   n_images=getattr(self, "n_images_fit_", None))
 
     @classmethod
     def load(cls, path):
@@ -781,6 +813,11 @@ class FaceEM:
         est.algorithm_ = extra.get("algorithm", "batch")
         est.face_shape_scores_ = extra.get("face_shape_scores", [])
         est.positions_ = est.labels_ = None  # not kept in the file: predict(X) gives them
+        n_fit = extra.get("n_images")
+        if n_fit is not None and (isinstance(n_fit, bool) or not isinstance(n_fit, numbers.Integral) or n_fit < 1):
+            raise ValueError(f"{path}: n_images must be a positive int (the images the model was fitted on), "
+                             f"got {n_fit!r}")
+        est.n_images_fit_ = int(n_fit) if n_fit is not None else None
         return est
 
     @classmethod

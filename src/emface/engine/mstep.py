@@ -16,8 +16,8 @@ import scipy.fft as sfft
 from ..model import Params
 from . import kernels
 
-__all__ = ["MStepInfo", "params_from", "face_sums", "expected_sse", "objective", "free_energy",
-           "NOISE_MODELS"]
+__all__ = ["MStepInfo", "params_from", "prior_from_counts", "predictive_prior", "face_sums", "expected_sse",
+           "objective", "free_energy", "NOISE_MODELS"]
 
 NOISE_MODELS = ("shared", "per_channel")
 
@@ -41,6 +41,36 @@ def face_sums(stats):
         H, W = stats.XC.shape[-2:]
         S_F = S_F + sfft.irfft2(stats.S_F_hat, s=(H, W), axes=(-2, -1))[..., :h, :w]
     return S_F
+
+
+def prior_from_counts(N, n_images, alpha):
+    """``A = (N + α) / (K + α·C·P·Q)``: the prior from the expected counts N (C, P, Q) of K images.
+
+    With α = 0 the maximum-likelihood A; with α > 0 the mode of A's posterior
+    under a Dirichlet(α + 1) prior on every (face, position): the M-step's
+    prior smoothing (MODEL.md, "M-step from sufficient statistics").
+    """
+    N = np.asarray(N, dtype=np.float64)
+    return (N + alpha) / (float(n_images) + alpha * N.size)
+
+
+def predictive_prior(prior, n_images, prior_smoothing=0.0):
+    """The prior of a NEW image's (face, position): the posterior predictive of A (MODEL.md).
+
+    The fitted A is the mode of A's posterior under a Dirichlet(α + 1) prior
+    (α: the fit's `prior_smoothing`; 0 is the maximum likelihood, a flat
+    Dirichlet). A new image's (face, position) is drawn from A itself, so its
+    prior is that posterior's mean, ``(N + α + 1) / (K + (α + 1)·C·P·Q)``
+    (Laplace's rule of succession at α = 0), where ``N = A·(K + α·C·P·Q) - α``
+    are the expected counts of the K training images the fitted A encodes.
+    Nothing a new image can show is then forbidden because no training image
+    happened to show it.
+    """
+    A = np.asarray(prior, dtype=np.float64)
+    K = float(n_images)
+    alpha = float(prior_smoothing)
+    N = np.maximum(A * (K + alpha * A.size) - alpha, 0.0)
+    return prior_from_counts(N, K, alpha + 1.0)
 
 
 def _coverage_sum(stats, face_shape):
@@ -104,7 +134,7 @@ def params_from(stats, previous, *, prior_smoothing=0.0, noise_floor=1e-12, nois
     alpha = float(prior_smoothing)
     # incremental EM swaps blocks' sums in and out: N may carry -1e-16 where it should be 0
     N = np.maximum(stats.N, 0.0)
-    A = (N + alpha) / (K + alpha * C * P * Q)
+    A = prior_from_counts(N, K, alpha)
     S_F = face_sums(stats)
     Nc = N.sum(axis=(1, 2))
     # a face no image chose keeps its last value: S_F,c = 0 there, so no NaN
