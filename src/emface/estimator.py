@@ -44,10 +44,16 @@ _BLOCK_BYTES_DEFAULT = 512 * 2**20
 
 #: n_init="auto": at most this many runs; always two below `_SMALL_STACK`
 #: images; more only while the best run's mean posterior probability of the
-#: chosen position is below `_CONFIDENT`
+#: chosen position is below `_CONFIDENT` AND below what the fitted model
+#: predicts for its own images (`_DECISIVE_SAMPLES` of them, drawn from it) by
+#: more than `_DECISIVE_GAP` or three standard errors: posteriors split by the
+#: noise are no sign of a poor optimum, and a restart cannot make them decisive
 _AUTO_MAX_RUNS = 4
 _SMALL_STACK = 300
 _CONFIDENT = 0.95
+_DECISIVE_SAMPLES = 1000
+_DECISIVE_BYTES = 64 * 2**20
+_DECISIVE_GAP = 0.02
 
 
 def _check_random_state(seed):
@@ -118,12 +124,14 @@ class FaceEM:
         the note's random start (one face) or data-driven starts on random
         halves of the images (several faces). ``"auto"``: one run from the
         data-driven start, and up to 3 more only when it looks like a poor
-        optimum (a mean posterior probability of the chosen position below
-        0.95; never for hard EM, whose posteriors are one-hot), and a second
-        run always when the stack is small (fewer than 300 images, where runs
-        cost little): the data-driven start and the escapes find the optimum of
-        every stack of ``benchmarks/accuracy.py`` in one run. One run when
-        `face_init` is given.
+        optimum: a mean posterior probability of the chosen position below
+        0.95 and clearly below what the fitted model predicts for images
+        drawn from itself (at low SNR the noise splits the posteriors at the
+        optimum too, and a restart cannot help); never for hard EM, whose
+        posteriors are one-hot. A second run always when the stack is small
+        (fewer than 300 images, where runs cost little): the data-driven start
+        and the escapes find the optimum of every stack of
+        ``benchmarks/accuracy.py`` in one run. One run when `face_init` is given.
     max_iter : int, default=100
         Most EM iterations per run.
     tol : float, default=1e-3
@@ -421,14 +429,26 @@ class FaceEM:
             return _AUTO_MAX_RUNS, (2 if n_images < _SMALL_STACK else 1)
         return int(self.n_init), int(self.n_init)
 
-    @staticmethod
-    def _should_restart(runs_made, runs):
-        """The "auto" rule's question before another run: do the runs so far look like a poor optimum?"""
+    def _should_restart(self, runs_made, runs, executor=None, model=None):
+        """The "auto" rule's question before another run: do the runs so far look like a poor optimum?
+
+        Yes when the best run's images are less decisive (a lower mean
+        posterior probability of the chosen position) than the fitted model's
+        own images would be: see `_model_decisiveness`. Posteriors that the
+        noise splits are split under the right θ too, and no restart helps.
+        """
         if len(runs) < runs_made:
             return True
         best = max(runs, key=lambda r: r.objective)
         maxp = None if best.stats is None else best.stats.max_prob
-        return maxp is not None and float(np.mean(maxp)) < _CONFIDENT
+        if maxp is None or float(np.mean(maxp)) >= _CONFIDENT:
+            return False
+        if executor is None or model is None:
+            return True
+        seen = float(np.mean(maxp))
+        expected, se = _model_decisiveness(executor, model, best.params, np.random.default_rng(len(runs)))
+        se = float(np.hypot(se, np.std(maxp) / np.sqrt(len(maxp))))
+        return seen < expected - max(_DECISIVE_GAP, 3.0 * se)
 
     def _model(self, face_shape, src):
         floor = float(self.noise_floor) * (src.working_std() if src.working_std() > 0 else 1.0)
@@ -541,7 +561,8 @@ class FaceEM:
         made = self._n_init(executor.n_images)[1]
         try:
             best, runs = fit_restarts(executor, model, starts, settings, callback=callback, history=history,
-                                      should_restart=lambda runs: self._should_restart(made, runs), accel=accel)
+                                      should_restart=lambda runs: self._should_restart(made, runs, executor, model),
+                                      accel=accel)
         except KeyboardInterrupt as exc:
             best = getattr(exc, "emface_best", None)
             if best is not None:
@@ -859,6 +880,27 @@ def _summary(stats, src):
         face_probability=cls[np.arange(len(cls)), stats.labels],
         log_likelihood=src.loglik_to_data(stats.image_loglik),
     )
+
+
+def _model_decisiveness(executor, model, params, rng):
+    """(mean, standard error) of the posterior probability of the chosen position on images of θ itself.
+
+    Draws up to `_DECISIVE_SAMPLES` images from the model θ (working units:
+    its prior, faces, background and noise) and runs one soft E-step on them
+    with the engine of `executor`. A fit whose own images are as decisive as
+    the data's is as decisive as the noise allows.
+    """
+    C, Ch, h, w = params.faces.shape
+    H, W = params.image_shape
+    n = int(max(50, min(_DECISIVE_SAMPLES, executor.n_images, _DECISIVE_BYTES // (8 * H * W * Ch))))
+    labels, pos = draw_assignments(params.prior, n, rng)
+    X = render(public_background(params.background, True), public_faces(params.faces, True), labels, pos)
+    X += rng.standard_normal(X.shape) * params.noise_std
+    X = X if Ch > 1 else X[..., 0]
+    src = ArraySource(X, (h, w), compute_dtype=executor.config.dtype, moments=(0.0, 1.0), check_finite=False,
+                      n_faces=C)
+    maxp = LocalExecutor(src, executor.config).pass_stats(params, hard=model.hard).max_prob
+    return float(np.mean(maxp)), float(np.std(maxp) / np.sqrt(n))
 
 
 def _default_moments(params):
