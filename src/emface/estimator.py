@@ -892,7 +892,7 @@ def _model_decisiveness(executor, model, params, rng):
     """
     C, Ch, h, w = params.faces.shape
     H, W = params.image_shape
-    n = int(max(50, min(_DECISIVE_SAMPLES, executor.n_images, _DECISIVE_BYTES // (8 * H * W * Ch))))
+    n = int(max(8, min(_DECISIVE_SAMPLES, executor.n_images, _DECISIVE_BYTES // (8 * H * W * Ch))))
     labels, pos = draw_assignments(params.prior, n, rng)
     X = render(public_background(params.background, True), public_faces(params.faces, True), labels, pos)
     X += rng.standard_normal(X.shape) * params.noise_std
