@@ -80,7 +80,7 @@ def _try(executor, model, run, cand, label, resume):
 # ----------------------------------------------------------------------------- shift escape
 
 def _moved_face(pos, lab, prior, c, di, dj, P, Q):
-    """Face c's images moved by -δ and its prior along: (positions, prior), or None when too many would leave the grid."""
+    """Face c's images moved by -δ and its prior along: (positions, prior); None when too many leave the grid."""
     mine = lab == c
     moved = pos[mine] - np.array([di, dj])
     if _inside(moved, P, Q).mean() < 0.9:
@@ -176,7 +176,8 @@ def _candidate(executor, model, run, newpos, prior, nf):
     share of their images are noisier, which costs the objective about
     ``C·h·w·(1/K_sub - 1/K) / 2`` nats per image -- with several faces (each
     fitted from its own fraction of the subsample) more than fixing one
-    face's shift gains, so the confirmation would reject the right move.
+    face's shift gains, so the confirmation would reject the right move (the
+    background, refitted too, adds ``H·W·(1/K_sub - 1/K) / 2`` more).
     """
     st = executor.stats_from_positions(newpos, run.stats.labels, **nf)
     cand, _ = model.m_step(st, run.params)
