@@ -34,7 +34,7 @@ import numpy as np
 from _common import timed_fit
 from emface.datasets import make_faces
 
-# (H, W), (h, w), K, noise / contrast, face photo, background photo
+# (H, W), (h, w), K, noise / contrast, face photo, background photo[, "rgb"]
 STACKS = [
     ((64, 64), (16, 16), 1000, 0.5, "chelsea", "brick"),
     ((96, 96), (32, 24), 500, 1.0, "cup", "coffee"),
@@ -45,13 +45,19 @@ STACKS = [
     ((128, 128), (100, 100), 300, 0.3, "patch", "brick"),
     ((120, 90), (50, 40), 2000, 0.7, "chelsea", "hubble"),
     ((100, 200), (100, 73), 1000, 1.0, "astronaut", "camera"),
+    # faces filling most of the frame (issue 20): 85% of each side, and 90% in colour
+    ((70, 82), (60, 70), 500, 1.0, "rocket", "camera"),
+    ((47, 55), (40, 47), 300, 1.0, "rocket", "camera"),
+    ((70, 82), (60, 70), 500, 0.6, "chelsea", "coffee"),
+    ((80, 80), (72, 72), 500, 0.7, "astronaut", "brick", "rgb"),
 ]
 QUICK = (0, 1, 2)
 
 
 def evaluate(stack, seed=0):
-    (H, W), (h, w), K, noise, face, bg = stack
-    X, truth = make_faces(K, (H, W), (h, w), face=face, background=bg, noise=noise, random_state=seed)
+    (H, W), (h, w), K, noise, face, bg = stack[:6]
+    X, truth = make_faces(K, (H, W), (h, w), face=face, background=bg, noise=noise, colour="rgb" in stack[6:],
+                          random_state=seed)
     auto, t_auto, _ = timed_fit(X, "auto", random_state=seed)
     known, t_known, _ = timed_fit(X, (h, w), random_state=seed)
     chosen = tuple(int(v) for v in auto.face_shape_)
@@ -83,12 +89,13 @@ def report(stacks, seed=0):
           f"{'pos known':>9} {'t auto':>7} {'t known':>7} {'ratio':>5}  verdict")
     bad = 0
     for stack in stacks:
-        (H, W), (h, w), K, noise, face, bg = stack
+        (H, W), (h, w), K, noise, face, bg = stack[:6]
         r = evaluate(stack, seed)
         v = verdict(stack, r)
         bad += v == "FAIL"
         ch, cw = r["chosen"]
-        print(f"{H:>3},{W:<4} {K:>5} {noise:>4} {face + '/' + bg:>16} | {h:>3},{w:<3} {ch:>3},{cw:<3} "
+        photos = face + "/" + bg + (" rgb" if "rgb" in stack[6:] else "")
+        print(f"{H:>3},{W:<4} {K:>5} {noise:>4} {photos:>16} | {h:>3},{w:<3} {ch:>3},{cw:<3} "
               f"{r['pos_auto']:8.2%} {r['pos_known']:9.2%} {r['t_auto']:6.1f}s {r['t_known']:6.1f}s "
               f"{r['t_auto'] / r['t_known']:5.1f}  {v}", flush=True)
     return bad

@@ -38,6 +38,12 @@ CONFIGS = [
     (4, (100, 100), (36, 36), 2000, 1.0, "tissue_slide", False, (0.4, 0.3, 0.2, 0.1)),
     (2, (64, 64), (24, 24), 300, 1.0, "camera", False, None),
     (4, (112, 112), (40, 40), 4000, 1.0, "rocket_launch", True, None),
+    # the hard cases of issue 20: two and three full-height faces at noise 0.6, faces filling most of the frame
+    (2, (80, 100), (80, 40), 800, 0.6, "brick", False, None),
+    (2, (80, 100), (80, 40), 800, 0.6, "camera", False, None),
+    (3, (64, 160), (64, 64), 1200, 0.6, "coffee", False, None),
+    (2, (70, 82), (60, 70), 800, 0.6, "camera", False, None),
+    (2, (80, 80), (72, 72), 800, 0.6, "brick", True, None),
 ]
 
 

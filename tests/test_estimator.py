@@ -39,11 +39,12 @@ def test_predict_proba_and_scores_match_the_reference(data):
         est = FaceEM((7, 8), random_state=0, max_iter=5).fit(X[:10])
     Xs = X[:6]
     q = est.predict_proba(Xs)
-    qr = ref.posterior(Xs, est.face_, est.background_, est.noise_std_, est.prior_)[:, 0]
+    # new images are judged under the posterior predictive of A (docs/MODEL.md, "Predicting on new frames")
+    qr = ref.posterior(Xs, est.face_, est.background_, est.noise_std_, est.prior_predictive_)[:, 0]
     assert q.shape == (6, 14, 17)
     assert np.abs(q - qr).max() < 1e-10
     ss = est.score_samples(Xs)
-    want = [ref.log_likelihood(Xs[k:k + 1], est.face_, est.background_, est.noise_std_, est.prior_)
+    want = [ref.log_likelihood(Xs[k:k + 1], est.face_, est.background_, est.noise_std_, est.prior_predictive_)
             for k in range(6)]
     assert np.allclose(ss, want, rtol=1e-10, atol=0)
     assert est.score(Xs) == pytest.approx(np.mean(want), rel=1e-10)
@@ -61,6 +62,8 @@ def test_predict_face_and_proba_of_several_faces_match_the_reference(rng, n_chan
         F, B = F[..., 0], B[..., 0]
     est = FaceEM((4, 3), n_faces=3, face_init=F, background_init=B, noise_std_init=float(s[0]), prior_init=A,
                  max_iter=0).fit(X)
+    # predict judges X as new images: under the posterior predictive of A (K = len(X) images "fitted")
+    A = est.prior_predictive_
     qr = ref.posterior(X, F, B, s, A)
     mass = qr.sum(axis=(2, 3))
     assert np.array_equal(est.predict_face(X), np.argmax(mass, axis=1))
@@ -73,7 +76,11 @@ def test_predict_face_and_proba_of_several_faces_match_the_reference(rng, n_chan
 def test_lower_bound_is_the_mean_log_likelihood(data):
     theta, X, pos = data
     est = FaceEM((7, 8), random_state=1).fit(X)
-    assert est.lower_bound_ == pytest.approx(est.score(X), rel=1e-10)
+    # the fit's objective is under the fitted A; score(X) judges X as new images (the predictive A)
+    want = ref.log_likelihood(X, est.face_, est.background_, est.noise_std_, est.prior_) / len(X)
+    assert est.lower_bound_ == pytest.approx(want, rel=1e-10)
+    assert est.score(X) == pytest.approx(
+        ref.log_likelihood(X, est.face_, est.background_, est.noise_std_, est.prior_predictive_) / len(X), rel=1e-10)
 
 
 def test_hard_lower_bound_with_smoothing_is_the_map_joint_plus_the_dirichlet_term(data):

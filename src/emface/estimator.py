@@ -17,13 +17,13 @@ from ._layout import public_background, public_faces, public_noise, public_prior
 from .datasets import draw_assignments, render
 from .em import _ETA_MAX, ALGORITHMS, ConvergenceWarning, EMSettings, fit_restarts
 from .engine import costs
-from .engine.mstep import misfit_z
+from .engine.mstep import misfit_z, predictive_prior
 from .engine.plan import BACKENDS
 from .errors import MisfitWarning, ModelFileError, one_line
 from .executor import EngineConfig, LocalExecutor
 from .init import INIT_METHODS, auto_start, random_start, user_start
 from .mixture import NOISE_MODELS, FaceMixture
-from .model import atomic_save, load_model, save_model
+from .model import Params, atomic_save, load_model, save_model
 from .sources import ArraySource
 
 __all__ = ["FaceEM", "PosteriorSummary", "INCREMENTAL_MIN_IMAGES"]
@@ -46,10 +46,16 @@ _BLOCK_BYTES_DEFAULT = 512 * 2**20
 
 #: n_init="auto": at most this many runs; always two below `_SMALL_STACK`
 #: images; more only while the best run's mean posterior probability of the
-#: chosen position is below `_CONFIDENT`
+#: chosen position is below `_CONFIDENT` AND below what the fitted model
+#: predicts for its own images (`_DECISIVE_SAMPLES` of them, drawn from it) by
+#: more than `_DECISIVE_GAP` or three standard errors: posteriors split by the
+#: noise are no sign of a poor optimum, and a restart cannot make them decisive
 _AUTO_MAX_RUNS = 4
 _SMALL_STACK = 300
 _CONFIDENT = 0.95
+_DECISIVE_SAMPLES = 1000
+_DECISIVE_BYTES = 64 * 2**20
+_DECISIVE_GAP = 0.02
 
 #: `fit` warns (`MisfitWarning`) when more than this share of the training
 #: frames have a misfit z above `MISFIT_Z`: under the model a frame's z is
@@ -138,12 +144,14 @@ class FaceEM:
         the note's random start (one face) or data-driven starts on random
         halves of the images (several faces). ``"auto"``: one run from the
         data-driven start, and up to 3 more only when it looks like a poor
-        optimum (a mean posterior probability of the chosen position below
-        0.95; never for hard EM, whose posteriors are one-hot), and a second
-        run always when the stack is small (fewer than 300 images, where runs
-        cost little): the data-driven start and the escapes find the optimum of
-        every stack of ``benchmarks/accuracy.py`` in one run. One run when
-        `face_init` is given.
+        optimum: a mean posterior probability of the chosen position below
+        0.95 and clearly below what the fitted model predicts for images
+        drawn from itself (at low SNR the noise splits the posteriors at the
+        optimum too, and a restart cannot help); never for hard EM, whose
+        posteriors are one-hot. A second run always when the stack is small
+        (fewer than 300 images, where runs cost little): the data-driven start
+        and the escapes find the optimum of every stack of
+        ``benchmarks/accuracy.py`` in one run. One run when `face_init` is given.
     max_iter : int, default=100
         Most EM iterations per run.
     tol : float, default=1e-3
@@ -253,6 +261,16 @@ class FaceEM:
         the fitted θ, from the fit's last E-step (None after `load`).
     weights_ : ndarray (C,)
         The prior summed over positions: how often each face appears.
+    prior_predictive_ : ndarray, shaped as `prior_`
+        The prior that `predict`, `predict_proba`, `score_samples` and
+        `posterior_summary(X)` give a new image's (face, position): the
+        posterior predictive of A, ``(N + α + 1) / (K + (α + 1)·C·P·Q)`` from
+        the K training images' counts N (docs/MODEL.md, "Predicting on new
+        frames"). The fitted `prior_` is right for the training images and
+        zero wherever none of them had a face; `positions_`, `labels_` and
+        `posterior_summary()` keep the training fit's own answers.
+    n_images_fit_ : int or None
+        K, the images the model was fitted on (None for a file saved without it).
     lower_bound_ : float
         Mean per-image objective of the best run: log p(X_k | θ) for soft EM,
         max log p(X_k, c, d | θ) for hard EM, plus α Σ log A / K with smoothing.
@@ -453,14 +471,26 @@ class FaceEM:
             return _AUTO_MAX_RUNS, (2 if n_images < _SMALL_STACK else 1)
         return int(self.n_init), int(self.n_init)
 
-    @staticmethod
-    def _should_restart(runs_made, runs):
-        """The "auto" rule's question before another run: do the runs so far look like a poor optimum?"""
+    def _should_restart(self, runs_made, runs, executor=None, model=None):
+        """The "auto" rule's question before another run: do the runs so far look like a poor optimum?
+
+        Yes when the best run's images are less decisive (a lower mean
+        posterior probability of the chosen position) than the fitted model's
+        own images would be: see `_model_decisiveness`. Posteriors that the
+        noise splits are split under the right θ too, and no restart helps.
+        """
         if len(runs) < runs_made:
             return True
         best = max(runs, key=lambda r: r.objective)
         maxp = None if best.stats is None else best.stats.max_prob
-        return maxp is not None and float(np.mean(maxp)) < _CONFIDENT
+        if maxp is None or float(np.mean(maxp)) >= _CONFIDENT:
+            return False
+        if executor is None or model is None:
+            return True
+        seen = float(np.mean(maxp))
+        expected, se = _model_decisiveness(executor, model, best.params, np.random.default_rng(len(runs)))
+        se = float(np.hypot(se, np.std(maxp) / np.sqrt(len(maxp))))
+        return seen < expected - max(_DECISIVE_GAP, 3.0 * se)
 
     def _model(self, face_shape, src):
         floor = float(self.noise_floor) * (src.working_std() if src.working_std() > 0 else 1.0)
@@ -577,7 +607,8 @@ class FaceEM:
         made = self._n_init(executor.n_images)[1]
         try:
             best, runs = fit_restarts(executor, model, starts, settings, callback=callback, history=history,
-                                      should_restart=lambda runs: self._should_restart(made, runs), accel=accel)
+                                      should_restart=lambda runs: self._should_restart(made, runs, executor, model),
+                                      accel=accel)
         except KeyboardInterrupt as exc:
             best = getattr(exc, "emface_best", None)
             if best is not None:
@@ -688,7 +719,25 @@ class FaceEM:
         self.n_features_in_ = int(np.prod(src.image_shape)) * src.n_channels
         self.image_shape_ = tuple(src.image_shape)
         self._moments = (src.offset, src.scale)
-        self._n_images = int(src.n_images)
+        self.n_images_fit_ = int(src.n_images)
+
+    @property
+    def prior_predictive_(self):
+        """The prior of a new image's (face, position), in the layout of `prior_` (see the class docstring)."""
+        self._check_fitted()
+        return public_prior(self._predictive_theta().prior)
+
+    def _predictive_theta(self):
+        """θ with A replaced by its posterior predictive: what a new image is judged under.
+
+        A model saved without its number of training images keeps its fitted A.
+        """
+        th = self._theta
+        K = getattr(self, "n_images_fit_", None)
+        if K is None:
+            return th
+        A, pi0 = predictive_prior(th.prior, K, float(self.prior_smoothing), th.empty_weight)
+        return Params(th.faces, th.background, th.noise_std, A, pi0)
 
     def _set_theta(self, theta, colour):
         """Keep θ (data units, engine layout) and expose it in the user's layout."""
@@ -712,7 +761,7 @@ class FaceEM:
         ex = self._make_executor(X, self._theta.face_shape, moments=self._moments)
         try:
             _check_working_range(ex.source)
-            params = ex.source.to_working(self._theta)
+            params = ex.source.to_working(self._predictive_theta())
             if output is None:
                 return ex, ex.pass_stats(params, hard=False), None
             stats, full = ex.collect(params, hard=False, output=output)
@@ -855,7 +904,7 @@ class FaceEM:
             kind="model", runs=self.runs_, colour=self._colour, best_run=int(self.best_run_),
             accel=list(self._accel),
             algorithm=self.algorithm_, face_shape_scores=getattr(self, "face_shape_scores_", []),
-            n_images=getattr(self, "_n_images", None)), numpy_name=True)
+            n_images=getattr(self, "n_images_fit_", None)), numpy_name=True)
 
     @classmethod
     def load(cls, path):
@@ -892,7 +941,7 @@ class FaceEM:
         est.best_run_ = st["best_run"]
         est.algorithm_ = st["algorithm"]
         est.face_shape_scores_ = st["face_shape_scores"]
-        est._n_images = st["n_images"]
+        est.n_images_fit_ = st["n_images"]
         est.positions_ = est.labels_ = None  # not kept in the file: predict(X) gives them
         est.misfit_ = None
         return est
@@ -911,7 +960,7 @@ class FaceEM:
         """
         est = cls.load(path)
         est.warm_start = True
-        est._resume_images = est._n_images
+        est._resume_images = est.n_images_fit_
         return est
 
 
@@ -951,6 +1000,27 @@ def _summary(stats, src):
         misfit=None if stats.chi2 is None else misfit_z(stats.chi2, H * W * src.n_channels),
         no_face_probability=empty,
     )
+
+
+def _model_decisiveness(executor, model, params, rng):
+    """(mean, standard error) of the posterior probability of the chosen position on images of θ itself.
+
+    Draws up to `_DECISIVE_SAMPLES` images from the model θ (working units:
+    its prior, faces, background and noise) and runs one soft E-step on them
+    with the engine of `executor`. A fit whose own images are as decisive as
+    the data's is as decisive as the noise allows.
+    """
+    C, Ch, h, w = params.faces.shape
+    H, W = params.image_shape
+    n = int(max(8, min(_DECISIVE_SAMPLES, executor.n_images, _DECISIVE_BYTES // (8 * H * W * Ch))))
+    labels, pos = draw_assignments(params.prior, n, rng)
+    X = render(public_background(params.background, True), public_faces(params.faces, True), labels, pos)
+    X += rng.standard_normal(X.shape) * params.noise_std
+    X = X if Ch > 1 else X[..., 0]
+    src = ArraySource(X, (h, w), compute_dtype=executor.config.dtype, moments=(0.0, 1.0), check_finite=False,
+                      n_faces=C)
+    maxp = LocalExecutor(src, executor.config).pass_stats(params, hard=model.hard).max_prob
+    return float(np.mean(maxp)), float(np.std(maxp) / np.sqrt(n))
 
 
 def _default_moments(params):

@@ -27,8 +27,10 @@ The search (`search`) is cheap: each stage holds its images in one executor,
 whose cached spectra serve every size, and most candidates cost one pass of
 window sums and an M-step, no E-step:
 
-1. coarse: a 3×3 grid of sizes fitted on images shrunk so that the longer
-   side is at most 32 pixels, then the best one's window walked (below);
+1. coarse: a grid of sizes fitted on images shrunk so that the longer side
+   is at most 32 pixels -- along each axis 3 sizes spread geometrically and 3
+   margins (frame side less the size) spread geometrically, about 4 distinct
+   sizes -- then the best one's window walked (below);
 2. fine: at full resolution, on at most 600 images, the coarse size is fitted
    and walked: each side of the window is moved by up to a few pixels with
    the positions held, the best moves are kept, and the walk refits only to
@@ -80,6 +82,24 @@ def _grid(lo, hi, steps):
     if hi - lo + 1 <= steps:
         return list(range(lo, hi + 1))
     return [int(v) for v in np.unique(np.round(np.geomspace(lo, hi, steps)).astype(int))]
+
+
+def _axis_grid(lo, hi, side, steps):
+    """Sizes to try along one axis of `side` pixels: geometric in the size AND in the margin ``side - size``.
+
+    The criterion lives on the face's motion: a window of h rows in a frame of
+    H moves over H - h + 1 rows. A grid geometric in h alone is dense where
+    the face is small and has nothing between a third of the frame and the
+    whole of it, where the margin H - h changes fastest; a face filling 85%
+    of the frame was then judged at a window of the whole side (which cannot
+    move, so fits it badly) or of a fifth of it, and the walk stalled at a
+    full-side strip. The margins' own geometric grid closes that gap.
+    """
+    sizes = set(_grid(lo, hi, steps))
+    m_lo, m_hi = side - hi + 1, side - lo + 1  # margins plus one, so that a full side (margin 0) is on it
+    if m_hi > m_lo:
+        sizes.update(side + 1 - m for m in _grid(m_lo, m_hi, steps))
+    return sorted(v for v in sizes if lo <= v <= hi)
 
 
 def _downsample(x, f):
@@ -274,8 +294,8 @@ def search(X, config, *, n_faces=1, face_shape="auto", noise="shared", noise_flo
         Hc, Wc = coarse.source.image_shape
         cb = ((max(1, h0 // f), max(1, min(Hc, -(-h1 // f)))), (max(1, w0 // f), max(1, min(Wc, -(-w1 // f)))))
         best = None
-        for hc in _grid(*cb[0], _COARSE_STEPS):
-            for wc in _grid(*cb[1], _COARSE_STEPS):
+        for hc in _axis_grid(*cb[0], Hc, _COARSE_STEPS):
+            for wc in _axis_grid(*cb[1], Wc, _COARSE_STEPS):
                 pos, lab = coarse.fit((hc, wc), rng)
                 score, _ = coarse.profile((hc, wc), pos, lab)
                 record.append(dict(shape=(hc * f, wc * f), score=float(score), stage="coarse"))

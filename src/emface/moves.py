@@ -79,6 +79,20 @@ def _try(executor, model, run, cand, label, resume):
 
 # ----------------------------------------------------------------------------- shift escape
 
+def _moved_face(pos, lab, prior, c, di, dj, P, Q):
+    """Face c's images moved by -δ and its prior along: (positions, prior); None when too many leave the grid."""
+    mine = lab == c
+    moved = pos[mine] - np.array([di, dj])
+    if _inside(moved, P, Q).mean() < 0.9:
+        return None
+    newpos = pos.copy()
+    newpos[mine, 0] = np.clip(moved[:, 0], 0, P - 1)
+    newpos[mine, 1] = np.clip(moved[:, 1], 0, Q - 1)
+    A = prior.copy()
+    A[c] = _shift_prior(prior[c], di, dj)
+    return newpos, A
+
+
 def _shift_candidates(model, run, image_shape):
     """Moves to try from a converged run: (label, positions, prior), per face.
 
@@ -101,15 +115,9 @@ def _shift_candidates(model, run, image_shape):
         if mine.sum() == 0:
             continue
         for di, dj in _offsets(P, Q, model.max_shift):
-            moved = pos[mine] - np.array([di, dj])
-            if _inside(moved, P, Q).mean() < 0.9:
-                continue
-            newpos = pos.copy()
-            newpos[mine, 0] = np.clip(moved[:, 0], 0, P - 1)
-            newpos[mine, 1] = np.clip(moved[:, 1], 0, Q - 1)
-            A = prior.copy()
-            A[c] = _shift_prior(prior[c], di, dj)
-            yield ("shift", c, (di, dj)), newpos, A
+            moved = _moved_face(pos, lab, prior, c, di, dj, P, Q)
+            if moved is not None:
+                yield ("shift", c, (di, dj)), moved[0], moved[1]
     near = run.stats.near
     if near is None or len(pos) < 2:
         return
@@ -136,6 +144,54 @@ def _shift_candidates(model, run, image_shape):
                     yield ("split", c, (di, dj), len(moved)), newpos, prior
 
 
+def _extend_shift(score_of, label, newpos, prior, best_score, run, image_shape, face_shape):
+    """Walk a winning shift further along its direction while the subsample's score rises.
+
+    A face can settle many pixels from its true place (the data-driven start
+    of several faces clusters windows that need not be centred on their
+    face); steps of `max_shift` pixels per round would need many rounds, each
+    a full EM continuation. The walk costs one window-sum pass of the
+    subsample per step.
+    """
+    _, c, (di, dj) = label
+    H, W = image_shape
+    h, w = face_shape
+    P, Q = H - h + 1, W - w + 1
+    pos, lab = run.stats.positions, run.stats.labels
+    for k in range(2, max(P, Q)):
+        moved = _moved_face(pos, lab, run.params.prior, c, k * di, k * dj, P, Q)
+        if moved is None:
+            break
+        score = score_of(moved[0])
+        if not score > best_score:
+            break
+        best_score, label, newpos, prior = score, ("shift", c, (k * di, k * dj)), moved[0], moved[1]
+    return best_score, label, newpos, prior
+
+
+def _candidate(executor, model, run, newpos, prior, nf):
+    """θ of a candidate: one M-step from EVERY image at its new position (crops, no FFT), and its prior.
+
+    Not from the subsample that ranked it: faces refitted from a subsample's
+    share of their images are noisier, which costs the objective about
+    ``C·h·w·(1/K_sub - 1/K) / 2`` nats per image -- with several faces (each
+    fitted from its own fraction of the subsample) more than fixing one
+    face's shift gains, so the confirmation would reject the right move (the
+    background, refitted too, adds ``H·W·(1/K_sub - 1/K) / 2`` more).
+    """
+    st = executor.stats_from_positions(newpos, run.stats.labels, **nf)
+    cand, _ = model.m_step(st, run.params)
+    if model.prior_smoothing > 0:  # the smoothed M-step's A has full support already
+        A = cand.prior
+    else:
+        # the moved images' new positions may have A ~ 0 under the old
+        # prior: give the candidate both the old support and the new counts
+        A = 0.5 * prior + 0.5 * st.N / st.n_images
+        if cand.empty_weight is not None:  # "no face" shares the simplex in the same way
+            cand.empty_weight = 0.5 * run.params.empty_weight + 0.5 * st.N_empty / st.n_images
+    return Params(cand.faces, cand.background, cand.noise_std, A, cand.empty_weight)
+
+
 def shift_escape(executor, model, run, resume):
     """Escape shifted optima: try moving a face by small offsets, keep what raises the objective.
 
@@ -144,8 +200,11 @@ def shift_escape(executor, model, run, resume):
     (which fills a revealed strip of the face from the data and hands an
     uncovered strip back to the background). The candidates are ranked on a
     subsample of at most ``model.escape_sample`` images, by their refitted
-    noise; the best is then confirmed by one E-step over every image and kept
-    if the objective rises, and EM continues from it. Repeats while moves help.
+    noise; a winning shift is walked further along its direction while that
+    score rises (`_extend_shift`). The best is then refitted from every image
+    at its positions (`_candidate`), confirmed by one E-step over every image
+    and kept if the objective rises, and EM continues from it. Repeats while
+    moves help.
     """
     nf = dict(n_faces=model.n_faces, face_shape=model.face_shape)
     sub, idx = executor.subsample(model.escape_sample, np.random.default_rng(run.init_index),
@@ -155,28 +214,25 @@ def shift_escape(executor, model, run, resume):
         if not run.converged or run.stats is None or run.stats.positions is None:
             break  # only from a settled optimum, within the iteration budget
         lab = run.stats.labels[idx]
-        base_stats = sub.stats_from_positions(run.stats.positions[idx], lab, **nf)
-        base_params, _ = model.m_step(base_stats, run.params)
-        best_score = model.hard_score(base_params, Ks)
+
+        def score_of(newpos, lab=lab):
+            cand, _ = model.m_step(sub.stats_from_positions(newpos[idx], lab, **nf), run.params)
+            return model.hard_score(cand, Ks)
+
+        best_score = score_of(run.stats.positions)
         best = None
         for label, newpos, prior in _shift_candidates(model, run, executor.image_shape):
-            st = sub.stats_from_positions(newpos[idx], lab, **nf)
-            cand, _ = model.m_step(st, run.params)
-            score = model.hard_score(cand, Ks)
+            score = score_of(newpos)
             if score > best_score:
                 best_score = score
-                if model.prior_smoothing > 0:  # the smoothed M-step's A has full support already
-                    A = cand.prior
-                else:
-                    # the moved images' new positions may have A ~ 0 under the old
-                    # prior: give the candidate both the old support and the new counts
-                    A = 0.5 * prior + 0.5 * st.N / st.n_images
-                    if cand.empty_weight is not None:  # "no face" shares the simplex in the same way
-                        cand.empty_weight = 0.5 * run.params.empty_weight + 0.5 * st.N_empty / st.n_images
-                best = (label, Params(cand.faces, cand.background, cand.noise_std, A, cand.empty_weight))
+                best = (label, newpos, prior)
         if best is None:
             break
-        new = _try(executor, model, run, best[1], best[0], resume)
+        if best[0][0] == "shift":
+            best_score, *best = _extend_shift(score_of, *best, best_score, run, executor.image_shape,
+                                              model.face_shape)
+        cand = _candidate(executor, model, run, best[1], best[2], nf)
+        new = _try(executor, model, run, cand, best[0], resume)
         if new is None:
             break
         run = new

@@ -16,8 +16,8 @@ import scipy.fft as sfft
 from ..model import Params
 from . import kernels
 
-__all__ = ["MStepInfo", "params_from", "face_sums", "expected_sse", "objective", "free_energy",
-           "misfit_z", "NOISE_MODELS"]
+__all__ = ["MStepInfo", "params_from", "prior_from_counts", "predictive_prior", "face_sums", "expected_sse",
+           "objective", "free_energy", "misfit_z", "NOISE_MODELS"]
 
 NOISE_MODELS = ("shared", "per_channel")
 
@@ -41,6 +41,55 @@ def face_sums(stats):
         H, W = stats.XC.shape[-2:]
         S_F = S_F + sfft.irfft2(stats.S_F_hat, s=(H, W), axes=(-2, -1))[..., :h, :w]
     return S_F
+
+
+def prior_from_counts(N, n_images, alpha, N_empty=None):
+    """``A = (N + α) / (K + α·cells)``: the prior from the expected counts N (C, P, Q) of K images.
+
+    With α = 0 the maximum-likelihood A; with α > 0 the mode of A's posterior
+    under a Dirichlet(α + 1) prior on every (face, position): the M-step's
+    prior smoothing (MODEL.md, "M-step from sufficient statistics"). With the
+    "no face" class (`N_empty`, its expected count, not None) A and π_∅ share
+    the simplex: each is its count plus α over ``K + α·(C·P·Q + 1)``, since
+    ``Σ N + N_∅ = K``.
+
+    Returns
+    -------
+    A : ndarray (C, P, Q)
+    pi_empty : float or None
+        π_∅, None without the "no face" class.
+    """
+    N = np.asarray(N, dtype=np.float64)
+    den = float(n_images) + alpha * (N.size + (N_empty is not None))
+    pi0 = None if N_empty is None else (max(float(N_empty), 0.0) + alpha) / den
+    return (N + alpha) / den, pi0
+
+
+def predictive_prior(prior, n_images, prior_smoothing=0.0, empty_weight=None):
+    """The prior of a NEW image's (face, position): the posterior predictive of A (MODEL.md).
+
+    The fitted A is the mode of A's posterior under a Dirichlet(α + 1) prior
+    (α: the fit's `prior_smoothing`; 0 is the maximum likelihood, a flat
+    Dirichlet). A new image's (face, position) is drawn from A itself, so its
+    prior is that posterior's mean, ``(N + α + 1) / (K + (α + 1)·cells)``
+    (Laplace's rule of succession at α = 0), where ``N = A·(K + α·cells) - α``
+    are the expected counts of the K training images the fitted A encodes
+    (cells: C·P·Q, plus one for the "no face" class of weight `empty_weight`).
+    Nothing a new image can show is then forbidden because no training image
+    happened to show it.
+
+    Returns
+    -------
+    A : ndarray (C, P, Q)
+    pi_empty : float or None
+    """
+    A = np.asarray(prior, dtype=np.float64)
+    K = float(n_images)
+    alpha = float(prior_smoothing)
+    scale = K + alpha * (A.size + (empty_weight is not None))
+    N = np.maximum(A * scale - alpha, 0.0)
+    N_empty = None if empty_weight is None else max(float(empty_weight) * scale - alpha, 0.0)
+    return prior_from_counts(N, K, alpha + 1.0, N_empty)
 
 
 def _coverage_sum(stats, face_shape):
@@ -93,22 +142,6 @@ def misfit_z(chi2, n_values):
     return (np.asarray(chi2, dtype=np.float64) - n) / math.sqrt(2.0 * n)
 
 
-def _class_weights(stats, K, alpha, empty):
-    """A (C, P, Q) and π_∅ (None without the "no face" class) from the counts.
-
-    A and π_∅ together sum to 1: maximising ``Σ N log A + N_∅ log π_∅`` (plus
-    α times the sum of their logs) under that constraint gives each the count
-    plus α over ``K + α·(C·P·Q + 1)``, since ``Σ N + N_∅ = K``.
-    """
-    # incremental EM swaps blocks' sums in and out: N may carry -1e-16 where it should be 0
-    N = np.maximum(stats.N, 0.0)
-    cells = N.size + (1 if empty else 0)
-    den = K + alpha * cells
-    A = (N + alpha) / den
-    pi0 = (max(float(stats.N_empty), 0.0) + alpha) / den if empty else None
-    return N, A, pi0
-
-
 def params_from(stats, previous, *, prior_smoothing=0.0, noise_floor=1e-12, noise="shared", empty_frames=None):
     """The closed-form M-step: A, F_c, B, s² from the sufficient statistics (MODEL.md).
 
@@ -145,7 +178,9 @@ def params_from(stats, previous, *, prior_smoothing=0.0, noise_floor=1e-12, nois
     alpha = float(prior_smoothing)
     if empty_frames is None:
         empty_frames = previous is not None and previous.empty_weight is not None
-    N, A, pi0 = _class_weights(stats, K, alpha, empty_frames)
+    # incremental EM swaps blocks' sums in and out: N may carry -1e-16 where it should be 0
+    N = np.maximum(stats.N, 0.0)
+    A, pi0 = prior_from_counts(N, K, alpha, stats.N_empty if empty_frames else None)
     S_F = face_sums(stats)
     Nc = N.sum(axis=(1, 2))
     # a face no image chose keeps its last value: S_F,c = 0 there, so no NaN
