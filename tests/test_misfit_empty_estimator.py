@@ -28,8 +28,10 @@ def test_clean_stack_has_z_near_standard_normal_and_no_warning(colour, n_faces, 
     assert z.shape == (400,)
     assert abs(z.mean()) < 0.2 and 0.8 < z.std() < 1.2
     assert np.mean(z > 5) <= 0.005
-    # the same numbers from a pass over the frames
-    assert np.allclose(est.posterior_summary(X).misfit, z, rtol=0, atol=1e-6)
+    # the same numbers in the fit's own summary; a new pass judges the frames as new images (under the
+    # predictive prior), which moves z only a little
+    assert np.allclose(est.posterior_summary().misfit, z, rtol=0, atol=1e-12)
+    assert np.allclose(est.posterior_summary(X).misfit, z, rtol=0, atol=0.05)
 
 
 def test_bad_frames_stand_out_and_fit_warns():
