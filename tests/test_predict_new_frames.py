@@ -120,5 +120,5 @@ def test_a_model_file_with_a_bad_image_count_is_refused(fitted, tmp_path):
         est.save(tmp_path / "bad.npz")
     finally:
         est.n_images_fit_ = keep
-    with pytest.raises(ValueError, match="n_images must be a positive int"):
+    with pytest.raises(ValueError, match="'n_images' is -3; expected a count >= 1"):
         FaceEM.load(tmp_path / "bad.npz")
