@@ -586,3 +586,22 @@ def test_tol_0_runs_every_iteration_and_warns_only_while_the_objective_moves(fit
         est = FaceEM(FACE, max_iter=1, tol=0.0, n_init=1, random_state=0, init="random").fit(X)
     hist = est.runs_[est.best_run_]["objectives"]
     assert hist[-1] != hist[-2]
+
+
+def test_the_no_face_weight_must_match_the_settings(fitted, tmp_path):
+    _, path, _, _ = fitted
+    arrays = _arrays(path)
+    # a 'no face' weight beside a prior that sums to 1 with it, in a file whose settings say no such class
+    arrays["prior"] = arrays["prior"] * 0.9
+    arrays["empty_weight"] = np.array(0.1)
+    _refused(_write(tmp_path, arrays, "weight.npz"), "'empty_frames' setting")
+    # and the settings' class without its weight
+    settings = dict(_meta(_arrays(path))["settings"], empty_frames=True)
+    _refused(_write(tmp_path, _with_meta(_arrays(path), settings=settings), "setting.npz"), "'empty_frames' setting")
+    # both together load, and the weight is kept
+    arrays = _with_meta(arrays, settings=settings)
+    est = FaceEM.load(_write(tmp_path, arrays, "both.npz"))
+    assert est.empty_weight_ == pytest.approx(0.1)
+    # a weight outside [0, 1] is refused whatever the settings say
+    arrays["empty_weight"] = np.array(1.5)
+    _refused(_write(tmp_path, arrays, "big.npz"), "'no face' weight")

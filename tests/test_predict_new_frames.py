@@ -122,3 +122,39 @@ def test_a_model_file_with_a_bad_image_count_is_refused(fitted, tmp_path):
         est.n_images_fit_ = keep
     with pytest.raises(ValueError, match="'n_images' is -3; expected a count >= 1"):
         FaceEM.load(tmp_path / "bad.npz")
+
+
+def test_the_training_images_can_be_judged_under_the_fitted_prior(fitted):
+    est, X, _ = fitted
+    # as_training: the fit's own prior, so a new pass over the training frames repeats the fit's summary
+    again = est.posterior_summary(X[:300], as_training=True)
+    np.testing.assert_array_equal(again.positions, est.posterior_summary().positions)
+    np.testing.assert_allclose(again.log_likelihood, est.posterior_summary().log_likelihood, rtol=1e-9)
+    np.testing.assert_allclose(again.misfit, est.misfit_, rtol=0, atol=1e-6)
+    # judged as new images, log p(X_k) moves: the predictive prior is not the fitted one
+    assert not np.allclose(est.posterior_summary(X[:300]).log_likelihood, again.log_likelihood, rtol=1e-6)
+
+
+def test_the_predictive_prior_keeps_the_fits_smoothing(fitted):
+    est, _, _ = fitted
+    before = est.prior_predictive_.copy()
+    est.set_params(prior_smoothing=50.0)
+    try:
+        np.testing.assert_array_equal(est.prior_predictive_, before)
+    finally:
+        est.set_params(prior_smoothing=0.0)
+
+
+def test_a_hard_fits_csv_comes_from_the_fitted_prior(tmp_path):
+    X, _ = make_faces(120, (40, 40), (16, 16), noise=1.0, random_state=5)
+    np.save(tmp_path / "s.npy", X)
+    r = subprocess.run([sys.executable, "-m", "emface.cli", "fit", str(tmp_path / "s.npy"), "--face-shape", "16x16",
+                        "--hard", "--out", str(tmp_path / "o"), "--seed", "0", "-q"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    with open(tmp_path / "o" / "positions.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    est = FaceEM.load(tmp_path / "o" / "model.npz")
+    want = est.posterior_summary(X, as_training=True)
+    np.testing.assert_allclose([float(r_["probability"]) for r_ in rows], want.probability, rtol=1e-5)
+    np.testing.assert_allclose([float(r_["misfit"]) for r_ in rows], want.misfit, rtol=1e-3, atol=1e-3)

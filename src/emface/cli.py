@@ -79,7 +79,8 @@ def _parse_face_shape(ctx, param, value):
 
 #: the names a fit writes in --out that may differ from run to run: an earlier run's that this run does not
 #: write are removed (a fit with fewer faces leaves no face_3.png behind)
-_FIT_PICTURES = (r"face\.png", r"faces\.png", r"face_\d+\.png", r"face_size\.png")
+_FIT_PICTURES = (r"face\.png", r"faces\.png", r"face_\d+\.png", r"face_size\.png", r"misfit\.png",
+                 r"worst_frames\.png")
 
 
 def _out_folder(path):
@@ -299,24 +300,25 @@ def _summary(est, X):
     """The soft posterior summary of the fitted images: kept from a soft fit, one pass after a hard one."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return est.posterior_summary(X if est.hard else None)
+        return est.posterior_summary(X, as_training=True) if est.hard else est.posterior_summary()
 
 
 def _write_fit_outputs(out_dir, est, X, names, input, elapsed, interrupted):
     from .io import write_positions
+    from .estimator import MISFIT_Z
     from .report import misfit_rows, write_fit_pictures, write_html, write_misfit_pictures
 
     if interrupted:  # the last E-step may not be the best state's: summarise it afresh
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            summ = est.posterior_summary(X)
+            summ = est.posterior_summary(X, as_training=True)
     else:
         summ = _summary(est, X)
     write_positions(os.path.join(out_dir, "positions.csv"), summ, names)
     est.save(os.path.join(out_dir, "model.npz"))
     pics = write_fit_pictures(out_dir, est)
-    written = ["positions.csv", "model.npz", "report.html", *pics]
     pics.update(write_misfit_pictures(out_dir, est, X, summ))
+    written = ["positions.csv", "model.npz", "report.html", *pics]
     K, H, W = (int(v) for v in X.shape[:3])
     C = len(est.faces_)
     h, w = est.faces_.shape[1:3]
@@ -376,7 +378,7 @@ def _write_fit_outputs(out_dir, est, X, names, input, elapsed, interrupted):
         subtitle=f"{os.path.basename(os.fspath(input))}: {K} images",
         notes=["The objective is the mean per-image log-likelihood (soft EM) or MAP joint (hard EM)"
                + (", plus the smoothing prior's term." if est.prior_smoothing else "."),
-               "Read each frame's probability with its misfit (positions.csv): a frame with misfit z > 5 is very "
+               f"Read each frame's probability with its misfit (positions.csv): a frame with misfit z > {MISFIT_Z:g} is very "
                "unlikely under the model, and a high probability there only means the best of bad options."]
         + (["The fit was interrupted: these are the best parameters found so far."] if interrupted else []),
         pictures=face_pics + [
@@ -405,7 +407,7 @@ def predict(model, input, out_file, layout, grey, allow_external_data, quiet):
     from .estimator import FaceEM
     from .io import write_positions
 
-    if not os.path.isfile(model):
+    if not os.path.exists(model):  # anything else there (a folder, a FIFO) is refused by the loader, in its words
         raise InputError(f"{model}: no such model file")
     try:
         est = FaceEM.load(model)

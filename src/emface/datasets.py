@@ -189,6 +189,7 @@ def render(background, faces, labels, positions):
     background : ndarray (H, W) or (H, W, Ch)
     faces : ndarray (C, h, w) or (C, h, w, Ch)
     labels : int ndarray (n,); positions : int ndarray (n, 2)
+        A label below 0 is "no face": that image is the background alone.
 
     Returns
     -------
@@ -199,7 +200,8 @@ def render(background, faces, labels, positions):
     X = np.empty((len(positions),) + B.shape, dtype=np.float64)
     X[:] = B
     for k, (i, j) in enumerate(positions):
-        X[k, i:i + h, j:j + w] = faces[labels[k]]
+        if labels[k] >= 0:
+            X[k, i:i + h, j:j + w] = faces[labels[k]]
     return X
 
 

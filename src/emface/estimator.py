@@ -23,7 +23,7 @@ from .errors import MisfitWarning, ModelFileError, one_line
 from .executor import EngineConfig, LocalExecutor
 from .init import INIT_METHODS, auto_start, random_start, user_start
 from .mixture import NOISE_MODELS, FaceMixture
-from .model import Params, atomic_save, load_model, save_model
+from .model import Params, _file_name, atomic_save, load_model, save_model
 from .sources import ArraySource
 
 __all__ = ["FaceEM", "PosteriorSummary", "INCREMENTAL_MIN_IMAGES"]
@@ -711,6 +711,7 @@ class FaceEM:
         self._train_summary = None
         if st is not None and st.positions is not None and not self.hard:
             self._train_summary = _summary(st, src)
+            self.misfit_ = self._train_summary.misfit
         self.best_run_ = best.init_index
         self.algorithm_ = settings.algorithm
         self.runs_ = [dict(run=r.init_index, objectives=[to_data(o) for o in r.objectives],
@@ -720,6 +721,7 @@ class FaceEM:
         self.image_shape_ = tuple(src.image_shape)
         self._moments = (src.offset, src.scale)
         self.n_images_fit_ = int(src.n_images)
+        self._fit_smoothing = float(self.prior_smoothing)
 
     @property
     def prior_predictive_(self):
@@ -736,7 +738,9 @@ class FaceEM:
         K = getattr(self, "n_images_fit_", None)
         if K is None:
             return th
-        A, pi0 = predictive_prior(th.prior, K, float(self.prior_smoothing), th.empty_weight)
+        # the α the fit used (a later set_params must not change what the fitted A's counts were)
+        alpha = getattr(self, "_fit_smoothing", self.prior_smoothing)
+        A, pi0 = predictive_prior(th.prior, K, float(alpha), th.empty_weight)
         return Params(th.faces, th.background, th.noise_std, A, pi0)
 
     def _set_theta(self, theta, colour):
@@ -756,12 +760,12 @@ class FaceEM:
         self.empty_weight_ = theta.empty_weight
 
     # ------------------------------------------------------------------ inference
-    def _pass(self, X, output=None):
+    def _pass(self, X, output=None, as_training=False):
         X = self._check_X_predict(X)
         ex = self._make_executor(X, self._theta.face_shape, moments=self._moments)
         try:
             _check_working_range(ex.source)
-            params = ex.source.to_working(self._predictive_theta())
+            params = ex.source.to_working(self._theta if as_training else self._predictive_theta())
             if output is None:
                 return ex, ex.pass_stats(params, hard=False), None
             stats, full = ex.collect(params, hard=False, output=output)
@@ -815,16 +819,21 @@ class FaceEM:
         """Fit, then return the most probable position of each training image."""
         return self.fit(X).predict(X)
 
-    def posterior_summary(self, X=None):
+    def posterior_summary(self, X=None, *, as_training=False):
         """Per-image summaries of the soft posterior: position, face, their probabilities, entropy.
 
         Parameters
         ----------
         X : array-like, optional
-            Images to summarise, by one soft E-step pass under the fitted θ.
+            Images to summarise, by one soft E-step pass under the fitted θ,
+            judged as new images (under `prior_predictive_`).
             None: the images of the last `fit`, from the E-step that fit ended
             with (soft fits only: a hard fit's posteriors are one-hot, so its
             images need to be passed again for their soft posteriors).
+        as_training : bool, default=False
+            Judge X as the images the model was fitted on, under the fitted
+            prior `prior_` (as the fit's own answers are): for the soft
+            summary of a hard fit's or an interrupted fit's own images.
 
         Returns
         -------
@@ -835,7 +844,7 @@ class FaceEM:
             if getattr(self, "_train_summary", None) is None:
                 raise ValueError("posterior_summary() without X needs a soft fit (hard=False): pass the images")
             return self._train_summary
-        ex, stats, _ = self._pass(X)
+        ex, stats, _ = self._pass(X, as_training=as_training)
         return _summary(stats, ex.source)
 
     @staticmethod
@@ -880,13 +889,7 @@ class FaceEM:
         _check_sample_memory(n_samples, th)
         rng = _check_random_state(random_state)
         C = th.n_faces
-        labels, pos = draw_assignments(th.prior, n_samples, rng)
-        X = render(public_background(th.background, True), public_faces(th.faces, True), labels, pos)
-        if th.empty_weight:  # "no face" with its weight: those images show the background alone
-            empty = rng.random(n_samples) < th.empty_weight
-            X[empty] = public_background(th.background, True)
-            labels[empty] = -1
-            pos[empty] = -1
+        X, labels, pos = _draw_means(th, n_samples, rng)
         step = max(1, _SAMPLE_NOISE_BLOCK // max(1, X[0].size))
         for a in range(0, n_samples, step):  # the noise a block at a time: the same draws, no second copy of X
             X[a:a + step] += rng.normal(0.0, 1.0, size=X[a:a + step].shape) * th.noise_std
@@ -942,6 +945,7 @@ class FaceEM:
         est.algorithm_ = st["algorithm"]
         est.face_shape_scores_ = st["face_shape_scores"]
         est.n_images_fit_ = st["n_images"]
+        est._fit_smoothing = float(est.prior_smoothing)
         est.positions_ = est.labels_ = None  # not kept in the file: predict(X) gives them
         est.misfit_ = None
         return est
@@ -1002,6 +1006,18 @@ def _summary(stats, src):
     )
 
 
+def _draw_means(theta, n, rng):
+    """n images' (face, corner) drawn from θ's prior ("no face" with its weight: label -1, corner (-1, -1))
+    and their mean images, (n, H, W, Ch) float64 without noise: what `sample` and the restart rule draw."""
+    labels, pos = draw_assignments(theta.prior, n, rng)
+    if theta.empty_weight:
+        empty = rng.random(n) < theta.empty_weight
+        labels[empty] = -1
+        pos[empty] = -1
+    X = render(public_background(theta.background, True), public_faces(theta.faces, True), labels, pos)
+    return X, labels, pos
+
+
 def _model_decisiveness(executor, model, params, rng):
     """(mean, standard error) of the posterior probability of the chosen position on images of θ itself.
 
@@ -1013,8 +1029,7 @@ def _model_decisiveness(executor, model, params, rng):
     C, Ch, h, w = params.faces.shape
     H, W = params.image_shape
     n = int(max(8, min(_DECISIVE_SAMPLES, executor.n_images, _DECISIVE_BYTES // (8 * H * W * Ch))))
-    labels, pos = draw_assignments(params.prior, n, rng)
-    X = render(public_background(params.background, True), public_faces(params.faces, True), labels, pos)
+    X, _, _ = _draw_means(params, n, rng)
     X += rng.standard_normal(X.shape) * params.noise_std
     X = X if Ch > 1 else X[..., 0]
     src = ArraySource(X, (h, w), compute_dtype=executor.config.dtype, moments=(0.0, 1.0), check_finite=False,
@@ -1080,13 +1095,6 @@ def _check_sample_memory(n_samples, theta):
                          "images at a time")
 
 
-def _file_name(path):
-    try:
-        return os.fsdecode(os.fspath(path))
-    except TypeError:
-        return str(getattr(path, "name", "the model file"))
-
-
 #: settings `save` writes that describe the machine that fitted, not the model: the loaded model
 #: computes with this machine's defaults
 _MACHINE_SETTINGS = ("face_shape", "device", "backend", "dtype", "n_jobs", "max_memory", "scheduler", "checkpoint")
@@ -1128,6 +1136,9 @@ def _loaded_state(cls, params, extra, name):
         probe._validate_settings()
     except ValueError as exc:
         raise ModelFileError(one_line(f"{name}: its settings are not valid: {exc}")) from None
+    if bool(settings.get("empty_frames", False)) != (params.empty_weight is not None):
+        raise bad("'empty_frames' setting", settings.get("empty_frames", False),
+                  "true exactly when the file holds the 'no face' class's weight ('empty_weight')")
     noise = settings.get("noise", "shared")
     if noise != "per_channel" and not np.all(params.noise_std == params.noise_std[0]):
         raise bad("noise_std", params.noise_std.tolist(), "one shared value (its settings say noise='shared')")

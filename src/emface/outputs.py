@@ -39,7 +39,7 @@ import threading
 
 from .errors import one_line
 
-__all__ = ["OutputError", "atomic_write", "atomic_open", "atomic_path", "all_or_nothing", "remove_stale_temporaries",
+__all__ = ["OutputError", "atomic_write", "atomic_open", "atomic_path", "all_or_nothing", "remove_quietly", "remove_stale_temporaries",
            "OutputFolder", "FolderLocked", "TMP_PREFIX", "LOCK_NAME"]
 
 #: the start of every temporary file's name (followed by the writing process's id and a dash)
@@ -79,7 +79,8 @@ class FolderLocked(OSError):
 
 # ----------------------------------------------------------------------------- temporaries
 
-def _remove(path):
+def remove_quietly(path):
+    """Remove a file if it is there; a file that cannot be removed is left (nothing to report)."""
     try:
         os.unlink(path)
     except OSError:
@@ -98,7 +99,7 @@ def _remove_live():
         left = list(_live)
         _live.clear()
     for tmp in left:
-        _remove(tmp)
+        remove_quietly(tmp)
 
 
 def _new_temporary(path, suffix):
@@ -159,7 +160,7 @@ def _rename(tmp, path):
     try:
         os.replace(tmp, path)
     except OSError as exc:
-        _remove(tmp)
+        remove_quietly(tmp)
         _forget(tmp)
         raise OutputError(path, exc) from None
     _forget(tmp)
@@ -183,11 +184,11 @@ def _staged(path, suffix):
         yield fd, tmp
         os.chmod(tmp, _file_mode(path))
     except OSError as exc:
-        _remove(tmp)
+        remove_quietly(tmp)
         _forget(tmp)
         raise OutputError(path, exc) from None
     except BaseException:
-        _remove(tmp)
+        remove_quietly(tmp)
         _forget(tmp)
         raise
     group = getattr(_staging, "group", None)
@@ -279,7 +280,7 @@ def all_or_nothing():
     except BaseException:
         _staging.group = None
         for tmp, _ in staged:
-            _remove(tmp)
+            remove_quietly(tmp)
             _forget(tmp)
         raise
     _staging.group = None
@@ -288,7 +289,7 @@ def all_or_nothing():
             _rename(tmp, path)
         except BaseException:
             for t, _ in staged[i + 1:]:
-                _remove(t)
+                remove_quietly(t)
                 _forget(t)
             raise
 
@@ -407,7 +408,7 @@ class OutputFolder:
                 fd = os.open(lock, flags, 0o666)
             except OSError as exc:
                 if exc.errno == errno.ELOOP:  # a symlink planted as the lock: replace it, never follow it
-                    _remove(lock)
+                    remove_quietly(lock)
                     continue
                 raise OutputError(self.path, exc, "write to the output folder") from None
             try:
@@ -440,7 +441,7 @@ class OutputFolder:
         """Release the lock (and remove the lock file); called on exit."""
         if self._fd is None:
             return
-        _remove(os.path.join(self.path, LOCK_NAME))
+        remove_quietly(os.path.join(self.path, LOCK_NAME))
         os.close(self._fd)  # closing releases the flock
         self._fd = None
 

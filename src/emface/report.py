@@ -15,6 +15,7 @@ import time
 
 import numpy as np
 
+from .estimator import MISFIT_Z
 from .io import to_uint8
 from .outputs import all_or_nothing, atomic_open
 
@@ -336,7 +337,14 @@ def write_fit_pictures(out_dir, est, lo=None, hi=None):
     scores = getattr(est, "face_shape_scores_", None)
     if scores:
         pics["face_size.png"] = png_bytes(size_figure(scores, est.face_shape_))
-    with all_or_nothing():  # every picture, or (a full disk) none: the earlier ones stay
+    return _write_pictures(out_dir, pics)
+
+
+def _write_pictures(out_dir, pics):
+    """Write each PNG of `pics` (name -> bytes) into `out_dir` through the one atomic writer: every
+    picture, or (a full disk) none, the earlier ones left as they were; a symlink is replaced, never
+    followed. Returns `pics`."""
+    with all_or_nothing():
         for name, data in pics.items():
             with atomic_open(os.path.join(out_dir, name), "wb") as fh:
                 fh.write(data)
@@ -345,7 +353,7 @@ def write_fit_pictures(out_dir, est, lo=None, hi=None):
 
 # ----------------------------------------------------------------------------- frames that do not fit
 
-def misfit_figure(z, threshold=5.0):
+def misfit_figure(z, threshold=MISFIT_Z):
     """Histogram of the frames' misfit z-scores, with the N(0, 1) density they follow when the model fits."""
     plt = _plt()
     z = np.asarray(z, dtype=float)
@@ -372,14 +380,9 @@ def misfit_figure(z, threshold=5.0):
 
 def _fitted_means(est, labels, positions):
     """The fitted mean image of each frame: its face pasted at its position, or the background alone (-1)."""
-    B = np.asarray(est.background_, dtype=float)
-    F = np.asarray(est.faces_, dtype=float)
-    h, w = F.shape[1:3]
-    out = np.repeat(B[None], len(labels), axis=0)
-    for k, (c, (i, j)) in enumerate(zip(labels, positions)):
-        if c >= 0:
-            out[k, i:i + h, j:j + w] = F[c]
-    return out
+    from .datasets import render
+
+    return render(est.background_, np.asarray(est.faces_, dtype=float), labels, positions)
 
 
 def worst_frames_figure(frames, means, titles, lo=None, hi=None):
@@ -424,13 +427,10 @@ def write_misfit_pictures(out_dir, est, X, summary, n_worst=6):
         titles = [f"frame {k}: z = {z[k]:.1f}, p = {summary.probability[k]:.3f}"
                   + (" (no face)" if summary.faces[k] < 0 else "") for k in worst]
         pics["worst_frames.png"] = png_bytes(worst_frames_figure(frames, means, titles, lo, hi))
-    for name, data in pics.items():
-        with open(os.path.join(out_dir, name), "wb") as fh:
-            fh.write(data)
-    return pics
+    return _write_pictures(out_dir, pics)
 
 
-def misfit_rows(summary, threshold=5.0):
+def misfit_rows(summary, threshold=MISFIT_Z):
     """Rows (what, value) for the report: how many frames misfit and, with a "no face" class, their share."""
     rows = []
     z = getattr(summary, "misfit", None)

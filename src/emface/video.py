@@ -392,7 +392,9 @@ class VideoStack(LazyStack):
             try:
                 return np.load(final, mmap_mode="r")
             except (ValueError, OSError, EOFError):  # damaged: write it again
-                _remove(final)
+                from .outputs import remove_quietly
+
+                remove_quietly(final)
         stack = cls(path, grey=grey)
         try:
             cls._write_cache(stack, final, chunk_bytes)
@@ -448,17 +450,10 @@ def _declared_frames(container, stream, counted, rate):
     return n, f"a duration of {seconds:.3g} s at {fps:.4g} frames/s"
 
 
-def _remove(path):
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
-
-
 def _remove_stale(final):
     """Remove the caches of older versions of the same video (same path and grey flag), and
     temporary files left by killed runs."""
-    from .outputs import remove_stale_temporaries
+    from .outputs import remove_quietly, remove_stale_temporaries
 
     folder, name = os.path.split(final)
     remove_stale_temporaries(folder)
@@ -468,11 +463,11 @@ def _remove_stale(final):
         if other == name:
             continue
         if other.startswith(stem_where + "-") and other.endswith("-" + kind) and other.count("-") == name.count("-"):
-            _remove(full)
+            remove_quietly(full)
         elif other.startswith("." + stem_where + "-") and other.endswith(".tmp"):
             pid = other.rsplit(".", 2)[-2]
             if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
-                _remove(full)
+                remove_quietly(full)
 
 
 def _alive(pid):
@@ -533,8 +528,6 @@ def write_synthetic_video(path, n_images=1000, image_shape=(100, 120), face_shap
     -------
     truth : emface.datasets.FacesTruth
     """
-    from fractions import Fraction
-
     from .datasets import FacesTruth, draw_assignments, make_faces, render
     from .outputs import atomic_path
 
