@@ -117,6 +117,21 @@ def test_log_joint_pass_leaves_chi2_undefined():
     assert np.isnan(stats.chi2).all()
 
 
+@pytest.mark.parametrize("backend,route", ROUTES)
+def test_log_joints_are_over_faces_and_positions_with_the_no_face_class_too(backend, route):
+    """The log-joint pass (the course API's) gives log p(X_k, c, d) over (face, position) on every route,
+    and its best value, whatever the weight of "no face" (most of these frames show none)."""
+    theta, X = _problem((6, 7, 8, 3, 3), (2, 1), "lj-empty", pi0=0.6)
+    stats, lj = _executor(X, (3, 3), backend, route).collect(theta, output="log_joint")
+    plain = Params(theta.faces, theta.background, theta.noise_std, theta.prior)
+    flat = ref.log_joint_flat(X, *ref_args(plain))
+    np.testing.assert_allclose(np.asarray(lj).reshape(len(X), -1), flat, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(stats.image_loglik, flat.max(axis=1), rtol=1e-10)
+    P, Q = theta.grid_shape
+    rem = flat.argmax(axis=1) % (P * Q)
+    np.testing.assert_array_equal(np.asarray(stats.positions), np.stack([rem // Q, rem % Q], axis=1))
+
+
 # ----------------------------------------------------------------------------- the "no face" class
 
 @pytest.mark.parametrize("model", MODELS)

@@ -535,7 +535,7 @@ def fused_pass(
             rem = am - ac * (P * Q)
             ai = rem // Q
             aj = rem - ai * Q
-            if le > mx:
+            if le > mx and mode != 1:  # the log joints (mode 1) are over (face, position), as the array route's
                 mx = le
                 am = M
                 for t in range(8):
