@@ -1032,8 +1032,9 @@ def _model_decisiveness(executor, model, params, rng):
     X, _, _ = _draw_means(params, n, rng)
     X += rng.standard_normal(X.shape) * params.noise_std
     X = X if Ch > 1 else X[..., 0]
+    # one pass: spectra are not worth caching (and the fit's own cache is still held)
     src = ArraySource(X, (h, w), compute_dtype=executor.config.dtype, moments=(0.0, 1.0), check_finite=False,
-                      n_faces=C)
+                      n_faces=C, max_memory=_DECISIVE_BYTES // 4)
     maxp = LocalExecutor(src, executor.config).pass_stats(params, hard=model.hard).max_prob
     return float(np.mean(maxp)), float(np.std(maxp) / np.sqrt(n))
 
