@@ -33,7 +33,7 @@ def test_large_float32_stack_caches_at_most_its_own_size():
     src, X = _lazy_source(40_000, (64, 64), (8, 8), np.float32)
     every = 40_000 * spectrum_bytes_per_image((64, 64), np.float64)
     assert every > 2 * X.nbytes
-    assert src.cache_budget == X.nbytes
+    assert src.cache_budget == int(costs.CACHE_SHARE_OF_DATA * X.nbytes)
     assert 0 < src.planned_cache_bytes <= src.cache_budget
     # whole chunks are kept: the plan falls short of the budget by less than one chunk
     assert src.cache_budget - src.planned_cache_bytes < src.chunk_size * every // 40_000
@@ -70,7 +70,7 @@ def test_a_small_stack_beside_large_spectra_fills_the_default_amount():
 def test_default_cache_budget_rules():
     f = costs.default_cache_budget
     assert f(100, 500) == 500                                   # all fit
-    assert f(10**9, 2 * 10**9) == 10**9                         # the data's own size
+    assert f(10**9, 2 * 10**9) == 8 * 10**8                     # four fifths of the data's size
     assert f(10**8, 2 * GiB) == GiB - 10**8                     # what is left beside the data
     assert f(10**9, 2 * 10**9, available=10**9) == 5 * 10**8   # half the available memory at most
     for data in (1, 10**6, 10**8, 5 * 10**8, 10**9, 10**10):
@@ -78,7 +78,8 @@ def test_default_cache_budget_rules():
             spectra = int(ratio * data)
             b = f(data, spectra)
             assert 0 <= b <= spectra
-            assert b <= max(data, costs.DEFAULT_CACHE_BYTES - data) or b == spectra <= costs.DEFAULT_CACHE_BYTES
+            assert (b <= max(costs.CACHE_SHARE_OF_DATA * data, costs.DEFAULT_CACHE_BYTES - data)
+                    or b == spectra <= costs.DEFAULT_CACHE_BYTES)
 
 
 def test_max_memory_still_sets_the_budget():
@@ -87,9 +88,9 @@ def test_max_memory_still_sets_the_budget():
 
 
 def test_a_partial_default_cache_fits_the_same_model(monkeypatch):
-    """With the default amount made tiny, the default cache holds only part of the spectra (at most the
-    data's size); the fit equals the fully cached one to 1e-10."""
-    X, _ = make_faces(1200, (30, 36), (12, 10), noise=0.6, random_state=3)
+    """With the default amount made tiny, the default cache holds only part of the spectra (at most four
+    fifths of the data's size, whole chunks); the fit equals the fully cached one to 1e-10."""
+    X, _ = make_faces(2000, (30, 36), (12, 10), noise=0.6, random_state=3)
     X = X.astype(np.float32)
     full = FaceEM((12, 10), random_state=0, n_init=1, max_iter=8).fit(X)
     monkeypatch.setattr(costs, "DEFAULT_CACHE_BYTES", 2**16)

@@ -216,8 +216,8 @@ class FaceEM:
         also on the CPU).
     max_memory : int or str, optional
         Bound on what the engine holds besides the data, e.g. ``"2GB"``. None:
-        cache every image's spectra while they fit in 1 GiB, else up to the
-        data's own size (`emface.engine.costs.default_cache_budget`).
+        cache every image's spectra while they fit in 1 GiB, else up to four
+        fifths of the data's size (`emface.engine.costs.default_cache_budget`).
     checkpoint : path, optional
         Save the best state so far every `checkpoint_every` iterations (atomically).
     checkpoint_every : int, default=10

@@ -291,7 +291,7 @@ class ArraySource(WorkingUnits):
     max_memory : int or None
         Bound in bytes on what the engine holds besides `data` itself (cached
         spectra and chunk buffers). None: `emface.engine.costs.default_cache_budget`
-        (every spectrum while they fit in 1 GiB, else up to the data's own size),
+        (every spectrum while they fit in 1 GiB, else up to four fifths of the data's size),
         never more than half the available memory.
     chunk_size : int or None
         Images per chunk; None picks it from a memory target.
