@@ -41,10 +41,10 @@ def _rendered(exe, html_path, tmp_path):
 
 
 @pytest.mark.parametrize("n_faces,colour,face_shape,n_images", [
-    (1, False, "10x8", 4),  # face, background, prior, objective
+    (1, False, "10x8", 6),  # face, background, prior, objective, the misfit histogram and the worst frames
     # several colour faces at a chosen size: the faces figure, a picture per face, background, prior,
-    # objective and the size figure
-    (2, True, "auto", 7),
+    # objective, the size figure, the misfit histogram and the worst frames
+    (2, True, "auto", 9),
 ])
 def test_fit_report_renders_every_image(tmp_path, n_faces, colour, face_shape, n_images):
     """`emface fit` (the command itself) writes a page whose every image a browser can show."""
