@@ -1,4 +1,6 @@
+import importlib.util
 import os
+import zlib
 
 import numpy as np
 import pytest
@@ -84,3 +86,38 @@ def contrast_problem(rng, K, H, W, h, w, s, prior=None):
 @pytest.fixture
 def rng():
     return np.random.default_rng(12345)
+
+
+# ----------------------------------------------------------------------------- the engine's reference tests
+
+#: every backend and correlation route the reference tests hold to the brute force
+ROUTES = [("numba", "fft"), ("numba", "direct"), ("numpy", "fft"), ("numpy", "direct")]
+if importlib.util.find_spec("torch") is not None:
+    ROUTES.append(("torch", "fft"))
+RTOL = 1e-10
+
+
+def seed_of(*parts):
+    """A seed that depends on a test case's parameters only (stable across runs and processes)."""
+    return zlib.crc32(repr(parts).encode())
+
+
+def close(a, b, rtol=RTOL):
+    """Same shape, and equal to `rtol` times the largest value of `b`."""
+    a = np.asarray(a, dtype=float)
+    b = np.asarray(b, dtype=float)
+    assert a.shape == b.shape, (a.shape, b.shape)
+    if a.size == 0:
+        return True
+    scale = max(np.abs(b).max(), 1e-300)
+    return np.abs(a - b).max() <= rtol * scale
+
+
+def engine_executor(X, face_shape, backend, route, chunk_size=2, dtype=np.float64):
+    """A local executor over X in its own units (no standardising), small chunks, the given engine."""
+    from emface.executor import EngineConfig, LocalExecutor
+    from emface.sources import ArraySource
+
+    src = ArraySource(X, face_shape, standardize=False, chunk_size=chunk_size)
+    return LocalExecutor(src, EngineConfig(backend=backend, route=route, dtype=dtype))
+

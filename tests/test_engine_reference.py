@@ -4,19 +4,16 @@ Every backend and correlation route, one and several faces, one and several
 channels, priors with zeros and a face with no weight at all.
 """
 
-import importlib.util
-import zlib
 
 import numpy as np
 import pytest
 
 import reference as ref
-from conftest import as_ref, random_problem, ref_args
+from conftest import ROUTES, RTOL, as_ref, close, engine_executor, random_problem, ref_args, seed_of
 from emface.engine import free_energy, params_from
 from emface.executor import EngineConfig, LocalExecutor
 from emface.sources import ArraySource
 
-RTOL = 1e-10
 
 # odd sizes, a 1xQ grid, a Px1 grid, and a face as large as the image
 SHAPES = [
@@ -26,36 +23,17 @@ SHAPES = [
     (3, 5, 5, 5, 5),    # face = image: a 1x1 grid
     (6, 8, 7, 1, 1),    # one-pixel face
 ]
-ROUTES = [("numba", "fft"), ("numba", "direct"), ("numpy", "fft"), ("numpy", "direct")]
-if importlib.util.find_spec("torch") is not None:
-    ROUTES.append(("torch", "fft"))
 # (faces C, channels Ch)
 MODELS = [(1, 1), (3, 1), (1, 3), (2, 2)]
 
 
-def _seed(*parts):
-    return zlib.crc32(repr(parts).encode())
 
-
-def _close(a, b, rtol=RTOL):
-    a = np.asarray(a, dtype=float)
-    b = np.asarray(b, dtype=float)
-    assert a.shape == b.shape, (a.shape, b.shape)
-    if a.size == 0:
-        return True
-    scale = max(np.abs(b).max(), 1e-300)
-    return np.abs(a - b).max() <= rtol * scale
-
-
-def _executor(X, face_shape, backend, route, chunk_size=2, dtype=np.float64):
-    src = ArraySource(X, face_shape, standardize=False, chunk_size=chunk_size)
-    return LocalExecutor(src, EngineConfig(backend=backend, route=route, dtype=dtype))
 
 
 def _problem(shape, model, *parts, **kw):
     K, H, W, h, w = shape
     C, Ch = model
-    rng = np.random.default_rng(_seed(shape, model, *parts))
+    rng = np.random.default_rng(seed_of(shape, model, *parts))
     return random_problem(rng, K, H, W, h, w, n_faces=C, n_channels=Ch, **kw)
 
 
@@ -77,15 +55,15 @@ def background_evidence(q, h, w):
 def _check_m_step(new, q, X, theta, h, w, alpha=0.0, per_channel=False):
     F, B, s, A = ref.m_step(X, q, h, w, alpha=alpha, previous_B=as_ref(B=theta.background),
                             previous_F=as_ref(F=theta.faces), per_channel=per_channel)
-    assert _close(as_ref(F=new.faces), F)
-    assert _close(new.prior, A)
+    assert close(as_ref(F=new.faces), F)
+    assert close(new.prior, A)
     # s² is an expanded sum of squares, exact to the rounding of ||X||²: an
     # exact fit (s = 0, as when each face explains one image) comes out near 1e-16
     assert np.allclose(new.noise_std ** 2, s ** 2, rtol=RTOL, atol=1e-13 * np.mean(np.square(X)))
     # B is (SX - XC) / (K - C): where the evidence K - C is tiny the ratio is
     # ill-conditioned in any arithmetic; compare where there is real evidence
     free = background_evidence(q, h, w)
-    assert _close(as_ref(B=new.background)[free > 1e-4], B[free > 1e-4])
+    assert close(as_ref(B=new.background)[free > 1e-4], B[free > 1e-4])
 
 
 @pytest.mark.parametrize("model", MODELS)
@@ -95,12 +73,12 @@ def test_log_joint_and_posterior(shape, backend, route, model):
     theta, X, _, _ = _problem(shape, model, backend, route)
     K = len(X)
     h, w = theta.face_shape
-    ex = _executor(X, (h, w), backend, route)
+    ex = engine_executor(X, (h, w), backend, route)
     stats, lj = ex.collect(theta, output="log_joint")
     want = ref.log_joint(X, *ref_args(theta))
     finite = np.isfinite(want)
     assert np.array_equal(np.isfinite(lj), finite)
-    assert _close(lj[finite], want[finite])
+    assert close(lj[finite], want[finite])
     stats, q = ex.collect(theta, output="q")
     qr = ref.posterior(X, *ref_args(theta))
     assert np.abs(q - qr).max() <= RTOL
@@ -108,12 +86,12 @@ def test_log_joint_and_posterior(shape, backend, route, model):
     assert (q[:, theta.prior == 0] == 0).all()
     assert np.abs(stats.class_prob - qr.sum(axis=(2, 3))).max() <= RTOL
     ll = ref.log_likelihood(X, *ref_args(theta))
-    assert _close(stats.loglik, ll)
+    assert close(stats.loglik, ll)
     # with the exact posterior the lower bound is the log-likelihood, and the
     # free energy computed from the sufficient statistics is the same number
     lb = ref.lower_bound(X, *ref_args(theta), qr)
-    assert _close(stats.loglik, lb)
-    assert _close(free_energy(stats, theta), lb)
+    assert close(stats.loglik, lb)
+    assert close(free_energy(stats, theta), lb)
 
 
 @pytest.mark.parametrize("model", MODELS)
@@ -124,7 +102,7 @@ def test_soft_m_step(shape, backend, route, alpha, model):
     per_channel = model[1] > 1 and alpha > 0
     theta, X, _, _ = _problem(shape, model, backend, route, alpha, 1, per_channel=per_channel)
     h, w = theta.face_shape
-    ex = _executor(X, (h, w), backend, route)
+    ex = engine_executor(X, (h, w), backend, route)
     stats = ex.pass_stats(theta)
     new, info = params_from(stats, theta, prior_smoothing=alpha, noise_floor=1e-300,
                             noise="per_channel" if per_channel else "shared")
@@ -138,7 +116,7 @@ def test_soft_m_step(shape, backend, route, alpha, model):
 def test_hard_e_and_m_step(shape, backend, route, model):
     theta, X, _, _ = _problem(shape, model, backend, route, 2)
     K, H, W, h, w = shape
-    ex = _executor(X, (h, w), backend, route)
+    ex = engine_executor(X, (h, w), backend, route)
     stats = ex.pass_stats(theta, hard=True)
     labels, pos = ref.hard_assignments(X, *ref_args(theta))
     assert np.array_equal(stats.positions, pos)
@@ -147,7 +125,7 @@ def test_hard_e_and_m_step(shape, backend, route, model):
     q = ref.one_hot(labels, pos, C, P, Q)
     # the hard objective is the lower bound of the one-hot q (its entropy is 0)
     lb = ref.lower_bound(X, *ref_args(theta), q)
-    assert _close(stats.loglik, lb)
+    assert close(stats.loglik, lb)
     assert stats.entropy_sum == 0.0
     new, _ = params_from(stats, theta, noise_floor=1e-300)
     _check_m_step(new, q, X, theta, h, w)
@@ -161,7 +139,7 @@ def test_a_face_with_no_images_keeps_its_face(backend, route, hard):
     theta, X, labels, _ = _problem(shape, model, "empty", backend, route, hard, empty_face=True)
     assert not (labels == 2).any()
     h, w = theta.face_shape
-    stats = _executor(X, (h, w), backend, route).pass_stats(theta, hard=hard)
+    stats = engine_executor(X, (h, w), backend, route).pass_stats(theta, hard=hard)
     assert stats.N[2].sum() == 0.0
     new, info = params_from(stats, theta, noise_floor=1e-300)
     assert 2 in info.empty_faces
@@ -177,11 +155,11 @@ def test_free_energy_of_old_posteriors_under_new_parameters(model):
     """free_energy(stats of θ, θ') is E_q[log p(X, c, d | θ')] + H(q) for the posteriors of θ."""
     theta, X, _, _ = _problem((5, 7, 8, 3, 3), model, "fe")
     h, w = theta.face_shape
-    stats = _executor(X, (h, w), "numba", None).pass_stats(theta)
+    stats = engine_executor(X, (h, w), "numba", None).pass_stats(theta)
     new, _ = params_from(stats, theta, noise_floor=1e-300)
     q = ref.posterior(X, *ref_args(theta))
     want = ref.lower_bound(X, *ref_args(new), q)
-    assert _close(free_energy(stats, new), want)
+    assert close(free_energy(stats, new), want)
     # the M-step maximises it over θ: never below the start's
     assert free_energy(stats, new) >= free_energy(stats, theta) - 1e-12 * abs(want)
 
@@ -190,11 +168,11 @@ def test_free_energy_of_old_posteriors_under_new_parameters(model):
 @pytest.mark.parametrize("model", [(1, 1), (3, 2)])
 def test_chunking_does_not_change_sums(backend, model):
     theta, X, _, _ = _problem((13, 9, 10, 4, 3), model, "chunks")
-    one = _executor(X, (4, 3), backend, None, chunk_size=13).pass_stats(theta)
-    many = _executor(X, (4, 3), backend, None, chunk_size=3).pass_stats(theta)
+    one = engine_executor(X, (4, 3), backend, None, chunk_size=13).pass_stats(theta)
+    many = engine_executor(X, (4, 3), backend, None, chunk_size=3).pass_stats(theta)
     for name in ("N", "S_F", "XC", "SX", "SXX"):
-        assert _close(getattr(many, name), getattr(one, name), 1e-12)
-    assert _close(many.loglik, one.loglik, 1e-12)
+        assert close(getattr(many, name), getattr(one, name), 1e-12)
+    assert close(many.loglik, one.loglik, 1e-12)
     assert np.array_equal(many.positions, one.positions)
     assert np.array_equal(many.labels, one.labels)
 
@@ -207,7 +185,7 @@ def test_stats_sum_adds_in_order_and_joins_the_per_image_arrays():
     from emface.model import StatsSum
 
     theta, X, _, _ = _problem((13, 9, 10, 4, 3), (2, 2), "sum")
-    ex = _executor(X, (4, 3), "numba", None, chunk_size=3)
+    ex = engine_executor(X, (4, 3), "numba", None, chunk_size=3)
     plan = ex._plan(theta, False, with_moments=True)
     parts = [chunk_stats(ex.source.chunk(i), plan) for i in range(ex.n_chunks)]
     assert len(parts) == 5
@@ -232,7 +210,7 @@ def test_dense_and_sparse_routes_agree_with_the_reference(model):
     for s in (50.0, 0.3):  # broad, then sharp posteriors
         th = theta.copy()
         th.noise_std = np.full(model[1], s)
-        stats = _executor(X, (5, 6), "numba", "fft").pass_stats(th)
+        stats = engine_executor(X, (5, 6), "numba", "fft").pass_stats(th)
         if s == 50.0:
             assert stats.S_F_hat is not None  # the dense route was taken
         new, _ = params_from(stats, th, noise_floor=1e-300)
@@ -243,8 +221,8 @@ def test_dense_and_sparse_routes_agree_with_the_reference(model):
 def test_float32_gives_same_positions_and_close_sums(model):
     theta, X, _, _ = _problem((40, 24, 30, 8, 9), model, "f32", s=0.4)
     for route in ("fft", "direct"):
-        a = _executor(X, (8, 9), "numba", route, chunk_size=7).pass_stats(theta)
-        b = _executor(X, (8, 9), "numba", route, chunk_size=7, dtype=np.float32).pass_stats(theta)
+        a = engine_executor(X, (8, 9), "numba", route, chunk_size=7).pass_stats(theta)
+        b = engine_executor(X, (8, 9), "numba", route, chunk_size=7, dtype=np.float32).pass_stats(theta)
         assert np.array_equal(a.positions, b.positions)
         assert np.array_equal(a.labels, b.labels)
         assert abs(a.loglik - b.loglik) <= 1e-4 * abs(a.loglik)
@@ -254,7 +232,7 @@ def test_float32_gives_same_positions_and_close_sums(model):
 def test_float32_route_against_the_reference(route):
     """float32 correlations: the same hard assignments, posteriors and M-step to float32 accuracy."""
     theta, X, _, _ = _problem((6, 12, 13, 4, 5), (2, 1), "f32", route, s=0.8)
-    ex = _executor(X, (4, 5), "numba", route, dtype=np.float32)
+    ex = engine_executor(X, (4, 5), "numba", route, dtype=np.float32)
     stats, q = ex.collect(theta, output="q")
     qr = ref.posterior(X, *ref_args(theta))
     assert np.abs(q - qr).max() < 1e-4
@@ -263,8 +241,8 @@ def test_float32_route_against_the_reference(route):
     assert np.array_equal(hard.positions, pos) and np.array_equal(hard.labels, labels)
     new, _ = params_from(stats, theta)
     F, B, s, A = ref.m_step(X, qr, 4, 5, previous_B=as_ref(B=theta.background))
-    assert _close(as_ref(F=new.faces), F, 1e-4)
-    assert _close(new.noise_std, s, 1e-4)
+    assert close(as_ref(F=new.faces), F, 1e-4)
+    assert close(new.noise_std, s, 1e-4)
 
 
 def test_one_channel_in_four_dimensions_equals_the_grey_stack():
@@ -274,8 +252,8 @@ def test_one_channel_in_four_dimensions_equals_the_grey_stack():
 
     X, _ = make_faces(120, (30, 36), (12, 10), noise=0.8, random_state=3)
     theta, _, _, _ = _problem((1, 30, 36, 12, 10), (1, 1), "ch1")
-    a = _executor(X, (12, 10), "numba", None).pass_stats(theta)
-    b = _executor(X[..., None], (12, 10), "numba", None).pass_stats(theta)
+    a = engine_executor(X, (12, 10), "numba", None).pass_stats(theta)
+    b = engine_executor(X[..., None], (12, 10), "numba", None).pass_stats(theta)
     for name in ("N", "S_F", "XC", "SX", "SXX"):
         assert np.array_equal(getattr(a, name), getattr(b, name))
     assert a.loglik == b.loglik
@@ -318,7 +296,7 @@ def test_parallel_kernels_against_the_reference(model, monkeypatch):
     ex = LocalExecutor(src, EngineConfig(backend="numba", workers=2))
     qr = ref.posterior(X, *ref_args(theta))
     stats, q = ex.collect(theta, output="q")
-    assert _close(q, qr)
+    assert close(q, qr)
     new, _ = params_from(stats, theta, noise_floor=1e-300)
     _check_m_step(new, qr, X, theta, h, w)
     hard = ex.pass_stats(theta, hard=True)
@@ -326,12 +304,12 @@ def test_parallel_kernels_against_the_reference(model, monkeypatch):
     assert np.array_equal(hard.positions, pos) and np.array_equal(hard.labels, labels)
     at = ex.stats_from_positions(pos, labels, n_faces=model[0])
     for name in ("N", "S_F", "XC"):
-        assert _close(getattr(at, name), getattr(hard, name))
+        assert close(getattr(at, name), getattr(hard, name))
     direct = LocalExecutor(src, EngineConfig(backend="numba", route="direct", workers=2)).pass_stats(theta)
-    assert _close(direct.loglik, stats.loglik) and np.array_equal(direct.positions, stats.positions)
+    assert close(direct.loglik, stats.loglik) and np.array_equal(direct.positions, stats.positions)
     given = ex.stats_from_q(lambda a, b: qr[a:b])
     for name in ("N", "S_F", "XC"):
-        assert _close(getattr(given, name), getattr(stats, name))
+        assert close(getattr(given, name), getattr(stats, name))
     broad = theta.copy()
     broad.noise_std = np.full(model[1], 50.0)  # broad posteriors: the dense route
     dense = ex.pass_stats(broad)

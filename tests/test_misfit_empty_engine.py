@@ -5,46 +5,26 @@ kernels on numpy and on torch), soft and hard EM, one and several faces, one
 and several channels, one s or one per channel.
 """
 
-import importlib.util
-import zlib
 
 import numpy as np
 import pytest
 
 import reference as ref
-from conftest import as_ref, random_problem, ref_args
+from conftest import ROUTES, RTOL, as_ref, close, engine_executor, random_problem, ref_args, seed_of
 from emface.engine import free_energy, misfit_z, objective, params_from
 from emface.executor import EngineConfig, LocalExecutor
 from emface.model import Params
 from emface.sources import ArraySource
 
-RTOL = 1e-10
 SHAPES = [
     (5, 7, 9, 3, 4),
     (4, 6, 11, 6, 5),   # full height: a 1xQ grid
     (3, 5, 5, 5, 5),    # face = image: a 1x1 grid
 ]
-ROUTES = [("numba", "fft"), ("numba", "direct"), ("numpy", "fft"), ("numpy", "direct")]
-if importlib.util.find_spec("torch") is not None:
-    ROUTES.append(("torch", "fft"))
 MODELS = [(1, 1), (3, 1), (1, 3), (2, 2)]
 
 
-def _seed(*parts):
-    return zlib.crc32(repr(parts).encode())
 
-
-def _close(a, b, rtol=RTOL):
-    a = np.asarray(a, dtype=float)
-    b = np.asarray(b, dtype=float)
-    assert a.shape == b.shape, (a.shape, b.shape)
-    scale = max(np.abs(b).max(), 1e-300)
-    return np.abs(a - b).max() <= rtol * scale
-
-
-def _executor(X, face_shape, backend, route, chunk_size=2):
-    src = ArraySource(X, face_shape, standardize=False, chunk_size=chunk_size)
-    return LocalExecutor(src, EngineConfig(backend=backend, route=route))
 
 
 def _with_empty(theta, pi0):
@@ -56,7 +36,7 @@ def _problem(shape, model, *parts, pi0=None, per_channel=False, s=None):
     """A random θ (with "no face" of weight pi0 when given) and images drawn from it, some without a face."""
     K, H, W, h, w = shape
     C, Ch = model
-    rng = np.random.default_rng(_seed(shape, model, pi0, *parts))
+    rng = np.random.default_rng(seed_of(shape, model, pi0, *parts))
     theta, X, _, _ = random_problem(rng, K, H, W, h, w, n_faces=C, n_channels=Ch, per_channel=per_channel, s=s)
     if pi0 is None:
         return theta, X
@@ -83,10 +63,10 @@ def _ref_q(X, theta, hard):
 def test_chi2_equals_the_loops(shape, backend, route, model, hard):
     """Stats.chi2 is E_q[Σ_ch ||X - μ||²/s_ch²] of each image, the mean images built one by one."""
     theta, X = _problem(shape, model, "chi2", backend, route, hard, per_channel=model[1] > 1)
-    stats = _executor(X, theta.face_shape, backend, route).pass_stats(theta, hard=hard)
+    stats = engine_executor(X, theta.face_shape, backend, route).pass_stats(theta, hard=hard)
     q = _ref_q(X, theta, hard)
     want = ref.expected_chi2(X, *ref_args(theta), q)
-    assert _close(stats.chi2, want)
+    assert close(stats.chi2, want)
     n = int(np.prod(X.shape[1:]))
     assert np.allclose(misfit_z(stats.chi2, n), (want - n) / np.sqrt(2 * n), rtol=0, atol=1e-9)
 
@@ -95,7 +75,7 @@ def test_chi2_equals_the_loops(shape, backend, route, model, hard):
 def test_chi2_at_low_noise_where_the_logits_are_summed_directly(backend):
     """s = 1e-3: the fused sweep recomputes the leading logits relative to the best (its exact frame)."""
     theta, X = _problem((5, 8, 9, 3, 4), (2, 1), "low", backend, s=1e-3)
-    stats = _executor(X, theta.face_shape, backend, None).pass_stats(theta)
+    stats = engine_executor(X, theta.face_shape, backend, None).pass_stats(theta)
     want = ref.expected_chi2(X, *ref_args(theta), ref.posterior_flat(X, *ref_args(theta)))
     assert np.allclose(stats.chi2, want, rtol=1e-8, atol=1e-6)
 
@@ -103,7 +83,7 @@ def test_chi2_at_low_noise_where_the_logits_are_summed_directly(backend):
 def test_chi2_sums_to_n_times_k_at_the_m_step_s():
     """With the M-step's s on the same posteriors, Σ_k chi2_k = n·K exactly: the mean z is 0 by construction."""
     theta, X = _problem((8, 9, 10, 3, 4), (2, 2), "sum")
-    ex = _executor(X, theta.face_shape, "numba", None)
+    ex = engine_executor(X, theta.face_shape, "numba", None)
     stats = ex.pass_stats(theta)
     new, _ = params_from(stats, theta, noise_floor=1e-300)
     q = ref.posterior_flat(X, *ref_args(theta))
@@ -113,7 +93,7 @@ def test_chi2_sums_to_n_times_k_at_the_m_step_s():
 
 def test_log_joint_pass_leaves_chi2_undefined():
     theta, X = _problem((4, 7, 8, 3, 3), (1, 1), "lj")
-    stats, _ = _executor(X, (3, 3), "numba", None).collect(theta, output="log_joint")
+    stats, _ = engine_executor(X, (3, 3), "numba", None).collect(theta, output="log_joint")
     assert np.isnan(stats.chi2).all()
 
 
@@ -122,7 +102,7 @@ def test_log_joints_are_over_faces_and_positions_with_the_no_face_class_too(back
     """The log-joint pass (the course API's) gives log p(X_k, c, d) over (face, position) on every route,
     and its best value, whatever the weight of "no face" (most of these frames show none)."""
     theta, X = _problem((6, 7, 8, 3, 3), (2, 1), "lj-empty", pi0=0.6)
-    stats, lj = _executor(X, (3, 3), backend, route).collect(theta, output="log_joint")
+    stats, lj = engine_executor(X, (3, 3), backend, route).collect(theta, output="log_joint")
     plain = Params(theta.faces, theta.background, theta.noise_std, theta.prior)
     flat = ref.log_joint_flat(X, *ref_args(plain))
     np.testing.assert_allclose(np.asarray(lj).reshape(len(X), -1), flat, rtol=1e-10, atol=1e-10)
@@ -145,7 +125,7 @@ def test_empty_class_soft_e_and_m_step(shape, backend, route, model):
     C, P, Q = theta.prior.shape
     M = C * P * Q
     h, w = theta.face_shape
-    ex = _executor(X, (h, w), backend, route)
+    ex = engine_executor(X, (h, w), backend, route)
     stats, q = ex.collect(theta, output="q")
     qr = ref.posterior_flat(X, *ref_args(theta), pi0=pi0)
     assert np.abs(q.reshape(K, -1) - qr[:, :M]).max() <= RTOL
@@ -154,10 +134,10 @@ def test_empty_class_soft_e_and_m_step(shape, backend, route, model):
     assert qr[:, M].max() > 0.5  # some frame really is "no face"
     assert np.abs(stats.class_prob - qr[:, :M].reshape(K, C, -1).sum(axis=2)).max() <= RTOL
     ll = ref.log_likelihood_flat(X, *ref_args(theta), pi0=pi0)
-    assert _close(stats.loglik, ll)
+    assert close(stats.loglik, ll)
     lb = ref.lower_bound_flat(X, *ref_args(theta), qr, pi0=pi0)
-    assert _close(free_energy(stats, theta), lb)
-    assert _close(stats.chi2, ref.expected_chi2(X, *ref_args(theta), qr, with_empty=True))
+    assert close(free_energy(stats, theta), lb)
+    assert close(stats.chi2, ref.expected_chi2(X, *ref_args(theta), qr, with_empty=True))
     # the argmax: -1 and (-1, -1) where "no face" wins
     best = qr.argmax(axis=1)
     assert np.array_equal(stats.labels == -1, best == M)
@@ -173,12 +153,12 @@ def _check_m_step(new, q, X, theta, alpha=0.0, per_channel=False):
     h, w = theta.face_shape
     F, B, s, A, pi0 = ref.m_step_flat(X, q, C, P, Q, h, w, alpha=alpha, previous_B=as_ref(B=theta.background),
                                       previous_F=as_ref(F=theta.faces), per_channel=per_channel, with_empty=True)
-    assert _close(new.prior, A)
+    assert close(new.prior, A)
     assert np.isclose(new.empty_weight, pi0, rtol=RTOL, atol=1e-15)
     assert np.isclose(new.prior.sum() + new.empty_weight, 1.0, rtol=0, atol=1e-12)
-    assert _close(as_ref(F=new.faces), F)
+    assert close(as_ref(F=new.faces), F)
     assert np.allclose(new.noise_std ** 2, s ** 2, rtol=RTOL, atol=1e-13 * np.mean(np.square(X)))
-    assert _close(as_ref(B=new.background), B, 1e-8)
+    assert close(as_ref(B=new.background), B, 1e-8)
 
 
 @pytest.mark.parametrize("model", MODELS)
@@ -190,7 +170,7 @@ def test_empty_class_hard_e_and_m_step(shape, backend, route, model):
     C, P, Q = theta.prior.shape
     M = C * P * Q
     h, w = theta.face_shape
-    stats = _executor(X, (h, w), backend, route).pass_stats(theta, hard=True)
+    stats = engine_executor(X, (h, w), backend, route).pass_stats(theta, hard=True)
     q = ref.hard_flat(X, *ref_args(theta), pi0=pi0)
     best = q.argmax(axis=1)
     assert (best == M).any()
@@ -201,8 +181,8 @@ def test_empty_class_hard_e_and_m_step(shape, backend, route, model):
     assert np.array_equal(stats.empty_prob, (best == M).astype(float))
     assert stats.N_empty == (best == M).sum()
     assert np.isinf(stats.near[best == M]).all()
-    assert _close(stats.loglik, ref.lower_bound_flat(X, *ref_args(theta), q, pi0=pi0))
-    assert _close(stats.chi2, ref.expected_chi2(X, *ref_args(theta), q, with_empty=True))
+    assert close(stats.loglik, ref.lower_bound_flat(X, *ref_args(theta), q, pi0=pi0))
+    assert close(stats.chi2, ref.expected_chi2(X, *ref_args(theta), q, with_empty=True))
     new, _ = params_from(stats, theta, noise_floor=1e-300)
     _check_m_step(new, q, X, theta)
 
@@ -211,7 +191,7 @@ def test_empty_class_hard_e_and_m_step(shape, backend, route, model):
 def test_empty_class_at_low_noise(backend):
     """s = 1e-3: the fused sweep's exact frame gives "no face" its logit relative to the best too."""
     theta, X = _problem((6, 8, 9, 3, 4), (2, 1), "low", backend, pi0=0.4, s=1e-3)
-    ex = _executor(X, theta.face_shape, backend, None)
+    ex = engine_executor(X, theta.face_shape, backend, None)
     stats, q = ex.collect(theta, output="q")
     qr = ref.posterior_flat(X, *ref_args(theta), pi0=0.4)
     assert np.abs(stats.empty_prob - qr[:, -1]).max() <= 1e-9
@@ -225,7 +205,7 @@ def test_positions_with_no_face_label_count_as_empty(backend):
     """stats_from_positions: label -1 is "no face" (moments only, N_empty), as the escapes pass it."""
     theta, X = _problem((7, 8, 9, 3, 4), (2, 2), "pos", pi0=0.3)
     C, P, Q = theta.prior.shape
-    ex = _executor(X, theta.face_shape, backend, None)
+    ex = engine_executor(X, theta.face_shape, backend, None)
     labels = np.array([0, -1, 1, -1, 0, 1, 1])
     pos = np.array([[0, 0], [-1, -1], [2, 3], [-1, -1], [5, 1], [4, 4], [1, 2]])
     st = ex.stats_from_positions(pos, labels, n_faces=C)
@@ -245,7 +225,7 @@ def test_em_with_empty_class_never_decreases_its_objective(model, hard):
     rng = np.random.default_rng(0)
     start = Params(theta.faces + rng.normal(size=theta.faces.shape), theta.background, 1.5 * theta.noise_std,
                    np.full(theta.prior.shape, 0.8 / theta.prior.size), 0.2)
-    ex = _executor(X, theta.face_shape, "numba", None, chunk_size=7)
+    ex = engine_executor(X, theta.face_shape, "numba", None, chunk_size=7)
     p = start
     stats = ex.pass_stats(p, hard=hard)
     last = objective(stats, p)
@@ -269,6 +249,6 @@ def test_parallel_fused_sweep_with_empty_class(hard, monkeypatch):
     stats = LocalExecutor(src, EngineConfig(backend="numba", workers=2)).pass_stats(theta, hard=hard)
     q = _ref_q(X, theta, hard)
     assert np.abs(stats.empty_prob - q[:, -1]).max() <= RTOL
-    assert _close(stats.chi2, ref.expected_chi2(X, *ref_args(theta), q, with_empty=True))
+    assert close(stats.chi2, ref.expected_chi2(X, *ref_args(theta), q, with_empty=True))
     new, _ = params_from(stats, theta, noise_floor=1e-300)
     _check_m_step(new, q, X, theta)
