@@ -128,48 +128,9 @@ def m_step(X, q, h, w, alpha=0.0, previous_B=None, previous_F=None, per_channel=
 
     Returns F (C, h, w, Ch), B (H, W, Ch), s (Ch,), A (C, P, Q).
     """
-    X = np.asarray(X, dtype=np.float64)
-    if X.ndim == 3:
-        X = X[..., None]
-    K, H, W, Ch = X.shape
-    C, P, Q = q.shape[1:]
-    N = q.sum(axis=0)
-    A = (N + alpha) / (K + alpha * C * P * Q)
-    F = np.zeros((C, h, w, Ch))
-    num_B = np.zeros((H, W, Ch))
-    den_B = np.zeros((H, W))
-    for k in range(K):
-        for c in range(C):
-            for i in range(P):
-                for j in range(Q):
-                    p = q[k, c, i, j]
-                    F[c] += p * X[k, i:i + h, j:j + w]
-                    outside = np.ones((H, W), dtype=bool)
-                    outside[i:i + h, j:j + w] = False
-                    num_B += p * np.where(outside[..., None], X[k], 0.0)
-                    den_B += p * outside
-    Nc = N.sum(axis=(1, 2))
-    for c in range(C):
-        if Nc[c] > 1e-12 * K:
-            F[c] /= Nc[c]
-        else:
-            F[c] = previous_F[c] if previous_F is not None else 0.0
-    ok = den_B > 1e-9 * K
-    if previous_B is None:
-        fallback = X.mean(axis=0)
-    else:
-        fallback = np.asarray(previous_B, dtype=np.float64).reshape(H, W, Ch)
-    B = np.where(ok[..., None], num_B / np.where(ok, den_B, 1.0)[..., None], fallback)
-    sse = np.zeros(Ch)
-    for k in range(K):
-        for c in range(C):
-            for i in range(P):
-                for j in range(Q):
-                    p = q[k, c, i, j]
-                    if p > 0:
-                        r = X[k] - mean_image(F[c], B, i, j)
-                        sse += p * (r * r).sum(axis=(0, 1))
-    s = np.sqrt(sse / (K * H * W)) if per_channel else np.full(Ch, math.sqrt(sse.sum() / (K * H * W * Ch)))
+    K, C, P, Q = q.shape
+    F, B, s, A, _ = m_step_flat(X, np.asarray(q).reshape(K, -1), C, P, Q, h, w, alpha=alpha, previous_B=previous_B,
+                                previous_F=previous_F, per_channel=per_channel)
     return F, B, s, A
 
 
