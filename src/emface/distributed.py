@@ -116,16 +116,8 @@ class DaskSource(WorkingUnits):
         edges = np.concatenate([[0], np.cumsum(X.chunks[0])]).astype(int)
         self.bounds = [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:]) if b > a]
         self.blocks = list(X.to_delayed().ravel())
-        self.data_range = None
-        self.data_std = None
-        self.orientation = None
         self._check_finite = check_finite
-        if moments is not None:
-            self.offset, self.scale = float(moments[0]), float(moments[1])
-            if check_finite and np.dtype(self.data.dtype).kind == "f":  # predict's images: checked as fit's
-                self._moments(True)
-        else:
-            self.offset, self.scale = self._moments(check_finite)
+        self._set_map(moments, check_finite)
 
     def _moments(self, check_finite=False):
         import dask

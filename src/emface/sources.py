@@ -211,6 +211,24 @@ class WorkingUnits:
     data_std = None
     orientation = None
 
+    def _set_map(self, moments, check_finite, standardize=True):
+        """The map to working units: `moments` (offset, scale) as given, e.g. a model's, with float data
+        still scanned for NaN and inf as fit's are; else from the data's own moments (`standardize`), or
+        the identity."""
+        self.data_range = None
+        self.data_std = None
+        self.orientation = None
+        if moments is not None:
+            self.offset, self.scale = float(moments[0]), float(moments[1])
+            if check_finite and np.dtype(self.data.dtype).kind == "f":  # predict's images: checked as fit's
+                self._moments(True)
+        elif standardize:
+            self.offset, self.scale = self._moments(check_finite)
+        else:
+            self.offset, self.scale = 0.0, 1.0
+            if check_finite:
+                self._moments(True)
+
     def _adopt(self, m):
         """Take the map and the data's summary from `Moments`; return (offset, scale).
 
@@ -340,19 +358,7 @@ class ArraySource(WorkingUnits):
         for a, b in self._bounds:
             keep = b <= n_cached
             self._caches.append(ChunkCache(keep_spectra=keep))
-        self.data_range = None
-        self.data_std = None
-        self.orientation = None
-        if moments is not None:
-            self.offset, self.scale = float(moments[0]), float(moments[1])
-            if check_finite and np.dtype(self.data.dtype).kind == "f":  # predict's images: checked as fit's
-                self._moments(True)
-        elif standardize:
-            self.offset, self.scale = self._moments(check_finite)
-        else:
-            self.offset, self.scale = 0.0, 1.0
-            if check_finite:
-                self._moments(True)
+        self._set_map(moments, check_finite, standardize)
 
     # ------------------------------------------------------------------ reading
     def _read(self, a, b):
