@@ -90,16 +90,16 @@ def _brightness(face, bg, K, seed, name):
     print(f"{name}: brightness gain 0.7-1.3, offset ±1 noise, K={K}, default FaceEM: positions exact {exact:.1%}, "
           f"within 1 px {near:.1%}, face corr {_corr(est.faces_[0], face):.4f}, {t:.1f} s")
     Xc, posc, s, _ = _stack(face, bg, K, np.random.default_rng(seed + 2))
-    for name, options in (("default", {}), ('brightness="fixed"', {"brightness": "fixed"})):
+    for label, options in (("default", {}), ('brightness="fixed"', {"brightness": "fixed"})):
         try:
             est, t = _fit(Xc, (48, 48), **options)
         except TypeError as e:
-            print(f"{name}: conforming stack, {name}: not available ({e})")
+            print(f"{name}: conforming stack, {label}: not available ({e})")
             continue
         _, exact, near = _positions(est, Xc, posc)
         rmse_f = float(np.sqrt(np.mean((est.faces_[0] - face) ** 2)))
         rmse_b = float(np.sqrt(np.mean((est.background_ - bg) ** 2)))
-        print(f"{name}: conforming stack, K={K}, {name:<20}: positions exact {exact:.1%}, F rmse {rmse_f:.3f}, "
+        print(f"{name}: conforming stack, K={K}, {label:<20}: positions exact {exact:.1%}, F rmse {rmse_f:.3f}, "
               f"B rmse {rmse_b:.3f}, s {est.noise_std_:.3f} (true {s:.3f}), {t:.1f} s")
 
 
