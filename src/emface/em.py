@@ -247,7 +247,8 @@ def run_em(executor, model, params, settings, *, callback=None, run_index=0, his
         change = new_obj - obj
         params, stats, obj = new_params, new_stats, new_obj
         if abs(change) < settings.tol:
-            converged = True
+            # a model with a sparse search may first want one more full pass (rotations: all angles)
+            converged = getattr(model, "confirm_converged", lambda: True)()
         elif (settings.accelerate and eta == 1.0 and last_change is not None and 0 < change
                 and change > _SLOW * last_change):
             eta = _ETA_GROWTH  # EM crawls: each step gains nearly what the last did; try longer ones

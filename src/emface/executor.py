@@ -201,6 +201,21 @@ class LocalExecutor(BaseExecutor):
                 total.add(chunk_stats(self.source.chunk(i), plan, per_image=per_image))
         return self._fill_moments(total.result(), full)
 
+    def map_stats(self, fn, *, chunks=None, with_moments=None):
+        """A model's own pass: ``Σ_i fn(chunk_i, bounds_i, with_moments)`` over the chunks (all, or those
+        numbered `chunks`), each returning `Stats`; the stack's SX and SXX filled in as `pass_stats` does.
+
+        Models with their own E-step (rotations: `emface.rotation_model`) pass through here.
+        """
+        ids = range(self.n_chunks) if chunks is None else chunks
+        if with_moments is None:
+            with_moments = self._moments is None
+        total = StatsSum()
+        with single_threaded_blas():
+            for i in ids:
+                total.add(fn(self.source.chunk(i), self.bounds[i], bool(with_moments)))
+        return self._fill_moments(total.result(), chunks is None)
+
     def collect(self, params, *, hard=False, output="q"):
         """Like `pass_stats`, but also gather the posterior or log joint of every image.
 

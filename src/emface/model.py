@@ -123,7 +123,7 @@ class Params:
 
 #: the per-image fields of `Stats`, concatenated (not summed) by ``+``
 PER_IMAGE = ("positions", "labels", "image_loglik", "max_prob", "entropy", "class_prob", "near", "chi2",
-             "empty_prob")
+             "empty_prob", "angle_index")
 
 
 @dataclass
@@ -185,6 +185,9 @@ class Stats:
         (`emface.engine.misfit_z` makes it a z-score).
     empty_prob : ndarray (K,) or None
         Posterior probability of "no face" (0 without that class).
+    angle_index : ndarray (K,) of int or None
+        With rotations: the angle (its index in the grid) of the most probable
+        (face, angle, position); None without rotations.
     """
 
     n_images: int
@@ -206,6 +209,7 @@ class Stats:
     near: np.ndarray | None = None
     chi2: np.ndarray | None = None
     empty_prob: np.ndarray | None = None
+    angle_index: np.ndarray | None = None
 
     def __add__(self, other: "Stats") -> "Stats":
         if other is None or (isinstance(other, int) and other == 0):
