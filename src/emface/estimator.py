@@ -8,7 +8,7 @@ import numbers
 import os
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -22,6 +22,7 @@ from .engine.plan import BACKENDS
 from .errors import MisfitWarning, ModelFileError, one_line
 from .executor import EngineConfig, LocalExecutor
 from .init import INIT_METHODS, auto_start, random_start, user_start
+from . import rotation_model
 from .mixture import NOISE_MODELS, FaceMixture
 from .model import Params, _file_name, atomic_save, load_model, save_model
 from .sources import ArraySource
@@ -106,6 +107,11 @@ class PosteriorSummary:
     no_face_probability : ndarray (K,)
         The posterior probability of "no face" (0 without ``empty_frames=True``).
         Where it wins, `faces` is -1 and `positions` (-1, -1).
+    angles : ndarray (K,) or None
+        With ``rotations``: the angle of the most probable (face, angle,
+        position), degrees, counter-clockwise as ``scipy.ndimage.rotate``
+        turns, relative to the fitted face (the face turned by it is what the
+        image shows). None without rotations.
     """
 
     positions: np.ndarray
@@ -116,6 +122,7 @@ class PosteriorSummary:
     log_likelihood: np.ndarray
     misfit: np.ndarray | None = None
     no_face_probability: np.ndarray | None = None
+    angles: np.ndarray | None = None
 
 
 class FaceEM:
@@ -239,6 +246,20 @@ class FaceEM:
         (``X_k = B + noise``), with a weight π_∅ fitted with the rest
         (`empty_weight_`). `predict` then returns (-1, -1) and `predict_face`
         -1 for frames where "no face" is the most probable.
+    rotations : None, int or sequence of float, default=None
+        In-plane rotations (MODEL.md, "In-plane rotations"): an int R for R
+        angles equally spaced over 360° (from 0), or the angles in degrees.
+        The face window must be square; the face is the disc inscribed in it,
+        and the window's pixels outside the disc show the background. Each
+        image's angle is then latent too (`posterior_summary(X).angles`,
+        `angles_`). Runs on the CPU through numpy/scipy (not with the torch
+        backend, Dask or ``empty_frames``); no shift escape or split-merge moves.
+        `sample` then also returns each image's angle.
+    angle_search : {"sparse", "full"}, default="sparse"
+        With rotations: ``"full"`` scores every angle of every image in every
+        pass; ``"sparse"`` (sparse EM) scores only a window of 5 angles about
+        each settled image's last best angle, and all angles every 5th pass,
+        when the objective stalls, and before EM stops (`emface.rotation_model`).
 
     Attributes
     ----------
@@ -261,6 +282,11 @@ class FaceEM:
         the fitted θ, from the fit's last E-step (None after `load`).
     weights_ : ndarray (C,)
         The prior summed over positions: how often each face appears.
+    angles_ : ndarray (R,) or None
+        With rotations: the angle grid, degrees (None without rotations).
+    angle_prior_ : ndarray (R,) or None
+        With rotations: ρ, the fitted share of images at each angle; the prior
+        over (face, angle, position) is ``prior_ · angle_prior_[r]``.
     prior_predictive_ : ndarray, shaped as `prior_`
         The prior that `predict`, `predict_proba`, `score_samples` and
         `posterior_summary(X)` give a new image's (face, position): the
@@ -304,7 +330,7 @@ class FaceEM:
                  verbose=0, verbose_interval=10, shift_escape=True, split_merge=True, dtype=None, n_jobs=None,
                  backend="auto", max_memory=None, checkpoint=None, checkpoint_every=10, noise_floor=1e-6,
                  callback=None, scheduler=None, device="cpu",
-                 empty_frames=False):
+                 empty_frames=False, rotations=None, angle_search="sparse"):
         self.face_shape = face_shape
         self.n_faces = n_faces
         self.hard = hard
@@ -337,6 +363,8 @@ class FaceEM:
         self.scheduler = scheduler
         self.device = device
         self.empty_frames = empty_frames
+        self.rotations = rotations
+        self.angle_search = angle_search
 
     # ------------------------------------------------------------------ sklearn plumbing
     @classmethod
@@ -396,6 +424,7 @@ class FaceEM:
             if n == 0:
                 raise ValueError("n_jobs must be a positive int, -1 or None (all cores), got 0")
         v.check_choice(self.backend, "backend", BACKENDS)
+        rotation_model.check_settings(self)
         costs.parse_memory(self.max_memory)
         if self.checkpoint is not None:
             folder = os.path.dirname(os.path.abspath(os.fspath(self.checkpoint)))
@@ -481,6 +510,8 @@ class FaceEM:
         """
         if len(runs) < runs_made:
             return True
+        if self.rotations is not None:  # the decisiveness draw knows no angles: the runs always made only
+            return False
         best = max(runs, key=lambda r: r.objective)
         maxp = None if best.stats is None else best.stats.max_prob
         if maxp is None or float(np.mean(maxp)) >= _CONFIDENT:
@@ -494,6 +525,11 @@ class FaceEM:
 
     def _model(self, face_shape, src):
         floor = float(self.noise_floor) * (src.working_std() if src.working_std() > 0 else 1.0)
+        if self.rotations is not None:
+            return rotation_model.RotationMixture(
+                tuple(face_shape), int(self.n_faces), hard=bool(self.hard), prior_smoothing=float(self.prior_smoothing),
+                noise=self.noise, noise_floor=floor, angles=rotation_model.check_settings(self),
+                angle_search=self.angle_search, stall=10.0 * float(self.tol))
         return FaceMixture(tuple(face_shape), int(self.n_faces), hard=bool(self.hard),
                            prior_smoothing=float(self.prior_smoothing), noise=self.noise, noise_floor=floor,
                            shift_escape=bool(self.shift_escape), split_merge=bool(self.split_merge),
@@ -565,6 +601,7 @@ class FaceEM:
         """
         self._validate_settings()
         X = v.check_stack(X)
+        rotation_model.check_settings(self, X)
         H, W = int(X.shape[1]), int(X.shape[2])
         _check_faces_vs_images(int(self.n_faces), int(X.shape[0]))
         colour = X.ndim == 4
@@ -687,7 +724,8 @@ class FaceEM:
             save_model(tmp, p, history=hist, n_iter=int(best_info["iter"]), run=int(best_info["run"]),
                        settings=self._saved_settings(), moments=[src.offset, src.scale], kind="checkpoint",
                        n_images=int(src.n_images),
-                       colour=len(src.data.shape) == 4, accel=list(best_info.get("accel", (1.0, None))))
+                       colour=len(src.data.shape) == 4, accel=list(best_info.get("accel", (1.0, None))),
+                       **_angle_arrays(p))
 
         try:
             atomic_save(path, write)
@@ -710,7 +748,7 @@ class FaceEM:
         self.misfit_ = None if st is None or st.chi2 is None else misfit_z(st.chi2, self._n_values(src))
         self._train_summary = None
         if st is not None and st.positions is not None and not self.hard:
-            self._train_summary = _summary(st, src)
+            self._train_summary = _summary(st, src, self.angles_)
             self.misfit_ = self._train_summary.misfit
         self.best_run_ = best.init_index
         self.algorithm_ = settings.algorithm
@@ -741,7 +779,7 @@ class FaceEM:
         # the α the fit used (a later set_params must not change what the fitted A's counts were)
         alpha = getattr(self, "_fit_smoothing", self.prior_smoothing)
         A, pi0 = predictive_prior(th.prior, K, float(alpha), th.empty_weight)
-        return Params(th.faces, th.background, th.noise_std, A, pi0)
+        return replace(th, prior=A, empty_weight=pi0)
 
     def _set_theta(self, theta, colour):
         """Keep θ (data units, engine layout) and expose it in the user's layout."""
@@ -758,6 +796,8 @@ class FaceEM:
         self.prior_ = public_prior(theta.prior)
         self.weights_ = theta.weights
         self.empty_weight_ = theta.empty_weight
+        self.angles_ = getattr(theta, "angles", None)
+        self.angle_prior_ = getattr(theta, "angle_prior", None)
 
     # ------------------------------------------------------------------ inference
     def _pass(self, X, output=None, as_training=False):
@@ -766,6 +806,9 @@ class FaceEM:
         try:
             _check_working_range(ex.source)
             params = ex.source.to_working(self._theta if as_training else self._predictive_theta())
+            if self.rotations is not None:
+                stats, full = rotation_model.rotation_pass(ex, params, output=output)
+                return ex, stats, full
             if output is None:
                 return ex, ex.pass_stats(params, hard=False), None
             stats, full = ex.collect(params, hard=False, output=output)
@@ -845,7 +888,7 @@ class FaceEM:
                 raise ValueError("posterior_summary() without X needs a soft fit (hard=False): pass the images")
             return self._train_summary
         ex, stats, _ = self._pass(X, as_training=as_training)
-        return _summary(stats, ex.source)
+        return _summary(stats, ex.source, self.angles_)
 
     @staticmethod
     def _n_values(src):
@@ -889,11 +932,16 @@ class FaceEM:
         _check_sample_memory(n_samples, th)
         rng = _check_random_state(random_state)
         C = th.n_faces
-        X, labels, pos = _draw_means(th, n_samples, rng)
+        if self.rotations is not None:
+            X, labels, pos, r = rotation_model.draw_means(th, n_samples, rng)
+        else:
+            X, labels, pos = _draw_means(th, n_samples, rng)
         step = max(1, _SAMPLE_NOISE_BLOCK // max(1, X[0].size))
         for a in range(0, n_samples, step):  # the noise a block at a time: the same draws, no second copy of X
             X[a:a + step] += rng.normal(0.0, 1.0, size=X[a:a + step].shape) * th.noise_std
         X = X if self._colour else X[..., 0]
+        if self.rotations is not None:  # and each image's angle, degrees
+            return (X, pos, labels, th.angles[r]) if C > 1 else (X, pos, th.angles[r])
         return (X, pos, labels) if C > 1 else (X, pos)
 
     # ------------------------------------------------------------------ persistence
@@ -907,7 +955,7 @@ class FaceEM:
             kind="model", runs=self.runs_, colour=self._colour, best_run=int(self.best_run_),
             accel=list(self._accel),
             algorithm=self.algorithm_, face_shape_scores=getattr(self, "face_shape_scores_", []),
-            n_images=getattr(self, "n_images_fit_", None)), numpy_name=True)
+            n_images=getattr(self, "n_images_fit_", None), **_angle_arrays(self._theta)), numpy_name=True)
 
     @classmethod
     def load(cls, path):
@@ -928,6 +976,8 @@ class FaceEM:
         """
         params, extra = load_model(path)
         st = _loaded_state(cls, params, extra, _file_name(path))
+        if st["settings"].get("rotations") is not None:
+            params = st["theta"]
         est = cls(tuple(params.face_shape), **st["settings"])
         est._set_theta(params, st["colour"])
         hist = st["history"]
@@ -968,6 +1018,13 @@ class FaceEM:
         return est
 
 
+def _angle_arrays(theta):
+    """The angle grid and prior of a θ with rotations, as extra arrays of a model file (none without)."""
+    if getattr(theta, "angles", None) is None:
+        return {}
+    return dict(angles=np.asarray(theta.angles), angle_prior=np.asarray(theta.angle_prior))
+
+
 def _block_images(n_images, image_shape, face_shape, n_faces, n_channels, max_memory):
     """Images per block of incremental EM: `_BLOCK_IMAGES`, or more where the
     blocks' kept sums (N, S_F and XC, float64, per block) would pass their share
@@ -989,7 +1046,7 @@ def _chunk_cap(X, face_shape, est):
     return max(1, min(n, _BLOCK_IMAGES // 4 or 1))
 
 
-def _summary(stats, src):
+def _summary(stats, src, angles=None):
     cls = stats.class_prob
     empty = np.zeros(len(cls)) if stats.empty_prob is None else stats.empty_prob
     labels = stats.labels
@@ -1003,6 +1060,7 @@ def _summary(stats, src):
         log_likelihood=src.loglik_to_data(stats.image_loglik),
         misfit=None if stats.chi2 is None else misfit_z(stats.chi2, H * W * src.n_channels),
         no_face_probability=empty,
+        angles=None if angles is None or stats.angle_index is None else angles[stats.angle_index],
     )
 
 
@@ -1184,6 +1242,9 @@ def _loaded_state(cls, params, extra, name):
     else:
         state["moments"] = (float(mom[0]), float(mom[1]))
     _check_model_range(params, state["moments"], bad)
+    angles = rotation_model.check_settings(probe)
+    if angles is not None:
+        state["theta"] = rotation_model.theta_from_file(params, extra, angles, bad)
     return state
 
 

@@ -167,3 +167,93 @@ class RotationMixture(FaceMixture):
 
     def moves(self):
         return []
+
+
+# ----------------------------------------------------------------------------- what the estimator asks
+
+def check_settings(est, X=None):
+    """Validate an estimator's ``rotations`` and ``angle_search`` (and what rotations rule out).
+
+    Returns the angle grid (degrees), or None without rotations.
+    """
+    from .engine.rotations import angle_grid
+
+    if est.angle_search not in ANGLE_SEARCHES:
+        raise ValueError(f"angle_search must be one of {list(ANGLE_SEARCHES)}, got {est.angle_search!r}")
+    if est.rotations is None:
+        return None
+    angles = angle_grid(est.rotations)
+    fs = est.face_shape
+    if not (isinstance(fs, (tuple, list)) and len(fs) == 2 and all(isinstance(v, (int, np.integer)) for v in fs)):
+        raise ValueError(f"rotations need a fixed square face_shape (h, h), got {fs!r}")
+    if int(fs[0]) != int(fs[1]):
+        raise ValueError(f"rotations need a square face_shape: the face is the disc inscribed in its window, "
+                         f"got {tuple(fs)}")
+    if est.empty_frames:
+        raise ValueError("rotations do not support empty_frames=True yet")
+    if est.device != "cpu" or est.backend == "torch":
+        raise ValueError("rotations run on the CPU (numpy and scipy): the torch backend does not support them")
+    if est.scheduler is not None or (X is not None and type(X).__module__.startswith("dask.")):
+        raise ValueError("rotations run on this machine: Dask arrays and clusters do not support them yet")
+    return angles
+
+
+def rotation_pass(executor, params, *, output=None):
+    """One soft pass over all angles under θ (`RotParams`): Stats, and with `output` ("q" or "log_joint")
+    the array (K, C, R, P, Q) of every image."""
+    plan = make_rot_plan(params, dtype=executor.config.dtype, workers=executor.config.workers,
+                         cache_spectra=False)
+    C, R = params.n_faces, params.angles.size
+    P, Q = params.grid_shape
+    full = None if output is None else np.empty((executor.n_images, C, R, P, Q))
+
+    def one(chunk, bounds, wm):
+        a, b = bounds
+        res = chunk_pass(chunk, plan, np.full(b - a, -1), full=True, output=output, with_moments=wm)
+        if output is not None:
+            full[a:b] = res[2]
+        return res[0]
+
+    return executor.map_stats(one), full
+
+
+def draw_means(theta, n, rng):
+    """n mean images of θ with rotations: (face, corner) from A, the angle from ρ, the turned face in
+    the disc. Returns X (n, H, W, Ch) float64, labels (n,), positions (n, 2), angle indices (n,)."""
+    from .engine.rotations import Rotations
+
+    C, Ch, h, _ = theta.faces.shape
+    P, Q = theta.grid_shape
+    flat = rng.choice(C * P * Q, size=n, p=theta.prior.ravel() / theta.prior.sum())
+    labels, rem = np.divmod(flat, P * Q)
+    pos = np.stack(np.divmod(rem, Q), axis=1)
+    r = rng.choice(theta.angles.size, size=n, p=theta.angle_prior / theta.angle_prior.sum())
+    rot = Rotations(theta.image_shape, (h, h), theta.angles)
+    T = rot.templates(theta.faces)  # (C, R, Ch, h, h)
+    X = np.repeat(np.moveaxis(theta.background, 0, -1)[None], n, axis=0)
+    D = rot.mask
+    for k in range(n):
+        win = X[k, pos[k, 0]:pos[k, 0] + h, pos[k, 1]:pos[k, 1] + h]
+        win[D] = np.moveaxis(T[labels[k], r[k]], 0, -1)[D]
+    return X, labels, pos, r
+
+
+def theta_from_file(params, extra, angles, bad):
+    """`RotParams` from a loaded file's θ and its ``angles`` and ``angle_prior`` arrays, validated
+    against the settings' grid `angles` (`bad(what, value, expected)` makes the error)."""
+    from .engine.rotations import RotParams
+
+    a = extra.get("angles")
+    rho = extra.get("angle_prior")
+    if a is None or rho is None:
+        raise bad("'angles' and 'angle_prior'", None, "the angle grid and its prior (its settings have rotations)")
+    a = np.asarray(a)
+    rho = np.asarray(rho)
+    if a.shape != angles.shape or a.dtype.kind != "f" or not np.allclose(a, angles, rtol=0, atol=1e-9):
+        raise bad("'angles'", a.tolist(), f"the grid of its 'rotations' setting ({angles.size} angles)")
+    if (rho.shape != angles.shape or rho.dtype.kind != "f" or not np.all(np.isfinite(rho)) or np.any(rho < 0)
+            or abs(float(rho.sum()) - 1.0) > 1e-6):
+        raise bad("'angle_prior'", rho.tolist(), f"{angles.size} weights >= 0 summing to 1")
+    if params.faces.shape[2] != params.faces.shape[3]:
+        raise bad("faces", list(params.faces.shape), "square windows (its settings have rotations)")
+    return RotParams.from_params(params, angles, rho / rho.sum())
