@@ -122,33 +122,40 @@ def _batch_logits(plan, xhat, x64, idx):
     P, Q = plan.grid_shape
     H, W = plan.image_shape
     fil = plan.filters.reshape(C, R, Ch, H, -1)
-    if m == R and np.array_equal(idx, np.broadcast_to(np.arange(R), idx.shape)):
-        y = np.einsum("kdhw,crdhw->kcrhw", xhat, fil).reshape(n, C * R, H, -1)
+    every = m == R and np.array_equal(idx, np.broadcast_to(np.arange(R), idx.shape))
+    if every:
+        y = xhat[:, None, None, 0] * fil[None, :, :, 0]
+        for ch in range(1, Ch):
+            y += xhat[:, None, None, ch] * fil[None, :, :, ch]
     else:
-        y = np.einsum("kdhw,ckjdhw->kcjhw", xhat, fil[:, idx]).reshape(n, C * m, H, -1)
-    corr = kernels.correlate_fft(xhat, y, (P, Q), (H, W), workers=plan.workers,
+        y = xhat[:, None, None, 0] * fil[:, idx, 0].transpose(1, 0, 2, 3, 4)
+        for ch in range(1, Ch):
+            y += xhat[:, None, None, ch] * fil[:, idx, ch].transpose(1, 0, 2, 3, 4)
+    y = y.reshape(n, C * m, H, -1)
+    loss = kernels.correlate_fft(xhat, y, (P, Q), (H, W), workers=plan.workers,
                                  product=lambda a, b: b).reshape(n, C, m, P, Q)
+    loss = loss.astype(np.float64, copy=False)
     xb = plan.rot.window_sums(np.einsum("kdhw,dhw->khw", x64, plan.lamB), plan.workers)  # (n, P, Q)
-    loss = (plan.face_sq[:, idx].transpose(1, 0, 2)[..., None, None] - 2.0 * corr.astype(np.float64)
-            + (2.0 * xb - plan.disc_b2)[:, None, None])
-    lg = plan.logA[None, :, None] + plan.log_rho[idx][:, None, :, None, None] - loss
+    loss *= -2.0
+    loss += (2.0 * xb - plan.disc_b2)[:, None, None]
+    loss += plan.face_sq[:, idx].transpose(1, 0, 2)[..., None, None]
+    lg = (plan.logA[None, :, None] + plan.log_rho[idx][:, None, :, None, None]) - loss
     resid = x64 - plan.params.background
     base = plan.log_const - np.einsum("kd,d->k", np.einsum("kdij,kdij->kd", resid, resid), plan.lam)
     return lg, loss, base
 
 
-def _choose_sets(lg, old, width, hard):
-    """New angle windows from full logits (n, C, R, P, Q): (centres (n,), mask (n, R) of allowed angles).
+def _choose_sets(la, old, width, hard):
+    """New angle windows from per-angle scores la (n, R): (centres (n,), allowed (n, R) bool).
 
-    Soft EM: per angle the log-sum-exp of the logits (hard EM: their maximum);
-    an image gets the window about its best angle when the window loses at
-    most `SETTLE` of its mass (hard EM: always, the maximum is inside), unless
-    its previous window scores higher (then it keeps that one); else all angles.
+    Soft EM: la is each angle's log-sum-exp of the logits (hard EM: their
+    maximum); an image gets the window about its best angle when the window
+    loses at most `SETTLE` of its mass (hard EM: always, the maximum is
+    inside), unless its previous window scores higher (then it keeps that
+    one: its bound never drops); else all angles.
     """
-    n, C, R = lg.shape[:3]
-    per_angle = lg.transpose(0, 2, 1, 3, 4).reshape(n, R, -1)
+    n, R = la.shape
     red = (lambda a, axis: np.max(a, axis=axis)) if hard else _lse
-    la = red(per_angle, 2)  # (n, R)
     total = red(la, 1)
     best = np.argmax(la, axis=1)
     inside = red(np.take_along_axis(la, _windows(best, R, width), axis=1), 1)
@@ -160,13 +167,13 @@ def _choose_sets(lg, old, width, hard):
     if had.any():
         old_in = red(np.take_along_axis(la, _windows(np.where(had, old, 0), R, width), axis=1), 1)
         centres = np.where(had & settled & (old_in > inside), old, centres)
-    mask = np.ones((n, R), dtype=bool)
+    allowed = np.ones((n, R), dtype=bool)
     sp = centres >= 0
     if sp.any():
-        mask[sp] = False
+        allowed[sp] = False
         w = _windows(centres[sp], R, width)
-        mask[np.repeat(np.flatnonzero(sp), w.shape[1]), w.ravel()] = True
-    return centres, mask
+        allowed[np.repeat(np.flatnonzero(sp), w.shape[1]), w.ravel()] = True
+    return centres, allowed
 
 
 def _lse(a, axis):
@@ -202,7 +209,7 @@ def _scatter_rows(target, rows, values, weights=None):
     flat += S @ values.reshape(e, -1)
 
 
-def _batch_sums(plan, acc, x64, xhat, q, idx):
+def _batch_sums(plan, acc, x64, xhat, q, idx, qd):
     """Add a batch's M-step sums (N, S_F crops, S_F_hat, XC) under q (n, C, m, P, Q) over angles idx (n, m)."""
     n, C, m, P, Q = q.shape
     R = plan.rot.n_angles
@@ -214,10 +221,10 @@ def _batch_sums(plan, acc, x64, xhat, q, idx):
         acc.N += qf.sum(axis=0)
     else:
         _scatter_rows(acc.N, cls.ravel(), qf.reshape(n * C * m, P * Q))
-    cov = plan.rot.coverage(q.sum(axis=(1, 2)), plan.workers)  # (n, H, W)
+    cov = plan.rot.coverage(qd, plan.workers)  # (n, H, W)
     acc.XC += np.einsum("kdhw,khw->dhw", x64, cov)
     big = qf > Q_THRESHOLD
-    sparse = big.reshape(n, -1).sum(axis=1) <= MAX_CROPS
+    sparse = np.count_nonzero(big.reshape(n, -1), axis=1) <= MAX_CROPS
     if sparse.any():
         k, e, i, j = np.nonzero(big & sparse[:, None, None, None])
         _scatter_rows(acc.S_F, cls[k, e], _gather_windows(x64, k, i, j, h), qf[k, e, i, j])
@@ -293,13 +300,10 @@ def chunk_pass(chunk, plan, centres, *, full=True, width=2, per_image=True, outp
             lg, loss, base = _batch_logits(plan, xhat[g], x64[g], idx)
             if output == "log_joint":
                 out[g] = lg + base[:, None, None, None, None]
-            if full and output is None:
-                cen, mask = _choose_sets(lg, centres_in[g], width, plan.hard)
-                new_centres[g] = cen
-                lg = np.where(mask[:, None, :, None, None], lg, -np.inf)
-            else:
-                new_centres[g] = centres[g]
-            _batch_posterior(plan, acc, pi, g, lg, loss, base, idx, x64[g], xhat[g], output, out)
+            choose = centres_in[g] if (full and output is None) else None
+            cen = _batch_posterior(plan, acc, pi, g, lg, loss, base, idx, x64[g], xhat[g], output, out, choose,
+                                   width)
+            new_centres[g] = centres[g] if cen is None else cen
     with_m = plan.with_moments if with_moments is None else with_moments
     SX, SXX = kernels.moments(x64) if with_m else (None, None)
     stats = Stats(n_images=n, N=acc.N, S_F=acc.S_F, XC=acc.XC, loglik=float(np.sum(pi.ll)),
@@ -320,29 +324,102 @@ def chunk_pass(chunk, plan, centres, *, full=True, width=2, per_image=True, outp
     return stats, new_centres
 
 
-def _batch_posterior(plan, acc, pi, g, lg, loss, base, idx, x64, xhat, output, out):
+def _soft_posterior(lg, idx, choose, width):
+    """Soft posterior of a batch, q (n, C, m, P, Q) in place of the logits' exponentials, restricted to
+    new windows when `choose` (the old centres) is given. Returns q, top (log-sum-exp), arg, maxp,
+    the per-angle marginal (n, m), and the new centres (or None)."""
     n, C, m, P, Q = lg.shape
-    flat_lg = lg.reshape(n, C * m, P, Q)
-    q, top, arg, maxp, ent, cprob, _ = kernels.posterior(flat_lg, plan.hard)
-    q = q.reshape(n, C, m, P, Q)
-    c, rem = np.divmod(arg, m * P * Q)
-    j, d = np.divmod(rem, P * Q)
-    pi.arg[g, 0] = c
-    pi.arg[g, 1], pi.arg[g, 2] = np.divmod(d, Q)
-    pi.r[g] = idx[np.arange(n), j]
+    flat = lg.reshape(n, -1)
+    arg = np.argmax(flat, axis=1)
+    mx = flat[np.arange(n), arg]
+    e = flat - mx[:, None]
+    np.exp(e, out=e)
+    ang = e.reshape(n, C, m, P * Q).sum(axis=(1, 3))  # (n, m)
+    cen = None
+    if choose is not None:
+        with np.errstate(divide="ignore"):
+            la = np.log(ang) + mx[:, None]
+        cen, allowed = _choose_sets(la, choose, width, False)
+        if not allowed.all():
+            e.reshape(n, C, m, P * Q)[...] *= allowed[:, None, :, None]
+            ang = ang * allowed
+    z = ang.sum(axis=1)
+    e /= z[:, None]
+    return e.reshape(n, C, m, P, Q), mx + np.log(z), arg, 1.0 / z, ang / z[:, None], cen
+
+
+def _batch_posterior(plan, acc, pi, g, lg, loss, base, idx, x64, xhat, output, out, choose, width):
+    """The posterior of a batch, its per-image summaries and its sums; returns the new windows (or None)."""
+    n, C, m, P, Q = lg.shape
+    rows = np.arange(n)
+    if plan.hard:
+        flat = lg.reshape(n, -1)
+        arg = np.argmax(flat, axis=1)
+        top = flat[rows, arg]
+        cen = None
+        if choose is not None:
+            la = lg.transpose(0, 2, 1, 3, 4).reshape(n, m, -1).max(axis=2)
+            cen, _ = _choose_sets(la, choose, width, True)
+        maxp, ent = np.ones(n), np.zeros(n)
+        c, rem = np.divmod(arg, m * P * Q)
+        j, d = np.divmod(rem, P * Q)
+        i, jj = np.divmod(d, Q)
+        cprob = np.zeros((n, C))
+        cprob[rows, c] = 1.0
+        el = loss.reshape(n, -1)[rows, arg]
+        q = None
+    else:
+        q, top, arg, maxp, qr, cen = _soft_posterior(lg, idx, choose, width)
+        c, rem = np.divmod(arg, m * P * Q)
+        j, d = np.divmod(rem, P * Q)
+        i, jj = np.divmod(d, Q)
+        qf = q.reshape(n, -1)
+        el = np.einsum("ij,ij->i", qf, loss.reshape(n, -1))
+        qcd = q.sum(axis=2)  # (n, C, P, Q)
+        cprob = qcd.sum(axis=(2, 3))
+        with np.errstate(invalid="ignore"):
+            logA = np.where(np.isfinite(plan.logA), plan.logA, 0.0)
+            logr = np.where(np.isfinite(plan.log_rho), plan.log_rho, 0.0)[idx]
+        prior_part = np.einsum("kcpq,cpq->k", qcd, logA) + np.einsum("kj,kj->k", qr, logr)
+        ent = np.maximum(top - (prior_part - el), 0.0)  # H(q) = log Z - E_q[logit]
+    pi.arg[g, 0], pi.arg[g, 1], pi.arg[g, 2] = c, i, jj
+    pi.r[g] = idx[rows, j]
     pi.ll[g] = top + base
     pi.maxp[g] = maxp
     pi.ent[g] = ent
-    pi.cprob[g] = cprob.reshape(n, C, m).sum(axis=2)
+    pi.cprob[g] = cprob
     pi.near[g] = kernels.neighbour_gains(loss.reshape(n, C * m, P, Q), arg)
-    with np.errstate(invalid="ignore"):
-        el = np.sum(np.where(q > 0, q * loss, 0.0).reshape(n, -1), axis=1)
     pi.chi2[g] = 2.0 * ((plan.log_const - base) + el)
     if output == "q":
-        for jj in range(m):
-            out[g, :, idx[:, jj]] = q[:, :, jj]
+        qq = q if q is not None else _one_hot(lg.shape, arg)
+        for k in range(m):
+            out[g, :, idx[:, k]] = qq[:, :, k]
     if output != "log_joint":
-        _batch_sums(plan, acc, x64, xhat, q, idx)
+        if plan.hard:
+            _hard_sums(plan, acc, x64, c, idx[rows, j], i, jj)
+        else:
+            _batch_sums(plan, acc, x64, xhat, q, idx, qcd.sum(axis=1))
+    return cen
+
+
+def _one_hot(shape, arg):
+    q = np.zeros(shape)
+    q.reshape(shape[0], -1)[np.arange(shape[0]), arg] = 1.0
+    return q
+
+
+def _hard_sums(plan, acc, x64, c, r, i, j):
+    """The sums of one-hot posteriors at (face c, angle r, corner (i, j)): counts, crops and disc coverages."""
+    n = len(c)
+    R = plan.rot.n_angles
+    h = plan.rot.face_shape[0]
+    P, Q = plan.grid_shape
+    cls = c * R + r
+    np.add.at(acc.N, (cls, i, j), 1.0)
+    _scatter_rows(acc.S_F, cls, _gather_windows(x64, np.arange(n), i, j, h))
+    D = plan.rot.mask
+    for k in range(n):  # a disc pasted per image: h² values each
+        acc.XC[:, i[k]:i[k] + h, j[k]:j[k] + h] += x64[k, :, i[k]:i[k] + h, j[k]:j[k] + h] * D
 
 
 # ----------------------------------------------------------------------------- M-step and objectives
