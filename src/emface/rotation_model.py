@@ -66,6 +66,9 @@ class RotationMixture(FaceMixture):
     sweep_every: int = 5
     stall: float = 0.0
     _state: dict = field(default_factory=dict, repr=False)
+    #: passes made so far over all angles, and over windows only (for reports and tests)
+    full_passes: int = field(default=0, repr=False)
+    sparse_passes: int = field(default=0, repr=False)
 
     def __post_init__(self):
         self.angles = np.asarray(self.angles, dtype=np.float64).reshape(-1)
@@ -102,6 +105,10 @@ class RotationMixture(FaceMixture):
             return stats
 
         stats = executor.map_stats(one, chunks=chunks, with_moments=with_moments)
+        if full:
+            self.full_passes += 1
+        else:
+            self.sparse_passes += 1
         if batch:
             st["passes"] = (st["passes"] + [(stats, pending, full)])[-3:]
             st["last_full"] = full
