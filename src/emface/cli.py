@@ -388,6 +388,7 @@ def _write_fit_outputs(out_dir, est, X, names, input, elapsed, interrupted):
         ] + size_pics + [(title, pics[name], None, False) for name, title in (
             ("misfit.png", "misfit z of each frame: about N(0, 1) where the model explains the frame"),
             ("worst_frames.png", "the worst-fitting frames beside their fitted mean images"),
+            ("angles.png", "the angle of each frame (rotations): faces are shown upright, as fitted"),
         ) if name in pics],
         tables=tables,
     )

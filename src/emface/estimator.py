@@ -258,7 +258,7 @@ class FaceEM:
     angle_search : {"sparse", "full"}, default="sparse"
         With rotations: ``"full"`` scores every angle of every image in every
         pass; ``"sparse"`` (sparse EM) scores only a window of 5 angles about
-        each settled image's last best angle, and all angles every 5th pass,
+        each settled image's last best angle, and all angles every 8th pass,
         when the objective stalls, and before EM stops (`emface.rotation_model`).
 
     Attributes
@@ -529,7 +529,7 @@ class FaceEM:
             return rotation_model.RotationMixture(
                 tuple(face_shape), int(self.n_faces), hard=bool(self.hard), prior_smoothing=float(self.prior_smoothing),
                 noise=self.noise, noise_floor=floor, angles=rotation_model.check_settings(self),
-                angle_search=self.angle_search, stall=10.0 * float(self.tol))
+                angle_search=self.angle_search, stall=float(self.tol))
         return FaceMixture(tuple(face_shape), int(self.n_faces), hard=bool(self.hard),
                            prior_smoothing=float(self.prior_smoothing), noise=self.noise, noise_floor=floor,
                            shift_escape=bool(self.shift_escape), split_merge=bool(self.split_merge),

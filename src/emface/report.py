@@ -29,6 +29,8 @@ __all__ = [
     "png_bytes",
     "image_png",
     "write_fit_pictures",
+    "upright_faces",
+    "angles_figure",
     "write_html",
     "misfit_figure",
     "worst_frames_figure",
@@ -325,6 +327,12 @@ def write_fit_pictures(out_dir, est, lo=None, hi=None):
         both = np.concatenate([faces.ravel(), est.background_.ravel()])
         lo, hi = float(np.percentile(both, 0.5)), float(np.percentile(both, 99.5))
     pics = {}
+    angles = getattr(est, "angles_", None)
+    if angles is not None:  # rotations: each face upright (as fitted), outside its disc no evidence: grey
+        faces = upright_faces(faces)
+        pics["angles.png"] = png_bytes(angles_figure(est.posterior_summary().angles
+                                                     if getattr(est, "_train_summary", None) is not None
+                                                     else None, angles, est.angle_prior_))
     if len(faces) == 1:
         pics["face.png"] = image_png(faces[0], lo, hi)
     else:
@@ -338,6 +346,38 @@ def write_fit_pictures(out_dir, est, lo=None, hi=None):
     if scores:
         pics["face_size.png"] = png_bytes(size_figure(scores, est.face_shape_))
     return _write_pictures(out_dir, pics)
+
+
+def upright_faces(faces):
+    """Faces (C, h, h[, Ch]) fitted with rotations, as shown: the disc inscribed in the window, the
+    window outside it (which no image shows) at the disc's mean."""
+    from .engine.rotations import disc_mask
+
+    faces = np.array(faces, dtype=np.float64, copy=True)
+    D = disc_mask(faces.shape[1])
+    for f in faces:
+        f[~D] = f[D].mean(axis=0)
+    return faces
+
+
+def angles_figure(found, grid, prior):
+    """Histogram of the frames' most probable angles (degrees, relative to the fitted face), over the grid;
+    the fitted angle prior ρ as a line. `found` None: the prior alone."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.4, 2.8))
+    grid = np.asarray(grid, dtype=np.float64)
+    step = 360.0 / len(grid) if len(grid) > 1 else 10.0
+    if found is not None:
+        counts = np.array([np.sum(np.isclose(found, a)) for a in grid])
+        ax.bar(grid, counts, width=0.8 * step, color="#4c72b0", label="frames")
+        ax.set_ylabel("frames")
+    ax2 = ax.twinx() if found is not None else ax
+    ax2.plot(grid, prior, "o-", color="#dd8452", ms=3, label="fitted angle prior")
+    ax2.set_ylabel("angle prior")
+    ax.set_xlabel("angle (degrees, counter-clockwise, relative to the fitted face)")
+    ax.set_xlim(-step, 360.0)
+    fig.tight_layout()
+    return fig
 
 
 def _write_pictures(out_dir, pics):
@@ -378,11 +418,29 @@ def misfit_figure(z, threshold=MISFIT_Z):
     return fig
 
 
-def _fitted_means(est, labels, positions):
-    """The fitted mean image of each frame: its face pasted at its position, or the background alone (-1)."""
+def _fitted_means(est, labels, positions, angles=None):
+    """The fitted mean image of each frame: its face pasted at its position (turned by its angle, inside
+    the disc, with rotations), or the background alone (-1)."""
     from .datasets import render
 
-    return render(est.background_, np.asarray(est.faces_, dtype=float), labels, positions)
+    means = render(est.background_, np.asarray(est.faces_, dtype=float), labels, positions)
+    if angles is None or getattr(est, "angles_", None) is None:
+        return means
+    from .engine.rotations import disc_mask, rotation_operator
+
+    faces = np.asarray(est.faces_, dtype=float)
+    h = faces.shape[1]
+    D = disc_mask(h)
+    B = np.asarray(est.background_, dtype=float)
+    for k, (c, (i, j), a) in enumerate(zip(labels, positions, angles)):
+        if c < 0:
+            continue
+        f = faces[c].reshape(h * h, -1)
+        turned = (rotation_operator(h, a) @ f).reshape(faces[c].shape)
+        window = B[i:i + h, j:j + h].copy()
+        window[D] = turned[D]
+        means[k][i:i + h, j:j + h] = window
+    return means
 
 
 def worst_frames_figure(frames, means, titles, lo=None, hi=None):
@@ -421,7 +479,9 @@ def write_misfit_pictures(out_dir, est, X, summary, n_worst=6):
     worst = [int(k) for k in np.argsort(-np.nan_to_num(z, nan=-np.inf), kind="stable")[:n_worst]]
     if worst:
         frames = np.stack([np.asarray(X[k], dtype=float) for k in worst])
-        means = _fitted_means(est, summary.faces[worst], summary.positions[worst])
+        ang = getattr(summary, "angles", None)
+        means = _fitted_means(est, summary.faces[worst], summary.positions[worst],
+                              None if ang is None else ang[worst])
         both = np.concatenate([means.ravel(), frames.ravel()])
         lo, hi = float(np.percentile(both, 0.5)), float(np.percentile(both, 99.5))
         titles = [f"frame {k}: z = {z[k]:.1f}, p = {summary.probability[k]:.3f}"

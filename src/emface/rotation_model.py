@@ -11,9 +11,11 @@ normal equations.
 ints; -1: all angles). The schedule:
 
 - a pass sweeps all angles when the previous M-step says so: the first pass,
-  every `sweep_every`-th pass after a sweep, after an iteration whose gain per
-  image was below `stall` (the bound stalls), and before EM may stop (the
-  loop asks `confirm_converged`: a run never ends on a sparse pass);
+  every pass while half the images or more have no window yet (they score
+  every angle anyway), every `sweep_every`-th pass after a sweep, after an
+  iteration whose gain per image was below `stall` (the bound stalls: the
+  estimator sets it to its `tol`), and before EM may stop (the loop asks
+  `confirm_converged`: a run never ends on a sparse pass);
 - a sweep scores every angle and gives each image the window of
   ``2·width + 1`` angles about its best one when its posterior leaves at most
   `emface.engine.rotstep.SETTLE` outside it (hard EM: always), else all angles;
@@ -63,7 +65,7 @@ class RotationMixture(FaceMixture):
     angles: np.ndarray = None
     angle_search: str = "sparse"
     width: int = 2
-    sweep_every: int = 5
+    sweep_every: int = 8
     stall: float = 0.0
     _state: dict = field(default_factory=dict, repr=False)
     #: passes made so far over all angles, and over windows only (for reports and tests)
@@ -137,8 +139,10 @@ class RotationMixture(FaceMixture):
         gain = None if st["last_loglik"] is None else (stats.loglik - st["last_loglik"]) / max(stats.n_images, 1)
         st["last_loglik"] = stats.loglik
         stalled = gain is not None and gain < self.stall
+        # images without a window score every angle anyway: while they are most, every pass sweeps
+        unsettled = float(np.mean(centres < 0)) if len(centres) else 1.0
         st["next_full"] = (self.angle_search == "full" or st["since_full"] + 1 >= self.sweep_every
-                           or (stalled and not full))
+                           or (stalled and not full) or unsettled >= 0.5)
         st["passes"] = []
 
     def confirm_converged(self):
