@@ -109,7 +109,9 @@ def subsample_executor(data, face_shape, moments, config, n_max, rng, *, n_faces
     X = data if len(idx) == shape[0] and isinstance(data, np.ndarray) else read_runs(data, idx)
     src = ArraySource(X, face_shape, compute_dtype=config.dtype, moments=moments, check_finite=False,
                       n_faces=n_faces, chunk_size=max(1, SUBSAMPLE_CHUNK_BYTES // max(per_image, 1)))
-    return LocalExecutor(src, config), idx
+    ex = LocalExecutor(src, config)
+    ex.image_index = np.asarray(idx)
+    return ex, idx
 
 
 class BaseExecutor:
@@ -127,9 +129,20 @@ class BaseExecutor:
         if self._moments is None:
             self._moments = (SX, SXX)
 
+    #: the rows of the whole stack's per-image brightness that this executor's images are (a subsample's)
+    image_index = None
+
+    def _brightness(self, params, a, b):
+        """Images a..b's (gains, offsets) from θ, or None for the note's model (no per-image brightness)."""
+        if params.gains is None:
+            return None
+        rows = slice(a, b) if self.image_index is None else self.image_index[a:b]
+        return params.gains[rows], params.offsets[rows]
+
     def _fill_moments(self, total, full=True):
         if total.SX is not None:
-            if full and self._moments is None:
+            # with brightness SX and SXX are weighted by each pass's (a, b): not the stack's constants
+            if full and self._moments is None and total.gains is None:
                 self._moments = (total.SX, total.SXX)
         elif full and self._moments is not None:
             total.SX, total.SXX = self._moments
@@ -198,7 +211,9 @@ class LocalExecutor(BaseExecutor):
         total = StatsSum()
         with single_threaded_blas():
             for i in ids:
-                total.add(chunk_stats(self.source.chunk(i), plan, per_image=per_image))
+                a, b = self.source.bounds[i]
+                total.add(chunk_stats(self.source.chunk(i), plan, per_image=per_image,
+                                      brightness=self._brightness(params, a, b)))
         return self._fill_moments(total.result(), full)
 
     def collect(self, params, *, hard=False, output="q"):
@@ -214,7 +229,8 @@ class LocalExecutor(BaseExecutor):
         total = StatsSum()
         with single_threaded_blas():
             for i, (a, b) in enumerate(self.source.bounds):
-                s, out = chunk_stats(self.source.chunk(i), plan, output=output)
+                s, out = chunk_stats(self.source.chunk(i), plan, output=output,
+                                     brightness=self._brightness(params, a, b))
                 full[a:b] = out
                 total.add(s)
         return self._fill_moments(total.result(), True), full

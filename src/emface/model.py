@@ -68,6 +68,10 @@ class Params:
     noise_std: np.ndarray
     prior: np.ndarray
     empty_weight: float | None = None
+    #: brightness (MODEL.md, "Brightness that changes from frame to frame"): each training image's
+    #: gain a_k and offset b_k in working units, (K, G) with G = 1 or Ch; None: the note's model
+    gains: np.ndarray | None = None
+    offsets: np.ndarray | None = None
 
     def __post_init__(self):
         self.faces = _as_faces(self.faces)
@@ -80,6 +84,9 @@ class Params:
         self.prior = A[None] if A.ndim == 2 else A
         if self.empty_weight is not None:
             self.empty_weight = float(self.empty_weight)
+        if self.gains is not None:
+            self.gains = np.asarray(self.gains, dtype=np.float64).reshape(len(self.gains), -1)
+            self.offsets = np.asarray(self.offsets, dtype=np.float64).reshape(self.gains.shape)
         if self.faces.shape[1] != Ch or self.noise_std.shape != (Ch,) or self.prior.shape[0] != self.faces.shape[0]:
             raise ValueError(
                 f"inconsistent parameter shapes: faces {self.faces.shape}, background {self.background.shape}, "
@@ -113,17 +120,24 @@ class Params:
 
     def copy(self) -> "Params":
         return Params(self.faces.copy(), self.background.copy(), self.noise_std.copy(), self.prior.copy(),
-                      self.empty_weight)
+                      self.empty_weight, *_copies(self.gains, self.offsets))
 
     def affine(self, scale: float, offset: float) -> "Params":
         """Parameters of the data ``scale * X + offset``: F, B map affinely, s by ``|scale|``."""
+        gains, offsets = _copies(self.gains, self.offsets)
+        if gains is not None:  # scale·(a μ + b) + offset = a (scale μ + offset) + scale·b + offset (1 - a)
+            offsets = scale * offsets + offset * (1.0 - gains)
         return Params(scale * self.faces + offset, scale * self.background + offset,
-                      abs(scale) * self.noise_std, self.prior.copy(), self.empty_weight)
+                      abs(scale) * self.noise_std, self.prior.copy(), self.empty_weight, gains, offsets)
+
+
+def _copies(*arrays):
+    return tuple(None if a is None else np.array(a, copy=True) for a in arrays)
 
 
 #: the per-image fields of `Stats`, concatenated (not summed) by ``+``
 PER_IMAGE = ("positions", "labels", "image_loglik", "max_prob", "entropy", "class_prob", "near", "chi2",
-             "empty_prob")
+             "empty_prob", "gains", "offsets")
 
 
 @dataclass
@@ -206,6 +220,12 @@ class Stats:
     near: np.ndarray | None = None
     chi2: np.ndarray | None = None
     empty_prob: np.ndarray | None = None
+    #: brightness (`emface.engine.brightness`): ``NW = Σ_k a_k,ch² q_k(c, d)`` (C, Ch, P, Q) and
+    #: ``KW = Σ_k a_k,ch²`` (Ch,), the normalisers of F and B; each image's updated (a, b), (K, G)
+    NW: np.ndarray | None = None
+    KW: np.ndarray | None = None
+    gains: np.ndarray | None = None
+    offsets: np.ndarray | None = None
 
     def __add__(self, other: "Stats") -> "Stats":
         if other is None or (isinstance(other, int) and other == 0):
@@ -228,7 +248,7 @@ class Stats:
             a, b = getattr(self, f.name), getattr(other, f.name)
             if f.name in PER_IMAGE:
                 out[f.name] = None
-            elif f.name in ("S_F_hat", "SX", "SXX"):
+            elif f.name in ("S_F_hat", "SX", "SXX", "NW", "KW"):
                 if b is None:
                     out[f.name] = a
                 elif a is None:

@@ -1,0 +1,293 @@
+"""Brightness that changes from frame to frame: a gain and an offset per image (MODEL.md).
+
+Image k is the model's mean image scaled and shifted, ``X_k = a_k·μ_(c,d) + b_k + N(0, s²)``,
+with one (a_k, b_k) per image, or one per channel and image ("white balance").
+A *group* is the set of channels that share a gain and an offset: one group
+(all channels) or one per channel. Gains and offsets are (n, G) arrays in
+working units.
+
+Given (a, b), with ``r = x - b`` and λ = 1/(2 s²), the λ-weighted expanded loss
+of a (face, position) relative to the background alone is, per group g,
+
+    L(c, d) = Σ_g [ a²·FF_cg - 2a·corr_cg(d) + 2ab·SF_cg + box(2a·XB_g - 2ab·LB_g - a²·BB_g)(d) ]
+
+with ``corr_cg = Σ_(ch∈g) λ x_ch ⋆ F_c,ch`` from the cached spectra (no extra FFT),
+``FF_cg = Σ λ||F_c,ch||²``, ``SF_cg = Σ λ ΣF_c,ch`` and the images ``XB = Σ λ x B``,
+``LB = Σ λ B``, ``BB = Σ λ B²``. With a = 1, b = 0 it is the note's loss
+(`kernels.logits`). The pass then updates (a, b) per image by the 2×2 normal
+equations of ``min E_q Σ λ ||x - a μ - b||²`` (posterior averages of the same
+per-position quantities) with the θ that produced q, and adds the image's
+sums weighted by the new (a, b): an ECM step, so the bound never decreases.
+
+The M-step's sums become ``S_F = Σ_k a_k Σ_d q_k(d) (x_k - b_k)|_d``,
+``SX = Σ_k a_k (x_k - b_k)``, ``XC = Σ_k a_k (x_k - b_k) ∘ cov_k``,
+``SXX = Σ_k ||x_k - b_k||²``, with the normalisers ``NW = Σ_k a_k² q_k``
+(in place of N for F and the coverage) and ``KW = Σ_k a_k²`` (in place of K
+for B); N itself (the prior's counts) stays unweighted. `normalize` then fixes
+mean(a) = 1 and mean(b) = 0 by an exact reparametrisation of F and B.
+
+This pass runs the numpy kernels of `kernels` whatever the engine's backend.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+
+from . import kernels
+from .chunk import chunk_spectra, standardized
+
+__all__ = ["BRIGHTNESS", "GAIN_MIN", "brightness_pass", "group_map", "normalize", "weighted_normalisers",
+           "public_offsets", "working_offsets", "start_gains"]
+
+#: the values of the estimator's option
+BRIGHTNESS = ("auto", "fixed", "per_image", "per_channel")
+
+#: the smallest gain: a gain is positive; a frame whose best gain would be below this gets this one
+GAIN_MIN = 1e-3
+
+
+def group_map(n_channels, n_groups):
+    """The group of each channel: all in group 0 (one gain per image), or each its own."""
+    if n_groups == 1:
+        return np.zeros(n_channels, dtype=np.int64)
+    if n_groups != n_channels:
+        raise ValueError(f"gains must have 1 or {n_channels} columns (one per channel), got {n_groups}")
+    return np.arange(n_channels)
+
+
+def _group_sum(v, gmap, n_groups, axis):
+    """Sum an array's channel axis `axis` into groups."""
+    v = np.moveaxis(v, axis, -1)
+    out = np.zeros(v.shape[:-1] + (n_groups,))
+    for ch, g in enumerate(gmap):
+        out[..., g] += v[..., ch]
+    return np.moveaxis(out, -1, axis)
+
+
+def _theta_terms(plan, gmap, G):
+    """What θ gives per group: FF (C, G), SF (C, G), box LB and BB (G, P, Q), and whole-image sums."""
+    p = plan.params
+    lam = plan.lam
+    F = p.faces
+    B = p.background
+    lamc = lam[:, None, None]
+    h, w = p.face_shape
+    H, W = p.image_shape
+    FF = _group_sum(np.einsum("d,cdij->cd", lam, F * F), gmap, G, 1)
+    SF = _group_sum(np.einsum("d,cdij->cd", lam, F), gmap, G, 1)
+    LB = _group_sum(lamc * B, gmap, G, 0)
+    BB = _group_sum(lamc * B * B, gmap, G, 0)
+    return SimpleNamespace(
+        FF=FF, SF=SF, box_LB=kernels.box_sums(LB, (h, w)), box_BB=kernels.box_sums(BB, (h, w)),
+        LBsum=LB.sum(axis=(1, 2)), BBsum=BB.sum(axis=(1, 2)), M1=_group_sum(lam * H * W, gmap, G, 0))
+
+
+def _correlations(x, xhat, plan, gmap, G):
+    """``corr[k, c, g] = Σ_(ch∈g) λ_ch (x_k,ch ⋆ F_c,ch)``, (n, C, G, P, Q) float64: one inverse FFT per group."""
+    P, Q = plan.grid_shape
+    out = []
+    for g in range(G):
+        chs = np.flatnonzero(gmap == g)
+        sl = slice(int(chs[0]), int(chs[-1]) + 1)
+        if plan.route == "fft":
+            cg = kernels.correlate_fft(xhat[:, sl], plan.filters[:, sl], (P, Q), plan.image_shape,
+                                       idft_rows=plan.idft_rows, workers=plan.workers)
+        else:
+            cg = kernels.correlate_direct(x[:, sl].astype(plan.dtype), plan.faces_w[:, sl].astype(plan.dtype),
+                                          (P, Q))
+        out.append(np.asarray(cg, dtype=np.float64))
+    return np.stack(out, axis=2)
+
+
+def _image_terms(x, xhat, plan, gmap, G):
+    """Per image and group: the correlations, box(XB) (n, G, P, Q), and Σλ<x,B>, Σλ Σx, Σλ||x||² (n, G)."""
+    lamc = plan.lam[:, None, None]
+    B = plan.params.background
+    XB = _group_sum(x * (lamc * B), gmap, G, 1)  # (n, G, H, W)
+    return SimpleNamespace(
+        corr=_correlations(x, xhat, plan, gmap, G),
+        box_XB=kernels.box_sums(XB, plan.face_shape),
+        XBsum=XB.sum(axis=(2, 3)),
+        Xsum=_group_sum(np.einsum("d,ndij->nd", plan.lam, x), gmap, G, 1),
+        XX=_group_sum(np.einsum("d,ndij->nd", plan.lam, x * x), gmap, G, 1))
+
+
+def _loss(th, im, a, b, log_const):
+    """The loss L (n, C, P, Q) of every (face, position) given (a, b), and ``base = log p(x | ∅ mean B)``."""
+    aa, ab = a * a, a * b  # (n, G)
+    L = (np.einsum("ng,cg->nc", aa, th.FF) + 2.0 * np.einsum("ng,cg->nc", ab, th.SF))[:, :, None, None]
+    L = L - 2.0 * np.einsum("ng,ncgpq->ncpq", a, im.corr)
+    box = (2.0 * a[:, :, None, None] * im.box_XB - 2.0 * ab[:, :, None, None] * th.box_LB[None]
+           - aa[:, :, None, None] * th.box_BB[None]).sum(axis=1)
+    L = L + box[:, None]
+    rss = im.XX - 2.0 * a * im.XBsum - 2.0 * b * im.Xsum + aa * th.BBsum + 2.0 * ab * th.LBsum + b * b * th.M1
+    return L, log_const - rss.sum(axis=1)
+
+
+def _solve(th, im, q, a_old):
+    """The (a, b) that minimise ``E_q Σ_(ch∈g) λ ||x - a μ - b||²`` per image and group (n, G) each.
+
+    The 2×2 normal equations in ``E_q Σλ<x, μ>``, ``E_q Σλ||μ||²``, ``E_q Σλ Σμ``,
+    ``Σλ Σx`` and ``Σλ·HW``. Where μ is constant under q (no contrast: the
+    system is singular) the gain stays; a gain below `GAIN_MIN` is held at it,
+    with its best offset (the constrained minimum of a convex quadratic).
+    """
+    qd = q.sum(axis=1)                          # (n, P, Q)
+    qc = q.sum(axis=(2, 3))                     # (n, C)
+    Mxm = im.XBsum + np.einsum("ncpq,ncgpq->ng", q, im.corr) - np.einsum("npq,ngpq->ng", qd, im.box_XB)
+    Mmm = th.BBsum + qc @ th.FF - np.einsum("npq,gpq->ng", qd, th.box_BB)
+    Mm = th.LBsum + qc @ th.SF - np.einsum("npq,gpq->ng", qd, th.box_LB)
+    Mx, M1 = im.Xsum, th.M1
+    det = Mmm * M1 - Mm * Mm
+    ok = det > 1e-12 * np.abs(Mmm * M1)
+    a = np.where(ok, (Mxm * M1 - Mm * Mx) / np.where(ok, det, 1.0), a_old)
+    a = np.maximum(a, GAIN_MIN)
+    b = (Mx - a * Mm) / M1
+    return a, b
+
+
+def _channels(v, gmap):
+    """A per-group (n, G) array per channel, (n, Ch)."""
+    return v[:, gmap]
+
+
+def _weighted_sums(x, xhat, q, plan, arg, a, b, gmap):
+    """The M-step sums of the chunk weighted by (a, b) (see the module's docstring)."""
+    n, Ch, H, W = x.shape
+    C = plan.n_faces
+    P, Q = plan.grid_shape
+    ach, bch = _channels(a, gmap), _channels(b, gmap)
+    y = x - bch[:, :, None, None]
+    yt = ach[:, :, None, None] * y
+    if plan.hard:
+        rem = arg % (P * Q)
+        N, S_F, S_F_hat, XC = kernels.accumulate(yt, q, plan.face_shape, positions=np.stack([rem // Q, rem % Q], 1),
+                                                 labels=arg // (P * Q))
+    else:
+        yhat = None  # the direct route keeps no spectra: `accumulate` transforms the weighted images
+        if xhat is not None:  # rfft2(a (x - b)) = a·rfft2(x) but for the zero frequency: no FFT
+            yhat = xhat.astype(np.complex128) * ach[:, :, None, None]
+            yhat[..., 0, 0] -= (ach * bch) * (H * W)
+        N, S_F, S_F_hat, XC = kernels.accumulate(yt, q, plan.face_shape, xhat=yhat, workers=plan.workers)
+    a2 = ach * ach
+    NW = np.einsum("nd,ncpq->cdpq", a2, q)
+    return SimpleNamespace(N=N, S_F=S_F, S_F_hat=S_F_hat, XC=XC, SX=yt.sum(axis=0),
+                           SXX=np.einsum("ndij,ndij->d", y, y), NW=NW, KW=a2.sum(axis=0))
+
+
+def brightness_pass(chunk, plan, gains, offsets, *, output=None, fit_steps=0):
+    """One chunk's E-step with per-image brightness, the ECM update of (a, b), and the weighted sums.
+
+    Parameters
+    ----------
+    chunk : Chunk
+    plan : Plan
+    gains, offsets : ndarray (n, G)
+        Each image's (a, b) in working units, G = 1 or Ch.
+    output : {None, "q", "log_joint"}
+        As `emface.engine.stats.chunk_stats`.
+    fit_steps : int
+        Alternations of the E-step and the (a, b) update before the pass's own
+        E-step (new images, whose brightness is not known: start at a = 1, b = 0).
+
+    Returns
+    -------
+    raw : SimpleNamespace
+        The arrays `stats._build_stats` reads, plus ``NW``, ``KW`` and the
+        updated ``gains`` and ``offsets`` (n, G).
+    out : ndarray or None
+    """
+    x = standardized(chunk, np.float64, use_numba=False)
+    xhat = chunk_spectra(chunk, plan, x.astype(plan.dtype, copy=False)) if plan.route == "fft" else None
+    a = np.array(gains, dtype=np.float64, copy=True).reshape(chunk.n, -1)
+    b = np.array(offsets, dtype=np.float64, copy=True).reshape(chunk.n, -1)
+    G = a.shape[1]
+    gmap = group_map(x.shape[1], G)
+    th = _theta_terms(plan, gmap, G)
+    im = _image_terms(x, xhat, plan, gmap, G)
+    for _ in range(int(fit_steps)):
+        L, _base = _loss(th, im, a, b, plan.log_const)
+        q = kernels.posterior(plan.logA - L, plan.hard, plan.log_empty)[0]
+        a, b = _solve(th, im, q, a)
+    L, base = _loss(th, im, a, b, plan.log_const)
+    lg = plan.logA - L
+    n, C = chunk.n, plan.n_faces
+    Ch = x.shape[1]
+    H, W = plan.image_shape
+    h, w = plan.face_shape
+    P, Q = plan.grid_shape
+    if output == "log_joint":
+        flat = lg.reshape(n, -1)
+        arg = np.argmax(flat, axis=1)
+        ll = flat[np.arange(n), arg] + base
+        nan = np.full(n, np.nan)
+        raw = SimpleNamespace(N=np.zeros((C, P, Q)), S_F=np.zeros((C, Ch, h, w)), S_F_hat=None,
+                              XC=np.zeros((Ch, H, W)), SX=None, SXX=None, ll=ll, arg=arg, maxp=nan, ent=nan,
+                              cprob=np.full((n, C), np.nan), near=kernels.neighbour_gains(L, arg), chi2=nan, qe=nan,
+                              NW=None, KW=None, gains=a, offsets=b)
+        return raw, lg + base[:, None, None, None]
+    q, top, arg, maxp, ent, cprob, qe = kernels.posterior(lg, plan.hard, plan.log_empty)
+    near = kernels.neighbour_gains(L, arg)
+    chi2 = kernels.expected_residual(q, L, base, plan.log_const)
+    a, b = _solve(th, im, q, a)
+    sums = _weighted_sums(x, xhat, q, plan, arg, a, b, gmap)
+    raw = SimpleNamespace(**vars(sums), ll=top + base, arg=arg, maxp=maxp, ent=ent, cprob=cprob, near=near,
+                          chi2=chi2, qe=qe, gains=a, offsets=b)
+    return raw, (q if output == "q" else None)
+
+
+def weighted_normalisers(stats, n_channels):
+    """What the M-step divides by: (Nc (C, Ch), cover (Ch, H, W) or (H, W), Kb (Ch,) or float).
+
+    Without brightness (``stats.NW`` None) the note's ``N_c``, ``C`` and K;
+    with it ``Σ_k a_k² N_kc``, ``Σ_k a_k² cov_k`` and ``Σ_k a_k²`` per channel.
+    """
+    h, w = stats.S_F.shape[-2:]
+    if getattr(stats, "NW", None) is None:
+        N = np.maximum(stats.N, 0.0)
+        Nc = np.repeat(N.sum(axis=(1, 2))[:, None], n_channels, axis=1)
+        return Nc, kernels.coverage(N.sum(axis=0), (h, w)), float(stats.n_images)
+    NW = np.maximum(stats.NW, 0.0)
+    return NW.sum(axis=(2, 3)), kernels.coverage(NW.sum(axis=0), (h, w)), np.asarray(stats.KW, dtype=np.float64)
+
+
+def normalize(faces, background, gains, offsets):
+    """Fix mean(a) = 1 and mean(b) = 0 per group by an exact reparametrisation (the likelihood is unchanged).
+
+    ``a·μ + b = (a/ā)·(ā μ) + b``, then ``a'·μ' + b = a'·(μ' + c) + (b - c a')``
+    with c = mean(b) once mean(a') = 1: F and B are scaled by ā and shifted by
+    c on the group's channels; s is unchanged.
+
+    Returns faces, background, gains, offsets (new arrays).
+    """
+    F = np.array(faces, dtype=np.float64, copy=True)
+    B = np.array(background, dtype=np.float64, copy=True)
+    a = np.array(gains, dtype=np.float64, copy=True)
+    b = np.array(offsets, dtype=np.float64, copy=True)
+    gmap = group_map(B.shape[0], a.shape[1])
+    abar = a.mean(axis=0)
+    a /= abar
+    c = b.mean(axis=0)
+    b -= c * a
+    for ch, g in enumerate(gmap):
+        F[:, ch] = F[:, ch] * abar[g] + c[g]
+        B[ch] = B[ch] * abar[g] + c[g]
+    return F, B, a, b
+
+
+def public_offsets(gains, offsets, scale, shift):
+    """Offsets in the data's units, for working units ``x = (X - shift) / scale``: ``scale·b + shift·(1 - a)``."""
+    return scale * np.asarray(offsets) + shift * (1.0 - np.asarray(gains))
+
+
+def working_offsets(gains, offsets, scale, shift):
+    """The inverse of `public_offsets`."""
+    return (np.asarray(offsets) - shift * (1.0 - np.asarray(gains))) / scale
+
+
+def start_gains(n_images, n_groups):
+    """Gains and offsets of frames whose brightness is not known: a = 1, b = 0."""
+    return np.ones((n_images, n_groups)), np.zeros((n_images, n_groups))
+
