@@ -97,6 +97,12 @@ def _moments_task(block, first_index, check_finite):
     return Moments.of(np.asarray(block), first_index=first_index, check_finite=check_finite)
 
 
+def _refuse_brightness(params):
+    if params.gains is not None:
+        raise ValueError("per-image brightness runs on this machine only, not on a Dask cluster: use "
+                         "brightness='fixed' there, or a local array")
+
+
 # ----------------------------------------------------------------------------- the executor
 
 class DaskSource(WorkingUnits):
@@ -219,6 +225,7 @@ class DaskExecutor(BaseExecutor):
         """
         if chunks is not None:
             raise ValueError("the Dask executor runs batch EM only: use algorithm='batch'")
+        _refuse_brightness(params)
         plan = self.client.scatter(self._plan(params, hard), broadcast=True, hash=False)
         futures = [self._submit(_stats_task, i, plan, per_image) for i in range(len(self._chunks))]
         return self._tree_sum(futures)
@@ -229,6 +236,7 @@ class DaskExecutor(BaseExecutor):
                                   allow_other_workers=not self._where[i])
 
     def collect(self, params, *, hard=False, output="q"):
+        _refuse_brightness(params)
         plan = self.client.scatter(self._plan(params, hard), broadcast=True, hash=False)
         futures = [self._submit(_collect_task, i, plan, output) for i in range(len(self._chunks))]
         parts = self.client.gather(futures)

@@ -224,6 +224,8 @@ class Stats:
     #: ``KW = Σ_k a_k,ch²`` (Ch,), the normalisers of F and B; each image's updated (a, b), (K, G)
     NW: np.ndarray | None = None
     KW: np.ndarray | None = None
+    #: brightness: Σ_k of what each image's (a, b) update raised its expected log-likelihood
+    ecm_gain: float = 0.0
     gains: np.ndarray | None = None
     offsets: np.ndarray | None = None
 
@@ -336,6 +338,8 @@ def save_model(path, params, **extra):
             meta[k] = v
     if params.empty_weight is not None:  # an extra array: files without it load as models without the class
         arrays["empty_weight"] = np.array(params.empty_weight, dtype=np.float64)
+    if params.gains is not None:  # per-image brightness: files without it load as the note's model
+        arrays["gains"], arrays["offsets"] = params.gains, params.offsets
     np.savez(
         path,
         faces=params.faces,
@@ -395,7 +399,10 @@ def load_model(path):
     if missing:
         raise _model_error(name, f"is not an emface model: it lacks {', '.join(missing)}")
     params = check_model_arrays(*(arrays[k] for k in keys), name=name, empty_weight=arrays.get("empty_weight"))
-    extra = {k: a for k, a in arrays.items() if k not in keys + ("empty_weight",)}
+    if "gains" in arrays or "offsets" in arrays:
+        params = replace(params, **_check_brightness(arrays.get("gains"), arrays.get("offsets"), params.n_channels,
+                                                     name))
+    extra = {k: a for k, a in arrays.items() if k not in keys + ("empty_weight", "gains", "offsets")}
     if meta is not None:
         extra.update(meta)
     return params, extra
@@ -594,6 +601,23 @@ def check_model_arrays(faces, background, noise_std, prior, *, name="the model",
         what = "a prior that" if empty_weight is None else "a prior and a 'no face' weight that"
         raise _model_error(name, f"has {what} sums to {total:.9g}; expected 1")
     return Params(F, B, s, A / total, None if empty_weight is None else empty / total)
+
+
+def _check_brightness(gains, offsets, n_channels, name):
+    """Per-image gains and offsets of a model file: two (K, G) arrays of finite reals, G = 1 or Ch, gains > 0."""
+    if gains is None or offsets is None:
+        raise _model_error(name, "has per-image gains or offsets without the other; expected both or neither")
+    g, b = np.asarray(gains), np.asarray(offsets)
+    if g.dtype.kind not in "biuf" or b.dtype.kind not in "biuf":
+        raise _model_error(name, f"has gains of dtype {g.dtype} and offsets of {b.dtype}; expected real numbers")
+    if g.ndim != 2 or g.shape != b.shape or g.shape[1] not in (1, n_channels) or len(g) == 0:
+        raise _model_error(name, f"has gains {g.shape} and offsets {b.shape}; expected two arrays (K, 1) or "
+                                 f"(K, {n_channels})")
+    g, b = g.astype(np.float64), b.astype(np.float64)
+    if not (np.isfinite(g).all() and np.isfinite(b).all()) or (g <= 0).any():
+        raise _model_error(name, "has gains or offsets that are not finite, or gains <= 0; expected finite "
+                                 "values and gains > 0")
+    return dict(gains=g, offsets=b)
 
 
 def _check_empty_weight(value, name):

@@ -39,10 +39,13 @@ from . import kernels
 from .chunk import chunk_spectra, standardized
 
 __all__ = ["BRIGHTNESS", "GAIN_MIN", "brightness_pass", "group_map", "normalize", "weighted_normalisers",
-           "public_offsets", "working_offsets", "start_gains"]
+           "brightness_test", "TEST_LEVEL", "start_gains"]
 
 #: the values of the estimator's option
 BRIGHTNESS = ("auto", "fixed", "per_image", "per_channel")
+
+#: the "auto" test's level: per-image brightness is fitted when the note's model is rejected at it
+TEST_LEVEL = 1e-3
 
 #: the smallest gain: a gain is positive; a frame whose best gain would be below this gets this one
 GAIN_MIN = 1e-3
@@ -126,7 +129,7 @@ def _loss(th, im, a, b, log_const):
     return L, log_const - rss.sum(axis=1)
 
 
-def _solve(th, im, q, a_old):
+def _solve(th, im, q, a_old, b_old=None):
     """The (a, b) that minimise ``E_q Σ_(ch∈g) λ ||x - a μ - b||²`` per image and group (n, G) each.
 
     The 2×2 normal equations in ``E_q Σλ<x, μ>``, ``E_q Σλ||μ||²``, ``E_q Σλ Σμ``,
@@ -145,7 +148,12 @@ def _solve(th, im, q, a_old):
     a = np.where(ok, (Mxm * M1 - Mm * Mx) / np.where(ok, det, 1.0), a_old)
     a = np.maximum(a, GAIN_MIN)
     b = (Mx - a * Mm) / M1
-    return a, b
+
+    def expected_loss(a, b):  # E_q Σλ||x - aμ - b||² but for the Σλ||x||² that does not depend on (a, b)
+        return (-2.0 * a * Mxm - 2.0 * b * Mx + a * a * Mmm + 2.0 * a * b * Mm + b * b * M1).sum(axis=1)
+
+    gain = None if b_old is None else np.maximum(expected_loss(a_old, b_old) - expected_loss(a, b), 0.0)
+    return a, b, gain
 
 
 def _channels(v, gmap):
@@ -186,6 +194,10 @@ def brightness_pass(chunk, plan, gains, offsets, *, output=None, fit_steps=0):
     plan : Plan
     gains, offsets : ndarray (n, G)
         Each image's (a, b) in working units, G = 1 or Ch.
+
+    The raw arrays also hold ``ecm_gain``: Σ over the images of what their
+    (a, b) update raised the expected complete-data log-likelihood (a lower
+    bound of the log-likelihood's rise), the statistic of `brightness_test`.
     output : {None, "q", "log_joint"}
         As `emface.engine.stats.chunk_stats`.
     fit_steps : int
@@ -210,7 +222,7 @@ def brightness_pass(chunk, plan, gains, offsets, *, output=None, fit_steps=0):
     for _ in range(int(fit_steps)):
         L, _base = _loss(th, im, a, b, plan.log_const)
         q = kernels.posterior(plan.logA - L, plan.hard, plan.log_empty)[0]
-        a, b = _solve(th, im, q, a)
+        a, b, _ = _solve(th, im, q, a)
     L, base = _loss(th, im, a, b, plan.log_const)
     lg = plan.logA - L
     n, C = chunk.n, plan.n_faces
@@ -226,16 +238,37 @@ def brightness_pass(chunk, plan, gains, offsets, *, output=None, fit_steps=0):
         raw = SimpleNamespace(N=np.zeros((C, P, Q)), S_F=np.zeros((C, Ch, h, w)), S_F_hat=None,
                               XC=np.zeros((Ch, H, W)), SX=None, SXX=None, ll=ll, arg=arg, maxp=nan, ent=nan,
                               cprob=np.full((n, C), np.nan), near=kernels.neighbour_gains(L, arg), chi2=nan, qe=nan,
-                              NW=None, KW=None, gains=a, offsets=b)
+                              NW=None, KW=None, gains=a, offsets=b, ecm_gain=0.0)
         return raw, lg + base[:, None, None, None]
     q, top, arg, maxp, ent, cprob, qe = kernels.posterior(lg, plan.hard, plan.log_empty)
     near = kernels.neighbour_gains(L, arg)
     chi2 = kernels.expected_residual(q, L, base, plan.log_const)
-    a, b = _solve(th, im, q, a)
+    a, b, gain = _solve(th, im, q, a, b)
     sums = _weighted_sums(x, xhat, q, plan, arg, a, b, gmap)
     raw = SimpleNamespace(**vars(sums), ll=top + base, arg=arg, maxp=maxp, ent=ent, cprob=cprob, near=near,
-                          chi2=chi2, qe=qe, gains=a, offsets=b)
+                          chi2=chi2, qe=qe, gains=a, offsets=b, ecm_gain=float(gain.sum()))
     return raw, (q if output == "q" else None)
+
+
+def brightness_test(ecm_gain, n_images, n_groups, level=TEST_LEVEL):
+    """Is a gain and an offset per image worth fitting? A likelihood-ratio test at the fitted θ.
+
+    Under the note's model (every a = 1, b = 0) twice the log-likelihood
+    gained by fitting (a_k, b_k) per image at the fitted θ is about
+    χ²_(2·G·K). `ecm_gain` (`Stats.ecm_gain` of one brightness pass from
+    a = 1, b = 0) is a lower bound of that gain, so the test errs towards the
+    note's model.
+
+    Returns
+    -------
+    dict with ``statistic`` (2·gain), ``dof``, ``p_value`` and ``significant`` (p < `level`).
+    """
+    from scipy.stats import chi2
+
+    dof = 2 * int(n_groups) * int(n_images)
+    stat = 2.0 * max(float(ecm_gain), 0.0)
+    p = float(chi2.sf(stat, dof))
+    return dict(statistic=stat, dof=dof, p_value=p, significant=bool(p < level))
 
 
 def weighted_normalisers(stats, n_channels):
@@ -275,16 +308,6 @@ def normalize(faces, background, gains, offsets):
         F[:, ch] = F[:, ch] * abar[g] + c[g]
         B[ch] = B[ch] * abar[g] + c[g]
     return F, B, a, b
-
-
-def public_offsets(gains, offsets, scale, shift):
-    """Offsets in the data's units, for working units ``x = (X - shift) / scale``: ``scale·b + shift·(1 - a)``."""
-    return scale * np.asarray(offsets) + shift * (1.0 - np.asarray(gains))
-
-
-def working_offsets(gains, offsets, scale, shift):
-    """The inverse of `public_offsets`."""
-    return (np.asarray(offsets) - shift * (1.0 - np.asarray(gains))) / scale
 
 
 def start_gains(n_images, n_groups):

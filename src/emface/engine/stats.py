@@ -113,7 +113,7 @@ def chunk_stats(chunk, plan, *, output=None, per_image=True, brightness=None, fi
         raw, out = _array_pass(chunk, plan, output)
     stats = _build_stats(chunk, plan, raw, per_image)
     if brightness is not None:  # the weighted normalisers and the updated (a, b) ride beside the sums
-        stats = replace(stats, NW=raw.NW, KW=raw.KW, gains=raw.gains, offsets=raw.offsets)
+        stats = replace(stats, NW=raw.NW, KW=raw.KW, gains=raw.gains, offsets=raw.offsets, ecm_gain=raw.ecm_gain)
     return (stats, _host(out)) if output is not None else stats
 
 
