@@ -17,7 +17,7 @@ from ._layout import public_background, public_faces, public_noise, public_prior
 from .datasets import draw_assignments, render
 from .em import _ETA_MAX, ALGORITHMS, ConvergenceWarning, EMSettings, fit_restarts
 from .engine import costs
-from .engine.brightness import BRIGHTNESS, brightness_test, start_gains
+from .engine.brightness import BRIGHTNESS, brightness_test, probe_gains, start_gains
 from .engine.mstep import misfit_z, predictive_prior
 from .engine.plan import BACKENDS
 from .errors import MisfitWarning, ModelFileError, one_line
@@ -548,10 +548,15 @@ class FaceEM:
     def _brightness_auto(self, executor, model, best):
         """"auto"'s test at the fitted θ of the note's model (`emface.engine.brightness.brightness_test`)."""
         K = executor.n_images
-        gains, offsets = start_gains(K, 1)
-        probe = replace(best.params, gains=gains, offsets=offsets)
-        st = executor.pass_stats(probe, hard=model.hard, per_image=False)
-        return brightness_test(st.ecm_gain, K, 1)
+        st = best.stats
+        if st is None or st.positions is None:  # no per-image answers kept: one brightness pass from a = 1, b = 0
+            gains, offsets = start_gains(K, 1)
+            probe = replace(best.params, gains=gains, offsets=offsets)
+            return brightness_test(executor.pass_stats(probe, hard=model.hard, per_image=False).ecm_gain, K, 1)
+        src = executor.source
+        gain = sum(float(probe_gains(src.chunk(i), best.params, st.positions[a:b], st.labels[a:b]).sum())
+                   for i, (a, b) in enumerate(src.bounds))
+        return brightness_test(gain, K, 1)
 
     def _algorithm(self, X):
         """"batch" or "incremental" for these images: `algorithm`, or its "auto" rule."""

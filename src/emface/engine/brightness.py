@@ -36,10 +36,10 @@ from types import SimpleNamespace
 import numpy as np
 
 from . import kernels
-from .chunk import chunk_spectra, standardized
+from .chunk import Chunk, chunk_spectra, standardized
 
 __all__ = ["BRIGHTNESS", "GAIN_MIN", "brightness_pass", "group_map", "normalize", "weighted_normalisers",
-           "brightness_test", "TEST_LEVEL", "start_gains"]
+           "brightness_test", "probe_gains", "TEST_LEVEL", "start_gains"]
 
 #: the values of the estimator's option
 BRIGHTNESS = ("auto", "fixed", "per_image", "per_channel")
@@ -142,7 +142,11 @@ def _solve(th, im, q, a_old, b_old=None):
     Mxm = im.XBsum + np.einsum("ncpq,ncgpq->ng", q, im.corr) - np.einsum("npq,ngpq->ng", qd, im.box_XB)
     Mmm = th.BBsum + qc @ th.FF - np.einsum("npq,gpq->ng", qd, th.box_BB)
     Mm = th.LBsum + qc @ th.SF - np.einsum("npq,gpq->ng", qd, th.box_LB)
-    Mx, M1 = im.Xsum, th.M1
+    return _normal_solve(Mxm, Mmm, Mm, im.Xsum, th.M1, a_old, b_old)
+
+
+def _normal_solve(Mxm, Mmm, Mm, Mx, M1, a_old, b_old=None):
+    """The 2×2 solve from the moments (n, G) (see `_solve`), and what it lowered the expected loss, (n,)."""
     det = Mmm * M1 - Mm * Mm
     ok = det > 1e-12 * np.abs(Mmm * M1)
     a = np.where(ok, (Mxm * M1 - Mm * Mx) / np.where(ok, det, 1.0), a_old)
@@ -156,33 +160,123 @@ def _solve(th, im, q, a_old, b_old=None):
     return a, b, gain
 
 
+def probe_gains(chunk, params, positions, labels):
+    """What fitting (a, b) per image would gain at θ, with each image at its most probable (face, position).
+
+    For `brightness_test` after a fit of the note's model: each image's mean
+    image μ at its (label, position) (label -1: "no face", μ = B) is built
+    explicitly, and the 2×2 solve from a = 1, b = 0 gives how much it lowers
+    ``Σ_ch ||x - a μ - b||² / (2 s_ch²)``: the rise of the MAP joint
+    ``max_d log p(x, d | a, b, θ)`` it guarantees (one shared gain per image;
+    no FFT, no posterior: O(H·W) per image).
+
+    Parameters
+    ----------
+    chunk : Chunk
+    params : Params, working units
+    positions : int ndarray (n, 2); labels : int ndarray (n,)
+
+    Returns
+    -------
+    ndarray (n,)
+    """
+    x = standardized(chunk, np.float64, use_numba=False)
+    n, Ch, H, W = x.shape
+    h, w = params.face_shape
+    lam = 1.0 / (2.0 * params.noise_std ** 2)
+    mu = np.broadcast_to(params.background, x.shape).copy()
+    for k in range(n):
+        if labels[k] >= 0:
+            i, j = int(positions[k, 0]), int(positions[k, 1])
+            mu[k, :, i:i + h, j:j + w] = params.faces[labels[k]]
+
+    def lsum(v):  # Σ_ch λ_ch Σ_pixels v, (n, 1)
+        return (v.sum(axis=(2, 3)) @ lam)[:, None]
+
+    ones = np.ones((n, 1))
+    _, _, gain = _normal_solve(lsum(x * mu), lsum(mu * mu), lsum(mu), lsum(x), np.array([lam.sum() * H * W]),
+                               ones, 0.0 * ones)
+    return gain
+
+
 def _channels(v, gmap):
     """A per-group (n, G) array per channel, (n, Ch)."""
     return v[:, gmap]
 
 
-def _weighted_sums(x, xhat, q, plan, arg, a, b, gmap):
-    """The M-step sums of the chunk weighted by (a, b) (see the module's docstring)."""
-    n, Ch, H, W = x.shape
+def _crop_sums(chunk, qw, plan, rows):
+    """S_F (C, Ch, h, w) and XC (Ch, H, W) of ``Σ_k x_k ⋆ qw_k`` for the images `rows`, by the fused
+    kernels' crops (skipping q at or below `Q_THRESHOLD`)."""
+    from .stats import stats_from_q
+
+    sub = Chunk(np.ascontiguousarray(chunk.data[rows]), chunk.offset, chunk.inv_scale)
+    st = stats_from_q(sub, qw[rows], plan.face_shape, backend="numba", workers=plan.workers, with_moments=False)
+    return st.S_F, st.XC
+
+
+def _face_sums_weighted(chunk, x, xhat, qw, plan):
+    """``Σ_k x_k ⋆ qw_k`` and ``Σ_k x_k ∘ (qw_k ⊛ 1)`` for weighted posteriors qw (n, C, P, Q), one group
+    of channels: crops for images whose q has at most `plan.max_sparse` non-negligible entries (as the
+    fused pass), the frequency domain for the others."""
+    from .stats import Q_THRESHOLD
+
+    n = len(qw)
+    Ch = x.shape[1]
+    H, W = plan.image_shape
     C = plan.n_faces
-    P, Q = plan.grid_shape
+    h, w = plan.face_shape
+    S_F, S_F_hat, XC = np.zeros((C, Ch, h, w)), None, np.zeros((Ch, H, W))
+    if plan.backend == "numba":
+        nnz = np.count_nonzero(qw.reshape(n, -1) > Q_THRESHOLD, axis=1)
+    else:  # the array-API route sums in the frequency domain
+        nnz = np.full(n, plan.max_sparse + 1)
+    sparse = np.flatnonzero(nnz <= plan.max_sparse)
+    dense = np.flatnonzero(nnz > plan.max_sparse)
+    if sparse.size:
+        S_F, XC = _crop_sums(chunk, qw, plan, sparse)
+    if dense.size:
+        _, _, S_F_hat, XCd = kernels.accumulate(x[dense], qw[dense], (h, w),
+                                                xhat=None if xhat is None else xhat[dense], workers=plan.workers)
+        XC = XC + XCd
+    return S_F, S_F_hat, XC
+
+
+def _weighted_sums(chunk, x, xhat, q, plan, a, b, gmap):
+    """The M-step sums of the chunk weighted by (a, b) (see the module's docstring).
+
+    Linear in the posterior: ``Σ_k a_k (x_k - b_k) ⋆ q_k = Σ_k x_k ⋆ (a_k q_k) - Σ_k a_k b_k (1 ⋆ q_k)``,
+    so the face and coverage sums are the note's sums of a_k-weighted posteriors
+    (crops or frequency domain, as the pass chooses), less an offset term from
+    the small array ``Σ_k a_k b_k q_k``.
+    """
+    n, Ch, H, W = x.shape
+    G = a.shape[1]
+    h, w = plan.face_shape
     ach, bch = _channels(a, gmap), _channels(b, gmap)
-    y = x - bch[:, :, None, None]
-    yt = ach[:, :, None, None] * y
-    if plan.hard:
-        rem = arg % (P * Q)
-        N, S_F, S_F_hat, XC = kernels.accumulate(yt, q, plan.face_shape, positions=np.stack([rem // Q, rem % Q], 1),
-                                                 labels=arg // (P * Q))
-    else:
-        yhat = None  # the direct route keeps no spectra: `accumulate` transforms the weighted images
-        if xhat is not None:  # rfft2(a (x - b)) = a·rfft2(x) but for the zero frequency: no FFT
-            yhat = xhat.astype(np.complex128) * ach[:, :, None, None]
-            yhat[..., 0, 0] -= (ach * bch) * (H * W)
-        N, S_F, S_F_hat, XC = kernels.accumulate(yt, q, plan.face_shape, xhat=yhat, workers=plan.workers)
+    S_F = np.zeros((plan.n_faces, Ch, h, w))
+    XC = np.zeros((Ch, H, W))
+    S_F_hat = None
+    for g in range(G):
+        chs = np.flatnonzero(gmap == g)
+        sl = slice(int(chs[0]), int(chs[-1]) + 1)
+        qw = a[:, g, None, None, None] * q
+        part = chunk if G == 1 else Chunk(np.ascontiguousarray(chunk.data[..., sl]), chunk.offset, chunk.inv_scale)
+        sf, sfh, xc = _face_sums_weighted(part, x[:, sl], None if xhat is None else xhat[:, sl], qw, plan)
+        nab = np.tensordot(a[:, g] * b[:, g], q, axes=(0, 0))  # Σ_k a_k b_k q_k, (C, P, Q)
+        S_F[:, sl] = sf - nab.sum(axis=(1, 2))[:, None, None, None]
+        XC[sl] = xc - kernels.coverage(nab.sum(axis=0), (h, w))[None]
+        if sfh is not None:
+            if S_F_hat is None:
+                S_F_hat = np.zeros((plan.n_faces, Ch) + sfh.shape[2:], dtype=np.complex128)
+            S_F_hat[:, sl] = sfh
     a2 = ach * ach
-    NW = np.einsum("nd,ncpq->cdpq", a2, q)
-    return SimpleNamespace(N=N, S_F=S_F, S_F_hat=S_F_hat, XC=XC, SX=yt.sum(axis=0),
-                           SXX=np.einsum("ndij,ndij->d", y, y), NW=NW, KW=a2.sum(axis=0))
+    NW = np.stack([np.tensordot(a2[:, d], q, axes=(0, 0)) for d in range(Ch)], axis=1)
+    xs = x.sum(axis=(2, 3))
+    return SimpleNamespace(N=q.sum(axis=0), S_F=S_F, S_F_hat=S_F_hat, XC=XC,
+                           SX=np.einsum("nd,ndij->dij", ach, x) - (ach * bch).sum(axis=0)[:, None, None],
+                           SXX=(np.einsum("ndij,ndij->d", x, x) - 2.0 * (bch * xs).sum(axis=0)
+                                + (bch * bch).sum(axis=0) * H * W),
+                           NW=NW, KW=a2.sum(axis=0))
 
 
 def brightness_pass(chunk, plan, gains, offsets, *, output=None, fit_steps=0):
@@ -244,7 +338,7 @@ def brightness_pass(chunk, plan, gains, offsets, *, output=None, fit_steps=0):
     near = kernels.neighbour_gains(L, arg)
     chi2 = kernels.expected_residual(q, L, base, plan.log_const)
     a, b, gain = _solve(th, im, q, a, b)
-    sums = _weighted_sums(x, xhat, q, plan, arg, a, b, gmap)
+    sums = _weighted_sums(chunk, x, xhat, q, plan, a, b, gmap)
     raw = SimpleNamespace(**vars(sums), ll=top + base, arg=arg, maxp=maxp, ent=ent, cprob=cprob, near=near,
                           chi2=chi2, qe=qe, gains=a, offsets=b, ecm_gain=float(gain.sum()))
     return raw, (q if output == "q" else None)
@@ -255,9 +349,11 @@ def brightness_test(ecm_gain, n_images, n_groups, level=TEST_LEVEL):
 
     Under the note's model (every a = 1, b = 0) twice the log-likelihood
     gained by fitting (a_k, b_k) per image at the fitted θ is about
-    χ²_(2·G·K). `ecm_gain` (`Stats.ecm_gain` of one brightness pass from
-    a = 1, b = 0) is a lower bound of that gain, so the test errs towards the
-    note's model.
+    χ²_(2·G·K). `ecm_gain` is a lower bound of that gain (so the test errs
+    towards the note's model): the summed `probe_gains` (the MAP joint's gain
+    with each image at its most probable position; what `FaceEM` uses, with
+    no FFT) or `Stats.ecm_gain` of one brightness pass from a = 1, b = 0 (the
+    log-likelihood's).
 
     Returns
     -------
