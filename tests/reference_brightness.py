@@ -125,3 +125,50 @@ def m_step(X, q, h, w, gains, offsets):
                     mu = mean_image(F[c], Bn, i, j)
                     sse += q[k, c, i, j] * ((X[k] - a[k] * mu - b[k]) ** 2).sum()
     return F, Bn, math.sqrt(sse / (K * H * W * Ch))
+
+
+def log_p_empty(X, B, s, gains, offsets):
+    """log p(X_k | "no face", a_k, b_k, θ): the mean image is a_k·B + b_k. Shape (K,)."""
+    X = np.asarray(X, dtype=np.float64)
+    X = X[..., None] if X.ndim == 3 else X
+    K, H, W, Ch = X.shape
+    B = np.asarray(B, dtype=np.float64)
+    B = B[..., None] if B.ndim == 2 else B
+    s = np.broadcast_to(np.asarray(s, dtype=np.float64), (Ch,))
+    a, b = _per_channel(gains, Ch), _per_channel(offsets, Ch)
+    out = np.empty(K)
+    for k in range(K):
+        total = sum(-0.5 * H * W * math.log(2 * math.pi * s[ch] ** 2) for ch in range(Ch))
+        for ch in range(Ch):
+            total -= ((X[k, ..., ch] - a[k, ch] * B[..., ch] - b[k, ch]) ** 2).sum() / (2 * s[ch] ** 2)
+        out[k] = total
+    return out
+
+
+def log_likelihood_with_empty(X, F, B, s, A, pi0, gains, offsets):
+    """Σ_k log [ Σ_(c,d) A(c,d) p(X_k | c, d, a, b) + π_∅ p(X_k | ∅, a, b) ]."""
+    lj = log_joint(X, F, B, s, A, gains, offsets)
+    le = log_p_empty(X, B, s, gains, offsets) + math.log(pi0)
+    total = 0.0
+    for k in range(len(lj)):
+        v = np.append(lj[k].ravel(), le[k])
+        m = v.max()
+        total += m + math.log(np.exp(v - m).sum())
+    return total
+
+
+def map_gain(X, F, B, s, label, pos):
+    """For one image at its (label, position) (label -1: "no face"): how much the best (a, b) (one gain
+    and offset for all channels) lowers ``Σ_ch ||X - a μ - b||² / (2 s_ch²)`` from a = 1, b = 0, by
+    least squares on the explicit mean image."""
+    X = np.asarray(X, dtype=np.float64)
+    X = X[..., None] if X.ndim == 2 else X
+    H, W, Ch = X.shape
+    mu = np.array(B, dtype=np.float64, copy=True) if label < 0 else mean_image(F[label], B, *pos)
+    wgt = np.repeat(1.0 / np.sqrt(2.0 * np.broadcast_to(s, (Ch,)) ** 2), H * W)
+    M = np.stack([mu.transpose(2, 0, 1).ravel(), np.ones(H * W * Ch)], axis=1) * wgt[:, None]
+    y = X.transpose(2, 0, 1).ravel() * wgt
+    sol = np.linalg.lstsq(M, y, rcond=None)[0]
+    r0 = y - M @ np.array([1.0, 0.0])
+    r1 = y - M @ sol
+    return float(r0 @ r0 - r1 @ r1)
