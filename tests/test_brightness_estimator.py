@@ -123,3 +123,24 @@ def test_dask_refuses_per_image_in_one_line():
     with pytest.raises(ValueError, match="Dask") as err:
         FaceEM((16, 16), brightness="per_image").fit(da.from_array(X, chunks=(10, -1, -1)))
     assert "\n" not in str(err.value)
+
+
+def test_out_of_core_and_checkpoint_resume(tmp_path):
+    """A memory-mapped stack read in small chunks gives the in-memory fit; a checkpoint resumes with its gains."""
+    X, truth, _, _ = _stack(K=80)
+    path = tmp_path / "x.npy"
+    np.save(path, X)
+    mm = np.load(path, mmap_mode="r")
+    a = _fit(X, brightness="per_image", max_iter=8, tol=0, n_init=1)
+    b = _fit(mm, brightness="per_image", max_iter=8, tol=0, n_init=1, max_memory="2MB")
+    assert np.array_equal(a.positions_, b.positions_)
+    assert np.allclose(a.gains_, b.gains_, rtol=1e-9) and np.allclose(a.faces_, b.faces_, rtol=1e-9, atol=1e-9)
+    ck = tmp_path / "ck.npz"
+    _fit(X, brightness="per_image", max_iter=4, tol=0, n_init=1, checkpoint=ck, checkpoint_every=1)
+    est = FaceEM.resume(ck)
+    assert est.gains_.shape == (80,)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        est.set_params(max_iter=8).fit(X)
+    assert est.brightness_ == "per_image" and est.gains_.shape == (80,)
+    assert np.all(np.diff(est.lower_bounds_) >= -1e-9 * np.abs(np.asarray(est.lower_bounds_[:-1])))
