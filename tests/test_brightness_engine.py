@@ -122,6 +122,9 @@ def test_probe_gains_and_the_test():
     F, B, s, _ = ref_args(theta)
     ref = [rb.map_gain(X[k], F, B, s, labels[k], pos[k]) for k in range(len(X))]
     assert close(got, ref)
+    # raw images with a map to working units (x = (raw - offset)·inv_scale), as sources store them
+    raw = X / 0.25 + 7.0
+    assert close(probe_gains(Chunk(raw, 7.0, 0.25), theta, pos, labels), ref)
     t = brightness_test(got.sum(), len(X), 1)
     assert t["dof"] == 2 * len(X) and t["statistic"] == pytest.approx(2 * got.sum())
     assert t["significant"] == (t["p_value"] < 1e-3)
