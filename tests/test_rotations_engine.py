@@ -28,7 +28,7 @@ def _problem(seed, *, K=3, H=9, W=10, h=6, C=2, Ch=1, s=None, zeros=True, angles
     rho = rng.random(R) + 0.1
     rho /= rho.sum()
     s = rng.uniform(0.8, 1.5, size=Ch) if s is None else np.full(Ch, s)
-    theta = RotParams(F, B, s if Ch > 1 else s[:1], A, None, angles, rho)
+    theta = RotParams(F, B, s if Ch > 1 else s[:1], A, angles=angles, angle_prior=rho)
     X = rng.normal(size=(K, H, W, Ch)) * 2.0
     return theta, X
 
@@ -215,12 +215,12 @@ def test_full_sweep_chooses_windows_that_lose_nothing():
     for k, (r, i, j) in enumerate([(3, 1, 2), (7, 4, 0), (0, 6, 6), (11, 0, 0)]):
         X[k, :, i:i + h, j:j + h][:, D] = T[0, r][:, D]
     X = np.moveaxis(X + rng.normal(size=X.shape) * 0.05, 1, -1)
-    theta = RotParams(F, B, 0.05, np.full((1, 7, 7), 1 / 49), None, angles)
+    theta = RotParams(F, B, 0.05, np.full((1, 7, 7), 1 / 49), angles=angles)
     stats, cen = _pass(theta, X, full=True)
     assert np.array_equal(cen, [3, 7, 0, 11])
     assert np.array_equal(stats.angle_index, [3, 7, 0, 11])
     # a flat posterior (huge noise) keeps all angles
-    flat = RotParams(F * 1e-6, B, 100.0, np.full((1, 7, 7), 1 / 49), None, angles)
+    flat = RotParams(F * 1e-6, B, 100.0, np.full((1, 7, 7), 1 / 49), angles=angles)
     _, cen = _pass(flat, X, full=True)
     assert np.all(cen == -1)
 

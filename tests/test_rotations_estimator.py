@@ -56,7 +56,7 @@ def _assert_monotone(history):
 @pytest.mark.parametrize("hard", [False, True])
 @pytest.mark.parametrize("alpha", [0.0, 2.0])
 def test_bound_never_decreases_with_the_sparse_search(hard, alpha):
-    X, *_ = _stack(40, 20, 8, 12, 0.8, seed=1)
+    X, *_ = _stack(40, 20, 8, 12, 0.3, seed=1)
     src = ArraySource(X, (8, 8), standardize=False, chunk_size=16)
     ex = LocalExecutor(src, EngineConfig(backend="numpy"))
     model = RotationMixture((8, 8), hard=hard, prior_smoothing=alpha, angles=angle_grid(12), sweep_every=4)
@@ -156,6 +156,7 @@ def test_out_of_core_memmap_matches_in_memory(tmp_path):
     (dict(rotations=0), "rotations"),
     (dict(rotations=[0, 360]), "distinct"),
     (dict(angle_search="some"), "angle_search"),
+    (dict(brightness="per_image"), "brightness"),
 ])
 def test_refusals(kw, match):
     X, *_ = _stack(10, 16, 8, 4, 0.5, seed=9)

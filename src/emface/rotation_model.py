@@ -202,6 +202,9 @@ def check_settings(est, X=None):
                          f"got {tuple(fs)}")
     if est.empty_frames:
         raise ValueError("rotations do not support empty_frames=True yet")
+    if getattr(est, "brightness", "fixed") in ("per_image", "per_channel"):
+        raise ValueError(f"rotations do not support brightness={est.brightness!r} yet: with rotations the fit "
+                         "is the note's brightness (brightness='auto' fits it as 'fixed')")
     if est.device != "cpu" or est.backend == "torch":
         raise ValueError("rotations run on the CPU (numpy and scipy): the torch backend does not support them")
     if est.scheduler is not None or (X is not None and type(X).__module__.startswith("dask.")):

@@ -15,6 +15,7 @@ import scipy.fft as sfft
 
 from ..model import Params
 from . import kernels
+from .brightness import weighted_normalisers
 
 __all__ = ["MStepInfo", "params_from", "prior_from_counts", "predictive_prior", "face_sums", "expected_sse",
            "objective", "free_energy", "misfit_z", "NOISE_MODELS"]
@@ -92,32 +93,27 @@ def predictive_prior(prior, n_images, prior_smoothing=0.0, empty_weight=None):
     return prior_from_counts(N, K, alpha + 1.0, N_empty)
 
 
-def _coverage_sum(stats, face_shape):
-    """``C = Σ_k cov_k``, (H, W): how many images the faces cover each pixel in, in expectation."""
-    return kernels.coverage(stats.N.sum(axis=0), face_shape)
-
-
 def expected_sse(stats, faces, background, S_F=None, cover=None):
     """``E_q[Σ_k ||X_k - μ_(c,d)||²]`` per channel, (Ch,), for the posteriors summed in `stats`.
 
     ``SXX - 2<B,SX> + K||B||² + Σ_c (N_c||F_c||² - 2<F_c,S_F,c>) + 2<B,XC> - <B²,C>``,
-    valid for any F and B, not only the M-step's.
+    valid for any F and B, not only the M-step's. `cover` (C, the faces'
+    summed coverage) replaces the box's: rotations give the disc's.
     """
-    K = float(stats.n_images)
     if S_F is None:
         S_F = face_sums(stats)
-    if cover is None:
-        cover = _coverage_sum(stats, faces.shape[-2:])
-    Nc = stats.N.sum(axis=(1, 2))
+    # with brightness, the a_k²-weighted counts (`brightness.weighted_normalisers`)
+    Nc, box_cover, K = weighted_normalisers(stats, background.shape[0])
+    cover = box_cover if cover is None else cover
     B = background
     return (
         stats.SXX
         - 2.0 * np.einsum("dij,dij->d", B, stats.SX)
         + K * np.einsum("dij,dij->d", B, B)
-        + np.einsum("c,cdij->d", Nc, faces * faces)
+        + np.einsum("cd,cdij->d", Nc, faces * faces)
         - 2.0 * np.einsum("cdij,cdij->d", faces, S_F)
         + 2.0 * np.einsum("dij,dij->d", B, stats.XC)
-        - np.einsum("dij,ij->d", B * B, cover)
+        - np.einsum("dij,dij->d", B * B, np.broadcast_to(cover, B.shape))
     )
 
 
@@ -185,20 +181,22 @@ def params_from(stats, previous, *, prior_smoothing=0.0, noise_floor=1e-12, nois
     Nc = N.sum(axis=(1, 2))
     # a face no image chose keeps its last value: S_F,c = 0 there, so no NaN
     full = Nc > 1e-12 * max(K, 1.0)
+    Nw, cover, Kw = weighted_normalisers(stats, Ch)  # N_c, C, K; a_k²-weighted with brightness
+    full &= (Nw > 0).all(axis=1)
     F = np.empty_like(S_F)
-    F[full] = S_F[full] / Nc[full, None, None, None]
+    F[full] = S_F[full] / Nw[full, :, None, None]
     if not full.all():
         info.empty_faces = tuple(int(c) for c in np.flatnonzero(~full))
         F[~full] = previous.faces[~full] if previous is not None else 0.0
-    cover = _coverage_sum(stats, (h, w))
-    free = K - cover
-    ok = free > 1e-9 * K
+    free = np.asarray(Kw).reshape(-1, 1, 1) - cover
+    ok = (free > 1e-9 * np.asarray(Kw).reshape(-1, 1, 1)).all(axis=0)
+    free = np.broadcast_to(free, (Ch, H, W))
     B = np.empty((Ch, H, W))
     np.divide(stats.SX - stats.XC, free, out=B, where=np.broadcast_to(ok, B.shape))
     if not ok.all():
         info.n_uncovered = int((~ok).sum())
         B[:, ~ok] = (previous.background if previous is not None else stats.SX / K)[:, ~ok]
-    sse = expected_sse(stats, F, B, S_F, cover)
+    sse = expected_sse(stats, F, B, S_F)
     if noise == "per_channel":
         s2 = sse / (K * H * W)
     elif noise == "shared":

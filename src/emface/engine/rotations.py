@@ -141,12 +141,12 @@ class RotParams(Params):
 
     @classmethod
     def from_params(cls, params, angles, angle_prior=None):
-        return cls(params.faces, params.background, params.noise_std, params.prior, params.empty_weight,
-                   angles, angle_prior)
+        """θ with rotations from a `Params` (its angle prior uniform unless given)."""
+        return cls(faces=params.faces, background=params.background, noise_std=params.noise_std,
+                   prior=params.prior, empty_weight=params.empty_weight, angles=angles, angle_prior=angle_prior)
 
     def copy(self):
-        return RotParams(self.faces.copy(), self.background.copy(), self.noise_std.copy(), self.prior.copy(),
-                         self.empty_weight, self.angles.copy(), self.angle_prior.copy())
+        return RotParams.from_params(Params.copy(self), self.angles.copy(), self.angle_prior.copy())
 
     def affine(self, scale, offset):
         base = Params.affine(self, scale, offset)

@@ -472,7 +472,8 @@ def rot_params_from(stats, previous, *, prior_smoothing=0.0, noise_floor=1e-12, 
     if not ok.all():
         info.n_uncovered = int((~ok).sum())
         B[:, ~ok] = previous.background[:, ~ok]
-    new = RotParams(F, B, previous.noise_std, A, None, previous.angles.copy(), rho)
+    new = RotParams(faces=F, background=B, noise_std=previous.noise_std, prior=A, angles=previous.angles.copy(),
+                    angle_prior=rho)
     sse = rot_expected_sse(stats, new, rot, S_F=S, cover=cover)
     if noise == "per_channel":
         s2 = sse / (K * H * W)

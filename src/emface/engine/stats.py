@@ -79,7 +79,7 @@ def _build_stats(chunk, plan, raw, per_image):
     return stats
 
 
-def chunk_stats(chunk, plan, *, output=None, per_image=True):
+def chunk_stats(chunk, plan, *, output=None, per_image=True, brightness=None, fit_steps=0):
     """E-step on one chunk and its sufficient statistics.
 
     Parameters
@@ -92,16 +92,28 @@ def chunk_stats(chunk, plan, *, output=None, per_image=True):
         ``"log_joint"`` no M-step sums are computed.
     per_image : bool
         Keep per-image positions, faces, log-likelihoods, probabilities and entropies.
+    brightness : (gains, offsets), optional
+        Each image's gain and offset, (n, G) each: the pass of
+        `emface.engine.brightness` (E-step given them, their ECM update, the
+        weighted sums); the `Stats` then carry the updated ones.
+    fit_steps : int
+        With `brightness`: alternations of the E-step and the (a, b) update first (new images).
 
     Returns
     -------
     Stats, or (Stats, ndarray) when `output` is given.
     """
-    if plan.backend == "numba":
+    if brightness is not None:
+        from .brightness import brightness_pass
+
+        raw, out = brightness_pass(chunk, plan, *brightness, output=output, fit_steps=fit_steps)
+    elif plan.backend == "numba":
         raw, out = _numba_pass(chunk, plan, output)
     else:
         raw, out = _array_pass(chunk, plan, output)
     stats = _build_stats(chunk, plan, raw, per_image)
+    if brightness is not None:  # the weighted normalisers and the updated (a, b) ride beside the sums
+        stats = replace(stats, NW=raw.NW, KW=raw.KW, gains=raw.gains, offsets=raw.offsets, ecm_gain=raw.ecm_gain)
     return (stats, _host(out)) if output is not None else stats
 
 
