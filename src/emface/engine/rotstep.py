@@ -40,6 +40,11 @@ from .chunk import chunk_spectra, standardized
 from .mstep import MStepInfo, expected_sse, face_sums
 from .rotations import Rotations, RotParams
 
+try:  # the fused loops of the posterior (numba is a dependency; numpy below computes the same)
+    from . import _rot_numba as _nb
+except ImportError:  # pragma: no cover
+    _nb = None
+
 __all__ = ["RotPlan", "make_rot_plan", "chunk_pass", "rot_params_from", "rot_objective", "rot_free_energy",
            "rot_expected_sse", "SETTLE", "Q_THRESHOLD"]
 
@@ -134,12 +139,20 @@ def _batch_logits(plan, xhat, x64, idx):
     y = y.reshape(n, C * m, H, -1)
     loss = kernels.correlate_fft(xhat, y, (P, Q), (H, W), workers=plan.workers,
                                  product=lambda a, b: b).reshape(n, C, m, P, Q)
-    loss = loss.astype(np.float64, copy=False)
+    loss = np.ascontiguousarray(loss, dtype=np.float64)
     xb = plan.rot.window_sums(np.einsum("kdhw,dhw->khw", x64, plan.lamB), plan.workers)  # (n, P, Q)
-    loss *= -2.0
-    loss += (2.0 * xb - plan.disc_b2)[:, None, None]
-    loss += plan.face_sq[:, idx].transpose(1, 0, 2)[..., None, None]
-    lg = (plan.logA[None, :, None] + plan.log_rho[idx][:, None, :, None, None]) - loss
+    xbt = 2.0 * xb - plan.disc_b2
+    face_sq = np.ascontiguousarray(plan.face_sq[:, idx].transpose(1, 0, 2))  # (n, C, m)
+    log_rho = np.ascontiguousarray(plan.log_rho[idx])  # (n, m)
+    if _nb is not None:
+        lg = np.empty_like(loss)
+        _nb.loss_and_logits(loss.reshape(n, C, m, P * Q), face_sq, xbt.reshape(n, P * Q),
+                            np.ascontiguousarray(plan.logA.reshape(C, P * Q)), log_rho, lg.reshape(n, C, m, P * Q))
+    else:
+        loss *= -2.0
+        loss += xbt[:, None, None]
+        loss += face_sq[..., None, None]
+        lg = (plan.logA[None, :, None] + log_rho[:, None, :, None, None]) - loss
     resid = x64 - plan.params.background
     base = plan.log_const - np.einsum("kd,d->k", np.einsum("kdij,kdij->kd", resid, resid), plan.lam)
     return lg, loss, base
@@ -324,28 +337,38 @@ def chunk_pass(chunk, plan, centres, *, full=True, width=2, per_image=True, outp
     return stats, new_centres
 
 
-def _soft_posterior(lg, idx, choose, width):
-    """Soft posterior of a batch, q (n, C, m, P, Q) in place of the logits' exponentials, restricted to
-    new windows when `choose` (the old centres) is given. Returns q, top (log-sum-exp), arg, maxp,
-    the per-angle marginal (n, m), and the new centres (or None)."""
+def _soft_posterior(lg, loss, choose, width):
+    """Soft posterior of a batch, q (n, C, m, P, Q) written over the logits, restricted to new windows when
+    `choose` (the old centres) is given. Returns q, top (log-sum-exp), arg, maxp, the per-angle marginal
+    (n, m), ``E_q[L]`` (n,), the marginal over angles (n, C, P, Q), and the new centres (or None)."""
     n, C, m, P, Q = lg.shape
-    flat = lg.reshape(n, -1)
-    arg = np.argmax(flat, axis=1)
-    mx = flat[np.arange(n), arg]
-    e = flat - mx[:, None]
-    np.exp(e, out=e)
-    ang = e.reshape(n, C, m, P * Q).sum(axis=(1, 3))  # (n, m)
+    flat = lg.reshape(n, C, m, P * Q)
+    arg = np.argmax(lg.reshape(n, -1), axis=1)
+    mx = lg.reshape(n, -1)[np.arange(n), arg]
+    flat -= mx[:, None, None, None]
+    np.exp(flat, out=flat)  # numpy's vectorised exp beats a loop's
+    ang = flat.sum(axis=(1, 3))  # (n, m)
     cen = None
+    allowed = np.ones((n, m), dtype=bool)
     if choose is not None:
         with np.errstate(divide="ignore"):
             la = np.log(ang) + mx[:, None]
         cen, allowed = _choose_sets(la, choose, width, False)
-        if not allowed.all():
-            e.reshape(n, C, m, P * Q)[...] *= allowed[:, None, :, None]
-            ang = ang * allowed
+        ang = ang * allowed
     z = ang.sum(axis=1)
-    e /= z[:, None]
-    return e.reshape(n, C, m, P, Q), mx + np.log(z), arg, 1.0 / z, ang / z[:, None], cen
+    weight = allowed / z[:, None]
+    if _nb is not None:
+        el = np.empty(n)
+        qcd = np.empty((n, C, P * Q))
+        _nb.normalise(flat, weight, loss.reshape(n, C, m, P * Q), el, qcd)
+        qcd = qcd.reshape(n, C, P, Q)
+    else:
+        flat *= weight[:, None, :, None]
+        with np.errstate(invalid="ignore"):
+            el = np.einsum("ij,ij->i", flat.reshape(n, -1), np.where(flat > 0, loss.reshape(flat.shape), 0.0)
+                           .reshape(n, -1))
+        qcd = lg.sum(axis=2)
+    return lg, mx + np.log(z), arg, 1.0 / z, ang / z[:, None], el, qcd, cen
 
 
 def _batch_posterior(plan, acc, pi, g, lg, loss, base, idx, x64, xhat, output, out, choose, width):
@@ -369,13 +392,10 @@ def _batch_posterior(plan, acc, pi, g, lg, loss, base, idx, x64, xhat, output, o
         el = loss.reshape(n, -1)[rows, arg]
         q = None
     else:
-        q, top, arg, maxp, qr, cen = _soft_posterior(lg, idx, choose, width)
+        q, top, arg, maxp, qr, el, qcd, cen = _soft_posterior(lg, loss, choose, width)
         c, rem = np.divmod(arg, m * P * Q)
         j, d = np.divmod(rem, P * Q)
         i, jj = np.divmod(d, Q)
-        qf = q.reshape(n, -1)
-        el = np.einsum("ij,ij->i", qf, loss.reshape(n, -1))
-        qcd = q.sum(axis=2)  # (n, C, P, Q)
         cprob = qcd.sum(axis=(2, 3))
         with np.errstate(invalid="ignore"):
             logA = np.where(np.isfinite(plan.logA), plan.logA, 0.0)
