@@ -253,3 +253,14 @@ def test_fused_loops_equal_the_numpy_expressions(monkeypatch, full):
     for name in ("N", "S_F", "XC", "image_loglik", "entropy", "chi2", "class_prob", "max_prob"):
         assert close(getattr(fused, name), getattr(plain, name), 1e-12), name
     assert np.array_equal(fused.positions, plain.positions) and np.array_equal(fused.angle_index, plain.angle_index)
+
+
+def test_pose_interface():
+    rot = Rotations((12, 11), (5, 5), angle_grid(6))
+    assert rot.shape == (6, 8, 7) and rot.size == 6 * 8 * 7 and rot.ndim == 3
+    assert rot.prior_shape(2) == (2, 8, 7)
+    assert np.array_equal(rot.support, disc_mask(5))
+    flat = np.arange(2 * rot.size)
+    c, r, i, j = rot.decode(flat)
+    assert np.array_equal(np.ravel_multi_index((c, r, i, j), (2, 6, 8, 7)), flat)
+    assert rot == Rotations((12, 11), (5, 5), angle_grid(6)) and rot != Rotations((12, 11), (5, 5), angle_grid(4))

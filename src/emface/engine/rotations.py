@@ -156,12 +156,21 @@ class RotParams(Params):
 class Rotations:
     """The pose axis (angle r, corner d) with the disc support D (see the module docstring).
 
+    It answers the pose interface of `emface.engine.poses` (``shape``,
+    ``size``, ``ndim``, ``prior_shape``, ``decode``, ``neighbours``,
+    ``support``, ``window_sums``, ``coverage``) for the pose (r, i, j): the
+    disc is the same at every angle, so the window sums and the coverage are
+    over the corners, and the prior A(c, d) has the corners' shape (ρ_r
+    beside it: the prior factors).
+
     Parameters
     ----------
     image_shape : (H, W)
     face_shape : (h, h), square
     angles : sequence of float, degrees
     """
+
+    ndim = 3
 
     def __init__(self, image_shape, face_shape, angles):
         h, w = (int(v) for v in face_shape)
@@ -176,9 +185,48 @@ class Rotations:
         self.grid_shape = (H - h + 1, W - h + 1)
         self._disc_hat = None
 
+    def __repr__(self):
+        return f"Rotations(image_shape={self.image_shape}, face_shape={self.face_shape}, R={self.n_angles})"
+
+    def __eq__(self, other):
+        return (type(other) is type(self) and other.image_shape == self.image_shape
+                and other.face_shape == self.face_shape and np.array_equal(other.angles, self.angles))
+
+    def __hash__(self):
+        return hash((type(self).__name__, self.image_shape, self.face_shape, tuple(self.angles)))
+
     @property
     def n_angles(self):
         return self.angles.size
+
+    @property
+    def size(self):
+        """R·P·Q poses."""
+        return self.n_angles * self.grid_shape[0] * self.grid_shape[1]
+
+    @property
+    def support(self):
+        """The face's pixels: the disc D, (h, h) bool."""
+        return self.mask.copy()
+
+    #: the offsets (dr, di, dj) of a pose's neighbours: the 8 corners about it at the same angle, then the
+    #: two neighbouring angles at the same corner
+    neighbours = np.array([(0, -1, -1), (0, -1, 0), (0, -1, 1), (0, 0, -1), (0, 0, 1), (0, 1, -1), (0, 1, 0),
+                           (0, 1, 1), (-1, 0, 0), (1, 0, 0)], dtype=np.int64)
+
+    def prior_shape(self, n_faces):
+        """The shape of the prior A over (face, corner): ``(C, P, Q)`` (the angle's ρ_r factors out)."""
+        return (int(n_faces),) + self.grid_shape
+
+    def decode(self, flat):
+        """A flat index over (face, angle, corner), ``((c·R + r)·P + i)·Q + j``: (faces, angles, rows, cols)."""
+        P, Q = self.grid_shape
+        R = self.n_angles
+        flat = np.asarray(flat)
+        rest, j = np.divmod(flat, Q)
+        rest, i = np.divmod(rest, P)
+        c, r = np.divmod(rest, R)
+        return c, r, i, j
 
     @property
     def shape(self):
