@@ -472,7 +472,8 @@ def generate(out_file, video_file, n_images, image_shape, face_shape, n_faces, c
     if out_file is not None and video_file is not None:
         raise click.UsageError("give either --out FILE.npy or --video FILE.mp4, not both",
                                ctx=click.get_current_context())
-    video_exts = (".mp4", ".mkv", ".mov", ".m4v", ".avi")
+    from .video import WRITABLE_SUFFIXES as video_exts
+
     if video_file is not None and not video_file.lower().endswith(video_exts):
         raise InputError(f"--video {video_file}: expected a file name ending in {', '.join(video_exts)}")
     if out_file is not None and not out_file.endswith(".npy"):
@@ -493,11 +494,9 @@ def generate(out_file, video_file, n_images, image_shape, face_shape, n_faces, c
 
 def _generate(out_file, video_file, n_images, image_shape, face_shape, n_faces, colour, noise, prior, faces, bg,
               dtype, fps, crf, seed, quiet):
-    from .datasets import make_faces
+    from .datasets import make_faces, save_truth, write_synthetic_video
 
     if video_file is not None:
-        from .video import write_synthetic_video
-
         bar = None
         if not quiet:
             from tqdm.auto import tqdm
@@ -521,9 +520,7 @@ def _generate(out_file, video_file, n_images, image_shape, face_shape, n_faces, 
         shape = X.shape
         stem = out_file[:-4]
         what = f"images of {X.shape[1]}x{X.shape[2]}"
-    atomic_write(stem + ".truth.npz", lambda tmp: np.savez(
-        tmp, faces=truth.faces, background=truth.background, noise_std=truth.noise_std, prior=truth.prior,
-        positions=truth.positions, labels=truth.labels))
+    save_truth(stem + ".truth.npz", truth)
     return out_file, shape, what, stem
 
 
