@@ -1,4 +1,5 @@
-"""Lazy stacks over untrusted container files: the pages of a TIFF, a compressed ``.npz`` member.
+"""Lazy stacks over untrusted container files: the pages of a TIFF, a compressed ``.npz`` member;
+and the one parser of a ``.npy`` header (`npy_header`), for ``.npy`` stacks, ``.npz`` members and model files.
 
 Both are read a slice of images at a time, so a compressed stack of any
 declared size streams through the engine in bounded memory instead of being
@@ -18,7 +19,7 @@ import numpy as np
 from ._arraylike import LazyStack
 from .errors import InputError, one_line
 
-__all__ = ["TiffPages", "NpzMember", "tifffile_log", "npz_member_layout"]
+__all__ = ["TiffPages", "NpzMember", "tifffile_log", "npz_member_layout", "npy_header", "NpyVersionError"]
 
 # tifffile logs what it finds wrong with a file instead of raising; these words mark a damaged one
 _TIFF_DAMAGE = ("invalid", "failed", "truncat", "corrupt", "cannot", "not enough", "out of bounds")
@@ -137,26 +138,47 @@ class TiffPages(LazyStack):
         self._lock = threading.RLock()
 
 
-def npz_member_layout(path, zf, info):
+class NpyVersionError(ValueError):
+    """A ``.npy`` header of a format version the reader does not take; `version` says which."""
+
+    def __init__(self, version):
+        super().__init__(f"unsupported .npy format version {version}")
+        self.version = version
+
+
+def npy_header(fh, versions=((1, 0), (2, 0), (3, 0))):
+    """(shape, fortran_order, dtype) from the ``.npy`` header at `fh`'s position, which is left at the data.
+
+    The one parser of ``.npy`` headers (stacks, ``.npz`` members, model files):
+    numpy's, with the format version checked first against `versions`
+    (`NpyVersionError` otherwise). numpy's own errors (ValueError, SyntaxError
+    and the like, for a damaged header) propagate for the caller to word.
+    """
+    from numpy.lib import format as npformat
+
+    version = npformat.read_magic(fh)
+    if version not in versions:
+        raise NpyVersionError(version)
+    read = npformat.read_array_header_1_0 if version == (1, 0) else npformat.read_array_header_2_0
+    shape, fortran, dtype = read(fh)
+    return shape, fortran, np.dtype(dtype)
+
+
+def npz_member_layout(path, zf, info, raw=None):
     """(shape, fortran_order, dtype, where) of one ``.npy`` member of an open zip file, from headers only.
 
-    `where` is the byte offset of the array data in the file for a member stored
+    `raw` is the archive's open binary file, if the caller has it. `where` is
+    the byte offset of the array data in the file for a member stored
     without compression (so it can be memory-mapped), else the offset of the
     data within the decompressed member. Raises InputError for a member that is
     encrypted, not an array, holds Python objects, or is smaller than its header says.
     """
-    from numpy.lib import format as npformat
-
     name = info.filename
     if info.flag_bits & 0x1:
         raise InputError(f"{path}: the .npz member {name} is encrypted")
     try:
         with zf.open(info) as fh:
-            version = npformat.read_magic(fh)
-            if version not in ((1, 0), (2, 0), (3, 0)):
-                raise ValueError(f"unsupported .npy format version {version}")
-            read = npformat.read_array_header_1_0 if version == (1, 0) else npformat.read_array_header_2_0
-            shape, fortran, dtype = read(fh)
+            shape, fortran, dtype = npy_header(fh)
             header = fh.tell()
     except (InputError, MemoryError):
         raise
@@ -173,7 +195,12 @@ def npz_member_layout(path, zf, info):
                          f"({header + nbytes} bytes) but the member holds {info.file_size} bytes")
     if info.compress_type != zipfile.ZIP_STORED:
         return shape, fortran, dtype, header
-    with open(path, "rb") as raw:  # the local header's own name and extra lengths give the data offset
+    # the local header's own name and extra lengths give the data offset
+    if raw is None:
+        with open(path, "rb") as raw:
+            raw.seek(info.header_offset)
+            local = raw.read(30)
+    else:
         raw.seek(info.header_offset)
         local = raw.read(30)
     if len(local) != 30 or local[:4] != b"PK\x03\x04":
