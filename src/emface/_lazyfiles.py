@@ -1,4 +1,5 @@
-"""Lazy stacks over untrusted container files: the pages of a TIFF, a compressed ``.npz`` member;
+"""Lazy stacks over untrusted container files: the pages of a TIFF, a compressed ``.npz`` member, a
+tile-compressed FITS image, scaled FITS data;
 and the one parser of a ``.npy`` header (`npy_header`), for ``.npy`` stacks, ``.npz`` members and model files.
 
 Both are read a slice of images at a time, so a compressed stack of any
@@ -19,7 +20,8 @@ import numpy as np
 from ._arraylike import LazyStack
 from .errors import InputError, one_line
 
-__all__ = ["TiffPages", "NpzMember", "tifffile_log", "npz_member_layout", "npy_header", "NpyVersionError"]
+__all__ = ["TiffPages", "NpzMember", "tifffile_log", "npz_member_layout", "npy_header", "NpyVersionError", "ScaledStack",
+           "FitsTiles"]
 
 # tifffile logs what it finds wrong with a file instead of raising; these words mark a damaged one
 _TIFF_DAMAGE = ("invalid", "failed", "truncat", "corrupt", "cannot", "not enough", "out of bounds")
@@ -276,6 +278,117 @@ class NpzMember(LazyStack):
         state = self.__dict__.copy()
         state.pop("_lock", None)
         state["_zip"] = state["_fh"] = None
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._lock = threading.RLock()
+
+
+class ScaledStack(LazyStack):
+    """Stored values scaled as they are read: ``scale * raw + zero`` (FITS ``BSCALE``, ``BZERO``), float64.
+
+    Parameters
+    ----------
+    raw : array-like (K, H, W) or (H, W)
+        The stored values (a memory map).
+    scale, zero : float
+    """
+
+    _what = "a scaled stack"
+
+    def __init__(self, raw, scale, zero):
+        self.raw, self.scale, self.zero = raw, float(scale), float(zero)
+        self.shape = tuple(int(v) for v in raw.shape)
+        self.dtype = np.dtype(np.float64)
+
+    def __repr__(self):
+        return f"ScaledStack({self.shape}, scale {self.scale:g}, zero {self.zero:g})"
+
+    def _read_frames(self, frames):
+        key = slice(frames.start, frames.stop, frames.step) if isinstance(frames, range) else list(frames)
+        return np.asarray(self.raw[key], dtype=np.float64) * self.scale + self.zero
+
+    def _index(self, key):
+        return [int(k) for k in np.atleast_1d(np.arange(len(self))[key])]
+
+
+class FitsTiles(LazyStack):
+    """A tile-compressed FITS image (K, H, W) read a slice of images at a time (through astropy's ``section``,
+    which decompresses only the tiles a slice needs).
+
+    Parameters
+    ----------
+    path : str
+    hdu : int
+        The HDU's index in the file.
+    shape : tuple
+    dtype : numpy dtype
+        What the stack holds (astropy's decompressed, scaled values are converted to it).
+    single : bool
+        The HDU holds one 2-D image, seen as a stack of one (`shape` is (1, H, W)).
+    """
+
+    _what = "a compressed FITS image"
+
+    def __init__(self, path, hdu, shape, dtype, single=False):
+        self.path, self.hdu, self.single = path, int(hdu), bool(single)
+        self.shape = tuple(int(v) for v in shape)
+        self.dtype = np.dtype(dtype)
+        self._lock = threading.RLock()
+        self._fh = self._hdus = None
+
+    def __repr__(self):
+        return f"FitsTiles({self.path!r}, HDU {self.hdu}, shape {self.shape})"
+
+    def _section(self):
+        if self._hdus is None:
+            from astropy.io import fits
+
+            from ._paths import open_regular
+
+            self._fh, _ = open_regular(self.path)
+            self._hdus = fits.open(self._fh, memmap=False, lazy_load_hdus=True)
+        return self._hdus[self.hdu].section
+
+    def _read_frames(self, frames):
+        keys = [int(k) for k in frames]
+        out = np.empty((len(keys),) + self.shape[1:], dtype=self.dtype)
+        if not keys:
+            return out
+        with self._lock:
+            try:
+                section = self._section()
+                if isinstance(frames, range) and frames.step == 1 and not self.single:
+                    out[...] = section[frames.start:frames.stop]
+                else:
+                    for t, k in enumerate(keys):
+                        out[t] = section[...] if self.single else section[k]
+            except MemoryError:
+                raise
+            except Exception as exc:  # astropy and its codecs raise many kinds on a damaged file
+                self.close()
+                raise InputError(f"{self.path}: the compressed FITS image could not be decompressed "
+                                 f"({one_line(exc) or type(exc).__name__})") from None
+        return out
+
+    def _index(self, key):
+        return [int(k) for k in np.atleast_1d(np.arange(len(self))[key])]
+
+    def close(self):
+        with self._lock:
+            for f in (self._hdus, self._fh):
+                if f is not None:
+                    try:
+                        f.close()
+                    except Exception:  # pragma: no cover
+                        pass
+            self._hdus = self._fh = None
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state.pop("_lock", None)
+        state["_fh"] = state["_hdus"] = None
         return state
 
     def __setstate__(self, state):

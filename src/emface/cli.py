@@ -212,8 +212,8 @@ def fit(input, face_shape, out_dir, n_faces, hard, empty_frames, restarts, smoot
     """Fit the model to the image stack INPUT and write the results to DIR.
 
     INPUT is a .npy or .npz array, a multi-page TIFF, a folder of PNG/JPEG/TIFF
-    frames (natural sort order), a video file, a zarr store or an HDF5 file.
-    Colour stays colour unless --grey is given.
+    frames (natural sort order), a video file, a zarr store, an HDF5 file, an
+    MRC/MRCS particle stack or a FITS cube. Colour stays colour unless --grey is given.
     """
     from .estimator import FaceEM
 

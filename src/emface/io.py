@@ -1,4 +1,4 @@
-"""Reading image stacks from files and folders; writing pictures, tables and models.
+"""Reading image stacks from files and folders: `load_stack` dispatches by suffix to `emface.readers`.
 
 `load_stack` accepts:
 
@@ -8,12 +8,18 @@
   a slice of pages at a time);
 - a folder of PNG, JPEG or TIFF frames, in natural sort order, decoded a chunk at a time;
 - a video file, decoded in chunks by PyAV (the ``video`` extra), or cached once to disk;
-- zarr stores and HDF5 files (``path.h5:dataset``), read lazily.
+- zarr stores and HDF5 files (``path.h5:dataset``), read lazily;
+- MRC/MRCS particle stacks (``.mrc``, ``.mrcs``; the ``mrc`` extra) and FITS cubes (``.fits``, ``.fit``,
+  ``.fts``, ``path.fits:HDU``; the ``fits`` extra), memory-mapped (a tile-compressed FITS image is
+  decompressed a slice of images at a time).
+
+`write_positions` (the per-image table) is `emface.outputs.write_positions`, re-exported here.
 
 Colour frames, TIFF stacks and videos stay in colour, (K, H, W, 3); ``grey=True``
 converts them (ITU-R 601 luma), slice by slice as they are read. Pictures
 (frames, TIFF, video) with an alpha channel lose it, with a `UserWarning`
-that says so; arrays (npy, npz, zarr, HDF5) keep every channel they have.
+that says so; arrays (npy, npz, zarr, HDF5) keep every channel they have; MRC and FITS
+stacks are grey.
 Every failure raises `InputError`, a ValueError whose message says what is
 wrong and what was expected; an optional reader that is not installed is
 named with the ``pip install`` that adds it.
@@ -37,6 +43,7 @@ from .outputs import write_positions
 from .readers._common import decompression_limit, has_module, missing_extra, to_grey
 from .readers.arrays import load_npy, load_npz
 from .readers.frames import IMAGE_EXTS, FrameFolder, load_folder, read_image
+from .readers.science import FITS_EXTS, MRC_EXTS, load_fits, load_mrc
 from .readers.stores import check_store_files, is_zarr_folder, load_h5, load_zarr
 from .readers.tiff import TIFF_EXTS, load_tiff
 from .video import SUFFIXES as _VIDEO_SUFFIXES
@@ -134,6 +141,10 @@ def _load_file(spec, dataset, layout, grey, cache_dir, max_memory, allow_externa
         return _finish(load_h5(spec, dataset, limit, allow_external), layout, None, spec, grey, pictures=False)
     if low.endswith(".zarr"):
         return _finish(load_zarr(spec, dataset, limit), layout, None, spec, grey, pictures=False)
+    if low.endswith(MRC_EXTS):
+        return _finish(load_mrc(spec), "khw", None, spec, grey, pictures=False)
+    if low.endswith(FITS_EXTS):
+        return _finish(load_fits(spec, dataset, limit), "khw", None, spec, grey, pictures=False)
     if low.endswith(VIDEO_EXTS):
         return _finish(_load_video(spec, grey, cache_dir), "khw", None, spec, grey)
     if low.endswith(IMAGE_EXTS):
@@ -141,7 +152,7 @@ def _load_file(spec, dataset, layout, grey, cache_dir, max_memory, allow_externa
         return _finish(img[None], "khw", [os.path.basename(spec)], spec, grey)
     raise InputError(
         f"{spec}: unknown kind of input; expected .npy, .npz, a TIFF stack, a video, a zarr "
-        f"store, an HDF5 file or a folder of PNG/JPEG/TIFF frames"
+        f"store, an HDF5 file, an MRC/MRCS stack, a FITS cube or a folder of PNG/JPEG/TIFF frames"
     )
 
 
