@@ -56,7 +56,49 @@ class tifffile_log(logging.Handler):
         return None
 
 
-class TiffPages(LazyStack):
+class _FileBacked(LazyStack):
+    """A lazy stack that holds open files (the attributes named in `_handles`, closed in that order):
+    reads are serialised by a lock, `close` closes them (a later read opens them again), and a pickled
+    copy carries none (it opens its own)."""
+
+    _handles = ()
+
+    def _init_file(self, path, shape, dtype):
+        """Set the file's path, the stack's shape and dtype; no file is open yet."""
+        self.path = path
+        self.shape = tuple(int(v) for v in shape)
+        self.dtype = np.dtype(dtype)
+        self._lock = threading.RLock()
+        for name in self._handles:
+            setattr(self, name, None)
+
+    def _index(self, key):
+        return [int(k) for k in np.atleast_1d(np.arange(len(self))[key])]
+
+    def close(self):
+        """Close the file (a later read opens it again)."""
+        with self._lock:
+            for name in self._handles:
+                f = getattr(self, name)
+                if f is not None:
+                    try:
+                        f.close()
+                    except Exception:  # pragma: no cover
+                        pass
+                setattr(self, name, None)
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state.pop("_lock", None)
+        state.update(dict.fromkeys(self._handles))
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._lock = threading.RLock()
+
+
+class TiffPages(_FileBacked):
     """Pages of a TIFF file as a lazy stack (K, H, W) or (K, H, W, S), decoded a slice at a time.
 
     Parameters
@@ -73,17 +115,14 @@ class TiffPages(LazyStack):
     """
 
     _what = "a TIFF file"
+    _handles = ("_tf",)
 
     def __init__(self, path, n_pages, frame_shape, dtype, series=None, planar=False):
-        self.path = path
         self.page_shape = tuple(int(v) for v in frame_shape)
         self.planar = bool(planar)
         self.frame_shape = self.page_shape[1:] + self.page_shape[:1] if planar else self.page_shape
-        self.shape = (int(n_pages),) + self.frame_shape
-        self.dtype = np.dtype(dtype)
         self.series = series
-        self._lock = threading.RLock()
-        self._tf = None
+        self._init_file(path, (int(n_pages),) + self.frame_shape, dtype)
 
     def __repr__(self):
         return f"TiffPages({self.path!r}, {self.shape[0]} pages of {self.frame_shape})"
@@ -120,24 +159,7 @@ class TiffPages(LazyStack):
             raise InputError(f"{self.path}: the TIFF file is damaged ({bad})")
         return out
 
-    def _index(self, key):
-        return [int(k) for k in np.atleast_1d(np.arange(len(self))[key])]
 
-    def close(self):
-        with self._lock:
-            if self._tf is not None:
-                self._tf.close()
-            self._tf = None
-
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        state.pop("_lock", None)
-        state["_tf"] = None
-        return state
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        self._lock = threading.RLock()
 
 
 class NpyVersionError(ValueError):
@@ -211,7 +233,7 @@ def npz_member_layout(path, zf, info, raw=None):
     return shape, fortran, dtype, start + header
 
 
-class NpzMember(LazyStack):
+class NpzMember(_FileBacked):
     """A compressed ``.npz`` member (C order, images first) as a lazy stack, decompressed a slice at a time.
 
     Reading images a..b decompresses the member up to image b (from where the
@@ -220,15 +242,13 @@ class NpzMember(LazyStack):
     """
 
     _what = "a compressed .npz member"
+    _handles = ("_fh", "_zip")
 
     def __init__(self, path, name, shape, dtype, data_start):
-        self.path, self.name = path, name
-        self.shape = tuple(int(v) for v in shape)
-        self.dtype = np.dtype(dtype)
+        self._init_file(path, shape, dtype)
+        self.name = name
         self.data_start = int(data_start)
         self.frame_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
-        self._lock = threading.RLock()
-        self._zip = self._fh = None
 
     def __repr__(self):
         return f"NpzMember({self.path!r}, {self.name!r}, shape {self.shape})"
@@ -261,29 +281,6 @@ class NpzMember(LazyStack):
             raise InputError(f"{self.path}: the .npz member {self.name} ends before image {frames.stop - 1}")
         return np.frombuffer(buf, dtype=self.dtype).reshape((n,) + self.shape[1:])
 
-    def _index(self, key):
-        return [int(k) for k in np.atleast_1d(np.arange(len(self))[key])]
-
-    def close(self):
-        with self._lock:
-            for f in (self._fh, self._zip):
-                if f is not None:
-                    try:
-                        f.close()
-                    except Exception:  # pragma: no cover
-                        pass
-            self._zip = self._fh = None
-
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        state.pop("_lock", None)
-        state["_zip"] = state["_fh"] = None
-        return state
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        self._lock = threading.RLock()
-
 
 class ScaledStack(LazyStack):
     """Stored values scaled as they are read: ``scale * raw + zero`` (FITS ``BSCALE``, ``BZERO``), float64.
@@ -313,7 +310,7 @@ class ScaledStack(LazyStack):
         return [int(k) for k in np.atleast_1d(np.arange(len(self))[key])]
 
 
-class FitsTiles(LazyStack):
+class FitsTiles(_FileBacked):
     """A tile-compressed FITS image (K, H, W) read a slice of images at a time (through astropy's ``section``,
     which decompresses only the tiles a slice needs).
 
@@ -330,13 +327,11 @@ class FitsTiles(LazyStack):
     """
 
     _what = "a compressed FITS image"
+    _handles = ("_hdus", "_fh")
 
     def __init__(self, path, hdu, shape, dtype, single=False):
-        self.path, self.hdu, self.single = path, int(hdu), bool(single)
-        self.shape = tuple(int(v) for v in shape)
-        self.dtype = np.dtype(dtype)
-        self._lock = threading.RLock()
-        self._fh = self._hdus = None
+        self._init_file(path, shape, dtype)
+        self.hdu, self.single = int(hdu), bool(single)
 
     def __repr__(self):
         return f"FitsTiles({self.path!r}, HDU {self.hdu}, shape {self.shape})"
@@ -371,26 +366,3 @@ class FitsTiles(LazyStack):
                 raise InputError(f"{self.path}: the compressed FITS image could not be decompressed "
                                  f"({one_line(exc) or type(exc).__name__})") from None
         return out
-
-    def _index(self, key):
-        return [int(k) for k in np.atleast_1d(np.arange(len(self))[key])]
-
-    def close(self):
-        with self._lock:
-            for f in (self._hdus, self._fh):
-                if f is not None:
-                    try:
-                        f.close()
-                    except Exception:  # pragma: no cover
-                        pass
-            self._hdus = self._fh = None
-
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        state.pop("_lock", None)
-        state["_fh"] = state["_hdus"] = None
-        return state
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        self._lock = threading.RLock()

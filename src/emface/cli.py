@@ -305,7 +305,8 @@ def _summary(est, X):
 
 def _write_fit_outputs(out_dir, est, X, names, input, elapsed, interrupted):
     from .io import write_positions
-    from .report import write_fit_pictures, write_fit_report, write_misfit_pictures
+    from .figures import write_fit_pictures, write_misfit_pictures
+    from .report import write_fit_report
 
     if interrupted:  # the last E-step may not be the best state's: summarise it afresh
         with warnings.catch_warnings():

@@ -54,7 +54,8 @@ def run_demo(out_dir, *, seed=0, echo=print):
     list of dict, one per run: title, objective, positions right, face error, time.
     """
     from .outputs import all_or_nothing, atomic_open, atomic_write
-    from .report import grid_figure, image_png, png_bytes, write_html
+    from .figures import grid_figure, image_png, png_bytes
+    from .report import write_html
 
     X, truth = make_faces(random_state=seed, **DEMO_DATA)
     with all_or_nothing():

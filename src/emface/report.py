@@ -2,8 +2,7 @@
 
 `write_fit_report` writes the page of a fitted `FaceEM` from its public results (the
 posterior summary, the pictures of `emface.figures`); `write_html` writes any page, every
-picture embedded, so it opens offline. The figures themselves are in `emface.figures`
-(re-exported here).
+picture embedded, so it opens offline. The figures themselves are in `emface.figures`.
 """
 
 from __future__ import annotations
@@ -16,29 +15,9 @@ import time
 import numpy as np
 
 from .estimator import MISFIT_Z
-from .figures import (displayable, faces_figure, grid_figure, image_png, misfit_figure, objective_figure, png_bytes,
-                      prior_figure, size_figure, worst_frames_figure, write_fit_pictures, write_misfit_pictures)
 from .outputs import atomic_open
 
-__all__ = [
-    "write_fit_report",
-    "fit_summary_rows",
-    "write_html",
-    "misfit_rows",
-    # the figures, from emface.figures
-    "displayable",
-    "prior_figure",
-    "faces_figure",
-    "objective_figure",
-    "size_figure",
-    "grid_figure",
-    "png_bytes",
-    "image_png",
-    "write_fit_pictures",
-    "misfit_figure",
-    "worst_frames_figure",
-    "write_misfit_pictures",
-]
+__all__ = ["write_fit_report", "fit_summary_rows", "write_html", "misfit_rows"]
 
 
 def misfit_rows(summary, threshold=MISFIT_Z):
