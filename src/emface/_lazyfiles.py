@@ -18,6 +18,7 @@ import zlib
 import numpy as np
 
 from ._arraylike import LazyStack
+from ._paths import open_regular
 from .errors import InputError, one_line
 
 __all__ = ["TiffPages", "NpzMember", "tifffile_log", "npz_member_layout", "npy_header", "NpyVersionError", "ScaledStack",
@@ -115,7 +116,7 @@ class TiffPages(_FileBacked):
     """
 
     _what = "a TIFF file"
-    _handles = ("_tf",)
+    _handles = ("_tf", "_fh")
 
     def __init__(self, path, n_pages, frame_shape, dtype, series=None, planar=False):
         self.page_shape = tuple(int(v) for v in frame_shape)
@@ -131,7 +132,8 @@ class TiffPages(_FileBacked):
         if self._tf is None:
             import tifffile
 
-            self._tf = tifffile.TiffFile(self.path)
+            self._fh, _ = open_regular(self.path)
+            self._tf = tifffile.TiffFile(self._fh)
         return self._tf
 
     def _read_frames(self, frames):
@@ -242,7 +244,7 @@ class NpzMember(_FileBacked):
     """
 
     _what = "a compressed .npz member"
-    _handles = ("_fh", "_zip")
+    _handles = ("_fh", "_zip", "_raw")
 
     def __init__(self, path, name, shape, dtype, data_start):
         self._init_file(path, shape, dtype)
@@ -255,7 +257,8 @@ class NpzMember(_FileBacked):
 
     def _member(self):
         if self._fh is None:
-            self._zip = zipfile.ZipFile(self.path)
+            self._raw, _ = open_regular(self.path)
+            self._zip = zipfile.ZipFile(self._raw)
             self._fh = self._zip.open(self.name)
         return self._fh
 
@@ -339,8 +342,6 @@ class FitsTiles(_FileBacked):
     def _section(self):
         if self._hdus is None:
             from astropy.io import fits
-
-            from ._paths import open_regular
 
             self._fh, _ = open_regular(self.path)
             self._hdus = fits.open(self._fh, memmap=False, lazy_load_hdus=True)
