@@ -8,9 +8,9 @@ import os
 import numpy as np
 
 from .._layout import LUMA
-from ..errors import InputError
+from ..errors import InputError, one_line
 
-__all__ = ["decompression_limit", "too_big", "fmt_bytes", "has_module", "to_grey", "missing_extra"]
+__all__ = ["decompression_limit", "too_big", "fmt_bytes", "has_module", "to_grey", "missing_extra", "map_file"]
 
 
 def to_grey(img):
@@ -71,3 +71,12 @@ def has_module(name):
 def missing_extra(what, extra):
     """The one-line error of a reader whose optional library is not installed: it names the pip extra."""
     return InputError(f"reading {what} needs the {extra} extra: pip install 'emface[{extra}]'")
+
+
+def map_file(path, fh, dtype, offset, shape, fortran=False, what="the data"):
+    """A read-only memory map of the open file `fh` (the map keeps its own handle on the file), or a
+    one-line `InputError`."""
+    try:
+        return np.memmap(fh, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran else "C")
+    except (ValueError, OSError, OverflowError, TypeError) as exc:
+        raise InputError(f"{path}: {what} cannot be mapped ({one_line(exc)})") from None

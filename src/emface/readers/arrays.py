@@ -10,7 +10,7 @@ import numpy as np
 from .._lazyfiles import NpzMember, npy_header, npz_member_layout
 from .._paths import open_regular
 from ..errors import InputError, one_line
-from ._common import too_big
+from ._common import map_file, too_big
 
 __all__ = ["load_npy", "load_npz"]
 
@@ -34,15 +34,8 @@ def load_npy(path):
         if st.st_size < need:
             raise InputError(f"{path}: truncated or damaged .npy file: the header announces shape {shape} "
                              f"({need} bytes) but the file has {st.st_size} bytes")
-        return _map(path, fh, dtype, offset, shape, fortran, "the array")
+        return map_file(path, fh, dtype, offset, shape, fortran)
 
-
-def _map(path, fh, dtype, offset, shape, fortran, what):
-    """A read-only memory map of the open file `fh` (the map keeps its own handle on the file)."""
-    try:
-        return np.memmap(fh, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran else "C")
-    except (ValueError, OSError, OverflowError, TypeError) as exc:
-        raise InputError(f"{path}: {what} cannot be mapped ({one_line(exc)})") from None
 
 
 def load_npz(path, layout="khw", limit=None):
@@ -65,7 +58,7 @@ def load_npz(path, layout="khw", limit=None):
                 zlib.error) as exc:
             raise InputError(f"{path}: not a valid .npz file ({one_line(exc)})") from None
         if info.compress_type == zipfile.ZIP_STORED:
-            return _map(path, fh, dtype, where, shape, fortran, f"the .npz member {info.filename}")
+            return map_file(path, fh, dtype, where, shape, fortran, f"the .npz member {info.filename}")
         if not fortran and layout == "khw" and len(shape) in (3, 4):
             return NpzMember(path, info.filename, shape, dtype, where)
         nbytes = int(np.prod(shape, dtype=object)) * dtype.itemsize
