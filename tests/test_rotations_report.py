@@ -13,7 +13,7 @@ pytest.importorskip("matplotlib")
 
 
 def test_pictures_of_a_rotation_fit(tmp_path):
-    from emface.report import _fitted_means, upright_faces, write_fit_pictures
+    from emface.figures import _fitted_means, upright_faces, write_fit_pictures
 
     X, *_ = _stack(40, 18, 8, 6, 0.4, seed=11)
     est = _fit(FaceEM((8, 8), rotations=6, random_state=0, max_iter=8), X)
@@ -34,3 +34,17 @@ def test_pictures_of_a_rotation_fit(tmp_path):
         win = want[i:i + 8, j:j + 8]
         win[D] = T[s.faces[k], r, 0][D]
         assert np.allclose(means[k], want, atol=1e-12)
+
+
+def test_positions_csv_has_an_angle_column(tmp_path):
+    import csv
+
+    from emface.outputs import write_positions
+
+    X, *_ = _stack(20, 16, 6, 4, 0.4, seed=12)
+    est = _fit(FaceEM((6, 6), rotations=4, random_state=0, max_iter=5), X)
+    s = est.posterior_summary()
+    write_positions(str(tmp_path / "p.csv"), s)
+    rows = list(csv.reader(open(tmp_path / "p.csv")))
+    col = rows[0].index("angle")
+    assert [float(r[col]) for r in rows[1:]] == list(s.angles)
