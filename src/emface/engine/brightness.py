@@ -62,6 +62,10 @@ def group_map(n_channels, n_groups):
 
 def _group_sum(v, gmap, n_groups, axis):
     """Sum an array's channel axis `axis` into groups."""
+    if n_groups == v.shape[axis]:  # one group per channel (or one channel): nothing to add
+        return np.asarray(v, dtype=np.float64)
+    if n_groups == 1:
+        return np.sum(v, axis=axis, keepdims=True, dtype=np.float64)
     v = np.moveaxis(v, axis, -1)
     out = np.zeros(v.shape[:-1] + (n_groups,))
     for ch, g in enumerate(gmap):
