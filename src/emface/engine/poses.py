@@ -4,14 +4,20 @@ A pose object answers every question the engine asks about the latent pose
 d of an image, so that the plan, the prior's shape, the E-step's window sums,
 the M-step's coverage and the posterior summary never spell the grid out:
 
-========================  ======================================================
-``shape``, ``size``       the grid of poses (the prior is ``(C,) + shape``)
-``decode(t)``             a flat index over (face, pose) -> (faces, rows, cols)
-``neighbours``            the offsets of `Stats.near`, an (m, 2) int array
-``support``               the face's pixels, a boolean (h, w) mask
-``window_sums(z)``        Σ of z over the support at every pose, (..., *shape)
-``coverage(q)``           q ⊛ support: how much each pixel is covered, (..., H, W)
-========================  ======================================================
+=========================  =====================================================
+``shape``, ``size``        the grid of poses, one axis per ``ndim``
+``prior_shape(C)``         ``(C,) + shape``: the prior A, the counts N, q per image
+``decode(t)``              a flat index over (face, pose) -> (faces, one index
+                           array per pose axis)
+``neighbours``             the offsets of `Stats.near`, an (m, ndim) int array
+``support``                the face's pixels, a boolean (h, w) mask
+``window_sums(z)``         Σ of z over the support at every pose: (..., H, W) ->
+                           (..., *shape) (or broadcastable to it)
+``coverage(q)``            q ⊛ support: how much each pixel is covered,
+                           (..., *shape) -> (..., H, W)
+``image_shape``,           the frame and the face
+``face_shape``
+=========================  =====================================================
 
 `Translations` is the only pose object today: every top-left corner at which
 an h×w box fits in an H×W frame, and ``H - h + 1``, ``W - w + 1`` are written
