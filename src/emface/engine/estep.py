@@ -147,10 +147,10 @@ def _array_pass(chunk, plan, output):
         arg = xp.argmax(flat, axis=1)
         ll = xp.take_along_axis(flat, arg[:, None], axis=1)[:, 0] + base
         nan = np.full(n, np.nan)
+        near = kernels.neighbour_gains(loss, arg, plan.pose.neighbours)
         raw = SimpleNamespace(N=np.zeros(plan.pose.prior_shape(C)), S_F=np.zeros((C, Ch, h, w)), S_F_hat=None,
                               XC=np.zeros((Ch, H, W)), SX=SX, SXX=SXX, ll=ll, arg=arg, maxp=nan, ent=nan,
-                              cprob=np.full((n, C), np.nan), near=kernels.neighbour_gains(loss, arg, plan.pose.neighbours), chi2=nan,
-                              qe=nan)
+                              cprob=np.full((n, C), np.nan), near=near, chi2=nan, qe=nan)
         return raw, out
     q, top, arg, maxp, ent, cprob, qe = kernels.posterior(lg, plan.hard, plan.log_empty)
     near = kernels.neighbour_gains(loss, arg, plan.pose.neighbours)

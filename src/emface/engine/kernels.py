@@ -29,7 +29,8 @@ import array_api_compat
 import numpy as np
 import scipy.fft as sfft
 
-from ._formulas import NEAR_OFFSETS, class_free, decode, expanded_loss, expected_chi2, in_grid, softmax_entropy, window_total
+from ._formulas import (NEAR_OFFSETS, class_free, decode, expanded_loss, expected_chi2, in_grid, softmax_entropy,
+                        window_total)
 
 __all__ = [
     "get_namespace",
