@@ -7,8 +7,8 @@ scalars, and the M-step and the face-size search call it on numpy arrays. So a
 formula cannot differ between backends: there is one copy.
 
 Numba's on-disk cache of a kernel does not notice a change in a function it
-inlines from here (it keys on the kernel's own file): after editing this
-module, delete ``src/emface/engine/__pycache__/*.nb[ic]``.
+inlines from here (it keys on the kernel's own file); `_numba_base` drops the
+kernels' caches when any of their source files changed.
 
 Notation (MODEL.md): λ_ch = 1 / (2 s_ch²); the corners of the face form a grid
 of P×Q (`poses.Translations`); the flat index of (face c, corner (i, j)) is
