@@ -7,7 +7,7 @@ import pytest
 
 from conftest import contrast_problem
 from emface import FaceEM
-from emface.model import load_model
+from emface.persistence import load_model
 
 pytestmark = pytest.mark.filterwarnings("ignore::emface.ConvergenceWarning")
 

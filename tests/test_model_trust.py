@@ -24,7 +24,8 @@ from emface.cli import main as cli_main
 from emface.datasets import make_faces
 from emface.engine.costs import MAX_MEMORY_CAP, parse_memory
 from emface.errors import InputError, ModelFileError
-from emface.model import Params, load_model, save_model
+from emface.engine.records import Params
+from emface.persistence import load_model, save_model
 from emface.sources import Moments, working_map
 
 K, IMG, FACE = 30, (20, 24), (6, 5)

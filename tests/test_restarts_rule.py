@@ -8,7 +8,7 @@ import numpy as np
 from emface import FaceEM
 from emface.datasets import make_faces
 from emface.em import EMRun
-from emface.model import Params
+from emface.engine.records import Params
 
 
 def test_low_snr_default_fit_makes_one_run():

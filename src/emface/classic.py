@@ -18,7 +18,7 @@ from . import _validation as v
 from .em import ConvergenceWarning
 from .engine import params_from
 from .executor import EngineConfig, LocalExecutor
-from .model import Params
+from .engine.records import Params
 from .sources import ArraySource
 
 __all__ = [

@@ -22,7 +22,7 @@ import numpy as np
 
 from .engine import Chunk, ChunkCache, chunk_stats, costs, make_plan, stats_from_positions
 from .executor import BaseExecutor, EngineConfig, single_threaded_blas
-from .model import StatsSum
+from .engine.records import StatsSum
 from .sources import Moments, WorkingUnits, as_chunk_array, spectrum_bytes_per_image
 
 __all__ = ["DaskExecutor", "get_client"]

@@ -23,7 +23,8 @@ from .errors import MisfitWarning, ModelFileError, one_line
 from .executor import EngineConfig, LocalExecutor
 from .init import INIT_METHODS, auto_start, random_start, user_start
 from .mixture import NOISE_MODELS, FaceMixture
-from .model import Params, _file_name, atomic_save, load_model, save_model
+from .engine.records import Params
+from .persistence import atomic_save, file_name, load_model, save_model
 from .sources import ArraySource
 
 __all__ = ["FaceEM", "PosteriorSummary", "INCREMENTAL_MIN_IMAGES"]
@@ -914,7 +915,7 @@ class FaceEM:
         """A fitted `FaceEM` from a file written by `save` (or a checkpoint).
 
         A model file is untrusted input: θ is validated by
-        `emface.model.load_model` (shapes, dtypes, finite values, s > 0, a
+        `emface.persistence.load_model` (shapes, dtypes, finite values, s > 0, a
         prior >= 0 summing to 1), and the settings and history beside it
         here (types, ranges, the map to working units), before anything
         computes with them.
@@ -927,7 +928,7 @@ class FaceEM:
             A file that cannot be opened.
         """
         params, extra = load_model(path)
-        st = _loaded_state(cls, params, extra, _file_name(path))
+        st = _loaded_state(cls, params, extra, file_name(path))
         est = cls(tuple(params.face_shape), **st["settings"])
         est._set_theta(params, st["colour"])
         hist = st["history"]

@@ -49,7 +49,7 @@ from .engine import params_from
 from .executor import LocalExecutor
 from .init import auto_start
 from .mixture import FaceMixture
-from .model import Params
+from .engine.records import Params
 from .sources import ArraySource, read_runs, sample_runs
 
 __all__ = ["search", "profile_criterion", "size_range"]

@@ -16,7 +16,7 @@ import numpy as np
 
 from .engine import free_energy, objective, params_from
 from .engine.mstep import NOISE_MODELS, face_sums
-from .model import Params
+from .engine.records import Params
 
 __all__ = ["FaceMixture", "NOISE_MODELS"]
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from .engine.kernels import NEAR_OFFSETS, crops
-from .model import Params
+from .engine.records import Params
 
 __all__ = ["shift_escape", "split_merge"]
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..model import Params
+from .records import Params
 from . import costs, kernels
 
 __all__ = ["Plan", "make_plan", "resolve_backend", "BACKENDS"]
