@@ -14,7 +14,7 @@ import numpy as np
 
 from .engine.records import Params
 
-__all__ = ["save_model", "load_model", "check_model_arrays", "atomic_save", "file_name"]
+__all__ = ["save_model", "load_model", "check_model_arrays", "atomic_save", "file_name", "check_out_file"]
 
 
 def save_model(path, params, **extra):
@@ -324,3 +324,23 @@ def atomic_save(path, save_fn, *, numpy_name=False):
     if numpy_name and not path.endswith(".npz"):
         path += ".npz"
     atomic_write(path, save_fn, suffix=".npz")
+
+
+def check_out_file(path, what=""):
+    """Refuse, before any work, a file that cannot be written: its folder must exist and be writable.
+
+    The one check of an output file's folder (a checkpoint, ``emface predict --out``, ``emface generate``);
+    `what` (such as ``"the checkpoint "``) goes before the path in the message.
+
+    Raises
+    ------
+    emface.errors.InputError
+        A ValueError whose one line names the file and its folder.
+    """
+    from .errors import InputError
+
+    folder = os.path.dirname(os.path.abspath(os.fspath(path)))
+    if not os.path.isdir(folder):
+        raise InputError(f"cannot write {what}{os.fspath(path)}: the folder {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise InputError(f"cannot write {what}{os.fspath(path)}: the folder {folder} is not writable")
