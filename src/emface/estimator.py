@@ -333,8 +333,8 @@ class FaceEM(PosteriorMixin, BaseEstimator):
 
 
 # the parameters' documentation comes from the one table of options
-FaceEM.__doc__ = FaceEM.__doc__.replace("    (one entry per option of `emface.options.OPTIONS`, filled in from that table)",
-                                        numpydoc(indent=4))
+_PARAMETERS = "    (one entry per option of `emface.options.OPTIONS`, filled in from that table)"
+FaceEM.__doc__ = FaceEM.__doc__.replace(_PARAMETERS, numpydoc(indent=4))
 
 
 def _warn_misfit(z, empty_frames):

@@ -22,7 +22,6 @@ with its settings; the code that uses it reads ``self.brightness``.
 from __future__ import annotations
 
 import inspect
-import os
 import re
 from dataclasses import dataclass, field
 
