@@ -29,10 +29,10 @@ _MEDIAN_IMAGES = 100
 _NOISE_IMAGES = 200
 
 
-def _grid(source, face_shape):
-    H, W = source.image_shape
-    h, w = face_shape
-    return H, W, h, w, H - h + 1, W - w + 1
+def _grid(source, model):
+    """(H, W, h, w, P, Q): the frame, the face and the model's pose grid."""
+    pose = model.pose(source.image_shape)
+    return pose.image_shape + pose.face_shape + pose.shape
 
 
 def random_start(source, model, rng):
@@ -43,7 +43,7 @@ def random_start(source, model, rng):
     points away from, so that the start for ``c·X + d`` is exactly ``c·F + d``
     of the start for X, for negative c too: fits are equivariant.
     """
-    H, W, h, w, P, Q = _grid(source, model.face_shape)
+    H, W, h, w, P, Q = _grid(source, model)
     C, Ch = model.n_faces, source.n_channels
     lo, hi = source.working_range()
     if not hi > lo:
@@ -111,7 +111,7 @@ def auto_start(source, model, rng, fraction=1.0):
         Share of the images to use (at most 500 are used in any case); a
         random half gives restarts that differ from each other.
     """
-    H, W, h, w, P, Q = _grid(source, model.face_shape)
+    H, W, h, w, P, Q = _grid(source, model)
     C = model.n_faces
     x = _subset(source, rng, fraction, C)
     n = len(x)

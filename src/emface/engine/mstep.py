@@ -13,16 +13,14 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.fft as sfft
 
+from ._formulas import gaussian_log_norm
+from .poses import Translations
 from .records import Params
-from . import kernels
 
 __all__ = ["MStepInfo", "params_from", "prior_from_counts", "predictive_prior", "face_sums", "expected_sse",
            "objective", "free_energy", "misfit_z", "NOISE_MODELS"]
 
 NOISE_MODELS = ("shared", "per_channel")
-
-_LOG_2PI = math.log(2.0 * math.pi)
-
 
 @dataclass
 class MStepInfo:
@@ -92,23 +90,29 @@ def predictive_prior(prior, n_images, prior_smoothing=0.0, empty_weight=None):
     return prior_from_counts(N, K, alpha + 1.0, N_empty)
 
 
-def _coverage_sum(stats, face_shape):
+def _pose(stats, pose):
+    """The pose object of the sums: the one given, or the translations of their face over their frame."""
+    return Translations(stats.XC.shape[-2:], stats.S_F.shape[-2:]) if pose is None else pose
+
+
+def _coverage_sum(stats, pose):
     """``C = Σ_k cov_k``, (H, W): how many images the faces cover each pixel in, in expectation."""
-    return kernels.coverage(stats.N.sum(axis=0), face_shape)
+    return pose.coverage(stats.N.sum(axis=0))
 
 
-def expected_sse(stats, faces, background, S_F=None, cover=None):
+def expected_sse(stats, faces, background, S_F=None, cover=None, pose=None):
     """``E_q[Σ_k ||X_k - μ_(c,d)||²]`` per channel, (Ch,), for the posteriors summed in `stats`.
 
     ``SXX - 2<B,SX> + K||B||² + Σ_c (N_c||F_c||² - 2<F_c,S_F,c>) + 2<B,XC> - <B²,C>``,
-    valid for any F and B, not only the M-step's.
+    valid for any F and B, not only the M-step's. `pose` (default: the
+    translations of the face) gives the coverage C when `cover` is not given.
     """
     K = float(stats.n_images)
     if S_F is None:
         S_F = face_sums(stats)
     if cover is None:
-        cover = _coverage_sum(stats, faces.shape[-2:])
-    Nc = stats.N.sum(axis=(1, 2))
+        cover = _coverage_sum(stats, _pose(stats, pose))
+    Nc = stats.N.reshape(stats.N.shape[0], -1).sum(axis=1)
     B = background
     return (
         stats.SXX
@@ -142,7 +146,8 @@ def misfit_z(chi2, n_values):
     return (np.asarray(chi2, dtype=np.float64) - n) / math.sqrt(2.0 * n)
 
 
-def params_from(stats, previous, *, prior_smoothing=0.0, noise_floor=1e-12, noise="shared", empty_frames=None):
+def params_from(stats, previous, *, prior_smoothing=0.0, noise_floor=1e-12, noise="shared", empty_frames=None,
+                pose=None):
     """The closed-form M-step: A, F_c, B, s² from the sufficient statistics (MODEL.md).
 
     Parameters
@@ -164,6 +169,9 @@ def params_from(stats, previous, *, prior_smoothing=0.0, noise_floor=1e-12, nois
         updated with A); None: as `previous` has. The "no face" images add to
         B and s through SX and SXX alone (their coverage is 0), so those
         formulas keep their form.
+    pose : pose object, optional
+        The pose axis (`poses.Translations`) whose coverage the background's
+        update needs; default: the translations of the face over the frame.
 
     Returns
     -------
@@ -182,7 +190,7 @@ def params_from(stats, previous, *, prior_smoothing=0.0, noise_floor=1e-12, nois
     N = np.maximum(stats.N, 0.0)
     A, pi0 = prior_from_counts(N, K, alpha, stats.N_empty if empty_frames else None)
     S_F = face_sums(stats)
-    Nc = N.sum(axis=(1, 2))
+    Nc = N.reshape(C, -1).sum(axis=1)
     # a face no image chose keeps its last value: S_F,c = 0 there, so no NaN
     full = Nc > 1e-12 * max(K, 1.0)
     F = np.empty_like(S_F)
@@ -190,7 +198,7 @@ def params_from(stats, previous, *, prior_smoothing=0.0, noise_floor=1e-12, nois
     if not full.all():
         info.empty_faces = tuple(int(c) for c in np.flatnonzero(~full))
         F[~full] = previous.faces[~full] if previous is not None else 0.0
-    cover = _coverage_sum(stats, (h, w))
+    cover = _coverage_sum(stats, _pose(stats, pose))
     free = K - cover
     ok = free > 1e-9 * K
     B = np.empty((Ch, H, W))
@@ -236,7 +244,7 @@ def objective(stats, params, prior_smoothing=0.0):
     return stats.loglik + _smoothing_term(params, prior_smoothing)
 
 
-def free_energy(stats, params, prior_smoothing=0.0):
+def free_energy(stats, params, prior_smoothing=0.0, pose=None):
     """The free energy ``E_q[log p(X, c, d | θ)] + H(q)`` of the posteriors summed in `stats`, under any θ.
 
     With the posteriors of θ itself it equals `objective`; incremental EM,
@@ -250,6 +258,6 @@ def free_energy(stats, params, prior_smoothing=0.0):
         prior_term = float(np.sum(np.where(stats.N > 0, stats.N * logA, 0.0)))
         if stats.N_empty > 0:  # the "no face" class: N_∅ log π_∅ (-inf without the class)
             prior_term += float(stats.N_empty * np.log(params.empty_weight or 0.0))
-    sse = expected_sse(stats, params.faces, params.background)
-    gauss = -0.5 * K * H * W * float(np.sum(_LOG_2PI + np.log(s2))) - float(np.sum(sse / (2.0 * s2)))
+    sse = expected_sse(stats, params.faces, params.background, pose=pose)
+    gauss = float(gaussian_log_norm(K * H * W, s2)) - float(np.sum(sse / (2.0 * s2)))
     return prior_term + gauss + stats.entropy_sum + _smoothing_term(params, prior_smoothing)
