@@ -21,7 +21,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from ..model import Stats
+from .records import Stats
 from . import kernels
 from .chunk import chunk_spectra, standardized
 from .plan import resolve_backend
