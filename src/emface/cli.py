@@ -151,8 +151,8 @@ def fit(input, out_dir, grey, layout, cache_dir, allow_external_data, quiet, **o
     """Fit the model to the image stack INPUT and write the results to DIR.
 
     INPUT is a .npy or .npz array, a multi-page TIFF, a folder of PNG/JPEG/TIFF
-    frames (natural sort order), a video file, a zarr store or an HDF5 file.
-    Colour stays colour unless --grey is given.
+    frames (natural sort order), a video file, a zarr store, an HDF5 file, an
+    MRC/MRCS particle stack or a FITS cube. Colour stays colour unless --grey is given.
     """
     from .estimator import FaceEM
 
@@ -238,8 +238,8 @@ def _summary(est, X):
 
 def _write_fit_outputs(out_dir, est, X, names, input, elapsed, interrupted):
     from .io import write_positions
-    from .estimator import MISFIT_Z
-    from .report import misfit_rows, write_fit_pictures, write_html, write_misfit_pictures
+    from .figures import write_fit_pictures, write_misfit_pictures
+    from .report import write_fit_report
 
     if interrupted:  # the last E-step may not be the best state's: summarise it afresh
         with warnings.catch_warnings():
@@ -251,80 +251,9 @@ def _write_fit_outputs(out_dir, est, X, names, input, elapsed, interrupted):
     est.save(os.path.join(out_dir, "model.npz"))
     pics = write_fit_pictures(out_dir, est)
     pics.update(write_misfit_pictures(out_dir, est, X, summ))
-    written = ["positions.csv", "model.npz", "report.html", *pics]
-    K, H, W = (int(v) for v in X.shape[:3])
-    C = len(est.faces_)
-    h, w = est.faces_.shape[1:3]
-    noise = est.noise_std_
-    noise_text = f"{noise:.6g}" if np.ndim(noise) == 0 else ", ".join(f"{v:.4g}" for v in noise)
-    summary = [
-        ("input", os.fspath(input)),
-        ("images", f"{K} of {H}x{W}" + (f", {X.shape[3]} channels" if len(X.shape) == 4 else "")),
-        ("faces", f"{C} of {h}x{w}" + (" (size chosen from the data)" if getattr(est, "face_shape_scores_", None)
-                                        else "")),
-        ("EM", ("hard (MAP)" if est.hard else "soft") + f", {est.algorithm_}"
-         + (f", prior smoothing {est.prior_smoothing:g}" if est.prior_smoothing else "")),
-        ("runs", len(est.runs_)),
-        ("best run", est.best_run_),
-        ("iterations", est.n_iter_),
-        ("converged", "no (interrupted)" if interrupted else ("yes" if est.converged_ else "no")),
-        ("objective per image", f"{est.lower_bound_:.6g}"),
-        ("noise s", noise_text),
-        ("mean posterior probability of the chosen position", f"{np.mean(summ.probability):.4f}"),
-    ] + misfit_rows(summ) + [
-        ("time", f"{elapsed:.1f} s"),
-    ]
-    runs = [(r["run"], r["n_iter"], "yes" if r["converged"] else "no", f"{r['objectives'][-1]:.6g}",
-             ", ".join(str(tuple(e)) for e in r.get("moves", [])) or "-") for r in est.runs_]
-    first = [(k, "" if names is None else names[k], int(summ.faces[k]), int(summ.positions[k, 0]),
-              int(summ.positions[k, 1]), f"{summ.probability[k]:.4f}", f"{summ.entropy[k]:.3g}")
-             for k in range(min(K, 25))]
-    side = max(h, w)
-    face_width = max(192, 4 * side) if side < 64 else None
-    if C == 1:
-        face_pics = [("face", pics["face.png"], face_width, True)]
-    else:
-        order = np.argsort(-est.weights_, kind="stable")
-        face_pics = [("every face, heaviest first", pics["faces.png"], min(900, 160 * C), False)]
-        face_pics += [(f"face {c}: weight {est.weights_[c]:.3f}", pics[f"face_{c}.png"], face_width, True)
-                      for c in order]
-    size_pics = [("face size: the criterion of each size tried", pics["face_size.png"], None, False)] \
-        if "face_size.png" in pics else []
-    tables = [("Summary", summary, None)]
-    if C > 1:
-        counts = np.bincount(summ.faces[summ.faces >= 0], minlength=C)
-        tables.append(("Faces", [(int(c), f"{est.weights_[c]:.4f}", int(counts[c]))
-                                 for c in np.argsort(-est.weights_, kind="stable")],
-                       ("face", "weight", "images")))
-    if getattr(est, "face_shape_scores_", None):
-        tables.append(("Face sizes tried", [(f"{r['shape'][0]}x{r['shape'][1]}", r.get("stage", ""),
-                                             f"{r['score']:.6g}") for r in est.face_shape_scores_],
-                       ("size", "stage", "criterion per image")))
-    tables += [
-        ("Runs", runs, ("run", "iterations", "converged", "final objective", "moves")),
-        (f"Positions (first {len(first)} of {K}; all in positions.csv)", first,
-         ("index", "file", "face", "row", "col", "probability", "entropy")),
-    ]
-    write_html(
-        os.path.join(out_dir, "report.html"),
-        "emface fit",
-        subtitle=f"{os.path.basename(os.fspath(input))}: {K} images",
-        notes=["The objective is the mean per-image log-likelihood (soft EM) or MAP joint (hard EM)"
-               + (", plus the smoothing prior's term." if est.prior_smoothing else "."),
-               f"Read each frame's probability with its misfit (positions.csv): a frame with misfit z > {MISFIT_Z:g} is very "
-               "unlikely under the model, and a high probability there only means the best of bad options."]
-        + (["The fit was interrupted: these are the best parameters found so far."] if interrupted else []),
-        pictures=face_pics + [
-            ("background", pics["background.png"], max(320, 2 * W) if W < 200 else None, True),
-            ("prior A" if C == 1 else "prior A of each face", pics["prior.png"], None, False),
-            ("objective per iteration", pics["objective.png"], None, False),
-        ] + size_pics + [(title, pics[name], None, False) for name, title in (
-            ("misfit.png", "misfit z of each frame: about N(0, 1) where the model explains the frame"),
-            ("worst_frames.png", "the worst-fitting frames beside their fitted mean images"),
-        ) if name in pics],
-        tables=tables,
-    )
-    return written
+    write_fit_report(os.path.join(out_dir, "report.html"), est, summ, pics, source=input, image_shape=tuple(X.shape),
+                     names=names, elapsed=elapsed, interrupted=interrupted)
+    return ["positions.csv", "model.npz", "report.html", *pics]
 
 
 @cli.command()
@@ -407,7 +336,8 @@ def generate(out_file, video_file, n_images, image_shape, face_shape, n_faces, c
     if out_file is not None and video_file is not None:
         raise click.UsageError("give either --out FILE.npy or --video FILE.mp4, not both",
                                ctx=click.get_current_context())
-    video_exts = (".mp4", ".mkv", ".mov", ".m4v", ".avi")
+    from .video import WRITABLE_SUFFIXES as video_exts
+
     if video_file is not None and not video_file.lower().endswith(video_exts):
         raise InputError(f"--video {video_file}: expected a file name ending in {', '.join(video_exts)}")
     if out_file is not None and not out_file.endswith(".npy"):
@@ -428,11 +358,9 @@ def generate(out_file, video_file, n_images, image_shape, face_shape, n_faces, c
 
 def _generate(out_file, video_file, n_images, image_shape, face_shape, n_faces, colour, noise, prior, faces, bg,
               dtype, fps, crf, seed, quiet):
-    from .datasets import make_faces
+    from .datasets import make_faces, save_truth, write_synthetic_video
 
     if video_file is not None:
-        from .video import write_synthetic_video
-
         bar = None
         if not quiet:
             from tqdm.auto import tqdm
@@ -456,9 +384,7 @@ def _generate(out_file, video_file, n_images, image_shape, face_shape, n_faces, 
         shape = X.shape
         stem = out_file[:-4]
         what = f"images of {X.shape[1]}x{X.shape[2]}"
-    atomic_write(stem + ".truth.npz", lambda tmp: np.savez(
-        tmp, faces=truth.faces, background=truth.background, noise_std=truth.noise_std, prior=truth.prior,
-        positions=truth.positions, labels=truth.labels))
+    save_truth(stem + ".truth.npz", truth)
     return out_file, shape, what, stem
 
 

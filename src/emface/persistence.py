@@ -197,16 +197,15 @@ def _read_zip_members(zf, name):
 
 def _read_member(zf, info, name, budget, *, numeric):
     """One ``.npy`` member, its header checked before its data are read."""
+    from ._lazyfiles import NpyVersionError, npy_header
+
     what = f"its array {info.filename[:-4]!r}"
     with zf.open(info) as fh:
-        version = np.lib.format.read_magic(fh)
-        if version == (1, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
-        elif version == (2, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
-        else:
-            raise _model_error(name, f"{what} is in .npy format version {version}, which emface does not read")
-        dtype = np.dtype(dtype)
+        try:
+            shape, fortran, dtype = npy_header(fh, versions=((1, 0), (2, 0)))
+        except NpyVersionError as exc:
+            raise _model_error(name, f"{what} is in .npy format version {exc.version}, which emface does not read") \
+                from None
         if numeric:
             if dtype.kind not in "biuf" or dtype.hasobject or dtype.fields is not None or dtype.subdtype is not None:
                 raise _model_error(name, f"{what} holds dtype {dtype}; expected real numbers")
