@@ -9,7 +9,7 @@ from emface import ConvergenceWarning, FaceEM
 from emface.em import EMSettings, run_em
 from emface.engine.rotations import Rotations, angle_grid
 from emface.executor import EngineConfig, LocalExecutor
-from emface.model import Params
+from emface.engine.records import Params
 from emface.rotation_model import RotationMixture
 from emface.sources import ArraySource
 

@@ -76,6 +76,18 @@ class _FileBacked(LazyStack):
     def _index(self, key):
         return [int(k) for k in np.atleast_1d(np.arange(len(self))[key])]
 
+    def _handle(self):
+        """The reader of the open file (the first of `_handles`), opened on first use through
+        `open_regular` (then `fstat`: no FIFO, no device) and `_open`."""
+        if getattr(self, self._handles[0]) is None:
+            raw, _ = open_regular(self.path)
+            self._open(raw)
+        return getattr(self, self._handles[0])
+
+    def _open(self, raw):
+        """Set the `_handles` from the opened binary file `raw`."""
+        raise NotImplementedError
+
     def close(self):
         """Close the file (a later read opens it again)."""
         with self._lock:
@@ -128,13 +140,11 @@ class TiffPages(_FileBacked):
     def __repr__(self):
         return f"TiffPages({self.path!r}, {self.shape[0]} pages of {self.frame_shape})"
 
-    def _file(self):
-        if self._tf is None:
-            import tifffile
+    def _open(self, raw):
+        import tifffile
 
-            self._fh, _ = open_regular(self.path)
-            self._tf = tifffile.TiffFile(self._fh)
-        return self._tf
+        self._fh = raw
+        self._tf = tifffile.TiffFile(raw)
 
     def _read_frames(self, frames):
         keys = [int(k) for k in frames]
@@ -144,7 +154,7 @@ class TiffPages(_FileBacked):
         t = 0
         with self._lock, tifffile_log() as log:
             try:
-                tf = self._file()
+                tf = self._handle()
                 for t, k in enumerate(keys):
                     page = tf.asarray(key=k, series=self.series, maxworkers=1)
                     page = np.asarray(page).reshape(self.page_shape)
@@ -255,12 +265,10 @@ class NpzMember(_FileBacked):
     def __repr__(self):
         return f"NpzMember({self.path!r}, {self.name!r}, shape {self.shape})"
 
-    def _member(self):
-        if self._fh is None:
-            self._raw, _ = open_regular(self.path)
-            self._zip = zipfile.ZipFile(self._raw)
-            self._fh = self._zip.open(self.name)
-        return self._fh
+    def _open(self, raw):
+        self._raw = raw
+        self._zip = zipfile.ZipFile(raw)
+        self._fh = self._zip.open(self.name)
 
     def _read_frames(self, frames):
         if not isinstance(frames, range) or frames.step != 1:
@@ -273,7 +281,7 @@ class NpzMember(_FileBacked):
         want = n * self.frame_bytes
         with self._lock:
             try:
-                fh = self._member()
+                fh = self._handle()
                 fh.seek(self.data_start + frames.start * self.frame_bytes)
                 buf = fh.read(want)
             except (OSError, EOFError, zipfile.BadZipFile, ValueError, RuntimeError, zlib.error) as exc:
@@ -339,13 +347,11 @@ class FitsTiles(_FileBacked):
     def __repr__(self):
         return f"FitsTiles({self.path!r}, HDU {self.hdu}, shape {self.shape})"
 
-    def _section(self):
-        if self._hdus is None:
-            from astropy.io import fits
+    def _open(self, raw):
+        from astropy.io import fits
 
-            self._fh, _ = open_regular(self.path)
-            self._hdus = fits.open(self._fh, memmap=False, lazy_load_hdus=True)
-        return self._hdus[self.hdu].section
+        self._fh = raw
+        self._hdus = fits.open(raw, memmap=False, lazy_load_hdus=True)
 
     def _read_frames(self, frames):
         keys = [int(k) for k in frames]
@@ -354,7 +360,7 @@ class FitsTiles(_FileBacked):
             return out
         with self._lock:
             try:
-                section = self._section()
+                section = self._handle()[self.hdu].section
                 if isinstance(frames, range) and frames.step == 1 and not self.single:
                     out[...] = section[frames.start:frames.stop]
                 else:

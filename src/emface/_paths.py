@@ -1,7 +1,7 @@
 """The check every reader makes before it opens a path: a regular file, not a FIFO or a device.
 
 Public as `emface.io.check_regular_file`; here, below every reader, so that
-video.py and model.py use it without importing io.py.
+video.py and persistence.py use it without importing io.py.
 """
 
 import os

@@ -14,10 +14,11 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .engine import free_energy, objective, params_from
+from .engine import Translations, free_energy, objective, params_from
+from .engine._formulas import gaussian_profile
 from .engine.brightness import normalize, start_gains
 from .engine.mstep import NOISE_MODELS, face_sums
-from .model import Params
+from .engine.records import Params
 
 __all__ = ["FaceMixture", "NOISE_MODELS"]
 
@@ -74,6 +75,15 @@ class FaceMixture:
     #: the weight a start gives "no face" when it has none
     EMPTY_START = 0.1
 
+    # ------------------------------------------------------------------ the pose axis
+    def pose(self, image_shape):
+        """The pose object of this model in frames of `image_shape`: the translations of an h×w face.
+
+        What the engine asks about the latent pose (the grid, the prior's
+        shape, the window sums, the coverage, the neighbours) it asks this.
+        """
+        return Translations(image_shape, self.face_shape)
+
     # ------------------------------------------------------------------ the steps
     def e_step(self, executor, params, **kw):
         """One E-step pass: the sufficient statistics of θ (``kw``: ``chunks``, ``per_image``)."""
@@ -87,7 +97,8 @@ class FaceMixture:
         set A to zero wherever the images not yet seen have their faces).
         """
         params, info = params_from(stats, previous, prior_smoothing=self.prior_smoothing,
-                                   noise_floor=self.noise_floor, noise=self.noise, empty_frames=self.empty_frames)
+                                   noise_floor=self.noise_floor, noise=self.noise, empty_frames=self.empty_frames,
+                                   pose=self.pose(stats.XC.shape[-2:]))
         if not update_prior:
             params = replace(params, prior=np.array(previous.prior, copy=True), empty_weight=previous.empty_weight)
         return self._with_brightness(params, stats, previous), info
@@ -127,7 +138,7 @@ class FaceMixture:
 
     def free_energy(self, stats, params):
         """The total free energy of the posteriors summed in `stats` under θ (incremental EM)."""
-        return free_energy(stats, params, self.prior_smoothing)
+        return free_energy(stats, params, self.prior_smoothing, pose=self.pose(params.image_shape))
 
     def extrapolate(self, old, new, eta):
         """θ stretched past an M-step: ``old + η (new - old)``, in coordinates where any η keeps θ valid.
@@ -177,5 +188,4 @@ class FaceMixture:
     def hard_score(self, params, n_images):
         """The Gaussian part of the hard objective after its own noise M-step: the fitted s decides."""
         H, W = params.image_shape
-        s2 = params.noise_std ** 2
-        return -0.5 * n_images * H * W * float(np.sum(np.log(2 * np.pi * s2) + 1.0))
+        return float(gaussian_profile(n_images * H * W, params.noise_std ** 2))

@@ -62,6 +62,10 @@ def group_map(n_channels, n_groups):
 
 def _group_sum(v, gmap, n_groups, axis):
     """Sum an array's channel axis `axis` into groups."""
+    if n_groups == v.shape[axis]:  # one group per channel (or one channel): nothing to add
+        return np.asarray(v, dtype=np.float64)
+    if n_groups == 1:
+        return np.sum(v, axis=axis, keepdims=True, dtype=np.float64)
     v = np.moveaxis(v, axis, -1)
     out = np.zeros(v.shape[:-1] + (n_groups,))
     for ch, g in enumerate(gmap):
@@ -83,7 +87,7 @@ def _theta_terms(plan, gmap, G):
     LB = _group_sum(lamc * B, gmap, G, 0)
     BB = _group_sum(lamc * B * B, gmap, G, 0)
     return SimpleNamespace(
-        FF=FF, SF=SF, box_LB=kernels.box_sums(LB, (h, w)), box_BB=kernels.box_sums(BB, (h, w)),
+        FF=FF, SF=SF, box_LB=plan.pose.window_sums(LB), box_BB=plan.pose.window_sums(BB),
         LBsum=LB.sum(axis=(1, 2)), BBsum=BB.sum(axis=(1, 2)), M1=_group_sum(lam * H * W, gmap, G, 0))
 
 
@@ -111,7 +115,7 @@ def _image_terms(x, xhat, plan, gmap, G):
     XB = _group_sum(x * (lamc * B), gmap, G, 1)  # (n, G, H, W)
     return SimpleNamespace(
         corr=_correlations(x, xhat, plan, gmap, G),
-        box_XB=kernels.box_sums(XB, plan.face_shape),
+        box_XB=plan.pose.window_sums(XB),
         XBsum=XB.sum(axis=(2, 3)),
         Xsum=_group_sum(np.einsum("d,ndij->nd", plan.lam, x), gmap, G, 1),
         XX=_group_sum(np.einsum("d,ndij->nd", plan.lam, x * x), gmap, G, 1))
@@ -219,7 +223,7 @@ def _channels(v, gmap):
 def _crop_sums(chunk, qw, plan, rows):
     """S_F (C, Ch, h, w) and XC (Ch, H, W) of ``Σ_k x_k ⋆ qw_k`` for the images `rows`, by the fused
     kernels' crops (skipping q at or below `Q_THRESHOLD`)."""
-    from .stats import stats_from_q
+    from .estep import stats_from_q
 
     sub = Chunk(np.ascontiguousarray(chunk.data[rows]), chunk.offset, chunk.inv_scale)
     st = stats_from_q(sub, qw[rows], plan.face_shape, backend="numba", workers=plan.workers, with_moments=False)
@@ -230,7 +234,7 @@ def _face_sums_weighted(chunk, x, xhat, qw, plan):
     """``Σ_k x_k ⋆ qw_k`` and ``Σ_k x_k ∘ (qw_k ⊛ 1)`` for weighted posteriors qw (n, C, P, Q), one group
     of channels: crops for images whose q has at most `plan.max_sparse` non-negligible entries (as the
     fused pass), the frequency domain for the others."""
-    from .stats import Q_THRESHOLD
+    from .estep import Q_THRESHOLD
 
     n = len(qw)
     Ch = x.shape[1]
@@ -247,7 +251,7 @@ def _face_sums_weighted(chunk, x, xhat, qw, plan):
     if sparse.size:
         S_F, XC = _crop_sums(chunk, qw, plan, sparse)
     if dense.size:
-        _, _, S_F_hat, XCd = kernels.accumulate(x[dense], qw[dense], (h, w),
+        _, _, S_F_hat, XCd = kernels.accumulate(x[dense], qw[dense], plan.pose,
                                                 xhat=None if xhat is None else xhat[dense], workers=plan.workers)
         XC = XC + XCd
     return S_F, S_F_hat, XC
@@ -276,7 +280,7 @@ def _weighted_sums(chunk, x, xhat, q, plan, a, b, gmap):
         sf, sfh, xc = _face_sums_weighted(part, x[:, sl], None if xhat is None else xhat[:, sl], qw, plan)
         nab = np.tensordot(a[:, g] * b[:, g], q, axes=(0, 0))  # Σ_k a_k b_k q_k, (C, P, Q)
         S_F[:, sl] = sf - nab.sum(axis=(1, 2))[:, None, None, None]
-        XC[sl] = xc - kernels.coverage(nab.sum(axis=0), (h, w))[None]
+        XC[sl] = xc - plan.pose.coverage(nab.sum(axis=0))[None]
         if sfh is not None:
             if S_F_hat is None:
                 S_F_hat = np.zeros((plan.n_faces, Ch) + sfh.shape[2:], dtype=np.complex128)
@@ -305,7 +309,7 @@ def brightness_pass(chunk, plan, gains, offsets, *, output=None, fit_steps=0):
     (a, b) update raised the expected complete-data log-likelihood (a lower
     bound of the log-likelihood's rise), the statistic of `brightness_test`.
     output : {None, "q", "log_joint"}
-        As `emface.engine.stats.chunk_stats`.
+        As `emface.engine.estep.chunk_stats`.
     fit_steps : int
         Alternations of the E-step and the (a, b) update before the pass's own
         E-step (new images, whose brightness is not known: start at a = 1, b = 0).
@@ -343,11 +347,11 @@ def brightness_pass(chunk, plan, gains, offsets, *, output=None, fit_steps=0):
         nan = np.full(n, np.nan)
         raw = SimpleNamespace(N=np.zeros((C, P, Q)), S_F=np.zeros((C, Ch, h, w)), S_F_hat=None,
                               XC=np.zeros((Ch, H, W)), SX=None, SXX=None, ll=ll, arg=arg, maxp=nan, ent=nan,
-                              cprob=np.full((n, C), np.nan), near=kernels.neighbour_gains(L, arg), chi2=nan, qe=nan,
+                              cprob=np.full((n, C), np.nan), near=kernels.neighbour_gains(L, arg, plan.pose.neighbours), chi2=nan, qe=nan,
                               NW=None, KW=None, gains=a, offsets=b, ecm_gain=0.0)
         return raw, lg + base[:, None, None, None]
     q, top, arg, maxp, ent, cprob, qe = kernels.posterior(lg, plan.hard, plan.log_empty)
-    near = kernels.neighbour_gains(L, arg)
+    near = kernels.neighbour_gains(L, arg, plan.pose.neighbours)
     chi2 = kernels.expected_residual(q, L, base, plan.log_const)
     a, b, gain = _solve(th, im, q, a, b)
     sums = _weighted_sums(chunk, x, xhat, q, plan, a, b, gmap)
@@ -379,19 +383,22 @@ def brightness_test(ecm_gain, n_images, n_groups, level=TEST_LEVEL):
     return dict(statistic=stat, dof=dof, p_value=p, significant=bool(p < level))
 
 
-def weighted_normalisers(stats, n_channels):
+def weighted_normalisers(stats, n_channels, pose, cover=None):
     """What the M-step divides by: (Nc (C, Ch), cover (Ch, H, W) or (H, W), Kb (Ch,) or float).
 
-    Without brightness (``stats.NW`` None) the note's ``N_c``, ``C`` and K;
-    with it ``Σ_k a_k² N_kc``, ``Σ_k a_k² cov_k`` and ``Σ_k a_k²`` per channel.
+    Without brightness (``stats.NW`` None) the note's ``N_c``, ``C = Σ_k cov_k``
+    and K; with it ``Σ_k a_k² N_kc``, ``Σ_k a_k² cov_k`` and ``Σ_k a_k²`` per
+    channel. The coverage is the `pose` object's (or `cover`, when given).
     """
-    h, w = stats.S_F.shape[-2:]
+    C = stats.N.shape[0]
     if getattr(stats, "NW", None) is None:
         N = np.maximum(stats.N, 0.0)
-        Nc = np.repeat(N.sum(axis=(1, 2))[:, None], n_channels, axis=1)
-        return Nc, kernels.coverage(N.sum(axis=0), (h, w)), float(stats.n_images)
+        Nc = np.repeat(N.reshape(C, -1).sum(axis=1)[:, None], n_channels, axis=1)
+        return Nc, pose.coverage(N.sum(axis=0)) if cover is None else cover, float(stats.n_images)
     NW = np.maximum(stats.NW, 0.0)
-    return NW.sum(axis=(2, 3)), kernels.coverage(NW.sum(axis=0), (h, w)), np.asarray(stats.KW, dtype=np.float64)
+    if cover is None:
+        cover = np.stack([pose.coverage(NW[:, ch].sum(axis=0)) for ch in range(NW.shape[1])])
+    return NW.reshape(C, NW.shape[1], -1).sum(axis=2), cover, np.asarray(stats.KW, dtype=np.float64)
 
 
 def normalize(faces, background, gains, offsets):

@@ -22,7 +22,7 @@ import scipy.fft as sfft
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
-from ..model import Params
+from .records import Params
 
 __all__ = ["Rotations", "RotParams", "disc_mask", "rotation_operator", "angle_grid", "KEYS_A"]
 

@@ -34,7 +34,7 @@ import numpy as np
 import scipy.fft as sfft
 import scipy.sparse as sp
 
-from ..model import Stats
+from .records import Stats
 from . import kernels
 from .chunk import chunk_spectra, standardized
 from .mstep import MStepInfo, expected_sse, face_sums
