@@ -18,7 +18,6 @@ from . import _validation as v
 from ._layout import public_prior
 from .engine.brightness import start_gains
 from .engine.mstep import misfit_z, predictive_prior
-from .engine.records import Params
 from .schedule import draw_means
 
 __all__ = ["PosteriorSummary", "PosteriorMixin", "summarise", "n_values", "public_brightness", "WORKING_LIMIT",
