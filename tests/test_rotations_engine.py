@@ -264,3 +264,24 @@ def test_pose_interface():
     c, r, i, j = rot.decode(flat)
     assert np.array_equal(np.ravel_multi_index((c, r, i, j), (2, 6, 8, 7)), flat)
     assert rot == Rotations((12, 11), (5, 5), angle_grid(6)) and rot != Rotations((12, 11), (5, 5), angle_grid(4))
+
+
+def test_near_is_the_neighbour_gain_by_brute_force():
+    """`Stats.near`: log p(x | c*, r*, d* + δ) - log p(x | c*, r*, d*), prior left out, for δ of the pose's
+    neighbours (the 8 corners at the best angle); -inf off the grid."""
+    from emface.engine._formulas import NEAR_OFFSETS
+
+    theta, X = _problem(10, K=3, zeros=False)
+    rot = Rotations(theta.image_shape, theta.face_shape, theta.angles)
+    assert np.array_equal(rot.neighbours[:, 1:], NEAR_OFFSETS) and not rot.neighbours[:, 0].any()
+    stats, _ = _pass(theta, X, full=False)
+    lj = ref.log_joint(X, *_ref(theta))
+    cond = lj - np.log(theta.prior)[None, :, None] - np.log(theta.angle_prior)[None, None, :, None, None]
+    P, Q = theta.grid_shape
+    for k in range(len(X)):
+        c, r, (i, j) = stats.labels[k], stats.angle_index[k], stats.positions[k]
+        for m, (di, dj) in enumerate(NEAR_OFFSETS):
+            ii, jj = i + di, j + dj
+            want = cond[k, c, r, ii, jj] - cond[k, c, r, i, j] if (0 <= ii < P and 0 <= jj < Q) else -np.inf
+            assert (np.isinf(want) and np.isinf(stats.near[k, m])) or abs(stats.near[k, m] - want) <= 1e-9 * abs(
+                cond[k, c, r, i, j])

@@ -209,10 +209,9 @@ class Rotations:
         """The face's pixels: the disc D, (h, h) bool."""
         return self.mask.copy()
 
-    #: the offsets (dr, di, dj) of a pose's neighbours: the 8 corners about it at the same angle, then the
-    #: two neighbouring angles at the same corner
+    #: the offsets (dr, di, dj) of a pose's neighbours in `Stats.near`: the 8 corners about it, at its angle
     neighbours = np.array([(0, -1, -1), (0, -1, 0), (0, -1, 1), (0, 0, -1), (0, 0, 1), (0, 1, -1), (0, 1, 0),
-                           (0, 1, 1), (-1, 0, 0), (1, 0, 0)], dtype=np.int64)
+                           (0, 1, 1)], dtype=np.int64)
 
     def prior_shape(self, n_faces):
         """The shape of the prior A over (face, corner): ``(C, P, Q)`` (the angle's ρ_r factors out)."""
