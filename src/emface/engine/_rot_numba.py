@@ -7,7 +7,6 @@ tests/test_rotations_engine.py to 1e-12.
 from __future__ import annotations
 
 import numba
-import numpy as np
 
 
 @numba.njit(parallel=True, cache=True, fastmath=False)
