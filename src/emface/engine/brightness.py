@@ -61,16 +61,10 @@ def group_map(n_channels, n_groups):
 
 
 def _group_sum(v, gmap, n_groups, axis):
-    """Sum an array's channel axis `axis` into groups."""
+    """Sum an array's channel axis `axis` into groups (`group_map`: one group, or one per channel)."""
     if n_groups == v.shape[axis]:  # one group per channel (or one channel): nothing to add
         return np.asarray(v, dtype=np.float64)
-    if n_groups == 1:
-        return np.sum(v, axis=axis, keepdims=True, dtype=np.float64)
-    v = np.moveaxis(v, axis, -1)
-    out = np.zeros(v.shape[:-1] + (n_groups,))
-    for ch, g in enumerate(gmap):
-        out[..., g] += v[..., ch]
-    return np.moveaxis(out, -1, axis)
+    return np.sum(v, axis=axis, keepdims=True, dtype=np.float64)
 
 
 def _theta_terms(plan, gmap, G):
