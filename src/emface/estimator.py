@@ -243,7 +243,10 @@ class FaceEM(PosteriorMixin, BaseEstimator):
                 history=[src.loglik_to_working(o) for o in self._history_full] if warm else None,
                 should_restart=schedule.RestartRule(always, executor, model),
                 accel=getattr(self, "_accel", None) if warm else None)
-            if self.brightness == "auto" and not groups and not warm and not (is_dask(X) or self.scheduler):
+            # the test is calibrated at the note's converged fit (its maximum-likelihood θ): a fit stopped
+            # by max_iter, a warm start or a cluster's fit keeps the note's model
+            if (self.brightness == "auto" and best.converged and not groups and not warm
+                    and not (is_dask(X) or self.scheduler)):
                 store["brightness_test"] = test = self._brightness_auto(executor, model, best)
                 if test["significant"]:  # refit from the starts with a gain and an offset per image
                     model = self._model((h, w), src, 1)
