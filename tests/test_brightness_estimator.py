@@ -101,6 +101,14 @@ def test_colour_per_channel():
     assert _exact(est, truth) >= 0.95
 
 
+def test_the_option_table_offers_the_engines_choices():
+    from emface.engine.brightness import BRIGHTNESS
+    from emface.options import OPTIONS
+
+    (opt,) = [o for o in OPTIONS if o.name == "brightness"]
+    assert opt.choices == BRIGHTNESS and opt.default == "auto" and opt.flag == "--brightness"
+
+
 def test_bad_values_are_refused(tmp_path):
     X, _, _, _ = _stack(K=30)
     with pytest.raises(ValueError, match="brightness"):

@@ -256,8 +256,11 @@ class FaceEM(PosteriorMixin, BaseEstimator):
                 should_restart=(schedule.RestartRule(always, executor, model) if self.rotations is None
                                 else lambda runs: len(runs) < always),  # the rule's draws know no angles
                 accel=getattr(self, "_accel", None) if warm else None)
-            if (self.brightness == "auto" and not groups and not warm and not (is_dask(X) or self.scheduler)
-                    and self.rotations is None):  # rotations: the note's brightness (rotation_model.check_settings)
+            # the test is calibrated at the note's converged fit (its maximum-likelihood θ): a fit stopped
+            # by max_iter, a warm start or a cluster's fit keeps the note's model; rotations keep the note's
+            # brightness (rotation_model.check_settings)
+            if (self.brightness == "auto" and best.converged and not groups and not warm
+                    and not (is_dask(X) or self.scheduler) and self.rotations is None):
                 store["brightness_test"] = test = self._brightness_auto(executor, model, best)
                 if test["significant"]:  # refit from the starts with a gain and an offset per image
                     model = self._model((h, w), src, 1)

@@ -377,13 +377,15 @@ OPTIONS = (
            'noise`` (MODEL.md): ``"fixed"`` is the note\'s model (every a = 1,\n'
            'b = 0); ``"per_image"`` fits a gain a_k and an offset b_k per image,\n'
            '``"per_channel"`` one per image and channel (white balance). With\n'
-           '``"auto"`` the fit is the note\'s model, then a likelihood-ratio test\n'
-           'at the fitted θ asks whether a gain and offset per image explain the\n'
-           'frames better (2ΔlogL against χ² with 2K degrees of freedom, level\n'
-           '1e-3); only if they do is the stack refitted with ``"per_image"``\n'
-           '(`brightness_`, `brightness_test_`). Frames whose brightness does\n'
-           'not change thus cost one cheap pass more than ``"fixed"``. Per-image\n'
-           'brightness runs batch EM on this machine (not on a Dask cluster).',
+           '``"auto"`` the fit is the note\'s model, then, once it has converged, a\n'
+           'likelihood-ratio test at the fitted θ asks whether a gain and offset\n'
+           'per image explain the frames better (2ΔlogL against χ² with 2K\n'
+           'degrees of freedom, level 1e-3); only if they do is the stack refitted\n'
+           'with ``"per_image"`` (`brightness_`, `brightness_test_`). Frames whose\n'
+           'brightness does not change thus cost one cheap pass more than\n'
+           '``"fixed"``; a fit stopped by `max_iter` keeps the note\'s model.\n'
+           'Per-image brightness runs batch EM on this machine (not on a Dask\n'
+           'cluster).',
            kind="choice", choices=_BRIGHTNESS, flag="--brightness",
            to_cli=_hyphens, from_cli=_underscores,
            cli_doc="Brightness per frame: auto (test, then fit a gain and offset per frame if they change), "
