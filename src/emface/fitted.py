@@ -24,7 +24,6 @@ import numpy as np
 from .em import ETA_MAX
 from .engine.mstep import misfit_z
 from .engine.records import Params
-from .engine.rotations import RotParams
 from .errors import ModelFileError, one_line
 from .persistence import file_name, load_model, save_model
 from .posterior import WORKING_LIMIT, PosteriorSummary, n_values, summarise
@@ -181,8 +180,12 @@ class FittedState:
 
     def __post_init__(self):
         # θ of a file with angles is θ with rotations (the estimator checks the grid against its settings)
-        if self.angles is not None and not isinstance(self.theta, RotParams) and self.angle_prior is not None \
-                and self.angle_prior.shape == self.angles.shape and self.theta.face_shape[0] == self.theta.face_shape[1]:
+        if self.angles is None or getattr(self.theta, "angles", None) is not None:
+            return
+        if self.angle_prior is not None and self.angle_prior.shape == self.angles.shape \
+                and self.theta.face_shape[0] == self.theta.face_shape[1]:
+            from .engine.rotations import RotParams  # scipy.sparse: only for a model with rotations
+
             self.theta = RotParams.from_params(self.theta, self.angles, self.angle_prior)
     #: brightness="auto"'s test (`emface.engine.brightness.brightness_test`); the gains are θ's
     brightness_test: dict | None = _field(None, attr="brightness_test_", convert=_valid(_is_test),

@@ -36,13 +36,25 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .engine.rotations import RotParams
-from .engine.rotstep import chunk_pass, make_rot_plan, rot_free_energy, rot_objective, rot_params_from
 from .mixture import FaceMixture
 
 __all__ = ["RotationMixture", "ANGLE_SEARCHES"]
 
 ANGLE_SEARCHES = ("sparse", "full")
+
+
+def _rotstep():
+    """The rotation engine, imported when a model with rotations runs (scipy.sparse and numba load then:
+    ``from emface import FaceEM`` stays as light as without rotations)."""
+    from .engine import rotstep
+
+    return rotstep
+
+
+def _rot_params():
+    from .engine.rotations import RotParams
+
+    return RotParams
 
 
 @dataclass
@@ -95,13 +107,13 @@ class RotationMixture(FaceMixture):
         batch = chunks is None and per_image
         full = not batch or self.angle_search == "full" or st["next_full"]
         cached = getattr(executor.source, "cache_budget", 0) > 0
-        plan = make_rot_plan(params, hard=self.hard, dtype=executor.config.dtype, workers=executor.config.workers,
+        plan = _rotstep().make_rot_plan(params, hard=self.hard, dtype=executor.config.dtype, workers=executor.config.workers,
                              cache_spectra=cached)
         pending = st["centres"].copy()
 
         def one(chunk, bounds, wm):
             a, b = bounds
-            stats, cen = chunk_pass(chunk, plan, st["centres"][a:b], full=full, width=self.width,
+            stats, cen = _rotstep().chunk_pass(chunk, plan, st["centres"][a:b], full=full, width=self.width,
                                     per_image=per_image, with_moments=wm)
             pending[a:b] = cen
             return stats
@@ -120,7 +132,7 @@ class RotationMixture(FaceMixture):
         """The closed-form M-step with rotations (A, ρ, F by its normal equations, B, s); adopts the angle
         windows of the pass that gave `stats` and schedules the next pass."""
         previous = self.start(previous)
-        params, info = rot_params_from(stats, previous, prior_smoothing=self.prior_smoothing,
+        params, info = _rotstep().rot_params_from(stats, previous, prior_smoothing=self.prior_smoothing,
                                        noise_floor=self.noise_floor, noise=self.noise)
         if not update_prior:
             params.prior = np.array(previous.prior, copy=True)
@@ -155,15 +167,16 @@ class RotationMixture(FaceMixture):
 
     def start(self, params):
         """θ with the angle grid and prior: a `Params` start gets ρ uniform."""
+        RotParams = _rot_params()
         if isinstance(params, RotParams) and np.array_equal(params.angles, self.angles):
             return params
         return RotParams.from_params(params, self.angles)
 
     def objective(self, stats, params):
-        return rot_objective(stats, params, self.prior_smoothing)
+        return _rotstep().rot_objective(stats, params, self.prior_smoothing)
 
     def free_energy(self, stats, params):
-        return rot_free_energy(stats, params, self.prior_smoothing)
+        return _rotstep().rot_free_energy(stats, params, self.prior_smoothing)
 
     def extrapolate(self, old, new, eta):
         """`FaceMixture.extrapolate`, and ρ moved in log space as A is."""
@@ -174,7 +187,7 @@ class RotationMixture(FaceMixture):
         keep = (new.angle_prior > 0) & ~pos
         lr[keep] = np.log(new.angle_prior[keep])
         rho = np.exp(lr - lr.max())
-        return RotParams.from_params(base, new.angles, rho / rho.sum())
+        return _rot_params().from_params(base, new.angles, rho / rho.sum())
 
     def moves(self):
         return []
@@ -187,12 +200,12 @@ def check_settings(est, X=None):
 
     Returns the angle grid (degrees), or None without rotations.
     """
-    from .engine.rotations import angle_grid
-
     if est.angle_search not in ANGLE_SEARCHES:
         raise ValueError(f"angle_search must be one of {list(ANGLE_SEARCHES)}, got {est.angle_search!r}")
     if est.rotations is None:
         return None
+    from .engine.rotations import angle_grid
+
     angles = angle_grid(est.rotations)
     fs = est.face_shape
     if not (isinstance(fs, (tuple, list)) and len(fs) == 2 and all(isinstance(v, (int, np.integer)) for v in fs)):
@@ -215,7 +228,8 @@ def check_settings(est, X=None):
 def rotation_pass(executor, params, *, output=None):
     """One soft pass over all angles under θ (`RotParams`): Stats, and with `output` ("q" or "log_joint")
     the array (K, C, R, P, Q) of every image."""
-    plan = make_rot_plan(params, dtype=executor.config.dtype, workers=executor.config.workers,
+    rs = _rotstep()
+    plan = rs.make_rot_plan(params, dtype=executor.config.dtype, workers=executor.config.workers,
                          cache_spectra=False)
     C, R = params.n_faces, params.angles.size
     P, Q = params.grid_shape
@@ -223,7 +237,7 @@ def rotation_pass(executor, params, *, output=None):
 
     def one(chunk, bounds, wm):
         a, b = bounds
-        res = chunk_pass(chunk, plan, np.full(b - a, -1), full=True, output=output, with_moments=wm)
+        res = rs.chunk_pass(chunk, plan, np.full(b - a, -1), full=True, output=output, with_moments=wm)
         if output is not None:
             full[a:b] = res[2]
         return res[0]
@@ -250,24 +264,3 @@ def draw_means(theta, n, rng):
         win = X[k, pos[k, 0]:pos[k, 0] + h, pos[k, 1]:pos[k, 1] + h]
         win[D] = np.moveaxis(T[labels[k], r[k]], 0, -1)[D]
     return X, labels, pos, r
-
-
-def theta_from_file(params, extra, angles, bad):
-    """`RotParams` from a loaded file's θ and its ``angles`` and ``angle_prior`` arrays, validated
-    against the settings' grid `angles` (`bad(what, value, expected)` makes the error)."""
-    from .engine.rotations import RotParams
-
-    a = extra.get("angles")
-    rho = extra.get("angle_prior")
-    if a is None or rho is None:
-        raise bad("'angles' and 'angle_prior'", None, "the angle grid and its prior (its settings have rotations)")
-    a = np.asarray(a)
-    rho = np.asarray(rho)
-    if a.shape != angles.shape or a.dtype.kind != "f" or not np.allclose(a, angles, rtol=0, atol=1e-9):
-        raise bad("'angles'", a.tolist(), f"the grid of its 'rotations' setting ({angles.size} angles)")
-    if (rho.shape != angles.shape or rho.dtype.kind != "f" or not np.all(np.isfinite(rho)) or np.any(rho < 0)
-            or abs(float(rho.sum()) - 1.0) > 1e-6):
-        raise bad("'angle_prior'", rho.tolist(), f"{angles.size} weights >= 0 summing to 1")
-    if params.faces.shape[2] != params.faces.shape[3]:
-        raise bad("faces", list(params.faces.shape), "square windows (its settings have rotations)")
-    return RotParams.from_params(params, angles, rho / rho.sum())
