@@ -1,0 +1,539 @@
+"""E-step, M-step and objectives of the model with in-plane rotations (MODEL.md, "In-plane rotations").
+
+The latent variable of image k is (c, r, d): face, angle, corner. With the
+disc D and the templates ``T_cr = D∘R_r F_c``,
+
+    L_k(c, r, d) = Σ_ch λ_ch [ ||T_cr||² - 2 (x_k ⋆ T_cr)(d) + (D ⋆ (2 x_k B - B²))(d) ]
+
+and the logits are ``log A(c, d) + log ρ_r - L_k(c, r, d)``. One disc
+correlation per image (an FFT of ``Σ λ x∘B``), one correlation per (c, r) from
+the image's cached spectrum. The sums are those of `Stats` with the (face,
+angle) pairs as its classes: ``N`` (C·R, P, Q), ``S_F`` (C·R, Ch, h, h) =
+``S_(c,r)``, XC with the disc's coverage; so `mstep.expected_sse` with the
+templates as faces is the expected residual.
+
+**Sparse angle search** (Neal and Hinton, 1998). Each image has a set of
+angles its posterior may use: all of them, or a window of ``2·width + 1``
+grid steps about a centre; q is 0 outside. `chunk_pass` takes each image's
+set (`centres`, -1: all angles). On a full sweep (``full=True``) every angle
+is scored and each image gets a new set: the window about its best angle when
+the posterior mass outside that window is at most `SETTLE` (a loss of at most
+`SETTLE` nats in its bound) and, if it had a window before, that window is not
+better; else all angles. The bound reported is that of the restricted q, so
+it never decreases between full sweeps, and by at most `SETTLE` per image
+switching to a window at a full sweep (far below rounding).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from types import SimpleNamespace
+
+import numpy as np
+import scipy.fft as sfft
+import scipy.sparse as sp
+
+from .records import Stats
+from . import kernels
+from .chunk import chunk_spectra, standardized
+from .mstep import MStepInfo, expected_sse, face_sums
+from .rotations import Rotations, RotParams
+
+try:  # the fused loops of the posterior (numba is a dependency; numpy below computes the same)
+    from . import _rot_numba as _nb
+except ImportError:  # pragma: no cover
+    _nb = None
+
+__all__ = ["RotPlan", "make_rot_plan", "chunk_pass", "rot_params_from", "rot_objective", "rot_free_energy",
+           "rot_expected_sse", "SETTLE", "Q_THRESHOLD"]
+
+#: largest posterior mass an image may leave outside its angle window (its bound loses at most this, in nats)
+SETTLE = 1e-12
+#: posterior entries at or below this add nothing measurable to the sums (see `stats.Q_THRESHOLD`)
+Q_THRESHOLD = 1e-24
+#: images whose posterior has at most this many entries above Q_THRESHOLD sum crops, not spectra
+MAX_CROPS = 48
+#: bytes of the per-batch work arrays (logits, correlations)
+BATCH_BYTES = 48 * 2**20
+
+_LOG_2PI = math.log(2.0 * math.pi)
+
+
+@dataclass
+class RotPlan:
+    """What the rotation E-step derives from θ once per pass (working units, λ folded in)."""
+
+    params: RotParams
+    rot: Rotations
+    hard: bool
+    dtype: np.dtype
+    workers: int
+    cache_spectra: bool
+    with_moments: bool
+    lam: np.ndarray        # (Ch,)
+    logA: np.ndarray       # (C, P, Q)
+    log_rho: np.ndarray    # (R,)
+    filters: np.ndarray    # (C·R, Ch, H, W//2+1): conj(rfft2(λ T_cr))
+    face_sq: np.ndarray    # (C, R): Σ_ch λ ||T_cr||²
+    lamB: np.ndarray       # (Ch, H, W)
+    disc_b2: np.ndarray    # (P, Q): D ⋆ Σ λ B²
+    log_const: float
+    backend: str = "numpy"
+
+    @property
+    def grid_shape(self):
+        return self.rot.grid_shape
+
+    @property
+    def image_shape(self):
+        return self.rot.image_shape
+
+
+def make_rot_plan(params, *, hard=False, dtype=np.float64, workers=1, cache_spectra=True, with_moments=True):
+    """Prepare one pass of the rotation E-step from θ (`RotParams`, working units)."""
+    dtype = np.dtype(dtype)
+    C, Ch, h, _ = params.faces.shape
+    H, W = params.image_shape
+    rot = Rotations((H, W), (h, h), params.angles)
+    s2 = params.noise_std ** 2
+    lam = 1.0 / (2.0 * s2)
+    T = rot.templates(params.faces)  # (C, R, Ch, h, h)
+    Tw = T * lam[None, None, :, None, None]
+    cdtype = np.complex64 if dtype == np.float32 else np.complex128
+    R = rot.n_angles
+    filters = np.conj(sfft.rfft2(Tw.reshape(C * R, Ch, h, h), s=(H, W), axes=(-2, -1), workers=workers))
+    with np.errstate(divide="ignore"):
+        logA = np.log(params.prior)
+        log_rho = np.log(params.angle_prior)
+    B = params.background
+    return RotPlan(
+        params=params, rot=rot, hard=bool(hard), dtype=dtype, workers=int(workers),
+        cache_spectra=bool(cache_spectra), with_moments=bool(with_moments), lam=lam, logA=logA, log_rho=log_rho,
+        filters=filters.astype(cdtype, copy=False), face_sq=np.einsum("crdij,crdij->cr", Tw, T),
+        lamB=B * lam[:, None, None], disc_b2=rot.window_sums(np.sum(lam[:, None, None] * B * B, axis=0)),
+        log_const=float(-0.5 * H * W * np.sum(_LOG_2PI + np.log(s2))),
+    )
+
+
+# ----------------------------------------------------------------------------- one batch of images
+
+def _batch_logits(plan, xhat, x64, idx):
+    """Logits and losses of a batch over its angles `idx` (n, m): (n, C, m, P, Q) each, and base (n,)."""
+    n, Ch = x64.shape[:2]
+    C = plan.logA.shape[0]
+    R = plan.rot.n_angles
+    m = idx.shape[1]
+    P, Q = plan.grid_shape
+    H, W = plan.image_shape
+    fil = plan.filters.reshape(C, R, Ch, H, -1)
+    every = m == R and np.array_equal(idx, np.broadcast_to(np.arange(R), idx.shape))
+    if every:
+        y = xhat[:, None, None, 0] * fil[None, :, :, 0]
+        for ch in range(1, Ch):
+            y += xhat[:, None, None, ch] * fil[None, :, :, ch]
+    else:
+        y = xhat[:, None, None, 0] * fil[:, idx, 0].transpose(1, 0, 2, 3, 4)
+        for ch in range(1, Ch):
+            y += xhat[:, None, None, ch] * fil[:, idx, ch].transpose(1, 0, 2, 3, 4)
+    y = y.reshape(n, C * m, H, -1)
+    loss = kernels.correlate_fft(xhat, y, (P, Q), (H, W), workers=plan.workers,
+                                 product=lambda a, b: b).reshape(n, C, m, P, Q)
+    loss = np.ascontiguousarray(loss, dtype=np.float64)
+    xb = plan.rot.window_sums(np.einsum("kdhw,dhw->khw", x64, plan.lamB), plan.workers)  # (n, P, Q)
+    xbt = 2.0 * xb - plan.disc_b2
+    face_sq = np.ascontiguousarray(plan.face_sq[:, idx].transpose(1, 0, 2))  # (n, C, m)
+    log_rho = np.ascontiguousarray(plan.log_rho[idx])  # (n, m)
+    if _nb is not None:
+        lg = np.empty_like(loss)
+        _nb.loss_and_logits(loss.reshape(n, C, m, P * Q), face_sq, xbt.reshape(n, P * Q),
+                            np.ascontiguousarray(plan.logA.reshape(C, P * Q)), log_rho, lg.reshape(n, C, m, P * Q))
+    else:
+        loss *= -2.0
+        loss += xbt[:, None, None]
+        loss += face_sq[..., None, None]
+        lg = (plan.logA[None, :, None] + log_rho[:, None, :, None, None]) - loss
+    resid = x64 - plan.params.background
+    base = plan.log_const - np.einsum("kd,d->k", np.einsum("kdij,kdij->kd", resid, resid), plan.lam)
+    return lg, loss, base
+
+
+def _choose_sets(la, old, width, hard):
+    """New angle windows from per-angle scores la (n, R): (centres (n,), allowed (n, R) bool).
+
+    Soft EM: la is each angle's log-sum-exp of the logits (hard EM: their
+    maximum); an image gets the window about its best angle when the window
+    loses at most `SETTLE` of its mass (hard EM: always, the maximum is
+    inside), unless its previous window scores higher (then it keeps that
+    one: its bound never drops); else all angles.
+    """
+    n, R = la.shape
+    red = (lambda a, axis: np.max(a, axis=axis)) if hard else _lse
+    total = red(la, 1)
+    best = np.argmax(la, axis=1)
+    inside = red(np.take_along_axis(la, _windows(best, R, width), axis=1), 1)
+    with np.errstate(invalid="ignore"):
+        lost = 1.0 - np.exp(np.minimum(inside - total, 0.0))
+    settled = np.isfinite(total) & (hard | (lost <= SETTLE))
+    centres = np.where(settled, best, -1)
+    had = (old >= 0) & (old < R)
+    if had.any():
+        old_in = red(np.take_along_axis(la, _windows(np.where(had, old, 0), R, width), axis=1), 1)
+        centres = np.where(had & settled & (old_in > inside), old, centres)
+    allowed = np.ones((n, R), dtype=bool)
+    sp = centres >= 0
+    if sp.any():
+        allowed[sp] = False
+        w = _windows(centres[sp], R, width)
+        allowed[np.repeat(np.flatnonzero(sp), w.shape[1]), w.ravel()] = True
+    return centres, allowed
+
+
+def _lse(a, axis):
+    mx = np.max(a, axis=axis, keepdims=True)
+    mx = np.where(np.isfinite(mx), mx, 0.0)
+    with np.errstate(divide="ignore"):
+        return np.squeeze(mx, axis) + np.log(np.sum(np.exp(a - mx), axis=axis))
+
+
+def _windows(centres, R, width):
+    """Angle indices of the windows about `centres` (n,): (n, m), m = min(R, 2·width + 1)."""
+    w = min(width, (R - 1) // 2)
+    offs = np.arange(-w, w + 1)
+    if 2 * w + 1 < R or R == 1:
+        return (np.asarray(centres)[:, None] + offs[None, :]) % R
+    return np.broadcast_to(np.arange(R), (len(centres), R)).copy()
+
+
+def _gather_windows(x64, k, i, j, h):
+    """The h×h windows of images k at corners (i, j), (e, Ch·h·h), without copying whole images."""
+    n, Ch, H, W = x64.shape
+    offs = (np.arange(h)[:, None] * W + np.arange(h)[None, :]).ravel()
+    flat = x64.reshape(n, Ch, H * W)
+    return flat[k[:, None, None], np.arange(Ch)[None, :, None], (i * W + j)[:, None, None] + offs[None, None, :]]
+
+
+def _scatter_rows(target, rows, values, weights=None):
+    """``target[rows[e]] += weights[e] · values[e]`` as one sparse product (target (M, ...), values (e, ...))."""
+    e = len(rows)
+    w = np.ones(e) if weights is None else weights
+    S = sp.csr_matrix((w, (rows, np.arange(e))), shape=(target.shape[0], e))
+    flat = target.reshape(target.shape[0], -1)
+    flat += S @ values.reshape(e, -1)
+
+
+def _batch_sums(plan, acc, x64, xhat, q, idx, qd):
+    """Add a batch's M-step sums (N, S_F crops, S_F_hat, XC) under q (n, C, m, P, Q) over angles idx (n, m)."""
+    n, C, m, P, Q = q.shape
+    R = plan.rot.n_angles
+    h = plan.rot.face_shape[0]
+    H, W = plan.image_shape
+    cls = (np.arange(C)[None, :, None] * R + idx[:, None, :]).reshape(n, C * m)  # (face, angle) class per entry
+    qf = q.reshape(n, C * m, P, Q)
+    if m == R:
+        acc.N += qf.sum(axis=0)
+    else:
+        _scatter_rows(acc.N, cls.ravel(), qf.reshape(n * C * m, P * Q))
+    cov = plan.rot.coverage(qd, plan.workers)  # (n, H, W)
+    acc.XC += np.einsum("kdhw,khw->dhw", x64, cov)
+    big = qf > Q_THRESHOLD
+    sparse = np.count_nonzero(big.reshape(n, -1), axis=1) <= MAX_CROPS
+    if sparse.any():
+        k, e, i, j = np.nonzero(big & sparse[:, None, None, None])
+        _scatter_rows(acc.S_F, cls[k, e], _gather_windows(x64, k, i, j, h), qf[k, e, i, j])
+    dense = np.flatnonzero(~sparse)
+    if dense.size:
+        qh = np.conj(sfft.rfft2(qf[dense], s=(H, W), axes=(-2, -1), workers=plan.workers))  # (nd, C·m, H, Wr)
+        xd = xhat[dense].astype(np.complex128)
+        if acc.S_F_hat is None:
+            acc.S_F_hat = np.zeros((C * R, xd.shape[1], H, xd.shape[-1]), dtype=np.complex128)
+        if m == R:
+            acc.S_F_hat += np.einsum("kdhw,kehw->edhw", xd, qh)
+        else:
+            prod = xd[:, None] * qh[:, :, None]  # (nd, C·m, Ch, H, Wr)
+            _scatter_rows(acc.S_F_hat, cls[dense].ravel(), prod.reshape((-1,) + prod.shape[2:]))
+
+
+def chunk_pass(chunk, plan, centres, *, full=True, width=2, per_image=True, output=None, with_moments=None):
+    """The rotation E-step on one chunk and its sufficient statistics.
+
+    Parameters
+    ----------
+    chunk : Chunk
+    plan : RotPlan
+    centres : int array (n,)
+        Each image's angle window (its centre's index), -1 for all angles.
+    full : bool
+        Score every angle and choose new windows (a full sweep); else each
+        image scores only its own set.
+    width : int
+        Half-width of a window, in grid steps.
+    output : {None, "q", "log_joint"}
+        Also return the chunk's posterior or log joint, (n, C, R, P, Q), as
+        (stats, new_centres, array). These passes score every angle and keep no windows.
+    with_moments : bool, optional
+        Compute SX and SXX; None: as the plan says.
+
+    Returns
+    -------
+    Stats (classes are (face, angle) pairs: N (C·R, P, Q), S_F (C·R, Ch, h, h)),
+    new centres (n,)
+    """
+    x = standardized(chunk, plan.dtype, use_numba=False)
+    xhat = chunk_spectra(chunk, plan, x)
+    x64 = x.astype(np.float64, copy=False)
+    n, Ch, H, W = x.shape
+    C = plan.logA.shape[0]
+    R = plan.rot.n_angles
+    P, Q = plan.grid_shape
+    h = plan.rot.face_shape[0]
+    centres = np.asarray(centres, dtype=np.int64).copy()
+    if full or output is not None:
+        centres_in = centres
+        centres = np.full(n, -1, dtype=np.int64)
+    acc = SimpleNamespace(N=np.zeros((C * R, P, Q)), S_F=np.zeros((C * R, Ch, h, h)), S_F_hat=None,
+                          XC=np.zeros((Ch, H, W)))
+    pi = SimpleNamespace(ll=np.empty(n), arg=np.zeros((n, 3), dtype=np.int64), r=np.empty(n, dtype=np.int64),
+                         maxp=np.empty(n), ent=np.empty(n), cprob=np.empty((n, C)), near=np.empty((n, 8)),
+                         chi2=np.empty(n))
+    new_centres = centres.copy()
+    out = None if output is None else np.full((n, C, R, P, Q), -np.inf if output == "log_joint" else 0.0)
+    for group in (np.flatnonzero(centres < 0), np.flatnonzero(centres >= 0)):
+        if group.size == 0:
+            continue
+        m = R if centres[group[0]] < 0 else _windows(np.zeros(1, dtype=np.int64), R, width).shape[1]
+        per = 8 * C * m * P * Q * 5 + 16 * C * m * H * (W // 2 + 1) + 8 * Ch * H * W * 4
+        step = max(1, BATCH_BYTES // per)
+        for a in range(0, group.size, step):
+            g = group[a:a + step]
+            if centres[g[0]] < 0:
+                idx = np.broadcast_to(np.arange(R), (g.size, R))
+            else:
+                idx = _windows(centres[g], R, width)
+            lg, loss, base = _batch_logits(plan, xhat[g], x64[g], idx)
+            if output == "log_joint":
+                out[g] = lg + base[:, None, None, None, None]
+            choose = centres_in[g] if (full and output is None) else None
+            cen = _batch_posterior(plan, acc, pi, g, lg, loss, base, idx, x64[g], xhat[g], output, out, choose,
+                                   width)
+            new_centres[g] = centres[g] if cen is None else cen
+    with_m = plan.with_moments if with_moments is None else with_moments
+    SX, SXX = kernels.moments(x64) if with_m else (None, None)
+    stats = Stats(n_images=n, N=acc.N, S_F=acc.S_F, XC=acc.XC, loglik=float(np.sum(pi.ll)),
+                  entropy_sum=float(np.sum(pi.ent)), S_F_hat=acc.S_F_hat, SX=SX, SXX=SXX)
+    if per_image:
+        stats.labels = pi.arg[:, 0].copy()
+        stats.positions = pi.arg[:, 1:].copy()
+        stats.angle_index = pi.r
+        stats.image_loglik = pi.ll
+        stats.max_prob = pi.maxp
+        stats.entropy = pi.ent
+        stats.class_prob = pi.cprob
+        stats.near = pi.near
+        stats.chi2 = pi.chi2
+        stats.empty_prob = np.zeros(n)
+    if output is not None:
+        return stats, new_centres, out
+    return stats, new_centres
+
+
+def _soft_posterior(lg, loss, choose, width):
+    """Soft posterior of a batch, q (n, C, m, P, Q) written over the logits, restricted to new windows when
+    `choose` (the old centres) is given. Returns q, top (log-sum-exp), arg, maxp, the per-angle marginal
+    (n, m), ``E_q[L]`` (n,), the marginal over angles (n, C, P, Q), and the new centres (or None)."""
+    n, C, m, P, Q = lg.shape
+    flat = lg.reshape(n, C, m, P * Q)
+    arg = np.argmax(lg.reshape(n, -1), axis=1)
+    mx = lg.reshape(n, -1)[np.arange(n), arg]
+    flat -= mx[:, None, None, None]
+    np.exp(flat, out=flat)  # numpy's vectorised exp beats a loop's
+    ang = flat.sum(axis=(1, 3))  # (n, m)
+    cen = None
+    allowed = np.ones((n, m), dtype=bool)
+    if choose is not None:
+        with np.errstate(divide="ignore"):
+            la = np.log(ang) + mx[:, None]
+        cen, allowed = _choose_sets(la, choose, width, False)
+        ang = ang * allowed
+    z = ang.sum(axis=1)
+    weight = allowed / z[:, None]
+    if _nb is not None:
+        el = np.empty(n)
+        qcd = np.empty((n, C, P * Q))
+        _nb.normalise(flat, weight, loss.reshape(n, C, m, P * Q), el, qcd)
+        qcd = qcd.reshape(n, C, P, Q)
+    else:
+        flat *= weight[:, None, :, None]
+        with np.errstate(invalid="ignore"):
+            el = np.einsum("ij,ij->i", flat.reshape(n, -1), np.where(flat > 0, loss.reshape(flat.shape), 0.0)
+                           .reshape(n, -1))
+        qcd = lg.sum(axis=2)
+    return lg, mx + np.log(z), arg, 1.0 / z, ang / z[:, None], el, qcd, cen
+
+
+def _batch_posterior(plan, acc, pi, g, lg, loss, base, idx, x64, xhat, output, out, choose, width):
+    """The posterior of a batch, its per-image summaries and its sums; returns the new windows (or None)."""
+    n, C, m, P, Q = lg.shape
+    rows = np.arange(n)
+    if plan.hard:
+        flat = lg.reshape(n, -1)
+        arg = np.argmax(flat, axis=1)
+        top = flat[rows, arg]
+        cen = None
+        if choose is not None:
+            la = lg.transpose(0, 2, 1, 3, 4).reshape(n, m, -1).max(axis=2)
+            cen, _ = _choose_sets(la, choose, width, True)
+        maxp, ent = np.ones(n), np.zeros(n)
+        c, rem = np.divmod(arg, m * P * Q)
+        j, d = np.divmod(rem, P * Q)
+        i, jj = np.divmod(d, Q)
+        cprob = np.zeros((n, C))
+        cprob[rows, c] = 1.0
+        el = loss.reshape(n, -1)[rows, arg]
+        q = None
+    else:
+        q, top, arg, maxp, qr, el, qcd, cen = _soft_posterior(lg, loss, choose, width)
+        c, rem = np.divmod(arg, m * P * Q)
+        j, d = np.divmod(rem, P * Q)
+        i, jj = np.divmod(d, Q)
+        cprob = qcd.sum(axis=(2, 3))
+        with np.errstate(invalid="ignore"):
+            logA = np.where(np.isfinite(plan.logA), plan.logA, 0.0)
+            logr = np.where(np.isfinite(plan.log_rho), plan.log_rho, 0.0)[idx]
+        prior_part = np.einsum("kcpq,cpq->k", qcd, logA) + np.einsum("kj,kj->k", qr, logr)
+        ent = np.maximum(top - (prior_part - el), 0.0)  # H(q) = log Z - E_q[logit]
+    pi.arg[g, 0], pi.arg[g, 1], pi.arg[g, 2] = c, i, jj
+    pi.r[g] = idx[rows, j]
+    pi.ll[g] = top + base
+    pi.maxp[g] = maxp
+    pi.ent[g] = ent
+    pi.cprob[g] = cprob
+    pi.near[g] = kernels.neighbour_gains(loss.reshape(n, C * m, P, Q), arg)
+    pi.chi2[g] = 2.0 * ((plan.log_const - base) + el)
+    if output == "q":
+        qq = q if q is not None else _one_hot(lg.shape, arg)
+        for k in range(m):
+            out[g, :, idx[:, k]] = qq[:, :, k]
+    if output != "log_joint":
+        if plan.hard:
+            _hard_sums(plan, acc, x64, c, idx[rows, j], i, jj)
+        else:
+            _batch_sums(plan, acc, x64, xhat, q, idx, qcd.sum(axis=1))
+    return cen
+
+
+def _one_hot(shape, arg):
+    q = np.zeros(shape)
+    q.reshape(shape[0], -1)[np.arange(shape[0]), arg] = 1.0
+    return q
+
+
+def _hard_sums(plan, acc, x64, c, r, i, j):
+    """The sums of one-hot posteriors at (face c, angle r, corner (i, j)): counts, crops and disc coverages."""
+    n = len(c)
+    R = plan.rot.n_angles
+    h = plan.rot.face_shape[0]
+    P, Q = plan.grid_shape
+    cls = c * R + r
+    np.add.at(acc.N, (cls, i, j), 1.0)
+    _scatter_rows(acc.S_F, cls, _gather_windows(x64, np.arange(n), i, j, h))
+    D = plan.rot.mask
+    for k in range(n):  # a disc pasted per image: h² values each
+        acc.XC[:, i[k]:i[k] + h, j[k]:j[k] + h] += x64[k, :, i[k]:i[k] + h, j[k]:j[k] + h] * D
+
+
+# ----------------------------------------------------------------------------- M-step and objectives
+
+def _templates_flat(rot, faces):
+    C, Ch, h, _ = faces.shape
+    return rot.templates(faces).reshape(C * rot.n_angles, Ch, h, h)
+
+
+def rot_expected_sse(stats, params, rot=None, S_F=None, cover=None):
+    """``E_q Σ_k ||X_k - μ_(c,r,d)||²`` per channel (Ch,): `mstep.expected_sse` with the templates as faces
+    and the disc's coverage."""
+    C = params.n_faces
+    R = params.angles.size
+    rot = rot or Rotations(params.image_shape, params.face_shape, params.angles)
+    if cover is None:
+        P, Q = rot.grid_shape
+        cover = rot.coverage(stats.N.reshape(C, R, P, Q).sum(axis=(0, 1)))
+    return expected_sse(stats, _templates_flat(rot, params.faces), params.background, S_F=S_F, cover=cover)
+
+
+def rot_params_from(stats, previous, *, prior_smoothing=0.0, noise_floor=1e-12, noise="shared"):
+    """The M-step with rotations: A(c, d) and ρ_r (the factored prior's marginals, each with α pseudo-counts),
+    F_c from the normal equations, B and s² as without rotations but with the disc's coverage.
+
+    Returns (RotParams, MStepInfo).
+    """
+    if stats.SX is None or stats.SXX is None:
+        raise ValueError("the M-step needs SX and SXX: run the pass with with_moments=True")
+    C, Ch, h, _ = previous.faces.shape
+    R = previous.angles.size
+    rot = Rotations(previous.image_shape, (h, h), previous.angles)
+    P, Q = rot.grid_shape
+    K = float(stats.n_images)
+    H, W = previous.image_shape
+    alpha = float(prior_smoothing)
+    info = MStepInfo()
+    N4 = np.maximum(stats.N, 0.0).reshape(C, R, P, Q)
+    A = (N4.sum(axis=1) + alpha) / (K + alpha * C * P * Q)
+    rho = (N4.sum(axis=(0, 2, 3)) + alpha) / (K + alpha * R)
+    S = face_sums(stats)  # (C·R, Ch, h, h)
+    N_cr = N4.sum(axis=(2, 3))
+    F, empty = rot.solve_faces(S.reshape(C, R, Ch, h, h), N_cr, previous.faces)
+    info.empty_faces = empty
+    cover = rot.coverage(N4.sum(axis=(0, 1)))
+    free = K - cover
+    ok = free > 1e-9 * K
+    B = np.empty((Ch, H, W))
+    np.divide(stats.SX - stats.XC, free, out=B, where=np.broadcast_to(ok, B.shape))
+    if not ok.all():
+        info.n_uncovered = int((~ok).sum())
+        B[:, ~ok] = previous.background[:, ~ok]
+    new = RotParams(faces=F, background=B, noise_std=previous.noise_std, prior=A, angles=previous.angles.copy(),
+                    angle_prior=rho)
+    sse = rot_expected_sse(stats, new, rot, S_F=S, cover=cover)
+    if noise == "per_channel":
+        s2 = sse / (K * H * W)
+    else:
+        s2 = np.full(Ch, sse.sum() / (K * H * W * Ch))
+    if not np.isfinite(s2).all():
+        raise FloatingPointError(f"the noise variance became non-finite in the M-step (s² = {s2})")
+    floor2 = float(noise_floor) ** 2
+    if (s2 < floor2).any():
+        s2 = np.maximum(s2, floor2)
+        info.s_floored = True
+    new.noise_std = np.sqrt(s2)
+    return new, info
+
+
+def _smoothing(params, alpha):
+    if alpha > 0:
+        with np.errstate(divide="ignore"):
+            return alpha * (float(np.sum(np.log(params.prior))) + float(np.sum(np.log(params.angle_prior))))
+    return 0.0
+
+
+def rot_objective(stats, params, prior_smoothing=0.0):
+    """The objective the rotation EM increases: the (restricted) log-likelihood or MAP joint, plus
+    ``α (Σ log A + Σ log ρ)``."""
+    return stats.loglik + _smoothing(params, float(prior_smoothing))
+
+
+def rot_free_energy(stats, params, prior_smoothing=0.0):
+    """``E_q[log p(X, c, r, d | θ)] + H(q)`` of the posteriors summed in `stats`, under any θ."""
+    C = params.n_faces
+    R = params.angles.size
+    P, Q = params.grid_shape
+    K = float(stats.n_images)
+    H, W = params.image_shape
+    s2 = params.noise_std ** 2
+    N4 = stats.N.reshape(C, R, P, Q)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        logp = np.log(params.prior)[:, None] + np.log(params.angle_prior)[None, :, None, None]
+        prior_term = float(np.sum(np.where(N4 > 0, N4 * logp, 0.0)))
+    sse = rot_expected_sse(stats, params)
+    gauss = -0.5 * K * H * W * float(np.sum(_LOG_2PI + np.log(s2))) - float(np.sum(sse / (2.0 * s2)))
+    return prior_term + gauss + stats.entropy_sum + _smoothing(params, float(prior_smoothing))

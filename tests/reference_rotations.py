@@ -1,0 +1,183 @@
+"""A brute-force implementation of the model with in-plane rotations, from MODEL.md, for the tests.
+
+Loops over faces, angles and positions and builds every mean image
+μ_(c,r,d) explicitly: the face turned pixel by pixel with Keys cubic
+convolution (a = -1/2, samples outside the window read 0) inside the disc D
+inscribed in the window, the background elsewhere. Shares no code with emface.
+
+Layouts are the user's, channels last: X (K, H, W, Ch), F (C, h, h, Ch),
+B (H, W, Ch), s (Ch,), A (C, P, Q), rho (R,), angles in degrees.
+"""
+
+import math
+
+import numpy as np
+
+
+def keys(t, a=-0.5):
+    t = abs(t)
+    if t <= 1:
+        return (a + 2) * t ** 3 - (a + 3) * t ** 2 + 1
+    if t < 2:
+        return a * t ** 3 - 5 * a * t ** 2 + 8 * a * t - 4 * a
+    return 0.0
+
+
+def disc(h):
+    c = (h - 1) / 2
+    return np.array([[(i - c) ** 2 + (j - c) ** 2 <= (h / 2) ** 2 for j in range(h)] for i in range(h)])
+
+
+def rotation_weights(h, angle):
+    """The dense h²×h² matrix of D∘R_θ, one output pixel at a time."""
+    D = disc(h)
+    c = (h - 1) / 2
+    th = math.radians(angle)
+    M = np.zeros((h * h, h * h))
+    for i in range(h):
+        for j in range(h):
+            if not D[i, j]:
+                continue
+            x, y = j - c, -(i - c)
+            xs = math.cos(th) * x + math.sin(th) * y
+            ys = -math.sin(th) * x + math.cos(th) * y
+            u, v = c - ys, c + xs
+            if abs(u - round(u)) < 1e-9:
+                u = float(round(u))
+            if abs(v - round(v)) < 1e-9:
+                v = float(round(v))
+            for a in range(math.floor(u) - 1, math.floor(u) + 3):
+                for b in range(math.floor(v) - 1, math.floor(v) + 3):
+                    if 0 <= a < h and 0 <= b < h:
+                        M[i * h + j, a * h + b] += keys(u - a) * keys(v - b)
+    return M
+
+
+def rotate(F, angle):
+    """D∘R_θ F for a face (h, h, Ch): the turned face inside the disc, 0 outside."""
+    h = F.shape[0]
+    M = rotation_weights(h, angle)
+    return np.stack([(M @ F[..., ch].ravel()).reshape(h, h) for ch in range(F.shape[-1])], axis=-1)
+
+
+def mean_image(T, B, i, j):
+    """μ: B with the disc pixels of the window at (i, j) replaced by the turned face T (h, h, Ch)."""
+    mu = np.array(B, dtype=np.float64, copy=True)
+    h = T.shape[0]
+    D = disc(h)
+    win = mu[i:i + h, j:j + h]
+    win[D] = T[D]
+    return mu
+
+
+def log_joint(X, F, B, s, A, rho, angles):
+    """log p(X_k, c, r, d | θ) for every image, face, angle and corner: (K, C, R, P, Q)."""
+    K, H, W, Ch = X.shape
+    C, h = F.shape[:2]
+    R = len(angles)
+    P, Q = H - h + 1, W - h + 1
+    const = sum(-0.5 * H * W * math.log(2 * math.pi * s[ch] ** 2) for ch in range(Ch))
+    out = np.empty((K, C, R, P, Q))
+    for c in range(C):
+        for r in range(R):
+            T = rotate(F[c], angles[r])
+            for i in range(P):
+                for j in range(Q):
+                    mu = mean_image(T, B, i, j)
+                    for k in range(K):
+                        res = X[k] - mu
+                        ll = const - sum(np.sum(res[..., ch] ** 2) / (2 * s[ch] ** 2) for ch in range(Ch))
+                        with np.errstate(divide="ignore"):
+                            out[k, c, r, i, j] = ll + math.log(A[c, i, j]) + math.log(rho[r]) \
+                                if A[c, i, j] > 0 and rho[r] > 0 else -math.inf
+    return out
+
+
+def log_likelihood(X, *theta):
+    lj = log_joint(X, *theta)
+    flat = lj.reshape(len(X), -1)
+    m = flat.max(axis=1)
+    return m + np.log(np.exp(flat - m[:, None]).sum(axis=1))
+
+
+def posterior(X, *theta):
+    lj = log_joint(X, *theta)
+    flat = lj.reshape(len(X), -1)
+    e = np.exp(flat - flat.max(axis=1, keepdims=True))
+    return (e / e.sum(axis=1, keepdims=True)).reshape(lj.shape)
+
+
+def lower_bound(X, F, B, s, A, rho, angles, q):
+    """``Σ_k Σ q log p(X_k, c, r, d | θ) + H(q)`` with 0·log 0 = 0."""
+    lj = log_joint(X, F, B, s, A, rho, angles)
+    pos = q > 0
+    return float(np.sum(q[pos] * lj[pos]) - np.sum(q[pos] * np.log(q[pos])))
+
+
+def sums(X, q, h):
+    """N (C, R, P, Q), S_(c,r) (C, R, h, h, Ch) and XC (H, W, Ch), cover (H, W), by loops."""
+    K, H, W, Ch = X.shape
+    C, R, P, Q = q.shape[1:]
+    D = disc(h)
+    N = q.sum(axis=0)
+    S = np.zeros((C, R, h, h, Ch))
+    XC = np.zeros((H, W, Ch))
+    cover = np.zeros((H, W))
+    for k in range(K):
+        for c in range(C):
+            for r in range(R):
+                for i in range(P):
+                    for j in range(Q):
+                        w = q[k, c, r, i, j]
+                        if w == 0:
+                            continue
+                        S[c, r] += w * X[k, i:i + h, j:j + h]
+                        m = np.zeros((H, W))
+                        m[i:i + h, j:j + h] = D
+                        XC += w * m[..., None] * X[k]
+                        cover += w * m
+    return N, S, XC, cover
+
+
+def m_step(X, q, angles, F_prev, B_prev, alpha=0.0):
+    """The M-step from the definitions: A and ρ the marginals (with α), F minimising the expected residual
+    by a dense solve of its normal equations (pixels no operator reaches keep F_prev), B per pixel, then s².
+
+    Returns F (C, h, h, Ch), B (H, W, Ch), s (Ch,) shared, A (C, P, Q), rho (R,).
+    """
+    K, H, W, Ch = X.shape
+    C, R, P, Q = q.shape[1:]
+    h = F_prev.shape[1]
+    N, S, XC, cover = sums(X, q, h)
+    A = (N.sum(axis=1) + alpha) / (K + alpha * C * P * Q)
+    rho = (N.sum(axis=(0, 2, 3)) + alpha) / (K + alpha * R)
+    Ms = [rotation_weights(h, a) for a in angles]
+    F = np.array(F_prev, dtype=np.float64, copy=True)
+    for c in range(C):
+        Ncr = N[c].sum(axis=(1, 2))
+        if Ncr.sum() == 0:
+            continue
+        G = sum(Ncr[r] * Ms[r].T @ Ms[r] for r in range(R))
+        act = np.diag(G) > 1e-12 * np.diag(G).max()
+        for ch in range(Ch):
+            rhs = sum(Ms[r].T @ S[c, r, ..., ch].ravel() for r in range(R))
+            f = F[c, ..., ch].ravel().copy()
+            f[act] = np.linalg.solve(G[np.ix_(act, act)], rhs[act] - G[np.ix_(act, ~act)] @ f[~act])
+            F[c, ..., ch] = f.reshape(h, h)
+    B = np.array(B_prev, dtype=np.float64, copy=True)
+    free = K - cover
+    for a in range(H):
+        for b in range(W):
+            if free[a, b] > 1e-9 * K:
+                B[a, b] = (X[:, a, b].sum(axis=0) - XC[a, b]) / free[a, b]
+    sse = 0.0
+    for k in range(K):
+        for c in range(C):
+            for r in range(R):
+                T = rotate(F[c], angles[r])
+                for i in range(P):
+                    for j in range(Q):
+                        if q[k, c, r, i, j] > 0:
+                            sse += q[k, c, r, i, j] * np.sum((X[k] - mean_image(T, B, i, j)) ** 2)
+    s = np.full(Ch, math.sqrt(sse / (K * H * W * Ch)))
+    return F, B, s, A, rho
