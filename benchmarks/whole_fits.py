@@ -27,31 +27,31 @@ Columns:
 - s/it / E+M: how much a whole iteration costs beyond its E- and M-steps;
 - ratio: s/it over the matching grey (or one-face) row's s/it, the figure
   issue 19 judges (3 channels <= 1.6x grey, C = 8 <= 6x one face);
+- CPU ...: the same four figures in CPU seconds of this process (all its
+  threads), steadier than wall seconds on a machine that others share;
 - passes: E-step passes of the 10-iteration fit minus those of the 2-iteration
   fit (8 when every iteration is one pass);
 - runs: EM runs (restarts) of the 2- and of the 10-iteration fit;
 - maxp: the 10-iteration fit's mean posterior probability of the chosen
   position (near 1: sharp; lower: spread).
 
-With ``--profile`` each 10-iteration fit is run once more with its time split
-(exclusive: a step called inside a move counts as the step) into E-step
+With ``--profile`` each 10-iteration fit is run once more with its CPU time
+split (exclusive: a step called inside a move counts as the step) into E-step
 passes, M-steps, the objective, over-relaxation's extrapolation, the starts,
-the restart rule's decisiveness draws and the moves' own work.
+the restart rule's decisiveness draws and the moves' own work; "rest" is the
+fit's own work (checks, the map to working units, storing the result).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
+import os
 import time
-import warnings
-from collections import defaultdict
 
 import numpy as np
 from scipy import ndimage
 
-from _common import cpu_count, time_iterations
-from emface import FaceEM
+from _common import Profile, counted_fit, cpu_count, time_iterations, whole_iteration
 
 SHAPE, FACE, K = (128, 128), (48, 48), 2000
 QUICK = ((64, 64), (24, 24), 400)
@@ -82,103 +82,31 @@ def smooth_stack(K, image_shape, face_shape, *, n_faces=1, colour=False, noise=1
     return X
 
 
-# ---------------------------------------------------------------------------------------------- profiling
-class Profile:
-    """Exclusive seconds and calls of the patched functions (a stack of timers: the inner one owns its time)."""
-
-    def __init__(self):
-        self.seconds = defaultdict(float)
-        self.calls = defaultdict(int)
-        self._stack = []
-
-    def wrap(self, name, fn):
-        def timed(*a, **kw):
-            now = time.perf_counter()
-            if self._stack:
-                outer, since = self._stack[-1]
-                self.seconds[outer] += now - since
-            self._stack.append([name, now])
-            try:
-                return fn(*a, **kw)
-            finally:
-                end = time.perf_counter()
-                _, since = self._stack.pop()
-                self.seconds[name] += end - since
-                self.calls[name] += 1
-                if self._stack:
-                    self._stack[-1][1] = end
-        return timed
-
-
-@contextlib.contextmanager
-def profiled(prof):
-    """Patch the steps, starts, the restart rule's draws and the moves to record into `prof`."""
-    import emface.estimator as est_mod
-    import emface.moves as moves_mod
-    from emface.mixture import FaceMixture
-
-    targets = [(FaceMixture, "e_step"), (FaceMixture, "m_step"), (FaceMixture, "objective"),
-               (FaceMixture, "extrapolate"), (est_mod, "auto_start"), (est_mod, "random_start"),
-               (est_mod, "_model_decisiveness"), (moves_mod, "shift_escape"), (moves_mod, "split_merge")]
-    saved = [(obj, name, obj.__dict__[name]) for obj, name in targets]
-    try:
-        for obj, name, fn in saved:
-            setattr(obj, name, prof.wrap(name, fn))
-        yield prof
-    finally:
-        for obj, name, fn in saved:
-            setattr(obj, name, fn)
-
-
-def _count_passes():
-    """A context counting E-step passes (FaceMixture.e_step calls)."""
-    prof = Profile()
-    return profiled(prof), prof
-
-
 # ---------------------------------------------------------------------------------------------- timing
-def fit(X, face_shape, max_iter, **kw):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        t = time.perf_counter()
-        ctx, prof = _count_passes()
-        with ctx:
-            est = FaceEM(face_shape, max_iter=max_iter, tol=0.0, random_state=0, **kw).fit(X)
-        return est, time.perf_counter() - t, prof
-
-
-def whole_iteration(X, face_shape, repeats, **kw):
-    """(median s/it by the 10 - 2 protocol, extra passes, maxp, the 10-iteration fit's runs)."""
-    fit(X[:100], face_shape, 2, **kw)  # untimed: compiles this case's kernels
-    per_it = []
-    for _ in range(repeats):
-        est2, t2, p2 = fit(X, face_shape, 2, **kw)
-        est, t10, p10 = fit(X, face_shape, 10, **kw)
-        per_it.append((t10 - t2) / 8)
-    passes = p10.calls["e_step"] - p2.calls["e_step"]
-    maxp = float(np.mean(est.posterior_summary(X if kw.get("hard") else None).probability))
-    return float(np.median(per_it)), passes, maxp, (len(est2.runs_), len(est.runs_))
-
-
 def em_only(X, face_shape, n_faces, hard, repeats):
-    times, _, _ = time_iterations(X, face_shape, n_faces=n_faces, hard=hard, n_iter=max(3, repeats), start="auto")
-    return float(np.median(times))
+    """(median wall, median CPU) seconds of one E-step pass plus one M-step, from the data-driven start."""
+    clock = []
+
+    class cpu:  # the CPU seconds of each timed iteration, beside time_iterations' wall seconds
+        def __enter__(self):
+            self.c = time.process_time()
+
+        def __exit__(self, *exc):
+            clock.append(time.process_time() - self.c)
+
+    times, _, _ = time_iterations(X, face_shape, n_faces=n_faces, hard=hard, n_iter=max(3, repeats), start="auto",
+                                  probe=cpu)
+    return float(np.median(times)), float(np.median(clock))
 
 
 def profile_row(X, face_shape, **kw):
-    prof = Profile()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        t = time.perf_counter()
-        with profiled(prof):
-            est = FaceEM(face_shape, max_iter=10, tol=0.0, random_state=0, **kw).fit(X)
-        total = time.perf_counter() - t
-    parts = ", ".join(f"{n} {prof.seconds[n]:.2f}s/{prof.calls[n]}" for n in sorted(prof.seconds, key=lambda n:
-                                                                                     -prof.seconds[n]))
-    rest = total - sum(prof.seconds.values())
-    print(f"    profile of the 10-iteration fit ({total:.2f} s, {len(est.runs_)} run(s), "
-          f"n_iter {[r['n_iter'] for r in est.runs_] if isinstance(est.runs_[0], dict) else '?'}): "
-          f"{parts}, rest {rest:.2f}s", flush=True)
+    """Where the 10-iteration fit's CPU time goes (exclusive seconds / calls)."""
+    est, wall, cpu, prof = counted_fit(X, face_shape, 10, profile=Profile(time.process_time), **kw)
+    parts = ", ".join(f"{n} {prof.seconds[n]:.2f}s/{prof.calls[n]}"
+                      for n in sorted(prof.seconds, key=lambda n: -prof.seconds[n]))
+    print(f"    CPU profile of the 10-iteration fit ({cpu:.2f} s CPU, {wall:.2f} s wall, runs "
+          f"{[r['n_iter'] for r in est.runs_]} iterations): {parts}, rest {cpu - sum(prof.seconds.values()):.2f}s",
+          flush=True)
 
 
 CASES = {
@@ -192,22 +120,26 @@ def main(quick=False, repeats=3, only=None, profile=False, noises=(1.0, 3.0), ha
     (H, W), (h, w), n = QUICK if quick else (SHAPE, FACE, K)
     print(f"whole FaceEM iterations at {H}x{W}, a {h}x{w} face, K={n}, smooth random faces, "
           f"{cpu_count()} worker(s): (fit(max_iter=10) - fit(max_iter=2)) / 8, tol=0, the default start, "
-          f"median of {repeats}")
-    print(f"| group | case | EM | noise | s/it | E+M | s/it / E+M | ratio | passes | runs | maxp |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          f"median of {repeats}; load average {os.getloadavg()[0]:.1f}")
+    print("| group | case | EM | noise | s/it | E+M | s/it / E+M | ratio | CPU s/it | CPU E+M | CPU / E+M | "
+          "CPU ratio | passes | runs | maxp |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for group, cases in CASES.items():
         if only and group != only:
             continue
         for noise in noises:
             for hard in hards:
-                base = None
+                base = cbase = None
                 for label, C, colour in cases:
                     X = smooth_stack(n, (H, W), (h, w), n_faces=C, colour=colour, noise=noise, seed=0)
-                    sit, passes, maxp, runs = whole_iteration(X, (h, w), repeats, n_faces=C, hard=hard)
-                    em = em_only(X, (h, w), C, hard, repeats)
-                    base = base or sit
-                    print(f"| {group} | {label} | {'hard' if hard else 'soft'} | {noise:g} | {sit:.3f} | "
-                          f"{em:.3f} | {sit / em:.2f} | {sit / base:.2f} | {passes} | {runs[0]}, {runs[1]} | {maxp:.3f} |", flush=True)
+                    r = whole_iteration(X, (h, w), repeats, n_faces=C, hard=hard)
+                    sit, cit, passes, runs = r["wall"], r["cpu"], r["passes"], r["runs"]
+                    maxp = float(np.mean(r["est"].posterior_summary(X if hard else None).probability))
+                    em, cem = em_only(X, (h, w), C, hard, repeats)
+                    base, cbase = base or sit, cbase or cit
+                    print(f"| {group} | {label} | {'hard' if hard else 'soft'} | {noise:g} | {sit:.3f} | {em:.3f} | "
+                          f"{sit / em:.2f} | {sit / base:.2f} | {cit:.3f} | {cem:.3f} | {cit / cem:.2f} | "
+                          f"{cit / cbase:.2f} | {passes} | {runs[0]}, {runs[1]} | {maxp:.3f} |", flush=True)
                     if profile:
                         profile_row(X, (h, w), n_faces=C, hard=hard)
 
