@@ -35,6 +35,8 @@ Columns:
 - maxp: the 10-iteration fit's mean posterior probability of the chosen
   position (near 1: sharp; lower: spread).
 
+The table is also saved to ``benchmarks/results/whole_fits.md`` (git-ignored).
+
 With ``--profile`` each 10-iteration fit is run once more with its CPU time
 split (exclusive: a step called inside a move counts as the step) into E-step
 passes, M-steps, the objective, over-relaxation's extrapolation, the starts,
@@ -99,14 +101,22 @@ def em_only(X, face_shape, n_faces, hard, repeats):
     return float(np.median(times)), float(np.median(clock))
 
 
+_LINES = []
+
+
+def say(line):
+    """Print a line of the table and keep it for benchmarks/results/."""
+    _LINES.append(line)
+    print(line, flush=True)
+
+
 def profile_row(X, face_shape, **kw):
     """Where the 10-iteration fit's CPU time goes (exclusive seconds / calls)."""
     est, wall, cpu, prof = counted_fit(X, face_shape, 10, profile=Profile(time.process_time), **kw)
     parts = ", ".join(f"{n} {prof.seconds[n]:.2f}s/{prof.calls[n]}"
                       for n in sorted(prof.seconds, key=lambda n: -prof.seconds[n]))
-    print(f"    CPU profile of the 10-iteration fit ({cpu:.2f} s CPU, {wall:.2f} s wall, runs "
-          f"{[r['n_iter'] for r in est.runs_]} iterations): {parts}, rest {cpu - sum(prof.seconds.values()):.2f}s",
-          flush=True)
+    say(f"    CPU profile of the 10-iteration fit ({cpu:.2f} s CPU, {wall:.2f} s wall, runs "
+        f"{[r['n_iter'] for r in est.runs_]} iterations): {parts}, rest {cpu - sum(prof.seconds.values()):.2f}s")
 
 
 CASES = {
@@ -118,12 +128,13 @@ CASES = {
 
 def main(quick=False, repeats=3, only=None, profile=False, noises=(1.0, 3.0), hards=(False, True)):
     (H, W), (h, w), n = QUICK if quick else (SHAPE, FACE, K)
-    print(f"whole FaceEM iterations at {H}x{W}, a {h}x{w} face, K={n}, smooth random faces, "
-          f"{cpu_count()} worker(s): (fit(max_iter=10) - fit(max_iter=2)) / 8, tol=0, the default start, "
-          f"median of {repeats}; load average {os.getloadavg()[0]:.1f}")
-    print("| group | case | EM | noise | s/it | E+M | s/it / E+M | ratio | CPU s/it | CPU E+M | CPU / E+M | "
-          "CPU ratio | passes | runs | maxp |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    say(f"whole FaceEM iterations at {H}x{W}, a {h}x{w} face, K={n}, smooth random faces, "
+        f"{cpu_count()} worker(s): (fit(max_iter=10) - fit(max_iter=2)) / 8, tol=0, the default start, "
+        f"median of {repeats}; load average {os.getloadavg()[0]:.1f} at the start")
+    say("")
+    say("| group | case | EM | noise | s/it | E+M | s/it / E+M | ratio | CPU s/it | CPU E+M | CPU / E+M | "
+        "CPU ratio | passes | runs | maxp |")
+    say("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for group, cases in CASES.items():
         if only and group != only:
             continue
@@ -137,11 +148,19 @@ def main(quick=False, repeats=3, only=None, profile=False, noises=(1.0, 3.0), ha
                     maxp = float(np.mean(r["est"].posterior_summary(X if hard else None).probability))
                     em, cem = em_only(X, (h, w), C, hard, repeats)
                     base, cbase = base or sit, cbase or cit
-                    print(f"| {group} | {label} | {'hard' if hard else 'soft'} | {noise:g} | {sit:.3f} | {em:.3f} | "
-                          f"{sit / em:.2f} | {sit / base:.2f} | {cit:.3f} | {cem:.3f} | {cit / cem:.2f} | "
-                          f"{cit / cbase:.2f} | {passes} | {runs[0]}, {runs[1]} | {maxp:.3f} |", flush=True)
+                    say(f"| {group} | {label} | {'hard' if hard else 'soft'} | {noise:g} | {sit:.3f} | {em:.3f} | "
+                        f"{sit / em:.2f} | {sit / base:.2f} | {cit:.3f} | {cem:.3f} | {cit / cem:.2f} | "
+                        f"{cit / cbase:.2f} | {passes} | {runs[0]}, {runs[1]} | {maxp:.3f} |")
                     if profile:
                         profile_row(X, (h, w), n_faces=C, hard=hard)
+    say("")
+    say(f"load average at the end: {os.getloadavg()[0]:.1f}")
+    out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
+                       "whole_fits-quick.md" if quick else "whole_fits.md")
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with open(out, "w") as fh:
+        fh.write("\n".join(_LINES) + "\n")
+    print(f"saved {out}")
 
 
 if __name__ == "__main__":
