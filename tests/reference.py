@@ -262,3 +262,34 @@ def m_step_flat(X, q, C, P, Q, h, w, alpha=0.0, previous_B=None, previous_F=None
                 sse += q[k, z] * (r * r).sum(axis=(0, 1))
     s = np.sqrt(sse / (K * H * W)) if per_channel else np.full(Ch, math.sqrt(sse.sum() / (K * H * W * Ch)))
     return F, B, s, A, pi0
+
+
+#: the eight neighbouring corners (di, dj) of `Stats.near`, in its order: rows then columns, centre left out
+NEAR = [(di, dj) for di in (-1, 0, 1) for dj in (-1, 0, 1) if (di, dj) != (0, 0)]
+
+
+def neighbour_gains(X, F, B, s, A, pi0=None):
+    """``log p(X_k | c*, d* + δ) - log p(X_k | c*, d*)`` for each δ of `NEAR`, (K, 8), by explicit mean images.
+
+    (c*, d*) is each image's most probable (face, corner) under the prior; the
+    gains leave the prior out. -inf off the grid, and in every column of an
+    image whose most probable z is "no face".
+    """
+    X, F, B, s, A = _canon(X, F, B, s, A)
+    K, H, W, Ch = X.shape
+    C, P, Q = A.shape
+    best = log_joint_flat(X, F, B, s, A, pi0).argmax(axis=1)
+    out = np.full((K, len(NEAR)), -math.inf)
+
+    def loglik(k, c, i, j):
+        r = X[k] - mean_image(F[c], B, i, j)
+        return -sum((r[..., ch] ** 2).sum() / (2 * s[ch] ** 2) for ch in range(Ch))
+
+    for k in range(K):
+        if best[k] == C * P * Q:
+            continue
+        c, i, j = best[k] // (P * Q), (best[k] % (P * Q)) // Q, best[k] % Q
+        for t, (di, dj) in enumerate(NEAR):
+            if 0 <= i + di < P and 0 <= j + dj < Q:
+                out[k, t] = loglik(k, c, i + di, j + dj) - loglik(k, c, i, j)
+    return out

@@ -17,6 +17,7 @@ import numpy as np
 from . import _validation as v
 from .em import ConvergenceWarning
 from .engine import params_from
+from .engine.poses import grid_shape
 from .executor import EngineConfig, LocalExecutor
 from .model import Params
 from .sources import ArraySource
@@ -49,7 +50,7 @@ def _theta(Xk, F, B, s, A=None):
     h, w = v.check_face_shape(F.shape, (H, W), name="F.shape")
     arrays = v.check_params_arrays((H, W), (h, w), face=F, background=B, noise_std=s, prior=A,
                                    names=("F", "B", "s", "A"))
-    P, Q = H - h + 1, W - w + 1
+    P, Q = grid_shape((H, W), (h, w))
     prior = arrays.get("prior", np.full((1, P, Q), 1.0 / (P * Q)))
     return Params(arrays["faces"], arrays["background"], arrays["noise_std"], prior)
 
@@ -172,7 +173,7 @@ def run_m_step(X, q, h, w, use_MAP=False):
     Xk = _stack(X)
     K, H, W = Xk.shape
     h, w = v.check_face_shape((h, w), (H, W), name="(h, w)")
-    P, Q = H - h + 1, W - w + 1
+    P, Q = grid_shape((H, W), (h, w))
     q = _check_q(q, (P, Q, K), use_MAP, K)
     ex = _executor(Xk, (h, w))
     if use_MAP:

@@ -97,6 +97,12 @@ def _moments_task(block, first_index, check_finite):
     return Moments.of(np.asarray(block), first_index=first_index, check_finite=check_finite)
 
 
+def _refuse_brightness(params):
+    if params.gains is not None:
+        raise ValueError("per-image brightness runs on this machine only, not on a Dask cluster: use "
+                         "brightness='fixed' there, or a local array")
+
+
 # ----------------------------------------------------------------------------- the executor
 
 class DaskSource(WorkingUnits):
@@ -212,13 +218,15 @@ class DaskExecutor(BaseExecutor):
             futures = nxt
         return self._fill_moments(futures[0].result())
 
-    def pass_stats(self, params, *, hard=False, per_image=True, chunks=None):
+    def pass_stats(self, params, *, hard=False, per_image=True, chunks=None, fit_steps=0):
         """One E-step over all blocks, computed on the workers and tree-summed.
 
-        Dask fits by batch EM: `chunks` (incremental EM's blocks) is not supported.
+        Dask fits by batch EM: `chunks` (incremental EM's blocks) is not supported, nor per-image
+        brightness (`fit_steps` is there for the local executor's signature).
         """
         if chunks is not None:
             raise ValueError("the Dask executor runs batch EM only: use algorithm='batch'")
+        _refuse_brightness(params)
         plan = self.client.scatter(self._plan(params, hard), broadcast=True, hash=False)
         futures = [self._submit(_stats_task, i, plan, per_image) for i in range(len(self._chunks))]
         return self._tree_sum(futures)
@@ -228,7 +236,8 @@ class DaskExecutor(BaseExecutor):
         return self.client.submit(fn, self._chunks[i], *args, pure=False, workers=self._where[i] or None,
                                   allow_other_workers=not self._where[i])
 
-    def collect(self, params, *, hard=False, output="q"):
+    def collect(self, params, *, hard=False, output="q", fit_steps=0):
+        _refuse_brightness(params)
         plan = self.client.scatter(self._plan(params, hard), broadcast=True, hash=False)
         futures = [self._submit(_collect_task, i, plan, output) for i in range(len(self._chunks))]
         parts = self.client.gather(futures)

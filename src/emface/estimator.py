@@ -8,7 +8,7 @@ import numbers
 import os
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -17,6 +17,7 @@ from ._layout import public_background, public_faces, public_noise, public_prior
 from .datasets import draw_assignments, render
 from .em import _ETA_MAX, ALGORITHMS, ConvergenceWarning, EMSettings, fit_restarts
 from .engine import costs
+from .engine.brightness import BRIGHTNESS, brightness_test, probe_gains, start_gains
 from .engine.mstep import misfit_z, predictive_prior
 from .engine.plan import BACKENDS
 from .errors import MisfitWarning, ModelFileError, one_line
@@ -61,6 +62,9 @@ _DECISIVE_GAP = 0.02
 #: frames have a misfit z above `MISFIT_Z`: under the model a frame's z is
 #: about N(0, 1), so z > 5 happens to fewer than 1 in 10⁶ frames that follow it
 MISFIT_Z = 5.0
+
+#: alternations of the E-step and the (a, b) solve that fit a new image's brightness before its posterior
+PREDICT_BRIGHTNESS_STEPS = 4
 MISFIT_SHARE = 0.01
 
 
@@ -106,6 +110,12 @@ class PosteriorSummary:
     no_face_probability : ndarray (K,)
         The posterior probability of "no face" (0 without ``empty_frames=True``).
         Where it wins, `faces` is -1 and `positions` (-1, -1).
+    gain, offset : ndarray (K,) or (K, Ch), or None
+        Each image's gain a_k and offset b_k (data units) with per-image
+        brightness: the fitted ones of the training images, and for new images
+        those fitted by `PREDICT_BRIGHTNESS_STEPS` alternations of the E-step
+        and the 2×2 solve from a = 1, b = 0, then one more solve under the
+        final posterior. None for the note's model.
     """
 
     positions: np.ndarray
@@ -116,6 +126,8 @@ class PosteriorSummary:
     log_likelihood: np.ndarray
     misfit: np.ndarray | None = None
     no_face_probability: np.ndarray | None = None
+    gain: np.ndarray | None = None
+    offset: np.ndarray | None = None
 
 
 class FaceEM:
@@ -239,6 +251,18 @@ class FaceEM:
         (``X_k = B + noise``), with a weight π_∅ fitted with the rest
         (`empty_weight_`). `predict` then returns (-1, -1) and `predict_face`
         -1 for frames where "no face" is the most probable.
+    brightness : {"auto", "fixed", "per_image", "per_channel"}, default="auto"
+        Brightness that changes from frame to frame, ``X_k = a_k·μ + b_k +
+        noise`` (MODEL.md): ``"fixed"`` is the note's model (every a = 1,
+        b = 0); ``"per_image"`` fits a gain a_k and an offset b_k per image,
+        ``"per_channel"`` one per image and channel (white balance). With
+        ``"auto"`` the fit is the note's model, then a likelihood-ratio test
+        at the fitted θ asks whether a gain and offset per image explain the
+        frames better (2ΔlogL against χ² with 2K degrees of freedom, level
+        1e-3); only if they do is the stack refitted with ``"per_image"``
+        (`brightness_`, `brightness_test_`). Frames whose brightness does
+        not change thus cost one pass more than ``"fixed"``. Per-image
+        brightness runs batch EM on this machine (not on a Dask cluster).
 
     Attributes
     ----------
@@ -256,6 +280,14 @@ class FaceEM:
         With ``empty_frames=True`` it sums to ``1 - empty_weight_``.
     empty_weight_ : float or None
         π_∅, the fitted share of frames without a face (None without ``empty_frames``).
+    gains_, offsets_ : ndarray (K,) or (K, Ch), or None
+        Each training image's fitted gain a_k and offset b_k, in the data's
+        units (``X_k ≈ a_k·μ + b_k``; mean gain 1, mean offset 0); (K, Ch)
+        with ``brightness="per_channel"``; None for the note's model.
+    brightness_ : {"fixed", "per_image", "per_channel"}
+        The brightness model fitted (what ``"auto"`` chose).
+    brightness_test_ : dict or None
+        The ``"auto"`` test: ``statistic``, ``dof``, ``p_value``, ``significant``.
     misfit_ : ndarray (K,)
         Each training image's misfit z-score (`PosteriorSummary.misfit`) under
         the fitted θ, from the fit's last E-step (None after `load`).
@@ -304,7 +336,7 @@ class FaceEM:
                  verbose=0, verbose_interval=10, shift_escape=True, split_merge=True, dtype=None, n_jobs=None,
                  backend="auto", max_memory=None, checkpoint=None, checkpoint_every=10, noise_floor=1e-6,
                  callback=None, scheduler=None, device="cpu",
-                 empty_frames=False):
+                 empty_frames=False, brightness="auto"):
         self.face_shape = face_shape
         self.n_faces = n_faces
         self.hard = hard
@@ -337,6 +369,7 @@ class FaceEM:
         self.scheduler = scheduler
         self.device = device
         self.empty_frames = empty_frames
+        self.brightness = brightness
 
     # ------------------------------------------------------------------ sklearn plumbing
     @classmethod
@@ -383,6 +416,7 @@ class FaceEM:
         v.check_choice(self.init, "init", INIT_METHODS)
         v.check_choice(self.noise, "noise", NOISE_MODELS)
         v.check_choice(self.algorithm, "algorithm", ALGORITHMS)
+        v.check_choice(self.brightness, "brightness", BRIGHTNESS)
         v.check_int(self.verbose, "verbose", low=0)
         v.check_int(self.verbose_interval, "verbose_interval", low=1)
         v.check_int(self.checkpoint_every, "checkpoint_every", low=1)
@@ -492,12 +526,37 @@ class FaceEM:
         se = float(np.hypot(se, np.std(maxp) / np.sqrt(len(maxp))))
         return seen < expected - max(_DECISIVE_GAP, 3.0 * se)
 
-    def _model(self, face_shape, src):
+    def _model(self, face_shape, src, brightness_groups=0):
         floor = float(self.noise_floor) * (src.working_std() if src.working_std() > 0 else 1.0)
         return FaceMixture(tuple(face_shape), int(self.n_faces), hard=bool(self.hard),
                            prior_smoothing=float(self.prior_smoothing), noise=self.noise, noise_floor=floor,
                            shift_escape=bool(self.shift_escape), split_merge=bool(self.split_merge),
-                           empty_frames=bool(self.empty_frames))
+                           empty_frames=bool(self.empty_frames), brightness_groups=int(brightness_groups),
+                           n_images=int(src.n_images))
+
+    def _brightness_groups(self, X, n_channels, warm):
+        """Gains per image of the first fit: 0 (the note's model; also "auto"'s first fit), 1 or Ch."""
+        if warm:
+            g = self._theta.gains
+            return 0 if g is None else g.shape[1]
+        mode = self.brightness
+        if mode in ("per_image", "per_channel") and (_is_dask(X) or self.scheduler is not None):
+            raise ValueError(f"brightness={mode!r} runs on this machine only, not on a Dask cluster: use "
+                             "brightness='fixed' there, or a local array")
+        return {"per_image": 1, "per_channel": n_channels}.get(mode, 0)
+
+    def _brightness_auto(self, executor, model, best):
+        """"auto"'s test at the fitted θ of the note's model (`emface.engine.brightness.brightness_test`)."""
+        K = executor.n_images
+        st = best.stats
+        if st is None or st.positions is None:  # no per-image answers kept: one brightness pass from a = 1, b = 0
+            gains, offsets = start_gains(K, 1)
+            probe = replace(best.params, gains=gains, offsets=offsets)
+            return brightness_test(executor.pass_stats(probe, hard=model.hard, per_image=False).ecm_gain, K, 1)
+        src = executor.source
+        gain = sum(float(probe_gains(src.chunk(i), best.params, st.positions[a:b], st.labels[a:b]).sum())
+                   for i, (a, b) in enumerate(src.bounds))
+        return brightness_test(gain, K, 1)
 
     def _algorithm(self, X):
         """"batch" or "incremental" for these images: `algorithm`, or its "auto" rule."""
@@ -507,6 +566,8 @@ class FaceEM:
                               "EM (each iteration one pass of the workers over their blocks)", UserWarning,
                               stacklevel=3)
             return "batch"  # Dask fits by batch EM: see the README's "Large stacks and clusters"
+        if self.brightness in ("per_image", "per_channel"):
+            return "batch"  # each pass updates every image's (a, b): incremental EM's kept sums would go stale
         if self.algorithm == "auto":
             return "incremental" if int(X.shape[0]) >= INCREMENTAL_MIN_IMAGES else "batch"
         return self.algorithm
@@ -596,8 +657,9 @@ class FaceEM:
         executor = self._make_executor(X, (h, w), chunk_size=_chunk_cap(X, (h, w), self) if algorithm == "incremental"
                                        else None)
         src = executor.source
-        model = self._model((h, w), src)
-        settings = self._settings(executor, algorithm)
+        groups = self._brightness_groups(X, Ch, warm)
+        model = self._model((h, w), src, groups)
+        settings = self._settings(executor, algorithm if not groups else "batch")
         rng = _check_random_state(self.random_state)
         starts = self._starts(src, model, user, rng)
         history = [src.loglik_to_working(o) for o in self._history_full] if warm else None
@@ -609,6 +671,15 @@ class FaceEM:
             best, runs = fit_restarts(executor, model, starts, settings, callback=callback, history=history,
                                       should_restart=lambda runs: self._should_restart(made, runs, executor, model),
                                       accel=accel)
+            self.brightness_test_ = None
+            if self.brightness == "auto" and not groups and not warm and not (_is_dask(X) or self.scheduler):
+                self.brightness_test_ = self._brightness_auto(executor, model, best)
+                if self.brightness_test_["significant"]:  # refit from the starts with a gain and offset per image
+                    model = self._model((h, w), src, 1)
+                    settings = replace(settings, algorithm="batch", block_chunks=[])
+                    best, runs = fit_restarts(executor, model, self._starts(src, model, user, rng), settings,
+                                              callback=callback, should_restart=lambda runs: self._should_restart(
+                                                  made, runs, executor, model))
         except KeyboardInterrupt as exc:
             best = getattr(exc, "emface_best", None)
             if best is not None:
@@ -710,7 +781,7 @@ class FaceEM:
         self.misfit_ = None if st is None or st.chi2 is None else misfit_z(st.chi2, self._n_values(src))
         self._train_summary = None
         if st is not None and st.positions is not None and not self.hard:
-            self._train_summary = _summary(st, src)
+            self._train_summary = _summary(st, src, best.params)
             self.misfit_ = self._train_summary.misfit
         self.best_run_ = best.init_index
         self.algorithm_ = settings.algorithm
@@ -741,7 +812,7 @@ class FaceEM:
         # the α the fit used (a later set_params must not change what the fitted A's counts were)
         alpha = getattr(self, "_fit_smoothing", self.prior_smoothing)
         A, pi0 = predictive_prior(th.prior, K, float(alpha), th.empty_weight)
-        return Params(th.faces, th.background, th.noise_std, A, pi0)
+        return Params(th.faces, th.background, th.noise_std, A, pi0, th.gains, th.offsets)
 
     def _set_theta(self, theta, colour):
         """Keep θ (data units, engine layout) and expose it in the user's layout."""
@@ -758,6 +829,9 @@ class FaceEM:
         self.prior_ = public_prior(theta.prior)
         self.weights_ = theta.weights
         self.empty_weight_ = theta.empty_weight
+        g = theta.gains
+        self.brightness_ = "fixed" if g is None else ("per_channel" if g.shape[1] > 1 else "per_image")
+        self.gains_, self.offsets_ = (None, None) if g is None else _public_brightness(g.copy(), theta.offsets.copy())
 
     # ------------------------------------------------------------------ inference
     def _pass(self, X, output=None, as_training=False):
@@ -766,12 +840,29 @@ class FaceEM:
         try:
             _check_working_range(ex.source)
             params = ex.source.to_working(self._theta if as_training else self._predictive_theta())
+            params, steps = self._new_brightness(params, ex.n_images, as_training)
             if output is None:
-                return ex, ex.pass_stats(params, hard=False), None
-            stats, full = ex.collect(params, hard=False, output=output)
+                return ex, ex.pass_stats(params, hard=False, fit_steps=steps), None
+            stats, full = ex.collect(params, hard=False, output=output, fit_steps=steps)
             return ex, stats, full
         finally:
             ex.close()
+
+    def _new_brightness(self, params, n_images, as_training):
+        """θ with the (a, b) the pass starts from, and the alternations that fit them first.
+
+        New images' brightness is not known: each starts at a = 1, b = 0 and
+        `PREDICT_BRIGHTNESS_STEPS` alternations of the E-step and the 2×2
+        solve fit it before the posterior is taken. The training images
+        judged as such (``as_training``) keep their fitted (a, b).
+        """
+        g = self._theta.gains
+        if g is None:
+            return replace(params, gains=None, offsets=None), 0
+        if as_training and params.gains is not None and len(params.gains) == n_images:
+            return params, 0
+        gains, offsets = start_gains(n_images, g.shape[1])
+        return replace(params, gains=gains, offsets=offsets), PREDICT_BRIGHTNESS_STEPS
 
     def predict(self, X):
         """Top-left corner of the most probable (face, position) in each image.
@@ -989,7 +1080,12 @@ def _chunk_cap(X, face_shape, est):
     return max(1, min(n, _BLOCK_IMAGES // 4 or 1))
 
 
-def _summary(stats, src):
+def _summary(stats, src, params=None):
+    """The per-image summary; the (a, b) of `params` (the E-step's) when given, else the pass's updated ones."""
+    gains, offsets = (stats.gains, stats.offsets) if params is None or params.gains is None else (
+        params.gains, params.offsets)
+    if gains is not None:  # working units to the data's, as `Params.affine` maps them
+        gains, offsets = _public_brightness(gains, src.scale * offsets + src.offset * (1.0 - gains))
     cls = stats.class_prob
     empty = np.zeros(len(cls)) if stats.empty_prob is None else stats.empty_prob
     labels = stats.labels
@@ -1003,7 +1099,14 @@ def _summary(stats, src):
         log_likelihood=src.loglik_to_data(stats.image_loglik),
         misfit=None if stats.chi2 is None else misfit_z(stats.chi2, H * W * src.n_channels),
         no_face_probability=empty,
+        gain=gains,
+        offset=offsets,
     )
+
+
+def _public_brightness(g, b):
+    """(gains, offsets) as users see them: (K,) for one per image, (K, Ch) for one per channel."""
+    return (g[:, 0], b[:, 0]) if g.shape[1] == 1 else (g, b)
 
 
 def _draw_means(theta, n, rng):
@@ -1035,6 +1138,8 @@ def _model_decisiveness(executor, model, params, rng):
     # one pass: spectra are not worth caching (and the fit's own cache is still held)
     src = ArraySource(X, (h, w), compute_dtype=executor.config.dtype, moments=(0.0, 1.0), check_finite=False,
                       n_faces=C, max_memory=_DECISIVE_BYTES // 4)
+    # images drawn from θ itself have no brightness of their own
+    params = replace(params, gains=None, offsets=None)
     maxp = LocalExecutor(src, executor.config).pass_stats(params, hard=model.hard).max_prob
     return float(np.mean(maxp)), float(np.std(maxp) / np.sqrt(n))
 

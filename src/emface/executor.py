@@ -109,7 +109,9 @@ def subsample_executor(data, face_shape, moments, config, n_max, rng, *, n_faces
     X = data if len(idx) == shape[0] and isinstance(data, np.ndarray) else read_runs(data, idx)
     src = ArraySource(X, face_shape, compute_dtype=config.dtype, moments=moments, check_finite=False,
                       n_faces=n_faces, chunk_size=max(1, SUBSAMPLE_CHUNK_BYTES // max(per_image, 1)))
-    return LocalExecutor(src, config), idx
+    ex = LocalExecutor(src, config)
+    ex.image_index = np.asarray(idx)
+    return ex, idx
 
 
 class BaseExecutor:
@@ -127,9 +129,22 @@ class BaseExecutor:
         if self._moments is None:
             self._moments = (SX, SXX)
 
+    #: the rows of the whole stack's per-image brightness that this executor's images are (a subsample's)
+    image_index = None
+
+    def _brightness(self, params, a, b):
+        """Images a..b's (gains, offsets) from θ, or None for the note's model (no per-image brightness)."""
+        if params.gains is None:
+            return None
+        if self.image_index is None and len(params.gains) != self.n_images:
+            raise ValueError(f"θ holds the brightness of {len(params.gains)} images; this pass has {self.n_images}")
+        rows = slice(a, b) if self.image_index is None else self.image_index[a:b]
+        return params.gains[rows], params.offsets[rows]
+
     def _fill_moments(self, total, full=True):
         if total.SX is not None:
-            if full and self._moments is None:
+            # with brightness SX and SXX are weighted by each pass's (a, b): not the stack's constants
+            if full and self._moments is None and total.gains is None:
                 self._moments = (total.SX, total.SXX)
         elif full and self._moments is not None:
             total.SX, total.SXX = self._moments
@@ -182,13 +197,15 @@ class LocalExecutor(BaseExecutor):
                          route=self.config.route, workers=self.config.workers, cache_spectra=cached,
                          device=self.config.device, with_moments=with_moments)
 
-    def pass_stats(self, params, *, hard=False, per_image=True, chunks=None, with_moments=None):
+    def pass_stats(self, params, *, hard=False, per_image=True, chunks=None, with_moments=None, fit_steps=0):
         """One E-step over all images (or the chunks numbered `chunks`): the summed `Stats` of θ.
 
         `params` are in working units. A pass over a subset of chunks carries
         the subset's own SX and SXX while the whole source's are not yet known,
         or when `with_moments` is True (incremental EM's first sweep, whose
-        M-steps fit the blocks seen so far).
+        M-steps fit the blocks seen so far). With per-image brightness
+        (``params.gains``), `fit_steps` alternations of the E-step and the
+        (a, b) update come first (new images).
         """
         ids = range(self.n_chunks) if chunks is None else chunks
         full = chunks is None
@@ -198,10 +215,12 @@ class LocalExecutor(BaseExecutor):
         total = StatsSum()
         with single_threaded_blas():
             for i in ids:
-                total.add(chunk_stats(self.source.chunk(i), plan, per_image=per_image))
+                a, b = self.source.bounds[i]
+                total.add(chunk_stats(self.source.chunk(i), plan, per_image=per_image,
+                                      brightness=self._brightness(params, a, b), fit_steps=fit_steps))
         return self._fill_moments(total.result(), full)
 
-    def collect(self, params, *, hard=False, output="q"):
+    def collect(self, params, *, hard=False, output="q", fit_steps=0):
         """Like `pass_stats`, but also gather the posterior or log joint of every image.
 
         Returns
@@ -214,7 +233,8 @@ class LocalExecutor(BaseExecutor):
         total = StatsSum()
         with single_threaded_blas():
             for i, (a, b) in enumerate(self.source.bounds):
-                s, out = chunk_stats(self.source.chunk(i), plan, output=output)
+                s, out = chunk_stats(self.source.chunk(i), plan, output=output,
+                                     brightness=self._brightness(params, a, b), fit_steps=fit_steps)
                 full[a:b] = out
                 total.add(s)
         return self._fill_moments(total.result(), True), full

@@ -46,6 +46,7 @@ import numpy as np
 
 from .em import EMSettings, fit_restarts
 from .engine import params_from
+from .engine._formulas import gaussian_profile
 from .executor import LocalExecutor
 from .init import auto_start
 from .mixture import FaceMixture
@@ -147,7 +148,7 @@ class _Stage:
         H, W = src.image_shape
         P, Q = p.grid_shape
         C = self.n_faces
-        gauss = -0.5 * H * W * float(np.sum(np.log(2 * np.pi * p.noise_std ** 2) + 1.0))
+        gauss = float(gaussian_profile(H * W, p.noise_std ** 2))
         score = src.loglik_to_data(gauss - math.log(C * P * Q)) - _penalty(shape, C, src.n_channels, K)
         start = Params(p.faces, p.background, p.noise_std, np.full(p.prior.shape, 1.0 / p.prior.size))
         return score, start

@@ -29,12 +29,6 @@ _MEDIAN_IMAGES = 100
 _NOISE_IMAGES = 200
 
 
-def _grid(source, face_shape):
-    H, W = source.image_shape
-    h, w = face_shape
-    return H, W, h, w, H - h + 1, W - w + 1
-
-
 def random_start(source, model, rng):
     """The note's start: every pixel of F and B uniform over the data's range,
     s from the data's spread, A uniform.
@@ -43,7 +37,8 @@ def random_start(source, model, rng):
     points away from, so that the start for ``c·X + d`` is exactly ``c·F + d``
     of the start for X, for negative c too: fits are equivariant.
     """
-    H, W, h, w, P, Q = _grid(source, model.face_shape)
+    pose = model.pose(source.image_shape)
+    (H, W), (h, w) = pose.image_shape, pose.face_shape
     C, Ch = model.n_faces, source.n_channels
     lo, hi = source.working_range()
     if not hi > lo:
@@ -53,7 +48,7 @@ def random_start(source, model, rng):
     F = base + span * rng.random(size=(C, Ch, h, w))
     B = base + span * rng.random(size=(Ch, H, W))
     s = max(source.working_std(), 1e-3 * (hi - lo))
-    A = np.full((C, P, Q), 1.0 / (C * P * Q))
+    A = np.full(pose.prior_shape(C), 1.0 / (C * pose.size))
     return Params(F, B, s, A)
 
 
@@ -111,7 +106,8 @@ def auto_start(source, model, rng, fraction=1.0):
         Share of the images to use (at most 500 are used in any case); a
         random half gives restarts that differ from each other.
     """
-    H, W, h, w, P, Q = _grid(source, model.face_shape)
+    pose = model.pose(source.image_shape)
+    h, w = pose.face_shape
     C = model.n_faces
     x = _subset(source, rng, fraction, C)
     n = len(x)
@@ -119,9 +115,9 @@ def auto_start(source, model, rng, fraction=1.0):
     m = x[:_MEDIAN_IMAGES].reshape(min(n, _MEDIAN_IMAGES), -1)
     B = np.median(np.ascontiguousarray(m.T), axis=1).reshape(x.shape[1:])
     r = x - B
-    energy = kernels.box_sums(np.sum(r * r, axis=1), (h, w))  # (n, P, Q)
+    energy = pose.window_sums(np.sum(r * r, axis=1))  # (n, P, Q)
     arg = np.argmax(energy.reshape(n, -1), axis=1)
-    pos = np.stack([arg // Q, arg % Q], axis=1)
+    pos = np.stack(pose.decode(arg)[1:], axis=1)
     cr = kernels.crops(x, pos, (h, w))  # (n, Ch, h, w)
     if C == 1 or n < C:
         labels = np.zeros(n, dtype=np.int64)
@@ -129,9 +125,9 @@ def auto_start(source, model, rng, fraction=1.0):
     else:
         labels, cent = kmeans(cr.reshape(n, -1), C, rng)
         F = cent.reshape((C,) + cr.shape[1:])
-    counts = np.zeros((C, P * Q))
+    counts = np.zeros((C, pose.size))
     np.add.at(counts, (labels, arg), 1.0)
-    A = (counts.reshape(C, P, Q) + 1.0) / (n + C * P * Q)
+    A = (counts.reshape(pose.prior_shape(C)) + 1.0) / (n + C * pose.size)
     m = min(n, _NOISE_IMAGES)
     mu = np.repeat(B[None], m, axis=0)
     for k in range(m):

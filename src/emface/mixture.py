@@ -14,7 +14,9 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .engine import free_energy, objective, params_from
+from .engine import Translations, free_energy, objective, params_from
+from .engine._formulas import gaussian_profile
+from .engine.brightness import normalize, start_gains
 from .engine.mstep import NOISE_MODELS, face_sums
 from .model import Params
 
@@ -49,6 +51,11 @@ class FaceMixture:
     empty_frames : bool
         A "no face" class, ``X_k = B + noise``, with its own weight π_∅
         (``Params.empty_weight``), fitted with A (MODEL.md, "Frames that do not fit").
+    brightness_groups : int
+        0: the note's model. 1: a gain and an offset per image; Ch: one per
+        image and channel (`emface.engine.brightness`; ``Params.gains``).
+    n_images : int
+        K, the images the per-image gains belong to (with brightness).
     """
 
     face_shape: tuple
@@ -62,9 +69,20 @@ class FaceMixture:
     split_merge: bool = True
     escape_sample: int = 500
     empty_frames: bool = False
+    brightness_groups: int = 0
+    n_images: int = 0
 
     #: the weight a start gives "no face" when it has none
     EMPTY_START = 0.1
+
+    # ------------------------------------------------------------------ the pose axis
+    def pose(self, image_shape):
+        """The pose object of this model in frames of `image_shape`: the translations of an h×w face.
+
+        What the engine asks about the latent pose (the grid, the prior's
+        shape, the window sums, the coverage, the neighbours) it asks this.
+        """
+        return Translations(image_shape, self.face_shape)
 
     # ------------------------------------------------------------------ the steps
     def e_step(self, executor, params, **kw):
@@ -79,14 +97,35 @@ class FaceMixture:
         set A to zero wherever the images not yet seen have their faces).
         """
         params, info = params_from(stats, previous, prior_smoothing=self.prior_smoothing,
-                                   noise_floor=self.noise_floor, noise=self.noise, empty_frames=self.empty_frames)
+                                   noise_floor=self.noise_floor, noise=self.noise, empty_frames=self.empty_frames,
+                                   pose=self.pose(stats.XC.shape[-2:]))
         if not update_prior:
             params = replace(params, prior=np.array(previous.prior, copy=True), empty_weight=previous.empty_weight)
-        return params, info
+        return self._with_brightness(params, stats, previous), info
+
+    def _with_brightness(self, params, stats, previous):
+        """θ with the (a, b) of the E-step's images (mean gain 1, mean offset 0), or `previous`'s.
+
+        A pass over a subsample (the moves') carries its own images' (a, b) only:
+        the whole stack's stay `previous`'s then.
+        """
+        if not self.brightness_groups:
+            return params
+        if stats.gains is not None and len(stats.gains) == self.n_images:
+            F, B, a, b = normalize(params.faces, params.background, stats.gains, stats.offsets)
+            return replace(params, faces=F, background=B, gains=a, offsets=b)
+        if previous is not None and previous.gains is not None:
+            return replace(params, gains=previous.gains.copy(), offsets=previous.offsets.copy())
+        return params
 
     def start(self, params):
         """A starting θ with this model's classes: "no face" added (weight `EMPTY_START`, A scaled to
         share the simplex) or removed (A renormalised) as `empty_frames` says."""
+        G = self.brightness_groups
+        if G and (params.gains is None or params.gains.shape != (self.n_images, G)):
+            params = replace(params, **dict(zip(("gains", "offsets"), start_gains(self.n_images, G))))
+        elif not G and params.gains is not None:
+            params = replace(params, gains=None, offsets=None)
         if self.empty_frames and params.empty_weight is None:
             return replace(params, prior=params.prior * (1.0 - self.EMPTY_START), empty_weight=self.EMPTY_START)
         if not self.empty_frames and params.empty_weight is not None:
@@ -99,7 +138,7 @@ class FaceMixture:
 
     def free_energy(self, stats, params):
         """The total free energy of the posteriors summed in `stats` under θ (incremental EM)."""
-        return free_energy(stats, params, self.prior_smoothing)
+        return free_energy(stats, params, self.prior_smoothing, pose=self.pose(params.image_shape))
 
     def extrapolate(self, old, new, eta):
         """θ stretched past an M-step: ``old + η (new - old)``, in coordinates where any η keeps θ valid.
@@ -123,9 +162,10 @@ class FaceMixture:
         la[keep] = np.log(a_new[keep])
         A = np.exp(la - la.max())
         A /= A.sum()
+        # the images' (a, b) are those of the M-step's E-step: the stretched θ is judged with them
         if empty:
-            return Params(F, B, s, A[:-1].reshape(new.prior.shape), float(A[-1]))
-        return Params(F, B, s, A.reshape(new.prior.shape), new.empty_weight)
+            return Params(F, B, s, A[:-1].reshape(new.prior.shape), float(A[-1]), new.gains, new.offsets)
+        return Params(F, B, s, A.reshape(new.prior.shape), new.empty_weight, new.gains, new.offsets)
 
     @staticmethod
     def compact(stats):
@@ -148,5 +188,4 @@ class FaceMixture:
     def hard_score(self, params, n_images):
         """The Gaussian part of the hard objective after its own noise M-step: the fitted s decides."""
         H, W = params.image_shape
-        s2 = params.noise_std ** 2
-        return -0.5 * n_images * H * W * float(np.sum(np.log(2 * np.pi * s2) + 1.0))
+        return float(gaussian_profile(n_images * H * W, params.noise_std ** 2))

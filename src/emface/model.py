@@ -68,6 +68,10 @@ class Params:
     noise_std: np.ndarray
     prior: np.ndarray
     empty_weight: float | None = None
+    #: brightness (MODEL.md, "Brightness that changes from frame to frame"): each training image's
+    #: gain a_k and offset b_k in working units, (K, G) with G = 1 or Ch; None: the note's model
+    gains: np.ndarray | None = None
+    offsets: np.ndarray | None = None
 
     def __post_init__(self):
         self.faces = _as_faces(self.faces)
@@ -80,6 +84,9 @@ class Params:
         self.prior = A[None] if A.ndim == 2 else A
         if self.empty_weight is not None:
             self.empty_weight = float(self.empty_weight)
+        if self.gains is not None:
+            self.gains = np.asarray(self.gains, dtype=np.float64).reshape(len(self.gains), -1)
+            self.offsets = np.asarray(self.offsets, dtype=np.float64).reshape(self.gains.shape)
         if self.faces.shape[1] != Ch or self.noise_std.shape != (Ch,) or self.prior.shape[0] != self.faces.shape[0]:
             raise ValueError(
                 f"inconsistent parameter shapes: faces {self.faces.shape}, background {self.background.shape}, "
@@ -113,17 +120,24 @@ class Params:
 
     def copy(self) -> "Params":
         return Params(self.faces.copy(), self.background.copy(), self.noise_std.copy(), self.prior.copy(),
-                      self.empty_weight)
+                      self.empty_weight, *_copies(self.gains, self.offsets))
 
     def affine(self, scale: float, offset: float) -> "Params":
         """Parameters of the data ``scale * X + offset``: F, B map affinely, s by ``|scale|``."""
+        gains, offsets = _copies(self.gains, self.offsets)
+        if gains is not None:  # scale·(a μ + b) + offset = a (scale μ + offset) + scale·b + offset (1 - a)
+            offsets = scale * offsets + offset * (1.0 - gains)
         return Params(scale * self.faces + offset, scale * self.background + offset,
-                      abs(scale) * self.noise_std, self.prior.copy(), self.empty_weight)
+                      abs(scale) * self.noise_std, self.prior.copy(), self.empty_weight, gains, offsets)
+
+
+def _copies(*arrays):
+    return tuple(None if a is None else np.array(a, copy=True) for a in arrays)
 
 
 #: the per-image fields of `Stats`, concatenated (not summed) by ``+``
 PER_IMAGE = ("positions", "labels", "image_loglik", "max_prob", "entropy", "class_prob", "near", "chi2",
-             "empty_prob")
+             "empty_prob", "gains", "offsets")
 
 
 @dataclass
@@ -206,6 +220,14 @@ class Stats:
     near: np.ndarray | None = None
     chi2: np.ndarray | None = None
     empty_prob: np.ndarray | None = None
+    #: brightness (`emface.engine.brightness`): ``NW = Σ_k a_k,ch² q_k(c, d)`` (C, Ch, P, Q) and
+    #: ``KW = Σ_k a_k,ch²`` (Ch,), the normalisers of F and B; each image's updated (a, b), (K, G)
+    NW: np.ndarray | None = None
+    KW: np.ndarray | None = None
+    #: brightness: Σ_k of what each image's (a, b) update raised its expected log-likelihood
+    ecm_gain: float = 0.0
+    gains: np.ndarray | None = None
+    offsets: np.ndarray | None = None
 
     def __add__(self, other: "Stats") -> "Stats":
         if other is None or (isinstance(other, int) and other == 0):
@@ -228,7 +250,7 @@ class Stats:
             a, b = getattr(self, f.name), getattr(other, f.name)
             if f.name in PER_IMAGE:
                 out[f.name] = None
-            elif f.name in ("S_F_hat", "SX", "SXX"):
+            elif f.name in ("S_F_hat", "SX", "SXX", "NW", "KW"):
                 if b is None:
                     out[f.name] = a
                 elif a is None:
@@ -316,6 +338,8 @@ def save_model(path, params, **extra):
             meta[k] = v
     if params.empty_weight is not None:  # an extra array: files without it load as models without the class
         arrays["empty_weight"] = np.array(params.empty_weight, dtype=np.float64)
+    if params.gains is not None:  # per-image brightness: files without it load as the note's model
+        arrays["gains"], arrays["offsets"] = params.gains, params.offsets
     np.savez(
         path,
         faces=params.faces,
@@ -375,7 +399,10 @@ def load_model(path):
     if missing:
         raise _model_error(name, f"is not an emface model: it lacks {', '.join(missing)}")
     params = check_model_arrays(*(arrays[k] for k in keys), name=name, empty_weight=arrays.get("empty_weight"))
-    extra = {k: a for k, a in arrays.items() if k not in keys + ("empty_weight",)}
+    if "gains" in arrays or "offsets" in arrays:
+        params = replace(params, **_check_brightness(arrays.get("gains"), arrays.get("offsets"), params.n_channels,
+                                                     name))
+    extra = {k: a for k, a in arrays.items() if k not in keys + ("empty_weight", "gains", "offsets")}
     if meta is not None:
         extra.update(meta)
     return params, extra
@@ -574,6 +601,23 @@ def check_model_arrays(faces, background, noise_std, prior, *, name="the model",
         what = "a prior that" if empty_weight is None else "a prior and a 'no face' weight that"
         raise _model_error(name, f"has {what} sums to {total:.9g}; expected 1")
     return Params(F, B, s, A / total, None if empty_weight is None else empty / total)
+
+
+def _check_brightness(gains, offsets, n_channels, name):
+    """Per-image gains and offsets of a model file: two (K, G) arrays of finite reals, G = 1 or Ch, gains > 0."""
+    if gains is None or offsets is None:
+        raise _model_error(name, "has per-image gains or offsets without the other; expected both or neither")
+    g, b = np.asarray(gains), np.asarray(offsets)
+    if g.dtype.kind not in "biuf" or b.dtype.kind not in "biuf":
+        raise _model_error(name, f"has gains of dtype {g.dtype} and offsets of {b.dtype}; expected real numbers")
+    if g.ndim != 2 or g.shape != b.shape or g.shape[1] not in (1, n_channels) or len(g) == 0:
+        raise _model_error(name, f"has gains {g.shape} and offsets {b.shape}; expected two arrays (K, 1) or "
+                                 f"(K, {n_channels})")
+    g, b = g.astype(np.float64), b.astype(np.float64)
+    if not (np.isfinite(g).all() and np.isfinite(b).all()) or (g <= 0).any():
+        raise _model_error(name, "has gains or offsets that are not finite, or gains <= 0; expected finite "
+                                 "values and gains > 0")
+    return dict(gains=g, offsets=b)
 
 
 def _check_empty_weight(value, name):

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .engine.kernels import NEAR_OFFSETS, crops
+from .engine.kernels import crops
+from .engine.poses import grid_shape
 from .model import Params
 
 __all__ = ["shift_escape", "split_merge"]
@@ -105,9 +106,8 @@ def _shift_candidates(model, run, image_shape):
       prior out: a learned A that collapsed onto the current positions would
       otherwise hide every move.
     """
-    H, W = image_shape
-    h, w = model.face_shape
-    P, Q = H - h + 1, W - w + 1
+    pose = model.pose(image_shape)
+    P, Q = pose.shape
     pos, lab = run.stats.positions, run.stats.labels
     prior = run.params.prior
     for c in range(model.n_faces):
@@ -125,7 +125,7 @@ def _shift_candidates(model, run, image_shape):
         mine = np.flatnonzero(lab == c)
         if len(mine) < 2:
             continue
-        for t, (di, dj) in enumerate(NEAR_OFFSETS):
+        for t, (di, dj) in enumerate(pose.neighbours.tolist()):
             gain = near[mine, t]
             ok = np.isfinite(gain)
             if ok.sum() < 2:
@@ -156,7 +156,7 @@ def _extend_shift(score_of, label, newpos, prior, best_score, run, image_shape, 
     _, c, (di, dj) = label
     H, W = image_shape
     h, w = face_shape
-    P, Q = H - h + 1, W - w + 1
+    P, Q = grid_shape((H, W), (h, w))
     pos, lab = run.stats.positions, run.stats.labels
     for k in range(2, max(P, Q)):
         moved = _moved_face(pos, lab, run.params.prior, c, k * di, k * dj, P, Q)

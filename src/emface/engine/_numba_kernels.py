@@ -1,9 +1,14 @@
 """Fused CPU kernels (Numba): one sweep per image for everything after the correlation.
 
-These compute the same formulas as `emface.engine.kernels` (the array-API
-kernels that numpy and torch share), fused so that each image is read once, in
-one thread and in cache-sized buffers; the tests hold them to those kernels and
-to the brute-force model to 1e-10. Per image:
+The E-step of `emface.engine.kernels` (the array-API kernels that numpy and
+torch share), fused so that each image is read once, in one thread and in
+cache-sized buffers. Both call the formulas of `_formulas` (compiled in
+`_numba_base`), and each kernel here is named after its array-API twin:
+``_summed_area_xb`` (`kernels.summed_area`), ``_logits``, ``_neighbour_gains``,
+``_posterior`` (the softmax of `kernels.posterior`); the direct sums
+(``_window_loss``, ``_delta``, ``_top_joint``, ``_bg_rss``) exist only here, for
+precision at low noise. The M-step's sums are in `_numba_sums`. The tests hold
+the two routes to each other and to the brute-force model to 1e-10. Per image:
 
 1. the summed-area table of ``Σ_ch x'_ch · λ_ch B_ch`` (x' = (x - offset)·inv_scale,
    applied on the fly so raw uint8, float32 or float64 chunks need no copy),
@@ -32,25 +37,18 @@ around them.
 from __future__ import annotations
 
 import math
-import os
-import types
 
-# Numba's OpenMP threading layer keeps its workers spinning for milliseconds after each
-# parallel region unless told otherwise; here every region is followed by pocketfft's own
-# threads on the same cores, which the spinning workers slow down. Passive workers sleep
-# at once (measured on 2 cores, 128x128, 48x48 face, K = 2,000, soft EM: 0.10 s per
-# iteration against 0.12-0.17 s; 8 faces 0.54 s against 0.85-1.2 s). Read by the OpenMP
-# runtime when Numba first starts its threads; a value the user set is kept.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import numpy as np
 
-import numba as nb  # noqa: E402
-import numpy as np  # noqa: E402
-
-_OPTS = dict(cache=True, nogil=True, error_model="numpy")
+from . import _numba_base as fm
+from . import _numba_sums
+from ._numba_base import OPTS as _OPTS
+from ._numba_base import nb, serial_and_parallel
+from ._numba_sums import _add_crop, _add_crops_at, _add_moments, _sq_norms
 
 
 @nb.njit(**_OPTS)
-def _sat_xb(x, off, inv, Bw, sat, row, SX, SXX, with_moments):
+def _summed_area_xb(x, off, inv, Bw, sat, row, SX, SXX, with_moments):
     """Fill ``sat`` (H+1, W+1) with the SAT of Σ_ch x'_ch·Bw_ch; return its total, Σ_ch <x'_ch, Bw_ch>.
 
     ``row`` is scratch of W·Ch values. Adds x' to SX and ||x'_ch||² to SXX when `with_moments`.
@@ -94,19 +92,6 @@ def _sat_xb(x, off, inv, Bw, sat, row, SX, SXX, with_moments):
 
 
 @nb.njit(**_OPTS)
-def _sq_norms(x, off, inv, out):
-    """||x'_ch||² of one image, per channel, into out (Ch,)."""
-    H, W, Ch = x.shape
-    flat = x.reshape(H * W * Ch)
-    for ch in range(Ch):
-        acc = 0.0
-        for t in range(ch, flat.shape[0], Ch):
-            v = (flat[t] - off) * inv
-            acc += v * v
-        out[ch] = acc
-
-
-@nb.njit(**_OPTS)
 def _logits(corr, sat, logA, boxB2, F2, h, w, xb2, out):
     """Write the logits of every (face, corner) into ``out`` (C, P, Q); return (max, flat argmax).
 
@@ -115,8 +100,8 @@ def _logits(corr, sat, logA, boxB2, F2, h, w, xb2, out):
     C, P, Q = out.shape
     for i in range(P):
         for j in range(Q):
-            xb = sat[i + h, j + w] - sat[i, j + w] - sat[i + h, j] + sat[i, j]
-            xb2[i, j] = 2.0 * xb - boxB2[i, j]
+            xb = fm.window_total(sat[i + h, j + w], sat[i, j + w], sat[i + h, j], sat[i, j])
+            xb2[i, j] = fm.class_free(xb, boxB2[i, j])
     mx = -np.inf
     am = 0
     for c in range(C):
@@ -127,7 +112,7 @@ def _logits(corr, sat, logA, boxB2, F2, h, w, xb2, out):
                 if la == -np.inf:
                     v = -np.inf
                 else:
-                    v = la - (f2 - 2.0 * corr[c, i, j] + xb2[i, j])
+                    v = la - fm.expanded_loss(f2, corr[c, i, j], xb2[i, j])
                 out[c, i, j] = v
                 if v > mx:
                     mx = v
@@ -158,9 +143,8 @@ def _delta(x, off, inv, F, B, lam, c, i, j, cs, i0, j0):
                 continue
             for ch in range(Ch):
                 v = (x[r, cc, ch] - off) * inv
-                d1 = v - (F[c, r - i, cc - j, ch] if in1 else B[r, cc, ch])
-                d0 = v - (F[cs, r - i0, cc - j0, ch] if in0 else B[r, cc, ch])
-                total += lam[ch] * (d1 * d1 - d0 * d0)
+                total += fm.loss_term(lam[ch], v, F[c, r - i, cc - j, ch] if in1 else B[r, cc, ch],
+                                      F[cs, r - i0, cc - j0, ch] if in0 else B[r, cc, ch])
     return total
 
 
@@ -194,9 +178,7 @@ def _window_loss(x, off, inv, F, B, lam, i, j):
         for b in range(w):
             for ch in range(Ch):
                 v = (x[i + a, j + b, ch] - off) * inv
-                d1 = v - F[a, b, ch]
-                d2 = v - B[i + a, j + b, ch]
-                total += lam[ch] * (d1 * d1 - d2 * d2)
+                total += fm.loss_term(lam[ch], v, F[a, b, ch], B[i + a, j + b, ch])
     return total
 
 
@@ -228,10 +210,7 @@ def _refine(x, off, inv, F, B, lam, logA, err, band, exact, out, mx, am):
     relative frame (c* = -1 when the logits stay absolute).
     """
     C, P, Q = out.shape
-    cs = am // (P * Q)
-    rem = am - cs * (P * Q)
-    i0 = rem // Q
-    j0 = rem - i0 * Q
+    cs, i0, j0 = fm.decode(am, P, Q)
     la0 = logA[cs, i0, j0]
     cut = mx - band - 2.0 * err
     nmx = -np.inf
@@ -255,26 +234,21 @@ def _refine(x, off, inv, F, B, lam, logA, err, band, exact, out, mx, am):
 
 
 @nb.njit(**_OPTS)
-def _near_gains(corr, xb2, F2, c, i, j, out):
-    """``L(c, d) - L(c, d + δ)`` for the eight neighbours δ (the order of `kernels.NEAR_OFFSETS`), -inf off the grid.
+def _neighbour_gains(corr, xb2, F2, c, i, j, offsets, out):
+    """``L(c, d) - L(c, d + δ)`` for each δ of `offsets` (the pose's `neighbours`), -inf off the grid.
 
     From the expanded sums, which exist whatever log A is: the shift escape's
     ranking of moves leaves the prior out.
     """
     C, P, Q = corr.shape
-    t = 0
-    top = F2[c] - 2.0 * corr[c, i, j] + xb2[i, j]
-    for di in range(-1, 2):
-        for dj in range(-1, 2):
-            if di == 0 and dj == 0:
-                continue
-            ii = i + di
-            jj = j + dj
-            if 0 <= ii < P and 0 <= jj < Q:
-                out[t] = top - (F2[c] - 2.0 * corr[c, ii, jj] + xb2[ii, jj])
-            else:
-                out[t] = -np.inf
-            t += 1
+    top = fm.expanded_loss(F2[c], corr[c, i, j], xb2[i, j])
+    for t in range(offsets.shape[0]):
+        ii = i + offsets[t, 0]
+        jj = j + offsets[t, 1]
+        if fm.in_grid(ii, jj, P, Q):
+            out[t] = top - fm.expanded_loss(F2[c], corr[c, ii, jj], xb2[ii, jj])
+        else:
+            out[t] = -np.inf
 
 
 #: exp(x) underflows to exactly 0.0 in float64 below x = -745.14; entries that
@@ -283,7 +257,7 @@ LOG_CUTOFF = -745.2
 
 
 @nb.njit(**_OPTS)
-def _softmax_inplace(o, mx, extra, thr, nz):
+def _posterior(o, mx, extra, thr, nz):
     """Turn the flat logits ``o`` into q in place, with one more logit `extra` beside them (the "no face"
     class; -inf without it).
 
@@ -318,9 +292,7 @@ def _softmax_inplace(o, mx, extra, thr, nz):
         el += qe * d
     logz = math.log(z)
     iz = 1.0 / z
-    ent = logz - el * iz
-    if ent < 0.0:
-        ent = 0.0
+    ent = fm.softmax_entropy(logz, el * iz)
     cnt = 0
     qmax = 0.0
     for u in range(nnz):
@@ -347,92 +319,9 @@ def _bg_rss(x, off, inv, B, lam):
     return total
 
 
-@nb.njit(**_OPTS)
-def _add_window(x, off, inv, p, i, j, SFc, XC):
-    """SFc += p·crop_(i,j) and XC[window] += p·crop_(i,j), over every channel (p may be 0 for SFc-less use)."""
-    h, w, Ch = SFc.shape
-    H, W = x.shape[0], x.shape[1]
-    # channels last: each window row is one contiguous run of w·Ch values
-    x2 = x.reshape(H, W * Ch)
-    S2 = SFc.reshape(h, w * Ch)
-    X2 = XC.reshape(H, W * Ch)
-    j0 = j * Ch
-    for a in range(h):
-        for t in range(w * Ch):
-            v = p * ((x2[i + a, j0 + t] - off) * inv)
-            S2[a, t] += v
-            X2[i + a, j0 + t] += v
-
-
-@nb.njit(**_OPTS)
-def _add_crops(x, off, inv, q, thr, SF, XC):
-    """S_F[c] += q(c, d)·crop_d and XC[window_d] += q(c, d)·crop_d for every q(c, d) > thr."""
-    C, P, Q = q.shape
-    for c in range(C):
-        for i in range(P):
-            for j in range(Q):
-                p = q[c, i, j]
-                if p > thr:
-                    _add_window(x, off, inv, p, i, j, SF[c], XC)
-
-
-@nb.njit(**_OPTS)
-def _add_crops_at(x, off, inv, qf, nz, nnz, thr, P, Q, SF, XC):
-    """`_add_crops` over the listed non-zero entries of the flat posterior only."""
-    for u in range(nnz):
-        t = nz[u]
-        p = qf[t]
-        if p > thr:
-            c = t // (P * Q)
-            r = t - c * (P * Q)
-            i = r // Q
-            _add_window(x, off, inv, p, i, r - i * Q, SF[c], XC)
-
-
-@nb.njit(**_OPTS)
-def _add_coverage_xc(x, off, inv, q, satq, XC):
-    """XC += x' ∘ ((Σ_c q_c) ⊛ 1_{h×w}) through a summed-area table of Σ_c q_c."""
-    C, P, Q = q.shape
-    H, W, Ch = x.shape
-    h = H - P + 1
-    w = W - Q + 1
-    for c in range(Q + 1):
-        satq[0, c] = 0.0
-    for i in range(P):
-        run = 0.0
-        satq[i + 1, 0] = 0.0
-        for j in range(Q):
-            for c in range(C):
-                run += q[c, i, j]
-            satq[i + 1, j + 1] = satq[i, j + 1] + run
-    for r in range(H):
-        r_hi = min(r, P - 1) + 1
-        r_lo = max(r - h + 1, 0)
-        for cc in range(W):
-            c_hi = min(cc, Q - 1) + 1
-            c_lo = max(cc - w + 1, 0)
-            cov = satq[r_hi, c_hi] - satq[r_lo, c_hi] - satq[r_hi, c_lo] + satq[r_lo, c_lo]
-            for ch in range(Ch):
-                XC[r, cc, ch] += cov * ((x[r, cc, ch] - off) * inv)
-
-
-@nb.njit(**_OPTS)
-def _add_moments(x, off, inv, SX, SXX):
-    """SX += x' and SXX[ch] += ||x'_ch||², over the image's contiguous values."""
-    H, W, Ch = x.shape
-    flat = x.reshape(H * W * Ch)
-    sx = SX.reshape(H * W * Ch)
-    for t in range(flat.shape[0]):
-        sx[t] += (flat[t] - off) * inv
-    sq = np.empty(Ch)
-    _sq_norms(x, off, inv, sq)
-    for ch in range(Ch):
-        SXX[ch] += sq[ch]
-
-
 def fused_pass(
     X, off, inv, corr, out, logA, boxB2, Bw, B, lam, F, F2, BBw, log_const, log_empty, hard, mode, thr,
-    max_sparse, rel_eps, band, with_moments, sq, have_sq, N_part, SF_part, XC_part, SX_part, SXX_part,
+    max_sparse, rel_eps, band, with_moments, sq, have_sq, offsets, N_part, SF_part, XC_part, SX_part, SXX_part,
     dense, pos, ll, maxp, ent, cprob, near, chi2, qe,
 ):
     """One E-step and the M-step sums for a chunk.
@@ -442,7 +331,7 @@ def fused_pass(
     X : (n, H, W, Ch) raw images (any real dtype); x' = (X - off) * inv.
     corr : (n, C, P, Q) the λ-weighted correlations Σ_ch λ_ch x'_ch ⋆ F_c,ch (float32 or float64).
     out : (n, C, P, Q) float64; receives q (mode 0) or log p(x_k, c, d | θ) (mode 1).
-        May be the same array as `corr` when that is float64.
+        Not the same array as `corr`: the neighbour gains read `corr` after the logits are written.
     logA : (C, P, Q); boxB2 : (P, Q) = box(Σ_ch λ_ch B_ch²)
     Bw, B : (H, W, Ch) float64, λ·B and B; lam : (Ch,) = 1/(2 s_ch²)
     F : (C, h, w, Ch) float64; F2 : (C,) = Σ_ch λ_ch ||F_c,ch||²
@@ -470,12 +359,14 @@ def fused_pass(
     sq : (n, Ch) float64
         Each image's ||x'_ch||²: read when `have_sq`, else written (the chunk keeps them).
     have_sq : bool
+    offsets : (m, 2) int64
+        The neighbouring corners' offsets (the pose's `neighbours`), in the order of `near`.
     N_part, SF_part, XC_part, SX_part, SXX_part : (n_blocks, ...) float64, zeroed
         Partial sums, one per block.
     dense : (n,) uint8, out -- 1 where the dense route must finish S_F and XC.
     pos : (n,) int64, out -- flat argmax over (C, P, Q).
     ll, maxp, ent : (n,) float64, out. cprob : (n, C) float64, out.
-    near : (n, 8) float64, out -- the prior-free gains of the neighbouring corners (`_near_gains`);
+    near : (n, m) float64, out -- the prior-free gains of the neighbouring corners (`_neighbour_gains`);
         -inf where "no face" wins.
     chi2 : (n,) float64, out -- ``E_q Σ_ch ||x' - μ||² / s_ch²`` (`kernels.expected_residual`), here as
         ``2 (log_const - frame + E_q[log A] - E_q[logit])``: the joint is ``logit + frame``.
@@ -484,8 +375,7 @@ def fused_pass(
     n, H, W, Ch = X.shape
     C, P, Q = logA.shape
     M = C * P * Q
-    h = H - P + 1
-    w = W - Q + 1
+    h, w = F.shape[1], F.shape[2]
     n_blocks = N_part.shape[0]
     logAf = logA.reshape(M)
     for blk in nb.prange(n_blocks):
@@ -500,7 +390,7 @@ def fused_pass(
         XCb = XC_part[blk]
         for k in range(k0, k1):
             x = X[k]
-            xb = _sat_xb(x, off, inv, Bw, sat, row, SX_part[blk], SXX_part[blk], with_moments)
+            xb = _summed_area_xb(x, off, inv, Bw, sat, row, SX_part[blk], SXX_part[blk], with_moments)
             if not have_sq:
                 _sq_norms(x, off, inv, sq[k])
             xx = 0.0
@@ -531,17 +421,14 @@ def fused_pass(
                     le = log_empty + (log_const - _bg_rss(x, off, inv, B, lam)) - frame
             # the joint is logit + frame and log_const + log A - Σ λ ||x' - μ||²: la_sub - logit is the residual
             la_sub = log_const - frame
-            ac = am // (P * Q)
-            rem = am - ac * (P * Q)
-            ai = rem // Q
-            aj = rem - ai * Q
+            ac, ai, aj = fm.decode(am, P, Q)
             if le > mx and mode != 1:  # the log joints (mode 1) are over (face, position), as the array route's
                 mx = le
                 am = M
-                for t in range(8):
+                for t in range(offsets.shape[0]):
                     near[k, t] = -np.inf
             else:
-                _near_gains(corr[k], xb2, F2, ac, ai, aj, near[k])
+                _neighbour_gains(corr[k], xb2, F2, ac, ai, aj, offsets, near[k])
             pos[k] = am
             of = o.reshape(M)
             if mode == 1:
@@ -564,16 +451,16 @@ def fused_pass(
                 dense[k] = 0
                 if am == M:
                     qe[k] = 1.0
-                    chi2[k] = 2.0 * (la_sub + log_empty - le)
+                    chi2[k] = fm.expected_chi2(la_sub, log_empty - le)
                 else:
                     qe[k] = 0.0
-                    chi2[k] = 2.0 * (la_sub + logA[ac, ai, aj] - mx)
+                    chi2[k] = fm.expected_chi2(la_sub, logA[ac, ai, aj] - mx)
                     o[ac, ai, aj] = 1.0
                     Nb[am] += 1.0
                     cprob[k, ac] = 1.0
-                    _add_window(x, off, inv, 1.0, ai, aj, SFb[ac], XCb)
+                    _add_crop(x, off, inv, 1.0, ai, aj, SFb[ac], XCb)
             else:
-                lse, e, qmax, cnt, nnz, q0, mean_logit = _softmax_inplace(of, mx, le, thr, nz)
+                lse, e, qmax, cnt, nnz, q0, mean_logit = _posterior(of, mx, le, thr, nz)
                 ll[k] = lse + frame
                 maxp[k] = q0 if am == M else qmax
                 ent[k] = e
@@ -584,9 +471,9 @@ def fused_pass(
                 for u in range(nnz):
                     t = nz[u]
                     Nb[t] += of[t]
-                    cprob[k, t // (P * Q)] += of[t]
+                    cprob[k, t // (P * Q)] += of[t]  # the face of flat index t (`_formulas.decode`)
                     mean_la += of[t] * logAf[t]
-                chi2[k] = 2.0 * (la_sub + mean_la - mean_logit)
+                chi2[k] = fm.expected_chi2(la_sub, mean_la - mean_logit)
                 if cnt <= max_sparse:
                     _add_crops_at(x, off, inv, of, nz, nnz, thr, P, Q, SFb, XCb)
                     dense[k] = 0
@@ -594,148 +481,15 @@ def fused_pass(
                     dense[k] = 1
 
 
-def coverage_xc(X, off, inv, q, idx, XC_part):
-    """XC for the images ``idx`` of a chunk through coverage maps (the dense route)."""
-    n_blocks = XC_part.shape[0]
-    m = idx.shape[0]
-    P, Q = q.shape[2], q.shape[3]
-    for blk in nb.prange(n_blocks):
-        satq = np.empty((P + 1, Q + 1))
-        XCb = XC_part[blk]
-        for t in range((blk * m) // n_blocks, ((blk + 1) * m) // n_blocks):
-            k = idx[t]
-            _add_coverage_xc(X[k], off, inv, q[k], satq, XCb)
+serial_and_parallel(globals(), ("fused_pass",))
 
-
-def crops_from_q(X, off, inv, q, thr, with_moments, N_part, SF_part, XC_part, SX_part, SXX_part):
-    """N, S_F and XC of a chunk under a given q (n, C, P, Q), by crops."""
-    n = X.shape[0]
-    n_blocks = N_part.shape[0]
-    for blk in nb.prange(n_blocks):
-        for k in range((blk * n) // n_blocks, ((blk + 1) * n) // n_blocks):
-            N_part[blk] += q[k]
-            _add_crops(X[k], off, inv, q[k], thr, SF_part[blk], XC_part[blk])
-            if with_moments:
-                _add_moments(X[k], off, inv, SX_part[blk], SXX_part[blk])
-
-
-def crops_at_positions(X, off, inv, labels, rows, cols, with_moments, N_part, SF_part, XC_part, SX_part,
-                       SXX_part):
-    """N, S_F and XC of a chunk whose posteriors are one-hot at (labels[k], rows[k], cols[k]) (label < 0: no face)."""
-    n = X.shape[0]
-    n_blocks = N_part.shape[0]
-    for blk in nb.prange(n_blocks):
-        for k in range((blk * n) // n_blocks, ((blk + 1) * n) // n_blocks):
-            c = labels[k]
-            i = rows[k]
-            j = cols[k]
-            if c >= 0:  # a negative label is "no face": moments only
-                N_part[blk, c, i, j] += 1.0
-                _add_window(X[k], off, inv, 1.0, i, j, SF_part[blk, c], XC_part[blk])
-            if with_moments:
-                _add_moments(X[k], off, inv, SX_part[blk], SXX_part[blk])
-
-
-def block_moments(X, out):
-    """Per image: [count of non-finite values, sum, min, max] into out (n, 4), then
-    [Σ (x - m)², Σ (x - m)³] around the block's mean m into out[:, 4:6] (a second pass)."""
-    n = X.shape[0]
-    for k in nb.prange(n):
-        xk = X[k].ravel()
-        bad = 0
-        acc = 0.0
-        lo = np.inf
-        hi = -np.inf
-        for t in range(xk.shape[0]):
-            v = float(xk[t])
-            if not np.isfinite(v):
-                bad += 1
-                continue
-            acc += v
-            if v < lo:
-                lo = v
-            if v > hi:
-                hi = v
-        out[k, 0] = bad
-        out[k, 1] = acc
-        out[k, 2] = lo
-        out[k, 3] = hi
-    total = 0.0
-    size = 0
-    for k in range(n):
-        total += out[k, 1]
-        size += X[k].size
-    m = total / max(size, 1)
-    for k in nb.prange(n):
-        xk = X[k].ravel()
-        a2 = 0.0
-        a3 = 0.0
-        for t in range(xk.shape[0]):
-            d = float(xk[t]) - m
-            a2 += d * d
-            a3 += d * d * d
-        out[k, 4] = a2
-        out[k, 5] = a3
-
-
-def spectral_product(xhat, filters, out):
-    """``out[k, c] = Σ_ch xhat[k, ch] · filters[c, ch]``: the channel-summed product before the inverse FFTs.
-
-    The fused copy of the product in `kernels.correlate_fft`: the spectra are
-    read once and no temporary is made, whatever the number of channels.
-    """
-    n, Ch, H, Wr = xhat.shape
-    C = filters.shape[0]
-    for k in nb.prange(n):
-        for c in range(C):
-            o = out[k, c]
-            for r in range(H):
-                for f in range(Wr):
-                    o[r, f] = xhat[k, 0, r, f] * filters[c, 0, r, f]
-            for ch in range(1, Ch):
-                for r in range(H):
-                    for f in range(Wr):
-                        o[r, f] += xhat[k, ch, r, f] * filters[c, ch, r, f]
-
-
-def standardize(X, off, inv, out):
-    """out = (X - off) * inv with the channels moved first: X (n, H, W, Ch) -> out (n, Ch, H, W)."""
-    n = X.shape[0]
-    for k in nb.prange(n):
-        xk = X[k]
-        ok = out[k]
-        for r in range(xk.shape[0]):
-            for c in range(xk.shape[1]):
-                for ch in range(xk.shape[2]):
-                    ok[ch, r, c] = (xk[r, c, ch] - off) * inv
-
-
-def _renamed(fn, name):
-    """A copy of the Python function `fn` under another name (same code, globals and defaults).
-
-    Numba's on-disk cache is keyed by the function's qualified name and line,
-    not by its compile options (numba/numba#6845): a serial and a parallel
-    compilation of one function share one cache index, and whichever is
-    compiled first is loaded for both. The serial twin gets its own name, so
-    its own cache entry.
-    """
-    out = types.FunctionType(fn.__code__, fn.__globals__, name, fn.__defaults__, fn.__closure__)
-    out.__qualname__ = name
-    out.__doc__ = fn.__doc__
-    return out
-
-
-# Each kernel with a parallel loop exists twice: parallel, and serial (``<name>_serial``,
-# prange run as range) for work too small to be worth waking the thread pool --
-# on a machine whose other core is busy a parallel region waits a whole time slice
-# (measured: 16 ms against 0.17 ms for the crops of 18 images).
-_PARALLEL = ("fused_pass", "coverage_xc", "crops_from_q", "crops_at_positions", "standardize", "block_moments",
-             "spectral_product")
-for _name in _PARALLEL:
-    _fn = globals()[_name]
-    globals()[_name + "_serial"] = nb.njit(**_OPTS)(_renamed(_fn, _name + "_serial"))
-    globals()[_name] = nb.njit(parallel=True, **_OPTS)(_fn)
-del _name, _fn
+#: every kernel with a parallel loop, here and in `_numba_sums` (whose kernels are also names of this
+#: module), each with its serial twin ``<name>_serial``: `pick` chooses between them
+_PARALLEL = ("fused_pass",) + _numba_sums.PARALLEL
+for _name in _numba_sums.PARALLEL:
+    globals()[_name] = getattr(_numba_sums, _name)
+    globals()[_name + "_serial"] = getattr(_numba_sums, _name + "_serial")
+del _name
 
 #: below this many multiply-adds (about 0.1 ms of work) a chunk's kernel runs serially. Measured
 #: on 2 cores (soft EM, float64, 128x128, 48x48 face, K = 2,000, passive OpenMP workers): 0.10 s

@@ -12,6 +12,8 @@ import os
 
 import numpy as np
 
+from .poses import grid_shape
+
 __all__ = [
     "choose_correlation_route",
     "use_partial_idft",
@@ -44,7 +46,7 @@ def use_partial_idft(P, H):
 
 
 def _corr_fft_cost(H, W, h, w, cached, n_faces=1, n_channels=1):
-    P = H - h + 1
+    P = grid_shape((H, W), (h, w))[0]
     Wr = W // 2 + 1
     C, Ch = n_faces, n_channels
     cost = _C_MUL * H * Wr * C * Ch
@@ -60,7 +62,7 @@ def _corr_fft_cost(H, W, h, w, cached, n_faces=1, n_channels=1):
 
 
 def _corr_direct_cost(H, W, h, w, n_faces=1, n_channels=1):
-    P, Q = H - h + 1, W - w + 1
+    P, Q = grid_shape((H, W), (h, w))
     C, Ch = n_faces, n_channels
     return (_C_GEMM * P * W * h * w * C + _C_MUL * P * w * Q * C + 0.5 * H * W) * Ch
 
@@ -162,7 +164,7 @@ def chunk_size(image_shape, face_shape, itemsize, *, target_bytes=16 * 2**20, n_
     """
     H, W = image_shape
     h, w = face_shape
-    P, Q = H - h + 1, W - w + 1
+    P, Q = grid_shape((H, W), (h, w))
     per_image = (n_faces * (8 * P * Q * 2 + 2 * itemsize * 2 * H * (W // 2 + 1))
                  + n_channels * itemsize * H * W)
     n = max(1, int(target_bytes // per_image))

@@ -1,16 +1,19 @@
-"""The chunk kernels, written once against the array API: numpy and torch share them.
+"""The chunk kernels against the array API: numpy and torch share them.
 
 Every function takes arrays of one namespace (numpy, or torch on any device)
 and returns arrays of that namespace, found with `array_api_compat` as
-scikit-learn's ``get_namespace`` does. The formulas of the E-step and of the
-M-step's sums live here and only here; the fused CPU route in
-`_numba_kernels` is a faster copy of the same formulas that the tests hold to
-these to 1e-10.
+scikit-learn's ``get_namespace`` does. The CPU's fast path, `_numba_kernels`,
+fuses the same steps into one sweep per image; each of its kernels is named
+after its twin here, and both call the small formulas of `_formulas` (the
+loss, the flat decode, the neighbour offsets, the entropy, the window totals),
+so a formula is written once. The tests hold the two routes to each other and
+to the brute-force model to 1e-10.
 
 Layout (MODEL.md): a chunk ``x`` is (n, Ch, H, W) in working units; faces are
-(C, Ch, h, w); the grid of top-left corners is P×Q with P = H-h+1, Q = W-w+1.
-The channel weights ``lam`` are ``1 / (2 s_ch²)`` (all equal for one shared s):
-the E-step works with the λ-weighted sums
+(C, Ch, h, w); the poses are those of a pose object (`poses.Translations`: a
+P×Q grid of top-left corners), which also gives the window sums and the
+coverage. The channel weights ``lam`` are ``1 / (2 s_ch²)`` (all equal for one
+shared s): the E-step works with the λ-weighted sums
 
     L_k(c, d) = Σ_ch λ_ch [ ||F_c,ch||² - 2 (x_k,ch ⋆ F_c,ch)(d) + box(2 x_k,ch B_ch - B_ch²)(d) ]
 
@@ -26,11 +29,15 @@ import array_api_compat
 import numpy as np
 import scipy.fft as sfft
 
+from ._formulas import (NEAR_OFFSETS, class_free, decode, expanded_loss, expected_chi2, in_grid, softmax_entropy,
+                        window_total)
+
 __all__ = [
     "get_namespace",
     "spectra",
     "face_filters",
     "partial_idft_matrix",
+    "spectral_product",
     "correlate_fft",
     "correlate_direct",
     "summed_area",
@@ -106,6 +113,14 @@ def partial_idft_matrix(P, H, dtype=np.complex128):
     return (np.exp(2j * np.pi * p * r / H) / H).astype(dtype)
 
 
+def spectral_product(xhat, filters):
+    """``Σ_ch xhat[:, None, ch] · filters[None, :, ch]``: the channel-summed product, (n, C, H, W//2+1)."""
+    y = xhat[:, None, 0, ...] * filters[None, :, 0, ...]
+    for ch in range(1, xhat.shape[1]):
+        y = y + xhat[:, None, ch, ...] * filters[None, :, ch, ...]
+    return y
+
+
 def correlate_fft(xhat, filters, grid_shape, image_shape, *, idft_rows=None, workers=1, product=None):
     """λ-weighted valid cross-correlations ``Σ_ch λ_ch x_ch ⋆ F_c,ch`` from spectra.
 
@@ -125,8 +140,8 @@ def correlate_fft(xhat, filters, grid_shape, image_shape, *, idft_rows=None, wor
     idft_rows : complex array (P, H), optional
         From `partial_idft_matrix`; used instead of an FFT along the rows.
     product : callable(xhat, filters) -> array, optional
-        A faster route to the channel-summed product ``Σ_ch xhat[:, None, ch] · filters[None, :, ch]``
-        (the fused CPU path's `spectral_product`), held to this one by the tests.
+        A faster route to `spectral_product` (the fused CPU path's twin), held
+        to this one by the tests.
 
     Returns
     -------
@@ -135,12 +150,7 @@ def correlate_fft(xhat, filters, grid_shape, image_shape, *, idft_rows=None, wor
     xp = get_namespace(xhat, filters)
     P, Q = grid_shape
     H, W = image_shape
-    if product is not None:
-        y = product(xhat, filters)
-    else:
-        y = xhat[:, None, 0, ...] * filters[None, :, 0, ...]
-        for ch in range(1, xhat.shape[1]):
-            y = y + xhat[:, None, ch, ...] * filters[None, :, ch, ...]
+    y = (spectral_product if product is None else product)(xhat, filters)
     if idft_rows is not None:
         z = xp.matmul(idft_rows, y)
     else:
@@ -201,20 +211,13 @@ def summed_area(z):
 
 
 def box_sums(z, window):
-    """Sums of ``z`` over every h×w window (valid positions), via a summed-area table.
+    """Sums of ``z`` (..., H, W) over every h×w `window` at the valid positions, via a summed-area table.
 
-    Parameters
-    ----------
-    z : array (..., H, W)
-    window : tuple (h, w)
-
-    Returns
-    -------
-    array (..., H-h+1, W-w+1) of float64.
+    Returns an array (..., P, Q) of float64 over the pose grid (`poses.grid_shape`).
     """
     h, w = window
     s = summed_area(z)
-    return s[..., h:, w:] - s[..., :-h, w:] - s[..., h:, :-w] + s[..., :-h, :-w]
+    return window_total(s[..., h:, w:], s[..., :-h, w:], s[..., h:, :-w], s[..., :-h, :-w])
 
 
 def coverage(q, window):
@@ -242,7 +245,7 @@ def coverage(q, window):
 
 # ----------------------------------------------------------------------------- E-step
 
-def logits(corr, x, background, lam, face_sq, box_b2, log_prior, log_const):
+def logits(corr, x, background, lam, face_sq, box_b2, log_prior, log_const, pose):
     """Logits ``log A(c, d) - L_k(c, d)`` and each image's ``log p`` of the background alone.
 
     ``L_k(c, d) = Σ_ch λ_ch [||F_c||² - 2 (x_k ⋆ F_c)(d) + 2 box(x_k B)(d) - box(B²)(d)]``;
@@ -258,6 +261,7 @@ def logits(corr, x, background, lam, face_sq, box_b2, log_prior, log_const):
     box_b2 : array (P, Q), ``box(Σ_ch λ_ch B_ch²)``
     log_prior : array (C, P, Q)
     log_const : float, ``-HW/2 Σ_ch log(2π s_ch²)``
+    pose : pose object (`poses.Translations`), whose `window_sums` give ``box``
 
     Returns
     -------
@@ -269,25 +273,19 @@ def logits(corr, x, background, lam, face_sq, box_b2, log_prior, log_const):
         L itself, defined where log A is -inf too.
     """
     xp = get_namespace(corr, x)
-    P, Q = corr.shape[-2:]
-    H, W = x.shape[-2:]
     x64 = xp.astype(x, xp.float64)
     lamc = xp.reshape(lam, (-1, 1, 1))
-    xb = box_sums(xp.sum(x64 * (lamc * background), axis=1), (H - P + 1, W - Q + 1))  # (n, P, Q)
-    L = (xp.reshape(face_sq, (-1, 1, 1)) - 2.0 * xp.astype(corr, xp.float64)
-         + 2.0 * xb[:, None, ...] - box_b2)
+    xb = pose.window_sums(xp.sum(x64 * (lamc * background), axis=1))  # (n, P, Q)
+    L = expanded_loss(xp.reshape(face_sq, (-1, 1, 1)), xp.astype(corr, xp.float64),
+                      class_free(xb, box_b2)[:, None, ...])
     lg = log_prior - L
     resid = x64 - background
     rss = xp.sum(xp.sum(resid * resid, axis=(2, 3)) * lam, axis=1)
     return lg, log_const - rss, L
 
 
-#: the eight neighbouring corners, in the order of `Stats.near`
-NEAR_OFFSETS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
-
-
-def neighbour_gains(loss, argmax):
-    """``L(c*, d*) - L(c*, d* + δ)`` for each δ of `NEAR_OFFSETS`: (n, 8), -inf off the grid.
+def neighbour_gains(loss, argmax, offsets=NEAR_OFFSETS):
+    """``L(c*, d*) - L(c*, d* + δ)`` for each δ of `offsets` (the pose's `neighbours`): (n, m), -inf off the grid.
 
     The log-likelihood gain, prior left out, of moving each image's face to a
     neighbouring corner; -inf for every move where the arg-max is "no face"
@@ -298,14 +296,12 @@ def neighbour_gains(loss, argmax):
     flat = xp.reshape(loss, (n, -1))
     empty = argmax >= C * P * Q  # "no face" chosen: no face to move
     argmax = xp.where(empty, xp.zeros_like(argmax), argmax)
-    c = argmax // (P * Q)
-    i = (argmax % (P * Q)) // Q
-    j = argmax % Q
+    c, i, j = decode(argmax, P, Q)
     top = xp.take_along_axis(flat, argmax[:, None], axis=1)[:, 0]
     cols = []
-    for di, dj in NEAR_OFFSETS:
+    for di, dj in np.asarray(offsets).tolist():
         ii, jj = i + di, j + dj
-        ok = (ii >= 0) & (ii < P) & (jj >= 0) & (jj < Q)
+        ok = in_grid(ii, jj, P, Q)
         idx = c * (P * Q) + xp.clip(ii, 0, P - 1) * Q + xp.clip(jj, 0, Q - 1)
         val = top - xp.take_along_axis(flat, idx[:, None], axis=1)[:, 0]
         cols.append(xp.where(ok & ~empty, val, xp.full_like(val, -xp.inf)))
@@ -350,13 +346,14 @@ def posterior(lg, hard, log_empty=-math.inf):
         maxp = xp.ones(n, dtype=xp.float64, device=_device(lg))
         ent = xp.zeros(n, dtype=xp.float64, device=_device(lg))
     else:
-        e = xp.exp(flat - mx[:, None])
+        d = flat - mx[:, None]
+        e = xp.exp(d)
         z = xp.sum(e, axis=1)
         q = e / z[:, None]
-        top = mx + xp.log(z)
-        safe = xp.where(q > 0, flat, xp.zeros_like(flat))  # 0·log 0 = 0, also where log A = -inf
-        ent = top - xp.sum(q * safe, axis=1)
-        ent = xp.where(ent > 0, ent, xp.zeros_like(ent))
+        log_z = xp.log(z)
+        top = mx + log_z
+        safe = xp.where(q > 0, d, xp.zeros_like(d))  # 0·log 0 = 0, also where log A = -inf
+        ent = softmax_entropy(log_z, xp.sum(q * safe, axis=1))
         maxp = xp.take_along_axis(q, arg[:, None], axis=1)[:, 0]
     if with_empty:
         q_empty = q[:, M]
@@ -384,7 +381,7 @@ def expected_residual(q, loss, base, log_const):
     xp = get_namespace(q, loss)
     n = q.shape[0]
     el = xp.sum(xp.reshape(q * loss, (n, -1)), axis=1)
-    return 2.0 * ((log_const - base) + el)
+    return expected_chi2(log_const - base, el)
 
 
 # ----------------------------------------------------------------------------- M-step sums
@@ -450,14 +447,14 @@ def frequency_face_sums(xhat, q, image_shape, *, workers=1):
     return _sum_over_images(xhat, xp.conj(qhat))
 
 
-def accumulate(x, q, window, *, xhat=None, positions=None, labels=None, workers=1):
+def accumulate(x, q, pose, *, xhat=None, positions=None, labels=None, workers=1):
     """M-step sums of a chunk under a posterior q.
 
     Parameters
     ----------
     x : array (n, Ch, H, W), working units
     q : array (n, C, P, Q)
-    window : (h, w)
+    pose : pose object (`poses.Translations`): the face's shape and the coverage
     positions, labels : int arrays (n, 2) and (n,), optional
         When q is one-hot (hard EM), where: S_F is then a sum of crops per face
         and no FFT is needed.
@@ -471,10 +468,10 @@ def accumulate(x, q, window, *, xhat=None, positions=None, labels=None, workers=
     xp = get_namespace(x, q)
     n, Ch, H, W = x.shape
     C = q.shape[1]
-    h, w = window
+    h, w = window = pose.face_shape
     x64 = xp.astype(x, xp.float64)
     N = xp.sum(xp.astype(q, xp.float64), axis=0)
-    cov = coverage(xp.sum(q, axis=1), window)  # (n, H, W)
+    cov = pose.coverage(xp.sum(q, axis=1))  # (n, H, W)
     XC = xp.sum(x64 * cov[:, None, ...], axis=0)
     if positions is not None:
         cr = xp.reshape(crops(x64, positions, window), (n, Ch * h * w))

@@ -14,15 +14,14 @@ import numpy as np
 import scipy.fft as sfft
 
 from ..model import Params
-from . import kernels
+from ._formulas import gaussian_log_norm
+from .brightness import weighted_normalisers
+from .poses import Translations
 
 __all__ = ["MStepInfo", "params_from", "prior_from_counts", "predictive_prior", "face_sums", "expected_sse",
            "objective", "free_energy", "misfit_z", "NOISE_MODELS"]
 
 NOISE_MODELS = ("shared", "per_channel")
-
-_LOG_2PI = math.log(2.0 * math.pi)
-
 
 @dataclass
 class MStepInfo:
@@ -92,32 +91,31 @@ def predictive_prior(prior, n_images, prior_smoothing=0.0, empty_weight=None):
     return prior_from_counts(N, K, alpha + 1.0, N_empty)
 
 
-def _coverage_sum(stats, face_shape):
-    """``C = Σ_k cov_k``, (H, W): how many images the faces cover each pixel in, in expectation."""
-    return kernels.coverage(stats.N.sum(axis=0), face_shape)
+def _pose(stats, pose):
+    """The pose object of the sums: the one given, or the translations of their face over their frame."""
+    return Translations(stats.XC.shape[-2:], stats.S_F.shape[-2:]) if pose is None else pose
 
 
-def expected_sse(stats, faces, background, S_F=None, cover=None):
+def expected_sse(stats, faces, background, S_F=None, cover=None, pose=None):
     """``E_q[Σ_k ||X_k - μ_(c,d)||²]`` per channel, (Ch,), for the posteriors summed in `stats`.
 
     ``SXX - 2<B,SX> + K||B||² + Σ_c (N_c||F_c||² - 2<F_c,S_F,c>) + 2<B,XC> - <B²,C>``,
-    valid for any F and B, not only the M-step's.
+    valid for any F and B, not only the M-step's. `pose` (default: the
+    translations of the face) gives the coverage C when `cover` is not given.
     """
-    K = float(stats.n_images)
     if S_F is None:
         S_F = face_sums(stats)
-    if cover is None:
-        cover = _coverage_sum(stats, faces.shape[-2:])
-    Nc = stats.N.sum(axis=(1, 2))
+    # N_c, C and K; with brightness the a_k²-weighted ones, per channel (`brightness.weighted_normalisers`)
+    Nc, cover, K = weighted_normalisers(stats, background.shape[0], _pose(stats, pose), cover)
     B = background
     return (
         stats.SXX
         - 2.0 * np.einsum("dij,dij->d", B, stats.SX)
         + K * np.einsum("dij,dij->d", B, B)
-        + np.einsum("c,cdij->d", Nc, faces * faces)
+        + np.einsum("cd,cdij->d", Nc, faces * faces)
         - 2.0 * np.einsum("cdij,cdij->d", faces, S_F)
         + 2.0 * np.einsum("dij,dij->d", B, stats.XC)
-        - np.einsum("dij,ij->d", B * B, cover)
+        - np.einsum("dij,dij->d", B * B, np.broadcast_to(cover, B.shape))
     )
 
 
@@ -142,7 +140,8 @@ def misfit_z(chi2, n_values):
     return (np.asarray(chi2, dtype=np.float64) - n) / math.sqrt(2.0 * n)
 
 
-def params_from(stats, previous, *, prior_smoothing=0.0, noise_floor=1e-12, noise="shared", empty_frames=None):
+def params_from(stats, previous, *, prior_smoothing=0.0, noise_floor=1e-12, noise="shared", empty_frames=None,
+                pose=None):
     """The closed-form M-step: A, F_c, B, s² from the sufficient statistics (MODEL.md).
 
     Parameters
@@ -164,6 +163,9 @@ def params_from(stats, previous, *, prior_smoothing=0.0, noise_floor=1e-12, nois
         updated with A); None: as `previous` has. The "no face" images add to
         B and s through SX and SXX alone (their coverage is 0), so those
         formulas keep their form.
+    pose : pose object, optional
+        The pose axis (`poses.Translations`) whose coverage the background's
+        update needs; default: the translations of the face over the frame.
 
     Returns
     -------
@@ -182,23 +184,25 @@ def params_from(stats, previous, *, prior_smoothing=0.0, noise_floor=1e-12, nois
     N = np.maximum(stats.N, 0.0)
     A, pi0 = prior_from_counts(N, K, alpha, stats.N_empty if empty_frames else None)
     S_F = face_sums(stats)
-    Nc = N.sum(axis=(1, 2))
+    Nc = N.reshape(C, -1).sum(axis=1)
     # a face no image chose keeps its last value: S_F,c = 0 there, so no NaN
     full = Nc > 1e-12 * max(K, 1.0)
+    Nw, cover, Kw = weighted_normalisers(stats, Ch, _pose(stats, pose))  # a_k²-weighted with brightness
+    full &= (Nw > 0).all(axis=1)
     F = np.empty_like(S_F)
-    F[full] = S_F[full] / Nc[full, None, None, None]
+    F[full] = S_F[full] / Nw[full, :, None, None]
     if not full.all():
         info.empty_faces = tuple(int(c) for c in np.flatnonzero(~full))
         F[~full] = previous.faces[~full] if previous is not None else 0.0
-    cover = _coverage_sum(stats, (h, w))
-    free = K - cover
-    ok = free > 1e-9 * K
+    Kw = np.asarray(Kw, dtype=np.float64).reshape(-1, 1, 1)
+    free = np.broadcast_to(Kw - cover, (Ch, H, W))
+    ok = (free > 1e-9 * Kw).all(axis=0)
     B = np.empty((Ch, H, W))
     np.divide(stats.SX - stats.XC, free, out=B, where=np.broadcast_to(ok, B.shape))
     if not ok.all():
         info.n_uncovered = int((~ok).sum())
         B[:, ~ok] = (previous.background if previous is not None else stats.SX / K)[:, ~ok]
-    sse = expected_sse(stats, F, B, S_F, cover)
+    sse = expected_sse(stats, F, B, S_F, cover, pose)
     if noise == "per_channel":
         s2 = sse / (K * H * W)
     elif noise == "shared":
@@ -236,7 +240,7 @@ def objective(stats, params, prior_smoothing=0.0):
     return stats.loglik + _smoothing_term(params, prior_smoothing)
 
 
-def free_energy(stats, params, prior_smoothing=0.0):
+def free_energy(stats, params, prior_smoothing=0.0, pose=None):
     """The free energy ``E_q[log p(X, c, d | θ)] + H(q)`` of the posteriors summed in `stats`, under any θ.
 
     With the posteriors of θ itself it equals `objective`; incremental EM,
@@ -250,6 +254,6 @@ def free_energy(stats, params, prior_smoothing=0.0):
         prior_term = float(np.sum(np.where(stats.N > 0, stats.N * logA, 0.0)))
         if stats.N_empty > 0:  # the "no face" class: N_∅ log π_∅ (-inf without the class)
             prior_term += float(stats.N_empty * np.log(params.empty_weight or 0.0))
-    sse = expected_sse(stats, params.faces, params.background)
-    gauss = -0.5 * K * H * W * float(np.sum(_LOG_2PI + np.log(s2))) - float(np.sum(sse / (2.0 * s2)))
+    sse = expected_sse(stats, params.faces, params.background, pose=pose)
+    gauss = float(gaussian_log_norm(K * H * W, s2)) - float(np.sum(sse / (2.0 * s2)))
     return prior_term + gauss + stats.entropy_sum + _smoothing_term(params, prior_smoothing)

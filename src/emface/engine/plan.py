@@ -9,12 +9,12 @@ import numpy as np
 
 from ..model import Params
 from . import costs, kernels
+from ._formulas import gaussian_log_norm
+from .poses import Translations, pose_of
 
 __all__ = ["Plan", "make_plan", "resolve_backend", "BACKENDS"]
 
 BACKENDS = ("auto", "numba", "numpy", "torch")
-
-_LOG_2PI = math.log(2.0 * math.pi)
 
 
 def resolve_backend(backend):
@@ -39,6 +39,7 @@ class Plan:
     """
 
     params: Params
+    pose: Translations       # the pose axis (`poses`): the grid, the window sums, the neighbours
     hard: bool
     dtype: np.dtype
     backend: str
@@ -50,7 +51,7 @@ class Plan:
     lam: np.ndarray          # (Ch,)
     logA: np.ndarray         # (C, P, Q)
     log_empty: float         #          log π_∅ of the "no face" class; -inf without it
-    box_b2: np.ndarray       # (P, Q)   box(Σ λ B²)
+    box_b2: np.ndarray       # (P, Q)   pose.window_sums(Σ λ B²)
     face_sq: np.ndarray      # (C,)     Σ_ch λ ||F_c,ch||²
     bg_sq: float             #          Σ_ch λ ||B_ch||²
     log_const: float         #          -HW/2 Σ_ch log(2π s_ch²)
@@ -72,25 +73,15 @@ class Plan:
                                    np.ascontiguousarray(np.moveaxis(self.params.faces, 1, -1)))
         return self._channels_last
 
-    @property
-    def grid_shape(self):
-        return self.params.grid_shape
-
-    @property
-    def image_shape(self):
-        return self.params.image_shape
-
-    @property
-    def face_shape(self):
-        return self.params.face_shape
-
-    @property
-    def n_faces(self):
-        return self.params.n_faces
+    #: (P, Q), the pose's grid; (H, W); (h, w); C
+    grid_shape = property(lambda self: self.pose.shape)
+    image_shape = property(lambda self: self.params.image_shape)
+    face_shape = property(lambda self: self.params.face_shape)
+    n_faces = property(lambda self: self.params.n_faces)
 
 
 def make_plan(params, *, hard=False, dtype=np.float64, backend=None, route=None, workers=1,
-              cache_spectra=True, device="cpu", with_moments=True):
+              cache_spectra=True, device="cpu", with_moments=True, pose=None):
     """Prepare one iteration's E-step from θ.
 
     Parameters
@@ -114,11 +105,16 @@ def make_plan(params, *, hard=False, dtype=np.float64, backend=None, route=None,
         The torch device for ``backend="torch"`` (``"cuda"``, ``"cuda:1"``, ``"cpu"``).
     with_moments : bool
         Also compute ``Σ_k X_k`` and ``Σ_k ||X_k||²`` (constant: an executor asks once).
+    pose : pose object, optional
+        The pose axis (`poses.Translations`, as the model makes it); default: θ's translations.
     """
     dtype = np.dtype(dtype)
     C, Ch, h, w = params.faces.shape
     H, W = params.image_shape
-    P = H - h + 1
+    pose = pose_of(params) if pose is None else pose
+    if params.prior.shape != pose.prior_shape(C):
+        raise ValueError(f"the prior's shape must be {pose.prior_shape(C)} for {pose!r}, got {params.prior.shape}")
+    P = pose.shape[0]
     backend = resolve_backend(backend)
     if backend == "torch":
         route = "fft"  # the torch kernels correlate through the FFT only
@@ -138,6 +134,7 @@ def make_plan(params, *, hard=False, dtype=np.float64, backend=None, route=None,
     fft = route == "fft"
     return Plan(
         params=params,
+        pose=pose,
         hard=bool(hard),
         dtype=dtype,
         backend=backend,
@@ -149,10 +146,10 @@ def make_plan(params, *, hard=False, dtype=np.float64, backend=None, route=None,
         lam=lam,
         logA=logA,
         log_empty=float(log_empty),
-        box_b2=kernels.box_sums(np.sum(lamc * B * B, axis=0), (h, w)),
+        box_b2=pose.window_sums(np.sum(lamc * B * B, axis=0)),
         face_sq=np.einsum("cdij,cdij->c", faces_w, params.faces),
         bg_sq=float(np.sum(lamc * B * B)),
-        log_const=float(-0.5 * H * W * np.sum(_LOG_2PI + np.log(s2))),
+        log_const=float(gaussian_log_norm(H * W, s2)),
         faces_w=faces_w,
         filters=kernels.face_filters(faces_w, (H, W), cdtype) if fft else None,
         idft_rows=kernels.partial_idft_matrix(P, H, cdtype) if (fft and costs.use_partial_idft(P, H)) else None,

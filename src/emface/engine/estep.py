@@ -1,4 +1,4 @@
-"""The single-pass statistics engine: one chunk of images in, its sufficient statistics out.
+"""The E-step: one chunk of images in, its posteriors' sufficient statistics out, in a single pass.
 
 ``chunk_stats(chunk, plan)`` runs the E-step on one chunk and returns its
 `Stats`; `emface.engine.mstep.params_from` is the M-step. Every entry point of
@@ -25,6 +25,7 @@ from ..model import Stats
 from . import kernels
 from .chunk import chunk_spectra, standardized
 from .plan import resolve_backend
+from .poses import Translations
 
 __all__ = ["chunk_stats", "stats_from_q", "stats_from_positions", "Q_THRESHOLD"]
 
@@ -46,7 +47,6 @@ def _host(a):
 
 def _build_stats(chunk, plan, raw, per_image):
     """`Stats` from the raw arrays of a backend (numpy or torch): the one place they are assembled."""
-    P, Q = plan.grid_shape
     r = {k: _host(v) for k, v in vars(raw).items()}
     ent = r["ent"]
     stats = Stats(
@@ -63,10 +63,10 @@ def _build_stats(chunk, plan, raw, per_image):
     )
     if per_image:
         arg = r["arg"].astype(np.int64)
-        rem = arg % (P * Q)
-        stats.labels = arg // (P * Q)
-        stats.positions = np.stack([rem // Q, rem % Q], axis=1)
-        empty = arg >= plan.n_faces * P * Q  # "no face" chosen: face -1 at (-1, -1)
+        labels, rows, cols = plan.pose.decode(arg)
+        stats.labels = labels
+        stats.positions = np.stack([rows, cols], axis=1)
+        empty = labels >= plan.n_faces  # "no face" chosen: face -1 at (-1, -1)
         stats.labels[empty] = -1
         stats.positions[empty] = -1
         stats.image_loglik = r["ll"]
@@ -79,7 +79,7 @@ def _build_stats(chunk, plan, raw, per_image):
     return stats
 
 
-def chunk_stats(chunk, plan, *, output=None, per_image=True):
+def chunk_stats(chunk, plan, *, output=None, per_image=True, brightness=None, fit_steps=0):
     """E-step on one chunk and its sufficient statistics.
 
     Parameters
@@ -92,16 +92,28 @@ def chunk_stats(chunk, plan, *, output=None, per_image=True):
         ``"log_joint"`` no M-step sums are computed.
     per_image : bool
         Keep per-image positions, faces, log-likelihoods, probabilities and entropies.
+    brightness : (gains, offsets), optional
+        Each image's gain and offset, (n, G) each: the pass of
+        `emface.engine.brightness` (E-step given them, their ECM update, the
+        weighted sums); the `Stats` then carry the updated ones.
+    fit_steps : int
+        With `brightness`: alternations of the E-step and the (a, b) update first (new images).
 
     Returns
     -------
     Stats, or (Stats, ndarray) when `output` is given.
     """
-    if plan.backend == "numba":
+    if brightness is not None:
+        from .brightness import brightness_pass
+
+        raw, out = brightness_pass(chunk, plan, *brightness, output=output, fit_steps=fit_steps)
+    elif plan.backend == "numba":
         raw, out = _numba_pass(chunk, plan, output)
     else:
         raw, out = _array_pass(chunk, plan, output)
     stats = _build_stats(chunk, plan, raw, per_image)
+    if brightness is not None:  # the weighted normalisers and the updated (a, b) ride beside the sums
+        stats = replace(stats, NW=raw.NW, KW=raw.KW, gains=raw.gains, offsets=raw.offsets, ecm_gain=raw.ecm_gain)
     return (stats, _host(out)) if output is not None else stats
 
 
@@ -134,7 +146,7 @@ def _array_pass(chunk, plan, output):
     else:
         corr = kernels.correlate_direct(x, xp.astype(arrs.faces_w, x.dtype), (P, Q))
     lg, base, loss = kernels.logits(corr, x, arrs.background, arrs.lam, arrs.face_sq, arrs.box_b2, arrs.logA,
-                                    plan.log_const)
+                                    plan.log_const, plan.pose)
     SX, SXX = kernels.moments(x) if plan.with_moments else (None, None)
     n = chunk.n
     C = plan.n_faces
@@ -147,22 +159,22 @@ def _array_pass(chunk, plan, output):
         arg = xp.argmax(flat, axis=1)
         ll = xp.take_along_axis(flat, arg[:, None], axis=1)[:, 0] + base
         nan = np.full(n, np.nan)
-        raw = SimpleNamespace(N=np.zeros((C, P, Q)), S_F=np.zeros((C, Ch, h, w)), S_F_hat=None,
+        near = kernels.neighbour_gains(loss, arg, plan.pose.neighbours)
+        raw = SimpleNamespace(N=np.zeros(plan.pose.prior_shape(C)), S_F=np.zeros((C, Ch, h, w)), S_F_hat=None,
                               XC=np.zeros((Ch, H, W)), SX=SX, SXX=SXX, ll=ll, arg=arg, maxp=nan, ent=nan,
-                              cprob=np.full((n, C), np.nan), near=kernels.neighbour_gains(loss, arg), chi2=nan,
-                              qe=nan)
+                              cprob=np.full((n, C), np.nan), near=near, chi2=nan, qe=nan)
         return raw, out
     q, top, arg, maxp, ent, cprob, qe = kernels.posterior(lg, plan.hard, plan.log_empty)
-    near = kernels.neighbour_gains(loss, arg)
+    near = kernels.neighbour_gains(loss, arg, plan.pose.neighbours)
     chi2 = kernels.expected_residual(q, loss, base, plan.log_const)
     if plan.hard:
-        rem = arg % (P * Q)
-        N, S_F, S_F_hat, XC = kernels.accumulate(x, q, (h, w), positions=xp.stack([rem // Q, rem % Q], axis=1),
-                                                 labels=arg // (P * Q))
+        labels, rows, cols = plan.pose.decode(arg)
+        N, S_F, S_F_hat, XC = kernels.accumulate(x, q, plan.pose, positions=xp.stack([rows, cols], axis=1),
+                                                 labels=labels)
     else:
         if xhat is None:
             xhat = chunk_spectra(chunk, plan, x)
-        N, S_F, S_F_hat, XC = kernels.accumulate(x, q, (h, w), xhat=xhat, workers=plan.workers)
+        N, S_F, S_F_hat, XC = kernels.accumulate(x, q, plan.pose, xhat=xhat, workers=plan.workers)
     raw = SimpleNamespace(N=N, S_F=S_F, S_F_hat=S_F_hat, XC=XC, SX=SX, SXX=SXX, ll=top + base, arg=arg,
                           maxp=maxp, ent=ent, cprob=cprob, near=near, chi2=chi2, qe=qe)
     return raw, (q if output == "q" else None)
@@ -175,17 +187,17 @@ def _n_blocks(n, workers):
     return max(1, min(n, workers))
 
 
-def _partials(n, workers, n_faces, n_channels, image_shape, face_shape, with_moments):
+def _partials(n, workers, n_faces, n_channels, pose, with_moments):
     """Zeroed per-thread partial sums (N, S_F, XC, SX, SXX) for a chunk, channels last as the kernels write them.
 
     Without moments SX is a (blocks, 1, 1, Ch) stand-in that the kernels do not touch.
     """
-    H, W = image_shape
-    h, w = face_shape
+    H, W = pose.image_shape
+    h, w = pose.face_shape
     nb = _n_blocks(n, workers)
     C, Ch = n_faces, n_channels
     HX, WX = (H, W) if with_moments else (1, 1)
-    return (np.zeros((nb, C, H - h + 1, W - w + 1)), np.zeros((nb, C, h, w, Ch)), np.zeros((nb, H, W, Ch)),
+    return (np.zeros((nb,) + pose.prior_shape(C)), np.zeros((nb, C, h, w, Ch)), np.zeros((nb, H, W, Ch)),
             np.zeros((nb, HX, WX, Ch)), np.zeros((nb, Ch)))
 
 
@@ -227,13 +239,16 @@ def _numba_pass(chunk, plan, output):
         sp = chunk_spectra(chunk, plan, xs)
         corr = kernels.correlate_fft(sp, plan.filters, (P, Q), (H, W), idft_rows=plan.idft_rows,
                                      workers=plan.workers, product=_fused_product)
-    out = corr if (corr.dtype == np.float64 and corr.flags.c_contiguous) else np.empty((n, C, P, Q))
-    parts = _partials(n, plan.workers, C, Ch, (H, W), plan.face_shape, plan.with_moments)
+    # never `corr` itself, though the direct route's is float64 and contiguous: the neighbour gains read the
+    # correlations after the logits are written (over them, the gains came out wrong on that route)
+    out = np.empty((n,) + plan.pose.prior_shape(C))
+    parts = _partials(n, plan.workers, C, Ch, plan.pose, plan.with_moments)
     dense = np.zeros(n, dtype=np.uint8)
     arg = np.empty(n, dtype=np.int64)
     ll, maxp, ent, chi2, qe = np.empty(n), np.empty(n), np.empty(n), np.empty(n), np.empty(n)
     cprob = np.empty((n, C))
-    near = np.empty((n, len(kernels.NEAR_OFFSETS)))
+    offsets = plan.pose.neighbours
+    near = np.empty((n, len(offsets)))
     mode = 1 if output == "log_joint" else 0
     Bw_last, B_last, F_last = plan.channels_last()
     rel_eps, band = (1e-6, 2.0) if corr.dtype == np.float32 else (1e-13, 40.0)
@@ -243,7 +258,8 @@ def _numba_pass(chunk, plan, output):
     nk.pick("fused_pass", work, parts[0].shape[0])(
         chunk.data, float(chunk.offset), float(chunk.inv_scale), corr, out, plan.logA, plan.box_b2,
         Bw_last, B_last, plan.lam, F_last, plan.face_sq, plan.bg_sq, plan.log_const, plan.log_empty, plan.hard,
-        mode, Q_THRESHOLD, plan.max_sparse, rel_eps, band, plan.with_moments, sq, have_sq, *parts, dense, arg, ll,
+        mode, Q_THRESHOLD, plan.max_sparse, rel_eps, band, plan.with_moments, sq, have_sq, offsets, *parts, dense,
+        arg, ll,
         maxp, ent, cprob, near, chi2, qe,
     )
     chunk.cache.sq = sq
@@ -254,7 +270,8 @@ def _numba_pass(chunk, plan, output):
             sp = chunk_spectra(chunk, plan, xs)
             S_F_hat = kernels.frequency_face_sums(sp[idx], out[idx], (H, W), workers=plan.workers)
             nk.pick("coverage_xc", idx.size * (C * P * Q + Ch * H * W), parts[2].shape[0])(
-                chunk.data, float(chunk.offset), float(chunk.inv_scale), out, idx.astype(np.int64), parts[2])
+                chunk.data, float(chunk.offset), float(chunk.inv_scale), out, idx.astype(np.int64), *plan.face_shape,
+                parts[2])
     N, S_F, XC, SX, SXX = _sum_partials(parts, plan.with_moments)
     raw = SimpleNamespace(N=N, S_F=S_F, S_F_hat=S_F_hat, XC=XC, SX=SX, SXX=SXX, ll=ll, arg=arg, maxp=maxp,
                           ent=ent, cprob=cprob, near=near, chi2=chi2, qe=qe)
@@ -269,6 +286,11 @@ def _host_backend(backend):
     return resolve_backend(None) if backend == "torch" else backend
 
 
+def _as_pose(face_shape, image_shape):
+    """A pose object given as one, or the translations of a face of shape (h, w)."""
+    return face_shape if hasattr(face_shape, "window_sums") else Translations(image_shape, face_shape)
+
+
 def _given_q_stats(chunk, N, S_F, S_F_hat, XC, SX, SXX):
     return Stats(n_images=chunk.n, N=N, S_F=S_F, XC=XC, loglik=0.0, S_F_hat=S_F_hat, SX=SX, SXX=SXX)
 
@@ -279,7 +301,8 @@ def stats_from_positions(chunk, positions, labels, face_shape, n_faces, *, backe
 
     The hard-EM statistics without an E-step: sums of crops, no FFT. The
     objective fields are zero. A negative label is "no face": the image counts
-    in N_empty (and in SX, SXX) only.
+    in N_empty (and in SX, SXX) only. `face_shape` is (h, w), or the pose
+    object (`poses.Translations`) itself.
     """
     backend = _host_backend(backend)
     positions = np.asarray(positions, dtype=np.int64).reshape(-1, 2)
@@ -288,20 +311,21 @@ def stats_from_positions(chunk, positions, labels, face_shape, n_faces, *, backe
     if n_empty:
         positions = np.where(labels[:, None] < 0, 0, positions)
     n, H, W, Ch = chunk.data.shape
+    pose = _as_pose(face_shape, (H, W))
+    h, w = pose.face_shape
     if backend != "numba":
         x = standardized(chunk, np.float64, use_numba=False)
-        P, Q = H - face_shape[0] + 1, W - face_shape[1] + 1
-        q = np.zeros((n, n_faces, P, Q))
+        q = np.zeros((n,) + pose.prior_shape(n_faces))
         face = labels >= 0
         q[np.flatnonzero(face), labels[face], positions[face, 0], positions[face, 1]] = 1.0
-        N, S_F, _, XC = kernels.accumulate(x, q, face_shape, positions=positions, labels=labels)
+        N, S_F, _, XC = kernels.accumulate(x, q, pose, positions=positions, labels=labels)
         SX, SXX = kernels.moments(x) if with_moments else (None, None)
         return replace(_given_q_stats(chunk, N, S_F, None, XC, SX, SXX), N_empty=n_empty)
     from . import _numba_kernels as nk
 
-    parts = _partials(n, workers, n_faces, Ch, (H, W), face_shape, with_moments)
-    work = n * Ch * (face_shape[0] * face_shape[1] + (H * W if with_moments else 0))
-    nk.pick("crops_at_positions", work, parts[0].shape[0])(
+    parts = _partials(n, workers, n_faces, Ch, pose, with_moments)
+    work = n * Ch * (h * w + (H * W if with_moments else 0))
+    nk.pick("accumulate_at_positions", work, parts[0].shape[0])(
         chunk.data, float(chunk.offset), float(chunk.inv_scale), labels, np.ascontiguousarray(positions[:, 0]),
         np.ascontiguousarray(positions[:, 1]), with_moments, *parts)
     N, S_F, XC, SX, SXX = _sum_partials(parts, with_moments)
@@ -312,19 +336,21 @@ def stats_from_q(chunk, q, face_shape, *, backend=None, workers=1, with_moments=
     """M-step statistics of a chunk under a posterior q (n, C, P, Q) that is given, not computed.
 
     Used by the course API's ``run_m_step``. The objective fields are zero.
+    `face_shape` is (h, w), or the pose object (`poses.Translations`) itself.
     """
     backend = _host_backend(backend)
     q = np.ascontiguousarray(q, dtype=np.float64)
     n, H, W, Ch = chunk.data.shape
+    pose = _as_pose(face_shape, (H, W))
     if backend == "numba":
         from . import _numba_kernels as nk
 
-        parts = _partials(n, workers, q.shape[1], Ch, (H, W), face_shape, with_moments)
-        nk.pick("crops_from_q", q.size + (n * Ch * H * W if with_moments else 0), parts[0].shape[0])(
+        parts = _partials(n, workers, q.shape[1], Ch, pose, with_moments)
+        nk.pick("accumulate", q.size + (n * Ch * H * W if with_moments else 0), parts[0].shape[0])(
             chunk.data, float(chunk.offset), float(chunk.inv_scale), q, Q_THRESHOLD, with_moments, *parts)
         N, S_F, XC, SX, SXX = _sum_partials(parts, with_moments)
         return _given_q_stats(chunk, N, S_F, None, XC, SX, SXX)
     x = standardized(chunk, np.float64, use_numba=False)
-    N, S_F, S_F_hat, XC = kernels.accumulate(x, q, face_shape, workers=workers)
+    N, S_F, S_F_hat, XC = kernels.accumulate(x, q, pose, workers=workers)
     SX, SXX = kernels.moments(x) if with_moments else (None, None)
     return _given_q_stats(chunk, N, S_F, S_F_hat, XC, SX, SXX)
