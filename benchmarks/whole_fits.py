@@ -16,13 +16,15 @@ face, K = 2000, with noise equal to the faces' contrast ("sharp": one position
 holds nearly all of each image's posterior) and three times the contrast
 ("spread": the posterior of an image spreads over many positions). The colour
 stacks are the grey ones' three independent channels' worth of draws; C = 8 uses
-eight different smooth faces, equally often.
+eight different smooth faces, equally often. Where the installed emface has
+issue 19's ``brightness`` option, a third group compares the default fit with
+``brightness="fixed"`` (the note's model) on the same grey stacks.
 
 Columns:
 
 - s/it: (time of the 10-iteration fit - time of the 2-iteration fit) / 8, the
   median over `--repeats` pairs (the two fits of a pair run back to back);
-- E+M: the seconds of one E-step pass plus one M-step alone
+- E+M: the seconds of one E-step pass plus one M-step alone, the note's model
   (``_common.time_iterations``, from the data-driven start, spectra cached);
 - s/it / E+M: how much a whole iteration costs beyond its E- and M-steps;
 - ratio: s/it over the matching grey (or one-face) row's s/it, the figure
@@ -47,6 +49,7 @@ fit's own work (checks, the map to working units, storing the result).
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 import time
 
@@ -54,6 +57,7 @@ import numpy as np
 from scipy import ndimage
 
 from _common import Profile, counted_fit, cpu_count, time_iterations, whole_iteration
+from emface import FaceEM
 
 SHAPE, FACE, K = (128, 128), (48, 48), 2000
 QUICK = ((64, 64), (24, 24), 400)
@@ -120,10 +124,13 @@ def profile_row(X, face_shape, **kw):
 
 
 CASES = {
-    # group: (label, n_faces, colour)
-    "colour": [("grey", 1, False), ("3 channels", 1, True)],
-    "faces": [("C=1", 1, False), ("C=8", 8, False)],
+    # group: (label, n_faces, colour, FaceEM options); each row's ratio is over the group's first row
+    "colour": [("grey", 1, False, {}), ("3 channels", 1, True, {})],
+    "faces": [("C=1", 1, False, {}), ("C=8", 8, False, {})],
 }
+if "brightness" in inspect.signature(FaceEM).parameters:
+    # issue 19: on frames that follow the note's model the default costs at most 1.2x the note's model
+    CASES["brightness"] = [("fixed", 1, False, dict(brightness="fixed")), ("default", 1, False, {})]
 
 
 def main(quick=False, repeats=3, only=None, profile=False, noises=(1.0, 3.0), hards=(False, True)):
@@ -141,9 +148,9 @@ def main(quick=False, repeats=3, only=None, profile=False, noises=(1.0, 3.0), ha
         for noise in noises:
             for hard in hards:
                 base = cbase = None
-                for label, C, colour in cases:
+                for label, C, colour, opts in cases:
                     X = smooth_stack(n, (H, W), (h, w), n_faces=C, colour=colour, noise=noise, seed=0)
-                    r = whole_iteration(X, (h, w), repeats, n_faces=C, hard=hard)
+                    r = whole_iteration(X, (h, w), repeats, n_faces=C, hard=hard, **opts)
                     sit, cit, passes, runs = r["wall"], r["cpu"], r["passes"], r["runs"]
                     maxp = float(np.mean(r["est"].posterior_summary(X if hard else None).probability))
                     em, cem = em_only(X, (h, w), C, hard, repeats)
@@ -152,7 +159,7 @@ def main(quick=False, repeats=3, only=None, profile=False, noises=(1.0, 3.0), ha
                         f"{sit / em:.2f} | {sit / base:.2f} | {cit:.3f} | {cem:.3f} | {cit / cem:.2f} | "
                         f"{cit / cbase:.2f} | {passes} | {runs[0]}, {runs[1]} | {maxp:.3f} |")
                     if profile:
-                        profile_row(X, (h, w), n_faces=C, hard=hard)
+                        profile_row(X, (h, w), n_faces=C, hard=hard, **opts)
     say("")
     say(f"load average at the end: {os.getloadavg()[0]:.1f}")
     out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
