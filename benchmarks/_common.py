@@ -232,20 +232,26 @@ class Profile:
 PROFILED = (("emface.mixture:FaceMixture", "e_step"), ("emface.mixture:FaceMixture", "m_step"),
             ("emface.mixture:FaceMixture", "objective"), ("emface.mixture:FaceMixture", "extrapolate"),
             ("emface.estimator", "auto_start"), ("emface.estimator", "random_start"),
-            ("emface.estimator", "_model_decisiveness"), ("emface.moves", "shift_escape"),
-            ("emface.moves", "split_merge"))
+            ("emface.estimator", "_model_decisiveness"), ("emface.schedule", "auto_start"),
+            ("emface.schedule", "random_start"), ("emface.schedule", "model_decisiveness"),
+            ("emface.moves", "shift_escape"), ("emface.moves", "split_merge"))
 
 
 @contextlib.contextmanager
 def profiled(prof, targets=PROFILED):
-    """Wrap each ``(module[:class], name)`` of `targets` (those that exist) to record into `prof`."""
+    """Wrap each ``(module[:class], name)`` of `targets` that exists in this emface to record into `prof`."""
     import importlib
 
     saved = []
     for where, name in targets:
         mod, _, cls = where.partition(":")
-        obj = importlib.import_module(mod)
-        obj = getattr(obj, cls) if cls else obj
+        try:
+            obj = importlib.import_module(mod)
+        except ImportError:
+            continue  # a module of another version of emface
+        obj = getattr(obj, cls, None) if cls else obj
+        if obj is None:
+            continue
         if name in vars(obj):
             saved.append((obj, name, vars(obj)[name]))
     try:
