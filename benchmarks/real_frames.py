@@ -261,6 +261,14 @@ def main(quick=False, seed=0, only=None, out=None):
              f"contrast, seed {seed}; {cpu_count()} core(s), load average {load:.1f} at the start.", "",
              "| deviation | level | what | fit | exact | ≤1px | corr | time |", "|---|---|---|---|---|---|---|---|"]
     print("\n".join(lines), flush=True)
+    out = out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
+                              "real_frames-quick.md" if quick else "real_frames.md")
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+
+    def save():  # after every row: an interrupted run keeps what it measured
+        with open(out, "w") as fh:
+            fh.write("\n".join(lines) + "\n")
+
     # untimed fits on 40 frames of these sizes, float and 8-bit (JPEG): compiling is charged to no row
     warm = Stack(40, (H, W), (h, w), seed)
     for _, kw in fits:
@@ -284,14 +292,11 @@ def main(quick=False, seed=0, only=None, out=None):
                         f"{dt:.1f} s |")
                 lines.append(line)
                 print(line, flush=True)
+                save()
     lines.append("")
     lines.append(f"Load average at the end: {os.getloadavg()[0]:.1f}.")
     print(lines[-1])
-    out = out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                              "real_frames-quick.md" if quick else "real_frames.md")
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    with open(out, "w") as fh:
-        fh.write("\n".join(lines) + "\n")
+    save()
     print(f"saved {out}")
 
 
