@@ -5,7 +5,7 @@ import zlib
 import numpy as np
 import pytest
 
-from emface.model import Params
+from emface.engine.records import Params
 
 
 def optional(module):

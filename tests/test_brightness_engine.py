@@ -14,7 +14,7 @@ from conftest import ROUTES, close, random_problem, ref_args, seed_of
 from emface.engine import Chunk, make_plan, params_from
 from emface.engine.brightness import brightness_test, normalize, probe_gains
 from emface.engine.estep import chunk_stats
-from emface.model import Params
+from emface.engine.records import Params
 
 CASES = [  # (channels, gain groups, faces, hard)
     (1, 1, 1, False),

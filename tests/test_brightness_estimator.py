@@ -101,6 +101,14 @@ def test_colour_per_channel():
     assert _exact(est, truth) >= 0.95
 
 
+def test_the_option_table_offers_the_engines_choices():
+    from emface.engine.brightness import BRIGHTNESS
+    from emface.options import OPTIONS
+
+    (opt,) = [o for o in OPTIONS if o.name == "brightness"]
+    assert opt.choices == BRIGHTNESS and opt.default == "auto" and opt.flag == "--brightness"
+
+
 def test_bad_values_are_refused(tmp_path):
     X, _, _, _ = _stack(K=30)
     with pytest.raises(ValueError, match="brightness"):
@@ -144,3 +152,17 @@ def test_out_of_core_and_checkpoint_resume(tmp_path):
         est.set_params(max_iter=8).fit(X)
     assert est.brightness_ == "per_image" and est.gains_.shape == (80,)
     assert np.all(np.diff(est.lower_bounds_) >= -1e-9 * np.abs(np.asarray(est.lower_bounds_[:-1])))
+
+
+def test_backends_agree():
+    """numba, numpy and torch (on the CPU) give the same per-image fit: the brightness pass is one code."""
+    from conftest import optional
+
+    optional("torch")
+    X, _, _, _ = _stack(K=60)
+    fits = [_fit(X, brightness="per_image", max_iter=6, tol=0, n_init=1, backend=b) for b in ("numba", "numpy",
+                                                                                          "torch")]
+    for other in fits[1:]:
+        assert np.array_equal(other.positions_, fits[0].positions_)
+        assert np.allclose(other.gains_, fits[0].gains_, rtol=1e-8)
+        assert np.allclose(other.faces_, fits[0].faces_, rtol=1e-8, atol=1e-8 * np.abs(fits[0].faces_).max())

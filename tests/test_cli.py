@@ -284,7 +284,7 @@ def test_error_frames_of_different_sizes(tmp_path):
 def test_error_face_larger_than_frames(tmp_path, stack):
     np.save(tmp_path / "s.npy", stack[0])
     _bad(run("fit", tmp_path / "s.npy", "--face-shape", "25x8", "--out", tmp_path / "o"),
-         "--face-shape 25x8 is larger than the frames (24x30)")
+         "face_shape=(25, 8) does not fit in images of shape (H, W)=(24, 30)")
 
 
 @pytest.mark.parametrize("shape", ["10", "10x", "ax8", "0x8", "10x-8", "10x8x2"])

@@ -182,7 +182,7 @@ def test_stats_sum_adds_in_order_and_joins_the_per_image_arrays():
     import functools
 
     from emface.engine import chunk_stats
-    from emface.model import StatsSum
+    from emface.engine.records import StatsSum
 
     theta, X, _, _ = _problem((13, 9, 10, 4, 3), (2, 2), "sum")
     ex = engine_executor(X, (4, 3), "numba", None, chunk_size=3)

@@ -5,7 +5,7 @@ import warnings
 import numpy as np
 import pytest
 
-import emface.estimator as estimator_module
+import emface.schedule as schedule_module
 from emface import FaceEM
 from emface.datasets import make_faces
 from emface.em import EMSettings, run_em
@@ -69,7 +69,7 @@ def test_the_free_energy_of_the_kept_sums_is_the_likelihood_bound():
 
 @pytest.mark.parametrize("n_faces", [1, 2])
 def test_incremental_ends_at_the_batch_answer(n_faces, monkeypatch):
-    monkeypatch.setattr(estimator_module, "_BLOCK_IMAGES", 100)
+    monkeypatch.setattr(schedule_module, "BLOCK_IMAGES", 100)
     X, truth = make_faces(600, (32, 36), (12, 10), n_faces=n_faces, noise=1.0, random_state=4)
     kw = dict(n_faces=n_faces, random_state=0, n_init=1, tol=1e-10, max_iter=500)
     with warnings.catch_warnings():
@@ -88,13 +88,13 @@ def test_auto_picks_incremental_for_large_stacks_only(monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         assert FaceEM((8, 8), n_init=1).fit(X).algorithm_ == "batch"
-        monkeypatch.setattr(estimator_module, "INCREMENTAL_MIN_IMAGES", 200)
-        monkeypatch.setattr(estimator_module, "_BLOCK_IMAGES", 50)
+        monkeypatch.setattr(schedule_module, "INCREMENTAL_MIN_IMAGES", 200)
+        monkeypatch.setattr(schedule_module, "BLOCK_IMAGES", 50)
         assert FaceEM((8, 8), n_init=1).fit(X).algorithm_ == "incremental"
 
 
 def test_progress_reports_images_per_second_after_every_block(monkeypatch):
-    monkeypatch.setattr(estimator_module, "_BLOCK_IMAGES", 50)
+    monkeypatch.setattr(schedule_module, "BLOCK_IMAGES", 50)
     X, _ = make_faces(300, (20, 24), (8, 8), noise=1.0, random_state=0)
     seen = []
     with warnings.catch_warnings():
@@ -108,7 +108,7 @@ def test_progress_reports_images_per_second_after_every_block(monkeypatch):
 def test_the_first_sweep_does_not_pin_images_to_positions_seen_in_earlier_blocks(monkeypatch):
     """Far more positions than images per block: an A fitted to the first blocks alone would be zero where
     the later blocks' faces are, and those images would stay at wrong positions for good."""
-    monkeypatch.setattr(estimator_module, "_BLOCK_IMAGES", 60)
+    monkeypatch.setattr(schedule_module, "BLOCK_IMAGES", 60)
     X, truth = make_faces(480, (48, 56), (12, 12), noise=0.2, prior="uniform", random_state=7)
     kw = dict(random_state=0, n_init=1, shift_escape=False)
     batch = FaceEM((12, 12), algorithm="batch", **kw).fit(X)
@@ -121,7 +121,7 @@ def test_the_first_sweep_does_not_pin_images_to_positions_seen_in_earlier_blocks
 @pytest.mark.parametrize("max_memory", [None, 200_000])
 def test_the_blocks_kept_sums_stay_within_their_share_of_max_memory(max_memory, monkeypatch):
     """Each block keeps N, S_F and XC; under a small budget the blocks grow so that their sums fit it."""
-    monkeypatch.setattr(estimator_module, "_BLOCK_IMAGES", 25)
+    monkeypatch.setattr(schedule_module, "BLOCK_IMAGES", 25)
     X, _ = make_faces(300, (20, 24), (8, 8), noise=1.0, random_state=0)
     seen = []
     with warnings.catch_warnings():
@@ -134,13 +134,13 @@ def test_the_blocks_kept_sums_stay_within_their_share_of_max_memory(max_memory, 
         assert n_blocks >= 300 // (2 * 25)  # blocks of about 25 images (whole chunks)
     else:
         assert 2 <= n_blocks < 300 // (2 * 25)
-        assert n_blocks * per_block <= estimator_module._BLOCK_SHARE * max_memory
+        assert n_blocks * per_block <= schedule_module.BLOCK_SHARE * max_memory
 
 
 def test_restarts_checkpoints_and_resume_with_incremental_em(tmp_path, monkeypatch):
     """Several runs of incremental EM keep the best; a run stopped after its sweeps resumes from its
     checkpoint by batch iterations and ends at the uninterrupted run's answer."""
-    monkeypatch.setattr(estimator_module, "_BLOCK_IMAGES", 50)
+    monkeypatch.setattr(schedule_module, "BLOCK_IMAGES", 50)
     X, truth = make_faces(400, (28, 32), (10, 9), n_faces=2, noise=1.0, random_state=6)
     kw = dict(n_faces=2, algorithm="incremental", tol=1e-9, max_iter=300, random_state=0)
     with warnings.catch_warnings():

@@ -208,13 +208,13 @@ def test_one_16_bit_frame_among_8_bit_frames_is_refused_at_open(tmp_path, X, mon
 
 def test_a_frame_whose_header_lies_about_its_depth_is_refused_when_decoded(tmp_path, X, monkeypatch):
     iio = pytest.importorskip("imageio.v3")
-    import emface.io as io_module
+    import emface.readers.frames as frames_module
 
     for k in range(4):
         iio.imwrite(tmp_path / f"f{k}.png", X[k])
     folder, _ = load_stack(tmp_path)
     iio.imwrite(tmp_path / "f2.png", X[2].astype(np.uint16))  # changed after the headers were read
-    monkeypatch.setattr(io_module, "_frame_header", lambda path: None)
+    monkeypatch.setattr(frames_module, "_frame_header", lambda path: None)
     with pytest.raises(InputError, match="f2.png is 16-bit"):
         folder[:]
 

@@ -7,7 +7,7 @@ import pytest
 
 from conftest import contrast_problem
 from emface import FaceEM
-from emface.model import load_model
+from emface.persistence import load_model
 
 pytestmark = pytest.mark.filterwarnings("ignore::emface.ConvergenceWarning")
 
@@ -86,7 +86,7 @@ def test_warm_start_after_an_interrupt_continues(X):
 
 
 def test_checkpoint_into_a_missing_folder_fails_before_fitting(tmp_path, X):
-    with pytest.raises(ValueError, match="checkpoint folder .* does not exist"):
+    with pytest.raises(ValueError, match="cannot write the checkpoint .*: the folder .* does not exist"):
         FaceEM((6, 7), checkpoint=tmp_path / "nope" / "c.npz", **_settings()).fit(X)
 
 

@@ -13,7 +13,7 @@ import reference as ref
 from conftest import ROUTES, RTOL, as_ref, close, engine_executor, random_problem, ref_args, seed_of
 from emface.engine import free_energy, misfit_z, objective, params_from
 from emface.executor import EngineConfig, LocalExecutor
-from emface.model import Params
+from emface.engine.records import Params
 from emface.sources import ArraySource
 
 SHAPES = [

@@ -24,7 +24,8 @@ from emface.cli import main as cli_main
 from emface.datasets import make_faces
 from emface.engine.costs import MAX_MEMORY_CAP, parse_memory
 from emface.errors import InputError, ModelFileError
-from emface.model import Params, load_model, save_model
+from emface.engine.records import Params
+from emface.persistence import load_model, save_model
 from emface.sources import Moments, working_map
 
 K, IMG, FACE = 30, (20, 24), (6, 5)
@@ -515,11 +516,11 @@ def test_sample_refuses_more_than_memory_holds(fitted):
 
 
 def test_sample_draws_its_noise_block_by_block_as_in_one_draw(fitted, monkeypatch):
-    import emface.estimator as estimator
+    import emface.posterior as posterior
     from emface.datasets import draw_assignments, render
 
     est = fitted[0]
-    monkeypatch.setattr(estimator, "_SAMPLE_NOISE_BLOCK", 1000)  # 480 pixels an image: blocks of 2 images
+    monkeypatch.setattr(posterior, "_SAMPLE_NOISE_BLOCK", 1000)  # 480 pixels an image: blocks of 2 images
     X, pos = est.sample(7, random_state=5)
     rng = np.random.default_rng(5)
     th = est._theta

@@ -7,7 +7,7 @@ from conftest import contrast_problem, sample_images
 from emface import FaceEM
 from emface.engine import params_from
 from emface.executor import EngineConfig, LocalExecutor
-from emface.model import Params
+from emface.engine.records import Params
 from emface.sources import ArraySource
 
 

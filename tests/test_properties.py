@@ -12,7 +12,7 @@ from conftest import as_ref, ref_args
 from emface import FaceEM
 from emface.engine import params_from
 from emface.executor import EngineConfig, LocalExecutor
-from emface.model import Params
+from emface.engine.records import Params
 from emface.sources import ArraySource
 
 # derandomized: the same examples on every run, so that CI is reproducible

@@ -8,7 +8,8 @@ import numpy as np
 from emface import FaceEM
 from emface.datasets import make_faces
 from emface.em import EMRun
-from emface.model import Params
+from emface.engine.records import Params
+from emface.schedule import RestartRule
 
 
 def test_low_snr_default_fit_makes_one_run():
@@ -30,7 +31,7 @@ def _rule(truth, X, noise_std, seen_maxp):
                                     truth.prior[None]))
     run = EMRun(params=p, objective=0.0, objectives=[0.0], n_iter=1, converged=True,
                 stats=types.SimpleNamespace(max_prob=np.full(len(X), seen_maxp)))
-    return est._should_restart(1, [run], ex, model)
+    return RestartRule(1, ex, model)([run])
 
 
 def test_rule_restarts_a_fit_less_decisive_than_its_own_images():

@@ -259,7 +259,7 @@ def test_errors(tmp_path, monkeypatch):
         load_stack(bad)
     import emface.io
 
-    monkeypatch.setattr(emface.io, "_has", lambda m: False if m == "av" else True)
+    monkeypatch.setattr(emface.io, "has_module", lambda m: False if m == "av" else True)
     with pytest.raises(InputError, match=r"^reading video needs the video extra: pip install 'emface\[video\]'$"):
         load_stack(bad)
     monkeypatch.setitem(sys.modules, "av", None)

@@ -15,7 +15,7 @@ __all__ = ["FaceEM", "Params", "ConvergenceWarning", "make_faces", "load_stack",
 _LAZY = {
     "FaceEM": ("estimator", "FaceEM"),
     "ConvergenceWarning": ("em", "ConvergenceWarning"),
-    "Params": ("model", "Params"),
+    "Params": ("engine.records", "Params"),
     "make_faces": ("datasets", "make_faces"),
     "load_stack": ("io", "load_stack"),
     "classic": ("classic", None),

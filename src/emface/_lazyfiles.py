@@ -1,4 +1,6 @@
-"""Lazy stacks over untrusted container files: the pages of a TIFF, a compressed ``.npz`` member.
+"""Lazy stacks over untrusted container files: the pages of a TIFF, a compressed ``.npz`` member, a
+tile-compressed FITS image, scaled FITS data;
+and the one parser of a ``.npy`` header (`npy_header`), for ``.npy`` stacks, ``.npz`` members and model files.
 
 Both are read a slice of images at a time, so a compressed stack of any
 declared size streams through the engine in bounded memory instead of being
@@ -16,9 +18,11 @@ import zlib
 import numpy as np
 
 from ._arraylike import LazyStack
+from ._paths import open_regular
 from .errors import InputError, one_line
 
-__all__ = ["TiffPages", "NpzMember", "tifffile_log", "npz_member_layout"]
+__all__ = ["TiffPages", "NpzMember", "tifffile_log", "npz_member_layout", "npy_header", "NpyVersionError", "ScaledStack",
+           "FitsTiles"]
 
 # tifffile logs what it finds wrong with a file instead of raising; these words mark a damaged one
 _TIFF_DAMAGE = ("invalid", "failed", "truncat", "corrupt", "cannot", "not enough", "out of bounds")
@@ -53,7 +57,61 @@ class tifffile_log(logging.Handler):
         return None
 
 
-class TiffPages(LazyStack):
+class _FileBacked(LazyStack):
+    """A lazy stack that holds open files (the attributes named in `_handles`, closed in that order):
+    reads are serialised by a lock, `close` closes them (a later read opens them again), and a pickled
+    copy carries none (it opens its own)."""
+
+    _handles = ()
+
+    def _init_file(self, path, shape, dtype):
+        """Set the file's path, the stack's shape and dtype; no file is open yet."""
+        self.path = path
+        self.shape = tuple(int(v) for v in shape)
+        self.dtype = np.dtype(dtype)
+        self._lock = threading.RLock()
+        for name in self._handles:
+            setattr(self, name, None)
+
+    def _index(self, key):
+        return [int(k) for k in np.atleast_1d(np.arange(len(self))[key])]
+
+    def _handle(self):
+        """The reader of the open file (the first of `_handles`), opened on first use through
+        `open_regular` (then `fstat`: no FIFO, no device) and `_open`."""
+        if getattr(self, self._handles[0]) is None:
+            raw, _ = open_regular(self.path)
+            self._open(raw)
+        return getattr(self, self._handles[0])
+
+    def _open(self, raw):
+        """Set the `_handles` from the opened binary file `raw`."""
+        raise NotImplementedError
+
+    def close(self):
+        """Close the file (a later read opens it again)."""
+        with self._lock:
+            for name in self._handles:
+                f = getattr(self, name)
+                if f is not None:
+                    try:
+                        f.close()
+                    except Exception:  # pragma: no cover
+                        pass
+                setattr(self, name, None)
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state.pop("_lock", None)
+        state.update(dict.fromkeys(self._handles))
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._lock = threading.RLock()
+
+
+class TiffPages(_FileBacked):
     """Pages of a TIFF file as a lazy stack (K, H, W) or (K, H, W, S), decoded a slice at a time.
 
     Parameters
@@ -70,27 +128,23 @@ class TiffPages(LazyStack):
     """
 
     _what = "a TIFF file"
+    _handles = ("_tf", "_fh")
 
     def __init__(self, path, n_pages, frame_shape, dtype, series=None, planar=False):
-        self.path = path
         self.page_shape = tuple(int(v) for v in frame_shape)
         self.planar = bool(planar)
         self.frame_shape = self.page_shape[1:] + self.page_shape[:1] if planar else self.page_shape
-        self.shape = (int(n_pages),) + self.frame_shape
-        self.dtype = np.dtype(dtype)
         self.series = series
-        self._lock = threading.RLock()
-        self._tf = None
+        self._init_file(path, (int(n_pages),) + self.frame_shape, dtype)
 
     def __repr__(self):
         return f"TiffPages({self.path!r}, {self.shape[0]} pages of {self.frame_shape})"
 
-    def _file(self):
-        if self._tf is None:
-            import tifffile
+    def _open(self, raw):
+        import tifffile
 
-            self._tf = tifffile.TiffFile(self.path)
-        return self._tf
+        self._fh = raw
+        self._tf = tifffile.TiffFile(raw)
 
     def _read_frames(self, frames):
         keys = [int(k) for k in frames]
@@ -100,7 +154,7 @@ class TiffPages(LazyStack):
         t = 0
         with self._lock, tifffile_log() as log:
             try:
-                tf = self._file()
+                tf = self._handle()
                 for t, k in enumerate(keys):
                     page = tf.asarray(key=k, series=self.series, maxworkers=1)
                     page = np.asarray(page).reshape(self.page_shape)
@@ -117,46 +171,50 @@ class TiffPages(LazyStack):
             raise InputError(f"{self.path}: the TIFF file is damaged ({bad})")
         return out
 
-    def _index(self, key):
-        return [int(k) for k in np.atleast_1d(np.arange(len(self))[key])]
-
-    def close(self):
-        with self._lock:
-            if self._tf is not None:
-                self._tf.close()
-            self._tf = None
-
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        state.pop("_lock", None)
-        state["_tf"] = None
-        return state
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        self._lock = threading.RLock()
 
 
-def npz_member_layout(path, zf, info):
+
+class NpyVersionError(ValueError):
+    """A ``.npy`` header of a format version the reader does not take; `version` says which."""
+
+    def __init__(self, version):
+        super().__init__(f"unsupported .npy format version {version}")
+        self.version = version
+
+
+def npy_header(fh, versions=((1, 0), (2, 0), (3, 0))):
+    """(shape, fortran_order, dtype) from the ``.npy`` header at `fh`'s position, which is left at the data.
+
+    The one parser of ``.npy`` headers (stacks, ``.npz`` members, model files):
+    numpy's, with the format version checked first against `versions`
+    (`NpyVersionError` otherwise). numpy's own errors (ValueError, SyntaxError
+    and the like, for a damaged header) propagate for the caller to word.
+    """
+    from numpy.lib import format as npformat
+
+    version = npformat.read_magic(fh)
+    if version not in versions:
+        raise NpyVersionError(version)
+    read = npformat.read_array_header_1_0 if version == (1, 0) else npformat.read_array_header_2_0
+    shape, fortran, dtype = read(fh)
+    return shape, fortran, np.dtype(dtype)
+
+
+def npz_member_layout(path, zf, info, raw=None):
     """(shape, fortran_order, dtype, where) of one ``.npy`` member of an open zip file, from headers only.
 
-    `where` is the byte offset of the array data in the file for a member stored
+    `raw` is the archive's open binary file, if the caller has it. `where` is
+    the byte offset of the array data in the file for a member stored
     without compression (so it can be memory-mapped), else the offset of the
     data within the decompressed member. Raises InputError for a member that is
     encrypted, not an array, holds Python objects, or is smaller than its header says.
     """
-    from numpy.lib import format as npformat
-
     name = info.filename
     if info.flag_bits & 0x1:
         raise InputError(f"{path}: the .npz member {name} is encrypted")
     try:
         with zf.open(info) as fh:
-            version = npformat.read_magic(fh)
-            if version not in ((1, 0), (2, 0), (3, 0)):
-                raise ValueError(f"unsupported .npy format version {version}")
-            read = npformat.read_array_header_1_0 if version == (1, 0) else npformat.read_array_header_2_0
-            shape, fortran, dtype = read(fh)
+            shape, fortran, dtype = npy_header(fh)
             header = fh.tell()
     except (InputError, MemoryError):
         raise
@@ -173,7 +231,12 @@ def npz_member_layout(path, zf, info):
                          f"({header + nbytes} bytes) but the member holds {info.file_size} bytes")
     if info.compress_type != zipfile.ZIP_STORED:
         return shape, fortran, dtype, header
-    with open(path, "rb") as raw:  # the local header's own name and extra lengths give the data offset
+    # the local header's own name and extra lengths give the data offset
+    if raw is None:
+        with open(path, "rb") as raw:
+            raw.seek(info.header_offset)
+            local = raw.read(30)
+    else:
         raw.seek(info.header_offset)
         local = raw.read(30)
     if len(local) != 30 or local[:4] != b"PK\x03\x04":
@@ -182,7 +245,7 @@ def npz_member_layout(path, zf, info):
     return shape, fortran, dtype, start + header
 
 
-class NpzMember(LazyStack):
+class NpzMember(_FileBacked):
     """A compressed ``.npz`` member (C order, images first) as a lazy stack, decompressed a slice at a time.
 
     Reading images a..b decompresses the member up to image b (from where the
@@ -191,24 +254,21 @@ class NpzMember(LazyStack):
     """
 
     _what = "a compressed .npz member"
+    _handles = ("_fh", "_zip", "_raw")
 
     def __init__(self, path, name, shape, dtype, data_start):
-        self.path, self.name = path, name
-        self.shape = tuple(int(v) for v in shape)
-        self.dtype = np.dtype(dtype)
+        self._init_file(path, shape, dtype)
+        self.name = name
         self.data_start = int(data_start)
         self.frame_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
-        self._lock = threading.RLock()
-        self._zip = self._fh = None
 
     def __repr__(self):
         return f"NpzMember({self.path!r}, {self.name!r}, shape {self.shape})"
 
-    def _member(self):
-        if self._fh is None:
-            self._zip = zipfile.ZipFile(self.path)
-            self._fh = self._zip.open(self.name)
-        return self._fh
+    def _open(self, raw):
+        self._raw = raw
+        self._zip = zipfile.ZipFile(raw)
+        self._fh = self._zip.open(self.name)
 
     def _read_frames(self, frames):
         if not isinstance(frames, range) or frames.step != 1:
@@ -221,7 +281,7 @@ class NpzMember(LazyStack):
         want = n * self.frame_bytes
         with self._lock:
             try:
-                fh = self._member()
+                fh = self._handle()
                 fh.seek(self.data_start + frames.start * self.frame_bytes)
                 buf = fh.read(want)
             except (OSError, EOFError, zipfile.BadZipFile, ValueError, RuntimeError, zlib.error) as exc:
@@ -232,25 +292,84 @@ class NpzMember(LazyStack):
             raise InputError(f"{self.path}: the .npz member {self.name} ends before image {frames.stop - 1}")
         return np.frombuffer(buf, dtype=self.dtype).reshape((n,) + self.shape[1:])
 
+
+class ScaledStack(LazyStack):
+    """Stored values scaled as they are read: ``scale * raw + zero`` (FITS ``BSCALE``, ``BZERO``), float64.
+
+    Parameters
+    ----------
+    raw : array-like (K, H, W) or (H, W)
+        The stored values (a memory map).
+    scale, zero : float
+    """
+
+    _what = "a scaled stack"
+
+    def __init__(self, raw, scale, zero):
+        self.raw, self.scale, self.zero = raw, float(scale), float(zero)
+        self.shape = tuple(int(v) for v in raw.shape)
+        self.dtype = np.dtype(np.float64)
+
+    def __repr__(self):
+        return f"ScaledStack({self.shape}, scale {self.scale:g}, zero {self.zero:g})"
+
+    def _read_frames(self, frames):
+        key = slice(frames.start, frames.stop, frames.step) if isinstance(frames, range) else list(frames)
+        return np.asarray(self.raw[key], dtype=np.float64) * self.scale + self.zero
+
     def _index(self, key):
         return [int(k) for k in np.atleast_1d(np.arange(len(self))[key])]
 
-    def close(self):
+
+class FitsTiles(_FileBacked):
+    """A tile-compressed FITS image (K, H, W) read a slice of images at a time (through astropy's ``section``,
+    which decompresses only the tiles a slice needs).
+
+    Parameters
+    ----------
+    path : str
+    hdu : int
+        The HDU's index in the file.
+    shape : tuple
+    dtype : numpy dtype
+        What the stack holds (astropy's decompressed, scaled values are converted to it).
+    single : bool
+        The HDU holds one 2-D image, seen as a stack of one (`shape` is (1, H, W)).
+    """
+
+    _what = "a compressed FITS image"
+    _handles = ("_hdus", "_fh")
+
+    def __init__(self, path, hdu, shape, dtype, single=False):
+        self._init_file(path, shape, dtype)
+        self.hdu, self.single = int(hdu), bool(single)
+
+    def __repr__(self):
+        return f"FitsTiles({self.path!r}, HDU {self.hdu}, shape {self.shape})"
+
+    def _open(self, raw):
+        from astropy.io import fits
+
+        self._fh = raw
+        self._hdus = fits.open(raw, memmap=False, lazy_load_hdus=True)
+
+    def _read_frames(self, frames):
+        keys = [int(k) for k in frames]
+        out = np.empty((len(keys),) + self.shape[1:], dtype=self.dtype)
+        if not keys:
+            return out
         with self._lock:
-            for f in (self._fh, self._zip):
-                if f is not None:
-                    try:
-                        f.close()
-                    except Exception:  # pragma: no cover
-                        pass
-            self._zip = self._fh = None
-
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        state.pop("_lock", None)
-        state["_zip"] = state["_fh"] = None
-        return state
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        self._lock = threading.RLock()
+            try:
+                section = self._handle()[self.hdu].section
+                if isinstance(frames, range) and frames.step == 1 and not self.single:
+                    out[...] = section[frames.start:frames.stop]
+                else:
+                    for t, k in enumerate(keys):
+                        out[t] = section[...] if self.single else section[k]
+            except MemoryError:
+                raise
+            except Exception as exc:  # astropy and its codecs raise many kinds on a damaged file
+                self.close()
+                raise InputError(f"{self.path}: the compressed FITS image could not be decompressed "
+                                 f"({one_line(exc) or type(exc).__name__})") from None
+        return out

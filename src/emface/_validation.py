@@ -17,6 +17,7 @@ __all__ = [
     "check_choice",
     "check_params_arrays",
     "check_prior",
+    "check_random_state",
 ]
 
 
@@ -124,6 +125,17 @@ def check_face_shape_spec(face_shape, image_shape, name="face_shape"):
             return out[0][0], out[1][0]
         return tuple(out)
     return check_face_shape(face_shape, image_shape, name)
+
+
+def check_random_state(seed, name="random_state"):
+    """A numpy Generator from None, an int, a Generator or a legacy RandomState."""
+    if seed is None or isinstance(seed, (numbers.Integral, np.integer)):
+        return np.random.default_rng(seed)
+    if isinstance(seed, np.random.Generator):
+        return seed
+    if isinstance(seed, np.random.RandomState):
+        return np.random.default_rng(seed.randint(0, 2**31 - 1))
+    raise ValueError(f"{name} must be None, an int or a numpy Generator, got {seed!r}")
 
 
 def check_int(value, name, *, low=None, high=None):

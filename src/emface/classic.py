@@ -19,7 +19,7 @@ from .em import ConvergenceWarning
 from .engine import params_from
 from .engine.poses import grid_shape
 from .executor import EngineConfig, LocalExecutor
-from .model import Params
+from .engine.records import Params
 from .sources import ArraySource
 
 __all__ = [

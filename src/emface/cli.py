@@ -29,6 +29,7 @@ import numpy as np
 
 from . import __version__
 from .errors import InputError, one_line
+from .options import click_options, estimator_kwargs
 from .outputs import (FolderLocked, OutputError, OutputFolder, all_or_nothing, atomic_write,
                       remove_stale_temporaries)
 
@@ -52,31 +53,6 @@ def _parse_shape(ctx, param, value):
     return int(m.group(1)), int(m.group(2))
 
 
-_SIDE = r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?"
-
-
-def _parse_face_shape(ctx, param, value):
-    """HxW, "auto", or ranges such as 20-60x20-60 (a side may be a single number)."""
-    if value is None:
-        return None
-    text = str(value).strip().lower()
-    if text == "auto":
-        return "auto"
-    m = re.fullmatch(_SIDE + r"[x,*]" + _SIDE, text)
-    bad = click.BadParameter(f"expected HxW with two positive integers, such as 48x40, 'auto', or ranges such as "
-                             f"20-60x20-60; got {value!r}", param_hint="'--face-shape'")
-    if not m:
-        raise bad
-    h0, h1, w0, w1 = (int(g) if g is not None else None for g in m.groups())
-    h1 = h0 if h1 is None else h1
-    w1 = w0 if w1 is None else w1
-    if min(h0, h1, w0, w1) < 1 or h0 > h1 or w0 > w1:
-        raise bad
-    if (h0, w0) == (h1, w1):
-        return h0, w0
-    return (h0, h1), (w0, w1)
-
-
 #: the names a fit writes in --out that may differ from run to run: an earlier run's that this run does not
 #: write are removed (a fit with fewer faces leaves no face_3.png behind)
 _FIT_PICTURES = (r"face\.png", r"faces\.png", r"face_\d+\.png", r"face_size\.png", r"misfit\.png",
@@ -87,14 +63,6 @@ def _out_folder(path):
     """The --out folder, created (and removed again if the run writes nothing), locked and cleaned of
     stale temporary files until the command ends: see `emface.outputs.OutputFolder`."""
     return click.get_current_context().with_resource(OutputFolder(path))
-
-
-def _prepare_out_file(path):
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise InputError(f"cannot write {path}: the folder {folder} does not exist")
-    if not os.access(folder, os.W_OK):
-        raise InputError(f"cannot write {path}: the folder {folder} is not writable")
 
 
 class _Progress:
@@ -170,72 +138,37 @@ def cli():
 
 @cli.command()
 @click.argument("input", metavar="INPUT")
-@click.option("--face-shape", required=True, callback=_parse_face_shape, metavar="HxW",
-              help="Size of the faces (objects), e.g. 48x40; 'auto' to choose it, or a range such as 20-60x20-60.")
 @click.option("--out", "out_dir", required=True, metavar="DIR", help="Folder for pictures, tables, model and report.")
-@click.option("--faces", "n_faces", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Number of different faces (objects) to learn.")
-@click.option("--hard", is_flag=True, help="Hard (MAP) EM instead of soft EM.")
-@click.option("--empty-frames", is_flag=True,
-              help="Some frames may show no face: add a 'no face' class (such frames get face -1 in positions.csv).")
-@click.option("--restarts", type=click.IntRange(min=1), default=None,
-              help="EM runs from different starts [default: auto, more for small stacks].")
-@click.option("--smoothing", type=click.FloatRange(min=0), default=0.0, show_default=True,
-              help="Prior smoothing: a pseudo-count added to every position of A.")
-@click.option("--max-iter", type=click.IntRange(min=0), default=100, show_default=True)
-@click.option("--tol", type=click.FloatRange(min=0), default=1e-3, show_default=True,
-              help="Stop when the per-image objective changes by less.")
-@click.option("--seed", type=int, default=None, help="Random seed.")
-@click.option("--init", type=click.Choice(["auto", "random"]), default="auto", show_default=True)
+@click_options  # the estimator's options, from the one table emface.options.OPTIONS
 @click.option("--grey", is_flag=True, help="Convert colour frames to grey before fitting.")
-@click.option("--noise", "noise_model", type=click.Choice(["shared", "per-channel"]), default="shared",
-              show_default=True, help="One noise level for all colour channels, or one per channel.")
-@click.option("--algorithm", type=click.Choice(["auto", "batch", "incremental"]), default="auto",
-              show_default=True, help="Batch EM, or incremental EM (an update after every block of images).")
-@click.option("--dtype", type=click.Choice(["auto", "float64", "float32"]), default="auto", show_default=True,
-              help="Precision of the correlations (auto: float64 on the CPU, float32 on a GPU).")
 @click.option("--layout", type=click.Choice(["khw", "hwk"]), default="khw", show_default=True,
               help="Axis order of .npy/.npz input: images first (khw) or last (hwk).")
-@click.option("--device", default="cpu", show_default=True, help="cpu, or cuda / cuda:N for an NVIDIA GPU.")
-@click.option("--scheduler", default=None, metavar="ADDRESS", help="Fit on this Dask cluster.")
-@click.option("--no-shift-escape", is_flag=True, help="Do not try shifted faces after convergence.")
-@click.option("--n-jobs", type=int, default=None, help="Threads [default: all cores].")
-@click.option("--max-memory", default=None, metavar="SIZE", help="Bound on the engine's memory, e.g. 2GB.")
 @click.option("--cache", "cache_dir", default=None, metavar="DIR",
               help="Video input: decode the frames once into DIR and reuse them (also in later runs).")
-@click.option("--checkpoint", default=None, metavar="FILE.npz", help="Save the best state so far as it runs.")
 @click.option("--allow-external-data", is_flag=True, help=_ALLOW_EXTERNAL_HELP)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or messages.")
-def fit(input, face_shape, out_dir, n_faces, hard, empty_frames, restarts, smoothing, max_iter, tol, seed, init, grey,
-        noise_model, algorithm, dtype, layout, device, scheduler, no_shift_escape, n_jobs, max_memory, cache_dir,
-        checkpoint, allow_external_data, quiet):
+def fit(input, out_dir, grey, layout, cache_dir, allow_external_data, quiet, **options):
     """Fit the model to the image stack INPUT and write the results to DIR.
 
     INPUT is a .npy or .npz array, a multi-page TIFF, a folder of PNG/JPEG/TIFF
-    frames (natural sort order), a video file, a zarr store or an HDF5 file.
-    Colour stays colour unless --grey is given.
+    frames (natural sort order), a video file, a zarr store, an HDF5 file, an
+    MRC/MRCS particle stack or a FITS cube. Colour stays colour unless --grey is given.
     """
     from .estimator import FaceEM
 
+    settings = estimator_kwargs(options)
     out = _out_folder(out_dir)
-    if checkpoint is not None:  # a killed run's half-written checkpoint
-        remove_stale_temporaries(os.path.dirname(os.path.abspath(checkpoint)))
-    X, names = _load(input, layout=layout, grey=grey, cache_dir=cache_dir, quiet=quiet, max_memory=max_memory,
-                     allow_external=allow_external_data)
+    if settings["checkpoint"] is not None:  # a killed run's half-written checkpoint
+        remove_stale_temporaries(os.path.dirname(os.path.abspath(settings["checkpoint"])))
+    X, names = _load(input, layout=layout, grey=grey, cache_dir=cache_dir, quiet=quiet,
+                     max_memory=settings["max_memory"], allow_external=allow_external_data)
     K, H, W = (int(v) for v in X.shape[:3])
-    if isinstance(face_shape, tuple) and isinstance(face_shape[0], int):
-        h, w = face_shape
-        if h > H or w > W:
-            raise InputError(f"--face-shape {h}x{w} is larger than the frames ({H}x{W})")
-    est = FaceEM(face_shape, n_faces=n_faces, hard=hard, n_init="auto" if restarts is None else restarts,
-                 max_iter=max_iter, tol=tol, prior_smoothing=smoothing, init=init, random_state=seed,
-                 noise=noise_model.replace("-", "_"), algorithm=algorithm, shift_escape=not no_shift_escape,
-                 dtype=None if dtype == "auto" else np.dtype(dtype), n_jobs=n_jobs, max_memory=max_memory,
-                 checkpoint=checkpoint, device=device, scheduler=scheduler, empty_frames=empty_frames)
+    est = FaceEM(**settings)  # its fit refuses a face larger than the frames, as any other bad setting
+    face_shape = settings["face_shape"]
     colour = f", {X.shape[3]} channels" if len(X.shape) == 4 else ""
     size = "a size chosen from the data" if not isinstance(face_shape[0], int) else f"{face_shape[0]}x{face_shape[1]}"
-    progress = _Progress(max_iter, quiet, f"emface: {K} images of {H}x{W}{colour}, {n_faces} face(s) of {size}, "
-                                          f"{'hard' if hard else 'soft'} EM")
+    progress = _Progress(est.max_iter, quiet, f"emface: {K} images of {H}x{W}{colour}, {est.n_faces} face(s) of "
+                                              f"{size}, {'hard' if est.hard else 'soft'} EM")
     est.set_params(callback=progress)
     interrupted = False
     t0 = time.perf_counter()
@@ -305,8 +238,8 @@ def _summary(est, X):
 
 def _write_fit_outputs(out_dir, est, X, names, input, elapsed, interrupted):
     from .io import write_positions
-    from .estimator import MISFIT_Z
-    from .report import misfit_rows, write_fit_pictures, write_html, write_misfit_pictures
+    from .figures import write_fit_pictures, write_misfit_pictures
+    from .report import write_fit_report
 
     if interrupted:  # the last E-step may not be the best state's: summarise it afresh
         with warnings.catch_warnings():
@@ -318,80 +251,9 @@ def _write_fit_outputs(out_dir, est, X, names, input, elapsed, interrupted):
     est.save(os.path.join(out_dir, "model.npz"))
     pics = write_fit_pictures(out_dir, est)
     pics.update(write_misfit_pictures(out_dir, est, X, summ))
-    written = ["positions.csv", "model.npz", "report.html", *pics]
-    K, H, W = (int(v) for v in X.shape[:3])
-    C = len(est.faces_)
-    h, w = est.faces_.shape[1:3]
-    noise = est.noise_std_
-    noise_text = f"{noise:.6g}" if np.ndim(noise) == 0 else ", ".join(f"{v:.4g}" for v in noise)
-    summary = [
-        ("input", os.fspath(input)),
-        ("images", f"{K} of {H}x{W}" + (f", {X.shape[3]} channels" if len(X.shape) == 4 else "")),
-        ("faces", f"{C} of {h}x{w}" + (" (size chosen from the data)" if getattr(est, "face_shape_scores_", None)
-                                        else "")),
-        ("EM", ("hard (MAP)" if est.hard else "soft") + f", {est.algorithm_}"
-         + (f", prior smoothing {est.prior_smoothing:g}" if est.prior_smoothing else "")),
-        ("runs", len(est.runs_)),
-        ("best run", est.best_run_),
-        ("iterations", est.n_iter_),
-        ("converged", "no (interrupted)" if interrupted else ("yes" if est.converged_ else "no")),
-        ("objective per image", f"{est.lower_bound_:.6g}"),
-        ("noise s", noise_text),
-        ("mean posterior probability of the chosen position", f"{np.mean(summ.probability):.4f}"),
-    ] + misfit_rows(summ) + [
-        ("time", f"{elapsed:.1f} s"),
-    ]
-    runs = [(r["run"], r["n_iter"], "yes" if r["converged"] else "no", f"{r['objectives'][-1]:.6g}",
-             ", ".join(str(tuple(e)) for e in r.get("moves", [])) or "-") for r in est.runs_]
-    first = [(k, "" if names is None else names[k], int(summ.faces[k]), int(summ.positions[k, 0]),
-              int(summ.positions[k, 1]), f"{summ.probability[k]:.4f}", f"{summ.entropy[k]:.3g}")
-             for k in range(min(K, 25))]
-    side = max(h, w)
-    face_width = max(192, 4 * side) if side < 64 else None
-    if C == 1:
-        face_pics = [("face", pics["face.png"], face_width, True)]
-    else:
-        order = np.argsort(-est.weights_, kind="stable")
-        face_pics = [("every face, heaviest first", pics["faces.png"], min(900, 160 * C), False)]
-        face_pics += [(f"face {c}: weight {est.weights_[c]:.3f}", pics[f"face_{c}.png"], face_width, True)
-                      for c in order]
-    size_pics = [("face size: the criterion of each size tried", pics["face_size.png"], None, False)] \
-        if "face_size.png" in pics else []
-    tables = [("Summary", summary, None)]
-    if C > 1:
-        counts = np.bincount(summ.faces[summ.faces >= 0], minlength=C)
-        tables.append(("Faces", [(int(c), f"{est.weights_[c]:.4f}", int(counts[c]))
-                                 for c in np.argsort(-est.weights_, kind="stable")],
-                       ("face", "weight", "images")))
-    if getattr(est, "face_shape_scores_", None):
-        tables.append(("Face sizes tried", [(f"{r['shape'][0]}x{r['shape'][1]}", r.get("stage", ""),
-                                             f"{r['score']:.6g}") for r in est.face_shape_scores_],
-                       ("size", "stage", "criterion per image")))
-    tables += [
-        ("Runs", runs, ("run", "iterations", "converged", "final objective", "moves")),
-        (f"Positions (first {len(first)} of {K}; all in positions.csv)", first,
-         ("index", "file", "face", "row", "col", "probability", "entropy")),
-    ]
-    write_html(
-        os.path.join(out_dir, "report.html"),
-        "emface fit",
-        subtitle=f"{os.path.basename(os.fspath(input))}: {K} images",
-        notes=["The objective is the mean per-image log-likelihood (soft EM) or MAP joint (hard EM)"
-               + (", plus the smoothing prior's term." if est.prior_smoothing else "."),
-               f"Read each frame's probability with its misfit (positions.csv): a frame with misfit z > {MISFIT_Z:g} is very "
-               "unlikely under the model, and a high probability there only means the best of bad options."]
-        + (["The fit was interrupted: these are the best parameters found so far."] if interrupted else []),
-        pictures=face_pics + [
-            ("background", pics["background.png"], max(320, 2 * W) if W < 200 else None, True),
-            ("prior A" if C == 1 else "prior A of each face", pics["prior.png"], None, False),
-            ("objective per iteration", pics["objective.png"], None, False),
-        ] + size_pics + [(title, pics[name], None, False) for name, title in (
-            ("misfit.png", "misfit z of each frame: about N(0, 1) where the model explains the frame"),
-            ("worst_frames.png", "the worst-fitting frames beside their fitted mean images"),
-        ) if name in pics],
-        tables=tables,
-    )
-    return written
+    write_fit_report(os.path.join(out_dir, "report.html"), est, summ, pics, source=input, image_shape=tuple(X.shape),
+                     names=names, elapsed=elapsed, interrupted=interrupted)
+    return ["positions.csv", "model.npz", "report.html", *pics]
 
 
 @cli.command()
@@ -406,6 +268,7 @@ def predict(model, input, out_file, layout, grey, allow_external_data, quiet):
     """Faces and positions in the images INPUT under the saved MODEL (model.npz)."""
     from .estimator import FaceEM
     from .io import write_positions
+    from .persistence import check_out_file
 
     if not os.path.exists(model):  # anything else there (a folder, a FIFO) is refused by the loader, in its words
         raise InputError(f"{model}: no such model file")
@@ -415,7 +278,7 @@ def predict(model, input, out_file, layout, grey, allow_external_data, quiet):
         raise
     except (ValueError, OSError, KeyError, EOFError, zipfile.BadZipFile) as exc:
         raise InputError(f"{model}: not an emface model ({one_line(exc) or type(exc).__name__})") from None
-    _prepare_out_file(out_file)
+    check_out_file(out_file)
     X, names = _load(input, layout=layout, grey=grey, quiet=quiet, allow_external=allow_external_data)
     if tuple(X.shape[1:]) != tuple(est.background_.shape):
         want = "x".join(map(str, est.background_.shape[:2])) + (
@@ -466,18 +329,20 @@ def generate(out_file, video_file, n_images, image_shape, face_shape, n_faces, c
     """
     from .datasets import PHOTOS
     from .io import read_image
+    from .persistence import check_out_file
 
     if out_file is None and video_file is None:
         raise click.UsageError("Missing option '--out' (or '--video').", ctx=click.get_current_context())
     if out_file is not None and video_file is not None:
         raise click.UsageError("give either --out FILE.npy or --video FILE.mp4, not both",
                                ctx=click.get_current_context())
-    video_exts = (".mp4", ".mkv", ".mov", ".m4v", ".avi")
+    from .video import WRITABLE_SUFFIXES as video_exts
+
     if video_file is not None and not video_file.lower().endswith(video_exts):
         raise InputError(f"--video {video_file}: expected a file name ending in {', '.join(video_exts)}")
     if out_file is not None and not out_file.endswith(".npy"):
         out_file += ".npy"  # the name numpy would write, and the one `emface fit` reads as a .npy stack
-    _prepare_out_file(out_file if video_file is None else video_file)
+    check_out_file(out_file if video_file is None else video_file)
     if face_shape[0] > image_shape[0] or face_shape[1] > image_shape[1]:
         raise InputError(f"--face-shape {face_shape[0]}x{face_shape[1]} is larger than "
                          f"--image-shape {image_shape[0]}x{image_shape[1]}")
@@ -493,11 +358,9 @@ def generate(out_file, video_file, n_images, image_shape, face_shape, n_faces, c
 
 def _generate(out_file, video_file, n_images, image_shape, face_shape, n_faces, colour, noise, prior, faces, bg,
               dtype, fps, crf, seed, quiet):
-    from .datasets import make_faces
+    from .datasets import make_faces, save_truth, write_synthetic_video
 
     if video_file is not None:
-        from .video import write_synthetic_video
-
         bar = None
         if not quiet:
             from tqdm.auto import tqdm
@@ -521,9 +384,7 @@ def _generate(out_file, video_file, n_images, image_shape, face_shape, n_faces, 
         shape = X.shape
         stem = out_file[:-4]
         what = f"images of {X.shape[1]}x{X.shape[2]}"
-    atomic_write(stem + ".truth.npz", lambda tmp: np.savez(
-        tmp, faces=truth.faces, background=truth.background, noise_std=truth.noise_std, prior=truth.prior,
-        positions=truth.positions, labels=truth.labels))
+    save_truth(stem + ".truth.npz", truth)
     return out_file, shape, what, stem
 
 

@@ -11,6 +11,10 @@ with emface so that nothing needs downloading, each in grey and in colour:
   ``"rocket_launch"``, ``"hubble"``, ``"tissue_slide"``.
 
 Any 2-D (grey) or 3-D (colour) array works as a photo too.
+
+`write_synthetic_video` writes such a stack as a long video, block by block,
+and `save_truth` / `load_truth` are the truth file (``NAME.truth.npz``) that
+``emface generate`` and the demo write beside a stack.
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ from . import _validation as v
 from ._layout import LUMA
 
 __all__ = ["make_faces", "make_faces_with_outliers", "FacesTruth", "photo", "PHOTOS", "FACES", "BACKGROUNDS",
-           "make_prior", "draw_assignments", "render"]
+           "make_prior", "draw_assignments", "render", "write_synthetic_video", "save_truth", "load_truth",
+           "TRUTH_KEYS"]
 
 FACES = ("astronaut", "chelsea", "cup", "patch", "helmet", "rocket", "flag", "coin", "cameraman", "tissue")
 BACKGROUNDS = ("camera", "coffee", "brick", "coins", "rocket_launch", "hubble", "tissue_slide")
@@ -352,3 +357,146 @@ def make_faces_with_outliers(n_images=1000, image_shape=(100, 120), face_shape=(
     positions[kinds == NO_FACE] = -1
     truth = FacesTruth(truth.faces, truth.background, truth.noise_std, truth.prior, positions, labels)
     return X, truth, kinds
+
+
+# ----------------------------------------------------------------------------- the truth file
+
+#: the arrays of a truth file (``NAME.truth.npz``), in order; ``face`` is added for one face
+TRUTH_KEYS = ("faces", "background", "noise_std", "prior", "positions", "labels")
+
+
+def save_truth(path, truth):
+    """Write a `FacesTruth` as a truth file (``.npz`` of `TRUTH_KEYS`, and ``face`` for one face),
+    through the one atomic writer (`emface.outputs.atomic_write`).
+
+    Parameters
+    ----------
+    path : str or path-like
+    truth : FacesTruth
+    """
+    from .outputs import atomic_write
+
+    arrays = {k: getattr(truth, k) for k in TRUTH_KEYS}
+    if len(truth.faces) == 1:
+        arrays["face"] = truth.faces[0]
+    return atomic_write(path, lambda tmp: np.savez(tmp, **arrays), suffix=".npz")
+
+
+def load_truth(path):
+    """Read a truth file written by `save_truth` (``emface generate``) back as a `FacesTruth`."""
+    with np.load(path, allow_pickle=False) as z:
+        missing = [k for k in TRUTH_KEYS if k not in z.files]
+        if missing:
+            raise ValueError(f"{path}: not a truth file: it lacks {', '.join(missing)}")
+        t = {k: z[k] for k in TRUTH_KEYS}
+    return FacesTruth(t["faces"], t["background"], float(t["noise_std"]), t["prior"], t["positions"], t["labels"])
+
+
+# ----------------------------------------------------------------------------- synthetic videos
+
+#: frame rates a synthetic video may have (frames per second)
+_FPS_RANGE = (1e-3, 1e4)
+# x264 settings of the synthetic videos: CAVLC and no deblocking (tune fastdecode)
+# decode about six times faster than the defaults, which matters when a fit
+# decodes the whole video on every EM iteration
+X264_OPTIONS = {"preset": "veryfast", "tune": "fastdecode"}
+
+
+def _check_fps(fps):
+    """The frame rate as a Fraction, or a ValueError for one that is not a finite number in `_FPS_RANGE`."""
+    import numbers
+    from fractions import Fraction
+
+    lo, hi = _FPS_RANGE
+    if isinstance(fps, bool) or not isinstance(fps, numbers.Real) or not lo <= float(fps) <= hi:
+        raise ValueError(f"fps must be a number from {lo:g} to {hi:g} frames per second, got {fps!r}")
+    return Fraction(float(fps)).limit_denominator(100000)
+
+
+def write_synthetic_video(path, n_images=1000, image_shape=(100, 120), face_shape=(40, 32), *, n_faces=1,
+                          face=None, background="camera", colour=False, noise=1.0, prior="uniform",
+                          random_state=None, fps=25, crf=10, block_bytes=128 * 2**20, progress=None):
+    """Write a synthetic video like `make_faces`'s stacks, block by block (``emface generate --video``).
+
+    The faces, background, noise level and prior are `make_faces`'s; every
+    frame's face and position are drawn first, for the whole video, from one
+    random generator, and the frames are then made, noised (from the same
+    generator), rounded to 0..255 and encoded a block at a time, so memory
+    stays bounded whatever `n_images`. Grey frames are written as RGB with
+    three equal channels. Encoding: H.264 (libx264, yuv420p, or yuv444p when a
+    side is odd) at constant quality `crf` (0 is lossless in Y'CbCr; 10 is
+    near lossless), preset veryfast, tuned for fast decoding. The file is
+    written through the one atomic writer (`emface.outputs.atomic_path`).
+
+    Parameters
+    ----------
+    path : str
+        The video (`emface.video.WRITABLE_SUFFIXES`: .mp4, .mkv, .mov, .m4v or .avi).
+    n_images, image_shape, face_shape, n_faces, face, background, colour, noise, prior, random_state
+        As for `make_faces`.
+    fps : float
+    crf : int
+    block_bytes : int
+        About how much memory a block of frames may take (float64 before rounding).
+    progress : callable, optional
+        Called with the number of frames written after each block.
+
+    Returns
+    -------
+    truth : FacesTruth
+    """
+    import os
+
+    from .errors import InputError, one_line
+    from .outputs import atomic_path
+    from .video._decode import import_av
+
+    rate = _check_fps(fps)
+    av = import_av("writing")
+    path = os.fspath(path)
+    K = int(n_images)
+    rng = np.random.default_rng(random_state)
+    _, t = make_faces(1, image_shape, face_shape, n_faces=n_faces, face=face, background=background,
+                      colour=colour, noise=noise, prior=prior, random_state=rng)
+    labels, pos = draw_assignments(t.prior, K, rng)
+    try:
+        with atomic_path(path, suffix=os.path.splitext(path)[1]) as tmp:
+            _encode(av, tmp, t, labels, pos, rng, rate, crf, colour, block_bytes, progress)
+    except (InputError, MemoryError):
+        raise
+    except Exception as exc:  # PyAV's errors, OSError: no half-written video is left (nor on Ctrl-C)
+        raise InputError(f"cannot write the video {path}: {one_line(exc)}") from None
+    return FacesTruth(t.faces, t.background, float(t.noise_std), t.prior, pos, labels)
+
+
+def _encode(av, tmp, t, labels, pos, rng, rate, crf, colour, block_bytes, progress):
+    """Render, noise, round and encode the frames of `labels` and `pos` into the video `tmp`, a block at a time."""
+    F, B, s = t.faces, t.background, float(t.noise_std)
+    H, W = B.shape[:2]
+    K = len(labels)
+    n_block = int(max(1, min(500, block_bytes // (B.size * 8))))
+    container = av.open(tmp, "w")
+    try:
+        stream = container.add_stream("libx264", rate=rate)
+        stream.width, stream.height = W, H
+        stream.pix_fmt = "yuv420p" if H % 2 == 0 and W % 2 == 0 else "yuv444p"
+        stream.options = dict(X264_OPTIONS, crf=str(int(crf)))
+        for a in range(0, K, n_block):
+            b = min(K, a + n_block)
+            X = render(B, F, labels[a:b], pos[a:b])
+            if s > 0:
+                X += rng.normal(0.0, s, size=X.shape)
+            u8 = np.clip(np.round(X), 0, 255).astype(np.uint8)
+            del X
+            for k in range(a, b):
+                rgb = u8[k - a] if colour else np.repeat(u8[k - a][..., None], 3, axis=2)
+                vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+                vf.pts = k
+                for packet in stream.encode(vf):
+                    container.mux(packet)
+            if progress is not None:
+                progress(b - a)
+        for packet in stream.encode():
+            container.mux(packet)
+    finally:
+        container.close()

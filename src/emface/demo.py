@@ -21,7 +21,7 @@ import warnings
 
 import numpy as np
 
-from .datasets import make_faces
+from .datasets import make_faces, save_truth
 from .estimator import FaceEM
 
 __all__ = ["run_demo", "DEMO_DATA", "DEMO_RUNS"]
@@ -54,14 +54,13 @@ def run_demo(out_dir, *, seed=0, echo=print):
     list of dict, one per run: title, objective, positions right, face error, time.
     """
     from .outputs import all_or_nothing, atomic_open, atomic_write
-    from .report import grid_figure, image_png, png_bytes, write_html
+    from .figures import grid_figure, image_png, png_bytes
+    from .report import write_html
 
     X, truth = make_faces(random_state=seed, **DEMO_DATA)
     with all_or_nothing():
         atomic_write(os.path.join(out_dir, "stack.npy"), lambda tmp: np.save(tmp, X))
-        atomic_write(os.path.join(out_dir, "truth.npz"), lambda tmp: np.savez(
-            tmp, face=truth.face, background=truth.background, noise_std=truth.noise_std, prior=truth.prior,
-            positions=truth.positions))
+        save_truth(os.path.join(out_dir, "truth.npz"), truth)
     h, w = DEMO_DATA["face_shape"]
     echo(f"emface demo: {len(X)} images of {X.shape[1]}x{X.shape[2]}, a {h}x{w} face, "
          f"noise {truth.noise_std:.1f} (the face's contrast)")

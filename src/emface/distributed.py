@@ -21,11 +21,59 @@ import operator
 import numpy as np
 
 from .engine import Chunk, ChunkCache, chunk_stats, costs, make_plan, stats_from_positions
-from .executor import BaseExecutor, EngineConfig, single_threaded_blas
-from .model import StatsSum
-from .sources import Moments, WorkingUnits, as_chunk_array, spectrum_bytes_per_image
+from .executor import BaseExecutor, EngineConfig, LocalExecutor, single_threaded_blas
+from .engine.records import StatsSum
+from .sources import ArraySource, Moments, WorkingUnits, as_chunk_array, spectrum_bytes_per_image
 
-__all__ = ["DaskExecutor", "get_client"]
+__all__ = ["DaskExecutor", "get_client", "is_dask", "make_executor"]
+
+#: a numpy stack sent to a cluster is cut into dask blocks of about this many bytes of images
+_BLOCK_BYTES = 64 * 2**20
+
+
+def is_dask(X):
+    """Whether X is a dask collection (without importing dask)."""
+    return type(X).__module__.startswith("dask.")
+
+
+def make_executor(X, face_shape, config, *, scheduler=None, max_memory=None, n_faces=1, moments=None,
+                  chunk_size=None):
+    """The executor of a pass over X: a `DaskExecutor` on a cluster, else a `LocalExecutor` here.
+
+    A cluster is used for a dask array when a client is active, or for any
+    stack when `scheduler` (an address or a `distributed.Client`) is given; a
+    client made here for an address is closed with the executor. A dask array
+    without a cluster is computed here, chunk by chunk.
+
+    Parameters
+    ----------
+    X : array-like (K, H, W) or (K, H, W, Ch)
+    face_shape : (h, w)
+    config : EngineConfig
+    scheduler : str or distributed.Client, optional
+    max_memory : int or str, optional
+        Bound on the cached spectra.
+    n_faces : int
+    moments : (offset, scale), optional
+        The map to working units (a fitted model's); None: measured from X.
+    chunk_size : int, optional
+        Images per chunk here (incremental EM caps it at a block's worth).
+    """
+    if is_dask(X) or scheduler is not None:
+        client = get_client(scheduler)
+        owned = isinstance(scheduler, str)  # made here for an address: closed after the pass
+        if client is not None:
+            if not is_dask(X):
+                import dask.array as da
+
+                n = costs.chunk_size(tuple(X.shape[1:3]), face_shape, config.dtype.itemsize,
+                                     target_bytes=_BLOCK_BYTES)
+                X = da.from_array(X, chunks=(n,) + (-1,) * (X.ndim - 1))
+            return DaskExecutor(X, face_shape, config=config, client=client, max_memory=max_memory,
+                                moments=moments, owns_client=owned)
+    source = ArraySource(X, face_shape, compute_dtype=config.dtype, max_memory=max_memory, moments=moments,
+                         n_faces=int(n_faces), chunk_size=chunk_size)
+    return LocalExecutor(source, config)
 
 
 def get_client(scheduler=None):

@@ -32,10 +32,10 @@ __all__ = ["EMSettings", "EMRun", "run_em", "fit_restarts", "ConvergenceWarning"
 ALGORITHMS = ("auto", "batch", "incremental")
 
 
-#: over-relaxation: η grows by this factor per accepted step, up to _ETA_MAX; it starts once a step
+#: over-relaxation: η grows by this factor per accepted step, up to ETA_MAX; it starts once a step
 #: gains more than _SLOW times what the previous one did (EM converging slowly)
 _ETA_GROWTH = 1.5
-_ETA_MAX = 16.0
+ETA_MAX = 16.0
 _SLOW = 0.5
 
 
@@ -235,7 +235,7 @@ def run_em(executor, model, params, settings, *, callback=None, run_index=0, his
             cand_obj = model.objective(cand_stats, cand) / K
             if np.isfinite(cand_obj) and cand_obj > obj:
                 new_params, new_stats, new_obj = cand, cand_stats, cand_obj
-                eta = min(eta * _ETA_GROWTH, _ETA_MAX)
+                eta = min(eta * _ETA_GROWTH, ETA_MAX)
             else:
                 eta = 1.0
         if new_stats is None:

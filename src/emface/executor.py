@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .engine import chunk_stats, make_plan, resolve_backend, stats_from_positions, stats_from_q
-from .model import StatsSum
+from .engine.records import StatsSum
 from .sources import ArraySource, read_runs, sample_runs
 
 __all__ = ["EngineConfig", "BaseExecutor", "LocalExecutor", "single_threaded_blas", "subsample_executor"]

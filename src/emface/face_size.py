@@ -50,7 +50,7 @@ from .engine._formulas import gaussian_profile
 from .executor import LocalExecutor
 from .init import auto_start
 from .mixture import FaceMixture
-from .model import Params
+from .engine.records import Params
 from .sources import ArraySource, read_runs, sample_runs
 
 __all__ = ["search", "profile_criterion", "size_range"]

@@ -11,7 +11,7 @@ import warnings
 import numpy as np
 
 from .engine import kernels
-from .model import Params
+from .engine.records import Params
 from .sources import as_chunk_array, read_runs, sample_runs
 
 __all__ = ["random_start", "auto_start", "user_start", "INIT_METHODS", "kmeans"]

@@ -18,7 +18,7 @@ from .engine import Translations, free_energy, objective, params_from
 from .engine._formulas import gaussian_profile
 from .engine.brightness import normalize, start_gains
 from .engine.mstep import NOISE_MODELS, face_sums
-from .model import Params
+from .engine.records import Params
 
 __all__ = ["FaceMixture", "NOISE_MODELS"]
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from .engine.kernels import crops
 from .engine.poses import grid_shape
-from .model import Params
+from .engine.records import Params
 
 __all__ = ["shift_escape", "split_merge"]
 

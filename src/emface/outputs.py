@@ -24,6 +24,8 @@ atomic_open(path, mode="wb", **kw)
     A context manager yielding an open temporary file that becomes `path`.
 atomic_path(path, *, suffix=None)
     A context manager yielding a temporary file's path, for writers that open by name.
+write_positions(path, summary, names=None)
+    The per-image table ``positions.csv``: a column for every per-image field of the posterior summary.
 """
 
 from __future__ import annotations
@@ -39,8 +41,8 @@ import threading
 
 from .errors import one_line
 
-__all__ = ["OutputError", "atomic_write", "atomic_open", "atomic_path", "all_or_nothing", "remove_quietly", "remove_stale_temporaries",
-           "OutputFolder", "FolderLocked", "TMP_PREFIX", "LOCK_NAME"]
+__all__ = ["OutputError", "atomic_write", "atomic_open", "atomic_path", "all_or_nothing", "remove_quietly",
+           "remove_stale_temporaries", "OutputFolder", "FolderLocked", "TMP_PREFIX", "LOCK_NAME", "write_positions"]
 
 #: the start of every temporary file's name (followed by the writing process's id and a dash)
 TMP_PREFIX = ".emface-tmp-"
@@ -473,3 +475,96 @@ def _read_pid(fd):
     except (OSError, AttributeError):
         return None
     return int(text) if text.isdigit() else None
+
+
+# ----------------------------------------------------------------------------- the per-image table
+
+#: the columns every positions.csv has, in order, after ``index`` and ``file``: (name, summary field, format)
+_POSITION_COLUMNS = (("face", "faces", "d"), ("row", "positions", "d"), ("col", "positions", "d"),
+                     ("probability", "probability", ".6g"), ("face_probability", "face_probability", ".6g"),
+                     ("entropy", "entropy", ".6g"), ("misfit", "misfit", ".4g"),
+                     ("no_face_probability", "no_face_probability", ".6g"))
+#: per-image fields of the summary that are not columns (log p(X_k) stays in `posterior_summary`)
+_NOT_COLUMNS = frozenset({"log_likelihood"})
+
+
+def write_positions(path, summary, names=None):
+    """Write the per-image table ``positions.csv`` (atomically, as `atomic_open`).
+
+    Columns: ``index``, ``file``, ``face``, ``row``, ``col``, ``probability``,
+    ``face_probability``, ``entropy``, ``misfit``, ``no_face_probability``,
+    ``empty``, then one column for every other per-image field of `summary`
+    that is present (an array with one value, or one row, per image; not
+    ``log_likelihood``), in the summary's order: a field ``gain`` of shape
+    (K,) is a column ``gain``, one of shape (K, 3) the columns ``gain_0``,
+    ``gain_1``, ``gain_2``.
+
+    Parameters
+    ----------
+    path : str
+    summary : emface.PosteriorSummary
+        ``probability`` is that of the chosen (face, position),
+        ``face_probability`` that of the chosen face.
+    names : list of str, optional
+        The frame file of each image.
+
+    Notes
+    -----
+    ``misfit`` is the frame's z-score (about N(0, 1) where the model explains
+    it; above 5 its probabilities are the best of bad options).
+    ``no_face_probability`` is the posterior of "no face", and ``empty`` is 1
+    where that wins: such a frame has face -1 at row -1, column -1.
+    """
+    import csv
+
+    header, columns = _position_columns(summary)
+    K = len(summary.positions)
+    with atomic_open(path, "w", newline="") as fh:
+        wr = csv.writer(fh)
+        wr.writerow(header)
+        for k in range(K):
+            wr.writerow([k, "" if names is None else names[k]] + [format(col[k], fmt) for col, fmt in columns])
+
+
+def _position_columns(summary):
+    """(header, [(values of one column, their format)]) of the summary's per-image table."""
+    import numpy as np
+
+    K = len(summary.positions)
+    fields = _summary_fields(summary)
+    known = {"faces": summary.faces, "positions": summary.positions,
+             "misfit": np.full(K, np.nan) if fields.get("misfit") is None else fields["misfit"],
+             "no_face_probability": np.zeros(K) if fields.get("no_face_probability") is None
+             else fields["no_face_probability"]}
+    header, columns = ["index", "file"], []
+    for name, field, fmt in _POSITION_COLUMNS:
+        values = np.asarray(known.get(field, fields.get(field)))
+        if field == "positions":
+            values = values[:, 0 if name == "row" else 1]
+        header.append(name)
+        columns.append((values.astype(np.int64) if fmt == "d" else values.astype(np.float64), fmt))
+    header.append("empty")
+    columns.append(((np.asarray(summary.faces) < 0).astype(np.int64), "d"))
+    used = {field for _, field, _ in _POSITION_COLUMNS} | _NOT_COLUMNS
+    for field, value in fields.items():
+        if field in used or value is None or np.ndim(value) not in (1, 2) or len(value) != K:
+            continue
+        value = np.asarray(value)
+        fmt = "d" if value.dtype.kind in "biu" else ".6g"
+        value = value.astype(np.int64) if fmt == "d" else value.astype(np.float64)
+        if value.ndim == 1:
+            header.append(field)
+            columns.append((value, fmt))
+        else:
+            header += [f"{field}_{j}" for j in range(value.shape[1])]
+            columns += [(value[:, j], fmt) for j in range(value.shape[1])]
+    return header, columns
+
+
+def _summary_fields(summary):
+    """The summary's fields, name -> value, in their declared order (a dataclass's, else its attributes')."""
+    import dataclasses
+
+    if dataclasses.is_dataclass(summary):
+        return {f.name: getattr(summary, f.name) for f in dataclasses.fields(summary)}
+    return dict(vars(summary))

@@ -61,16 +61,10 @@ def group_map(n_channels, n_groups):
 
 
 def _group_sum(v, gmap, n_groups, axis):
-    """Sum an array's channel axis `axis` into groups."""
+    """Sum an array's channel axis `axis` into groups (`group_map`: one group, or one per channel)."""
     if n_groups == v.shape[axis]:  # one group per channel (or one channel): nothing to add
         return np.asarray(v, dtype=np.float64)
-    if n_groups == 1:
-        return np.sum(v, axis=axis, keepdims=True, dtype=np.float64)
-    v = np.moveaxis(v, axis, -1)
-    out = np.zeros(v.shape[:-1] + (n_groups,))
-    for ch, g in enumerate(gmap):
-        out[..., g] += v[..., ch]
-    return np.moveaxis(out, -1, axis)
+    return np.sum(v, axis=axis, keepdims=True, dtype=np.float64)
 
 
 def _theta_terms(plan, gmap, G):
@@ -220,36 +214,32 @@ def _channels(v, gmap):
     return v[:, gmap]
 
 
-def _crop_sums(chunk, qw, plan, rows):
+def _crop_sums(chunk, qw, plan, rows, stats_from_q):
     """S_F (C, Ch, h, w) and XC (Ch, H, W) of ``Σ_k x_k ⋆ qw_k`` for the images `rows`, by the fused
-    kernels' crops (skipping q at or below `Q_THRESHOLD`)."""
-    from .estep import stats_from_q
-
+    kernels' crops (`stats_from_q`: `estep.stats_from_q`, which skips negligible q)."""
     sub = Chunk(np.ascontiguousarray(chunk.data[rows]), chunk.offset, chunk.inv_scale)
-    st = stats_from_q(sub, qw[rows], plan.face_shape, backend="numba", workers=plan.workers, with_moments=False)
+    st = stats_from_q(sub, qw[rows], plan.pose, backend="numba", workers=plan.workers, with_moments=False)
     return st.S_F, st.XC
 
 
-def _face_sums_weighted(chunk, x, xhat, qw, plan):
+def _face_sums_weighted(chunk, x, xhat, qw, plan, crop_sums):
     """``Σ_k x_k ⋆ qw_k`` and ``Σ_k x_k ∘ (qw_k ⊛ 1)`` for weighted posteriors qw (n, C, P, Q), one group
     of channels: crops for images whose q has at most `plan.max_sparse` non-negligible entries (as the
-    fused pass), the frequency domain for the others."""
-    from .estep import Q_THRESHOLD
-
+    fused pass), the frequency domain for the others (all of them without `crop_sums`)."""
     n = len(qw)
     Ch = x.shape[1]
     H, W = plan.image_shape
     C = plan.n_faces
     h, w = plan.face_shape
     S_F, S_F_hat, XC = np.zeros((C, Ch, h, w)), None, np.zeros((Ch, H, W))
-    if plan.backend == "numba":
-        nnz = np.count_nonzero(qw.reshape(n, -1) > Q_THRESHOLD, axis=1)
+    if plan.backend == "numba" and crop_sums is not None:
+        nnz = np.count_nonzero(qw.reshape(n, -1) > crop_sums[1], axis=1)
     else:  # the array-API route sums in the frequency domain
         nnz = np.full(n, plan.max_sparse + 1)
     sparse = np.flatnonzero(nnz <= plan.max_sparse)
     dense = np.flatnonzero(nnz > plan.max_sparse)
     if sparse.size:
-        S_F, XC = _crop_sums(chunk, qw, plan, sparse)
+        S_F, XC = _crop_sums(chunk, qw, plan, sparse, crop_sums[0])
     if dense.size:
         _, _, S_F_hat, XCd = kernels.accumulate(x[dense], qw[dense], plan.pose,
                                                 xhat=None if xhat is None else xhat[dense], workers=plan.workers)
@@ -257,7 +247,7 @@ def _face_sums_weighted(chunk, x, xhat, qw, plan):
     return S_F, S_F_hat, XC
 
 
-def _weighted_sums(chunk, x, xhat, q, plan, a, b, gmap):
+def _weighted_sums(chunk, x, xhat, q, plan, a, b, gmap, crop_sums):
     """The M-step sums of the chunk weighted by (a, b) (see the module's docstring).
 
     Linear in the posterior: ``Σ_k a_k (x_k - b_k) ⋆ q_k = Σ_k x_k ⋆ (a_k q_k) - Σ_k a_k b_k (1 ⋆ q_k)``,
@@ -277,7 +267,8 @@ def _weighted_sums(chunk, x, xhat, q, plan, a, b, gmap):
         sl = slice(int(chs[0]), int(chs[-1]) + 1)
         qw = a[:, g, None, None, None] * q
         part = chunk if G == 1 else Chunk(np.ascontiguousarray(chunk.data[..., sl]), chunk.offset, chunk.inv_scale)
-        sf, sfh, xc = _face_sums_weighted(part, x[:, sl], None if xhat is None else xhat[:, sl], qw, plan)
+        sf, sfh, xc = _face_sums_weighted(part, x[:, sl], None if xhat is None else xhat[:, sl], qw, plan,
+                                          crop_sums)
         nab = np.tensordot(a[:, g] * b[:, g], q, axes=(0, 0))  # Σ_k a_k b_k q_k, (C, P, Q)
         S_F[:, sl] = sf - nab.sum(axis=(1, 2))[:, None, None, None]
         XC[sl] = xc - plan.pose.coverage(nab.sum(axis=0))[None]
@@ -295,7 +286,7 @@ def _weighted_sums(chunk, x, xhat, q, plan, a, b, gmap):
                            NW=NW, KW=a2.sum(axis=0))
 
 
-def brightness_pass(chunk, plan, gains, offsets, *, output=None, fit_steps=0):
+def brightness_pass(chunk, plan, gains, offsets, *, output=None, fit_steps=0, crop_sums=None):
     """One chunk's E-step with per-image brightness, the ECM update of (a, b), and the weighted sums.
 
     Parameters
@@ -313,6 +304,10 @@ def brightness_pass(chunk, plan, gains, offsets, *, output=None, fit_steps=0):
     fit_steps : int
         Alternations of the E-step and the (a, b) update before the pass's own
         E-step (new images, whose brightness is not known: start at a = 1, b = 0).
+    crop_sums : (callable, float), optional
+        `estep.stats_from_q` and its threshold `estep.Q_THRESHOLD`: the fused
+        crops for images whose posteriors are sparse (numba backend). Without
+        them every image's sums go through the frequency domain.
 
     Returns
     -------
@@ -354,7 +349,7 @@ def brightness_pass(chunk, plan, gains, offsets, *, output=None, fit_steps=0):
     near = kernels.neighbour_gains(L, arg, plan.pose.neighbours)
     chi2 = kernels.expected_residual(q, L, base, plan.log_const)
     a, b, gain = _solve(th, im, q, a, b)
-    sums = _weighted_sums(chunk, x, xhat, q, plan, a, b, gmap)
+    sums = _weighted_sums(chunk, x, xhat, q, plan, a, b, gmap, crop_sums)
     raw = SimpleNamespace(**vars(sums), ll=top + base, arg=arg, maxp=maxp, ent=ent, cprob=cprob, near=near,
                           chi2=chi2, qe=qe, gains=a, offsets=b, ecm_gain=float(gain.sum()))
     return raw, (q if output == "q" else None)

@@ -21,7 +21,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from ..model import Stats
+from .records import Stats
 from . import kernels
 from .chunk import chunk_spectra, standardized
 from .plan import resolve_backend
@@ -106,7 +106,9 @@ def chunk_stats(chunk, plan, *, output=None, per_image=True, brightness=None, fi
     if brightness is not None:
         from .brightness import brightness_pass
 
-        raw, out = brightness_pass(chunk, plan, *brightness, output=output, fit_steps=fit_steps)
+        # this module's crops of given posteriors sum the sparse ones (brightness imports nothing from here)
+        raw, out = brightness_pass(chunk, plan, *brightness, output=output, fit_steps=fit_steps,
+                                   crop_sums=(stats_from_q, Q_THRESHOLD))
     elif plan.backend == "numba":
         raw, out = _numba_pass(chunk, plan, output)
     else:

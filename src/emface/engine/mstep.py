@@ -13,10 +13,10 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.fft as sfft
 
-from ..model import Params
 from ._formulas import gaussian_log_norm
 from .brightness import weighted_normalisers
 from .poses import Translations
+from .records import Params
 
 __all__ = ["MStepInfo", "params_from", "prior_from_counts", "predictive_prior", "face_sums", "expected_sse",
            "objective", "free_energy", "misfit_z", "NOISE_MODELS"]

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..model import Params
+from .records import Params
 from . import costs, kernels
 from ._formulas import gaussian_log_norm
 from .poses import Translations, pose_of

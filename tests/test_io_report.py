@@ -1,0 +1,59 @@
+"""The fit's report page, written by emface.report from the estimator's public results; truth files go
+through the one atomic writer."""
+
+import os
+
+import numpy as np
+import pytest
+
+from emface import FaceEM
+from emface.datasets import make_faces, save_truth
+from emface.figures import write_fit_pictures, write_misfit_pictures
+from emface.report import fit_summary_rows, write_fit_report
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    X, truth = make_faces(60, (16, 18), (6, 5), n_faces=2, random_state=0)
+    est = FaceEM((6, 5), n_faces=2, random_state=0, max_iter=5, shift_escape=False).fit(X)
+    return X, truth, est
+
+
+def test_summary_rows_say_what_was_fitted(fitted):
+    X, _, est = fitted
+    summ = est.posterior_summary()
+    rows = dict(fit_summary_rows(est, summ, "in.npy", X.shape, elapsed=1.5, interrupted=True))
+    assert rows["input"] == "in.npy" and rows["images"] == "60 of 16x18"
+    assert rows["faces"] == "2 of 6x5" and rows["converged"] == "no (interrupted)"
+    assert rows["iterations"] == est.n_iter_ and rows["time"] == "1.5 s"
+    assert float(rows["mean posterior probability of the chosen position"]) == pytest.approx(
+        np.mean(summ.probability), abs=1e-4)
+
+
+def test_fit_page_has_every_picture_and_table(fitted, tmp_path):
+    X, _, est = fitted
+    summ = est.posterior_summary()
+    pics = write_fit_pictures(tmp_path, est)
+    pics.update(write_misfit_pictures(tmp_path, est, X, summ))
+    names = [f"f{k}.png" for k in range(len(X))]
+    write_fit_report(tmp_path / "report.html", est, summ, pics, source="frames/", image_shape=X.shape, names=names,
+                     elapsed=2.0)
+    page = (tmp_path / "report.html").read_text()
+    assert page.count("<img") == len(pics)  # every picture written is on the page
+    for heading in ("Summary", "Faces", "Runs", "Positions (first 25 of 60; all in positions.csv)"):
+        assert f"<h2>{heading}</h2>" in page
+    assert "every face, heaviest first" in page and "f24.png" in page and "f25.png" not in page
+    assert "interrupted" not in page
+
+
+def test_truth_file_is_written_through_the_atomic_writer(fitted, tmp_path):
+    _, truth, _ = fitted
+    target = tmp_path / "elsewhere.txt"
+    target.write_text("keep")
+    link = tmp_path / "t.truth.npz"
+    os.symlink(target, link)
+    save_truth(link, truth)
+    assert not link.is_symlink() and target.read_text() == "keep"  # the link is replaced, never followed
+    with np.load(link) as z:
+        np.testing.assert_array_equal(z["labels"], truth.labels)
+    assert [n for n in os.listdir(tmp_path) if n.startswith(".emface-tmp-")] == []
