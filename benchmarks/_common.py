@@ -193,3 +193,108 @@ def run_measured(cmd, quiet):
 
 
 __all__ += ["cpu_count", "fmt_s", "synthetic_block", "time_iterations", "cli", "run_measured"]
+
+
+# ---------------------------------------------------------------------------------------------- whole fits
+class Profile:
+    """Exclusive seconds and calls of wrapped functions: a stack of timers, the innermost owns the time.
+
+    `clock` is ``time.perf_counter`` (wall) or ``time.process_time`` (CPU of
+    every thread of this process, steadier on a shared machine).
+    """
+
+    def __init__(self, clock=time.perf_counter):
+        self.clock = clock
+        self.seconds = {}
+        self.calls = {}
+        self._stack = []
+
+    def wrap(self, name, fn):
+        def timed(*a, **kw):
+            now = self.clock()
+            if self._stack:
+                outer = self._stack[-1]
+                self.seconds[outer[0]] = self.seconds.get(outer[0], 0.0) + now - outer[1]
+            self._stack.append([name, now])
+            try:
+                return fn(*a, **kw)
+            finally:
+                end = self.clock()
+                _, since = self._stack.pop()
+                self.seconds[name] = self.seconds.get(name, 0.0) + end - since
+                self.calls[name] = self.calls.get(name, 0) + 1
+                if self._stack:
+                    self._stack[-1][1] = end
+        return timed
+
+
+#: what `profiled` times by default: the model's steps, the starts, the restart rule's draws and the moves
+PROFILED = (("emface.mixture:FaceMixture", "e_step"), ("emface.mixture:FaceMixture", "m_step"),
+            ("emface.mixture:FaceMixture", "objective"), ("emface.mixture:FaceMixture", "extrapolate"),
+            ("emface.estimator", "auto_start"), ("emface.estimator", "random_start"),
+            ("emface.estimator", "_model_decisiveness"), ("emface.schedule", "auto_start"),
+            ("emface.schedule", "random_start"), ("emface.schedule", "model_decisiveness"),
+            ("emface.moves", "shift_escape"), ("emface.moves", "split_merge"))
+
+
+@contextlib.contextmanager
+def profiled(prof, targets=PROFILED):
+    """Wrap each ``(module[:class], name)`` of `targets` that exists in this emface to record into `prof`."""
+    import importlib
+
+    saved = []
+    for where, name in targets:
+        mod, _, cls = where.partition(":")
+        try:
+            obj = importlib.import_module(mod)
+        except ImportError:
+            continue  # a module of another version of emface
+        obj = getattr(obj, cls, None) if cls else obj
+        if obj is None:
+            continue
+        if name in vars(obj):
+            saved.append((obj, name, vars(obj)[name]))
+    try:
+        for obj, name, fn in saved:
+            setattr(obj, name, prof.wrap(name, fn))
+        yield prof
+    finally:
+        for obj, name, fn in saved:
+            setattr(obj, name, fn)
+
+
+def counted_fit(X, face_shape, max_iter, *, profile=None, **kw):
+    """A default FaceEM fit with ``tol=0``, ``random_state=0``; returns (estimator, wall s, CPU s, Profile)."""
+    prof = profile or Profile()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        t, c = time.perf_counter(), time.process_time()
+        with profiled(prof):
+            est = FaceEM(face_shape, max_iter=max_iter, tol=0.0, random_state=0, **kw).fit(X)
+        return est, time.perf_counter() - t, time.process_time() - c, prof
+
+
+def whole_iteration(X, face_shape, repeats=3, **kw):
+    """Seconds of one more iteration of a whole default fit: (fit(max_iter=10) - fit(max_iter=2)) / 8.
+
+    Issue 19's protocol: ``tol=0`` (every iteration runs), the default start,
+    the same seed; restarts, over-relaxation and moves as `FaceEM.fit` does
+    them. An untimed fit of 100 images first compiles the case's kernels.
+    Returns a dict: ``wall`` and ``cpu`` (medians over `repeats` pairs),
+    ``passes`` (E-step passes of the 10-iteration fit minus the 2-iteration
+    fit's: 8 when each iteration is one pass), ``runs`` (runs of each fit)
+    and ``est`` (the last 10-iteration fit).
+    """
+    counted_fit(X[:100], face_shape, 2, **kw)
+    wall, cpu = [], []
+    for _ in range(repeats):
+        est2, t2, c2, p2 = counted_fit(X, face_shape, 2, **kw)
+        est, t10, c10, p10 = counted_fit(X, face_shape, 10, **kw)
+        wall.append((t10 - t2) / 8)
+        cpu.append((c10 - c2) / 8)
+    return dict(wall=float(np.median(wall)), cpu=float(np.median(cpu)),
+                passes=p10.calls.get("e_step", 0) - p2.calls.get("e_step", 0),
+                runs=(len(est2.runs_), len(est.runs_)), est=est)
+
+
+__all__ += ["Profile", "PROFILED", "profiled", "counted_fit", "whole_iteration"]

@@ -212,6 +212,8 @@ def shift_escape(executor, model, run, resume):
     moves help.
     """
     nf = dict(n_faces=model.n_faces, face_shape=model.face_shape)
+    if not run.converged or run.stats is None or run.stats.positions is None:
+        return run  # nothing to try: build no subsample (a run stopped by max_iter paid for it in vain)
     sub, idx = executor.subsample(model.escape_sample, np.random.default_rng(run.init_index),
                                   n_faces=model.n_faces)
     Ks = len(idx)
@@ -359,6 +361,8 @@ def _split_merge_candidates(sub, idx, model, run, rng):
 
 def split_merge(executor, model, run, resume):
     """Merge two faces that hold one object and split one that holds two; keep what raises the objective."""
+    if not run.converged or run.stats is None or run.stats.labels is None:
+        return run  # nothing to try: build no subsample
     rng = np.random.default_rng(12345 + run.init_index)
     sub, idx = executor.subsample(model.escape_sample, rng, n_faces=model.n_faces)
     for _ in range(_MAX_ROUNDS):
