@@ -253,7 +253,9 @@ def check_params_arrays(image_shape, face_shape, *, n_faces=1, n_channels=1, col
                                  "give a number, or use noise='per_channel'")
             out["noise_std"] = s
     if prior is not None:
-        P, Q = H - h + 1, W - w + 1
+        from .engine.poses import grid_shape
+
+        P, Q = grid_shape((H, W), (h, w))
         arr = np.asarray(prior)
         if C == 1 and arr.ndim == 3 and arr.shape[0] == 1:
             arr = arr[0]

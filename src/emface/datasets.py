@@ -274,7 +274,9 @@ def make_faces(n_images=1000, image_shape=(100, 120), face_shape=(40, 32), *, n_
         s = v.check_real(noise, "noise", low=0.0) * contrast
     else:
         s = v.check_real(noise_std, "noise_std", low=0.0)
-    P, Q = H - h + 1, W - w + 1
+    from .engine.poses import grid_shape
+
+    P, Q = grid_shape((H, W), (h, w))
     A = make_prior(prior, (P, Q))
     if weights is None:
         pi = np.full(C, 1.0 / C)

@@ -281,7 +281,9 @@ def check_model_arrays(faces, background, noise_std, prior, *, name="the model",
         raise _model_error(name, f"has faces of {Ch} channel(s) and a background of {B.shape[0]} ({shapes})")
     if h > H or w > W:
         raise _model_error(name, f"has faces of {h}x{w}, larger than its background of {H}x{W}")
-    grid = (C, H - h + 1, W - w + 1)
+    from .engine.poses import grid_shape
+
+    grid = (C, *grid_shape((H, W), (h, w)))
     if A.shape != grid:
         raise _model_error(name, f"has a prior of shape {A.shape}; its faces and background need {grid} "
                                  f"(C, H-h+1, W-w+1) ({shapes})")

@@ -23,6 +23,7 @@ from ._layout import public_background, public_faces
 from .datasets import draw_assignments, render
 from .em import EMSettings
 from .engine import costs
+from .engine.poses import grid_shape
 from .executor import LocalExecutor
 from .init import auto_start, random_start, user_start
 from .sources import ArraySource
@@ -194,7 +195,7 @@ def block_images(n_images, image_shape, face_shape, n_faces, n_channels, max_mem
     of the memory budget (`BLOCK_SHARE` of `max_memory` in bytes, else
     `BLOCK_BYTES_DEFAULT`)."""
     (H, W), (h, w) = image_shape, face_shape
-    P, Q = H - h + 1, W - w + 1
+    P, Q = grid_shape(image_shape, face_shape)
     # N, S_F and XC; SX beside them while the first sweep runs
     per_block = 8 * (n_faces * P * Q + n_faces * n_channels * h * w + 2 * n_channels * H * W)
     budget = BLOCK_SHARE * max_memory if max_memory is not None else BLOCK_BYTES_DEFAULT

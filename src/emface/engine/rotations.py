@@ -22,6 +22,7 @@ import scipy.fft as sfft
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
+from .poses import grid_shape
 from .records import Params
 
 __all__ = ["Rotations", "RotParams", "disc_mask", "rotation_operator", "angle_grid", "KEYS_A"]
@@ -182,7 +183,7 @@ class Rotations:
         self.angles = np.asarray(angles, dtype=np.float64).reshape(-1)
         self.mask = disc_mask(h)
         H, W = self.image_shape
-        self.grid_shape = (H - h + 1, W - h + 1)
+        self.grid_shape = grid_shape(self.image_shape, self.face_shape)
         self._disc_hat = None
 
     def __repr__(self):
