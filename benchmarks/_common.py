@@ -156,7 +156,7 @@ def time_iterations(X, face_shape, *, n_faces=1, hard=False, dtype=np.float64, n
     (a GPU's synchronisation). Returns (times, probes, executor).
     """
     from emface.init import auto_start, random_start
-    from emface.mixture import FaceMixture
+    from emface.model import FaceMixture
 
     src = ArraySource(X, face_shape, compute_dtype=dtype, max_memory=max_memory, n_faces=n_faces)
     ex = LocalExecutor(src, EngineConfig(dtype=dtype, backend=backend, workers=workers or cpu_count(), device=device))
@@ -229,8 +229,8 @@ class Profile:
 
 
 #: what `profiled` times by default: the model's steps, the starts, the restart rule's draws and the moves
-PROFILED = (("emface.mixture:FaceMixture", "e_step"), ("emface.mixture:FaceMixture", "m_step"),
-            ("emface.mixture:FaceMixture", "objective"), ("emface.mixture:FaceMixture", "extrapolate"),
+PROFILED = (("emface.model:FaceMixture", "e_step"), ("emface.model:FaceMixture", "m_step"),
+            ("emface.model:FaceMixture", "objective"), ("emface.model:FaceMixture", "extrapolate"),
             ("emface.estimator", "auto_start"), ("emface.estimator", "random_start"),
             ("emface.estimator", "_model_decisiveness"), ("emface.schedule", "auto_start"),
             ("emface.schedule", "random_start"), ("emface.schedule", "model_decisiveness"),

@@ -64,7 +64,7 @@ from emface import FaceEM
 from emface.datasets import BACKGROUNDS, FACES, make_faces
 from emface.executor import EngineConfig, LocalExecutor
 from emface.init import auto_start
-from emface.mixture import FaceMixture
+from emface.model import FaceMixture
 from emface.sources import ArraySource
 
 GAINS = (1.0, 3.0, 0.3)

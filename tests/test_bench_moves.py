@@ -5,7 +5,7 @@ import pytest
 from emface import FaceEM, make_faces, moves
 from emface import executor as ex_mod
 from emface.em import EMRun
-from emface.mixture import FaceMixture
+from emface.model import FaceMixture
 
 
 class _NoSubsample:

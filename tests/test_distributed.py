@@ -68,7 +68,7 @@ def test_spectra_stay_cached_on_the_workers(client, data):
     from emface.distributed import DaskExecutor
     from emface.executor import EngineConfig
     from emface.init import random_start
-    from emface.mixture import FaceMixture
+    from emface.model import FaceMixture
 
     X, _ = data
     ex = DaskExecutor(da.from_array(X, chunks=(100, -1, -1)), (12, 10), config=EngineConfig(), client=client)

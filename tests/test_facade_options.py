@@ -12,7 +12,7 @@ from emface.cli import fit as fit_command
 from emface.em import ALGORITHMS
 from emface.engine.plan import BACKENDS
 from emface.init import INIT_METHODS
-from emface.mixture import NOISE_MODELS
+from emface.model import NOISE_MODELS
 from emface.options import OPTIONS, REQUIRED, estimator_kwargs
 
 FLAGGED = [o for o in OPTIONS if o.flag is not None]

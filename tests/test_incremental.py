@@ -12,7 +12,7 @@ from emface.em import EMSettings, run_em
 from emface.engine import free_energy
 from emface.executor import EngineConfig, LocalExecutor
 from emface.init import auto_start
-from emface.mixture import FaceMixture
+from emface.model import FaceMixture
 from emface.sources import ArraySource
 
 

@@ -68,7 +68,7 @@ def test_max_memory_bounds_the_spectrum_cache(data):
     large = ArraySource(X, (12, 10))
     from emface.executor import EngineConfig, LocalExecutor
     from emface.init import random_start
-    from emface.mixture import FaceMixture
+    from emface.model import FaceMixture
 
     for src in (small, large):
         ex = LocalExecutor(src, EngineConfig())

@@ -177,7 +177,7 @@ def run_em(executor, model, params, settings, *, callback=None, run_index=0, his
     executor : LocalExecutor or DaskExecutor
     model : an object with ``e_step``, ``m_step``, ``objective``, and
         ``extrapolate`` (over-relaxation), ``free_energy`` and ``compact``
-        (incremental EM), such as `emface.mixture.FaceMixture`
+        (incremental EM), such as `emface.model.FaceMixture`
     params : starting point, working units
     settings : EMSettings
     callback : callable(dict), optional

@@ -27,7 +27,7 @@ from .errors import MisfitWarning, ModelFileError, one_line
 from .executor import EngineConfig
 from .fitted import FittedState, bad_value, read_state, write_state
 from . import rotation_model
-from .mixture import FaceMixture
+from .model import FaceMixture
 from .options import BaseEstimator, init_from_table, numpydoc
 from .persistence import atomic_save
 from .posterior import PosteriorMixin, PosteriorSummary, public_brightness

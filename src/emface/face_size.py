@@ -49,7 +49,7 @@ from .engine import params_from
 from .engine._formulas import gaussian_profile
 from .executor import LocalExecutor
 from .init import auto_start
-from .mixture import FaceMixture
+from .model import FaceMixture
 from .engine.records import Params
 from .sources import ArraySource, read_runs, sample_runs
 

@@ -36,7 +36,7 @@ __all__ = ["Option", "OPTIONS", "BaseEstimator", "validate", "numpydoc", "click_
 #: the default of a required option (`face_shape`)
 REQUIRED = inspect.Parameter.empty
 
-# The choices the modules below implement (`emface.init.INIT_METHODS`, `emface.mixture.NOISE_MODELS`,
+# The choices the modules below implement (`emface.init.INIT_METHODS`, `emface.model.NOISE_MODELS`,
 # `emface.engine.plan.BACKENDS`; a test checks they agree): written here, so that the CLI, which reads this
 # table when it starts, does not load the engine to show its help.
 _INIT_METHODS = ("auto", "random")

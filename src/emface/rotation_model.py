@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .mixture import FaceMixture
+from .model import FaceMixture
 
 __all__ = ["RotationMixture", "ANGLE_SEARCHES"]
 
