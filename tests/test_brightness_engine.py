@@ -129,3 +129,10 @@ def test_probe_gains_and_the_test():
     assert t["dof"] == 2 * len(X) and t["statistic"] == pytest.approx(2 * got.sum())
     assert t["significant"] == (t["p_value"] < 1e-3)
     assert not brightness_test(0.0, 100, 1)["significant"] and brightness_test(1e6, 100, 1)["significant"]
+    # χ²_200's upper tail (its 0.1% quantile is about 267.5, twice a gain of 133.8)
+    from scipy.stats import chi2
+
+    assert not brightness_test(100.0, 100, 1)["significant"]
+    assert brightness_test(134.5, 100, 1)["p_value"] < 1e-3 < brightness_test(133.0, 100, 1)["p_value"]
+    for gain in (50.0, 133.0, 400.0):
+        assert brightness_test(gain, 100, 1)["p_value"] == pytest.approx(chi2.sf(2 * gain, 200), rel=1e-10)

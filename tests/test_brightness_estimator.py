@@ -166,3 +166,16 @@ def test_backends_agree():
         assert np.array_equal(other.positions_, fits[0].positions_)
         assert np.allclose(other.gains_, fits[0].gains_, rtol=1e-8)
         assert np.allclose(other.faces_, fits[0].faces_, rtol=1e-8, atol=1e-8 * np.abs(fits[0].faces_).max())
+
+
+def test_shift_escape_works_with_brightness():
+    """From a face shifted by a row, EM with per-image brightness stays shifted; the shift escape,
+    whose candidate then takes one EM step with the images' (a, b), moves it back."""
+    X, truth, _, _ = _stack(K=150, seed=5)
+    F = truth.faces[0]
+    shifted = np.vstack([F[2:], F[-2:]])  # the face two rows up: its images sit two rows too low
+    kw = dict(brightness="per_image", face_init=shifted, background_init=truth.background, n_init=1)
+    stuck = _fit(X, shift_escape=False, **kw)
+    freed = _fit(X, **kw)
+    assert _exact(stuck, truth) < 0.5
+    assert _exact(freed, truth) >= 0.99 and any(m[0] == "shift" for m in freed.runs_[0]["moves"])

@@ -189,7 +189,12 @@ def _candidate(executor, model, run, newpos, prior, nf):
         A = 0.5 * prior + 0.5 * st.N / st.n_images
         if cand.empty_weight is not None:  # "no face" shares the simplex in the same way
             cand.empty_weight = 0.5 * run.params.empty_weight + 0.5 * st.N_empty / st.n_images
-    return Params(cand.faces, cand.background, cand.noise_std, A, cand.empty_weight)
+    cand = Params(cand.faces, cand.background, cand.noise_std, A, cand.empty_weight, cand.gains, cand.offsets)
+    if cand.gains is not None:
+        # per-image brightness: the crops' M-step ignored each image's (a, b) (its s holds their spread);
+        # one EM step with them makes the candidate the move's, not the crops' (an extra pass, brightness only)
+        cand, _ = model.m_step(model.e_step(executor, cand, per_image=False), cand)
+    return cand
 
 
 def shift_escape(executor, model, run, resume):
@@ -348,7 +353,8 @@ def _split_merge_candidates(sub, idx, model, run, rng):
         A[k] = A[k] * (1 - share)
         A = np.maximum(A, 0)
         A *= p.prior.sum() / A.sum()  # the share of "no face", if any, stays
-        yield ("split-merge", keep, gone, int(k)), Params(F, p.background, p.noise_std, A, p.empty_weight)
+        yield ("split-merge", keep, gone, int(k)), Params(F, p.background, p.noise_std, A, p.empty_weight, p.gains,
+                                                         p.offsets)
 
 
 def split_merge(executor, model, run, resume):
