@@ -38,7 +38,7 @@ from . import kernels
 from .chunk import chunk_spectra, standardized
 from ._formulas import gaussian_log_norm
 from .mstep import (MStepInfo, _background_from, _expected_log, _gaussian_term, _noise_from, _smoothing_term,
-                    expected_sse, face_sums)
+                    expected_sse, face_sums, prior_from_counts)
 from .rotations import Rotations, RotParams
 
 try:  # the fused loops of the posterior (numba is a dependency; numpy below computes the same)
@@ -476,8 +476,8 @@ def rot_params_from(stats, previous, *, prior_smoothing=0.0, noise_floor=1e-12, 
     alpha = float(prior_smoothing)
     info = MStepInfo()
     N4 = np.maximum(stats.N, 0.0).reshape(C, R, P, Q)
-    A = (N4.sum(axis=1) + alpha) / (K + alpha * C * P * Q)
-    rho = (N4.sum(axis=(0, 2, 3)) + alpha) / (K + alpha * R)
+    A, _ = prior_from_counts(N4.sum(axis=1), K, alpha)
+    rho, _ = prior_from_counts(N4.sum(axis=(0, 2, 3)), K, alpha)
     S = face_sums(stats)  # (C·R, Ch, h, h)
     N_cr = N4.sum(axis=(2, 3))
     F, empty = rot.solve_faces(S.reshape(C, R, Ch, h, h), N_cr, previous.faces)
