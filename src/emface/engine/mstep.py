@@ -194,6 +194,21 @@ def params_from(stats, previous, *, prior_smoothing=0.0, noise_floor=1e-12, nois
     if not full.all():
         info.empty_faces = tuple(int(c) for c in np.flatnonzero(~full))
         F[~full] = previous.faces[~full] if previous is not None else 0.0
+    B = _background_from(stats, cover, Kw, previous, info)
+    sse = expected_sse(stats, F, B, S_F, cover, pose)
+    s2 = _noise_from(sse, K, H, W, noise, noise_floor, info)
+    return Params(F, B, np.sqrt(s2), A, pi0), info
+
+
+def _background_from(stats, cover, Kw, previous, info):
+    """``B = (SX - XC) / (K - C)``, (Ch, H, W): the background's closed form from the sums and the coverage C.
+
+    `Kw` is K, or with brightness the a_k²-weighted K per channel (Ch,). A
+    pixel the faces covered in every image (no background evidence) keeps
+    `previous`'s background (``SX / K`` without `previous`), counted in
+    ``info.n_uncovered``.
+    """
+    Ch, H, W = stats.SX.shape
     Kw = np.asarray(Kw, dtype=np.float64).reshape(-1, 1, 1)
     free = np.broadcast_to(Kw - cover, (Ch, H, W))
     ok = (free > 1e-9 * Kw).all(axis=0)
@@ -201,8 +216,17 @@ def params_from(stats, previous, *, prior_smoothing=0.0, noise_floor=1e-12, nois
     np.divide(stats.SX - stats.XC, free, out=B, where=np.broadcast_to(ok, B.shape))
     if not ok.all():
         info.n_uncovered = int((~ok).sum())
-        B[:, ~ok] = (previous.background if previous is not None else stats.SX / K)[:, ~ok]
-    sse = expected_sse(stats, F, B, S_F, cover, pose)
+        B[:, ~ok] = (previous.background if previous is not None else stats.SX / float(stats.n_images))[:, ~ok]
+    return B
+
+
+def _noise_from(sse, K, H, W, noise, noise_floor, info):
+    """s², (Ch,): the noise's closed form from the expected SSE per channel of K images of H×W.
+
+    One s² for all channels (``noise="shared"``) or one per channel; at
+    least ``noise_floor²`` (``info.s_floored`` says when that bound bit).
+    """
+    Ch = sse.shape[0]
     if noise == "per_channel":
         s2 = sse / (K * H * W)
     elif noise == "shared":
@@ -218,17 +242,33 @@ def params_from(stats, previous, *, prior_smoothing=0.0, noise_floor=1e-12, nois
     if (s2 < floor2).any():
         s2 = np.maximum(s2, floor2)
         info.s_floored = True
-    return Params(F, B, np.sqrt(s2), A, pi0), info
+    return s2
 
 
-def _smoothing_term(params, prior_smoothing):
+def _smoothing_term(prior_smoothing, *priors):
+    """``α Σ log p`` over every probability of `priors` (A, and π_∅ or the angles' ρ): the Dirichlet prior's term."""
     if prior_smoothing > 0:
         with np.errstate(divide="ignore"):
-            total = float(np.sum(np.log(params.prior)))
-            if params.empty_weight is not None:
-                total += float(np.log(params.empty_weight))
+            total = 0.0
+            for p in priors:
+                total += float(np.sum(np.log(p)))
             return prior_smoothing * total
     return 0.0
+
+
+def _priors(params):
+    """The probabilities the Dirichlet prior smooths: A, and π_∅ with the "no face" class."""
+    return (params.prior,) if params.empty_weight is None else (params.prior, params.empty_weight)
+
+
+def _expected_log(N, log_p):
+    """``Σ N log p`` over the cells with N > 0 (a cell no image uses adds 0, even where p = 0)."""
+    return float(np.sum(np.where(N > 0, N * log_p, 0.0)))
+
+
+def _gaussian_term(sse, s2, n_pixels):
+    """``E_q[log p(X | c, d, θ)]``: the Gaussian log normaliser of `n_pixels` per channel minus ``Σ SSE / 2s²``."""
+    return float(gaussian_log_norm(n_pixels, s2)) - float(np.sum(sse / (2.0 * s2)))
 
 
 def objective(stats, params, prior_smoothing=0.0):
@@ -237,7 +277,7 @@ def objective(stats, params, prior_smoothing=0.0):
     The log-likelihood (soft EM) or the MAP joint (hard EM), plus
     ``α · Σ log A`` when prior smoothing α > 0 (a Dirichlet prior on A).
     """
-    return stats.loglik + _smoothing_term(params, prior_smoothing)
+    return stats.loglik + _smoothing_term(prior_smoothing, *_priors(params))
 
 
 def free_energy(stats, params, prior_smoothing=0.0, pose=None):
@@ -251,9 +291,9 @@ def free_energy(stats, params, prior_smoothing=0.0, pose=None):
     s2 = params.noise_std ** 2
     with np.errstate(divide="ignore", invalid="ignore"):
         logA = np.log(params.prior)
-        prior_term = float(np.sum(np.where(stats.N > 0, stats.N * logA, 0.0)))
+        prior_term = _expected_log(stats.N, logA)
         if stats.N_empty > 0:  # the "no face" class: N_∅ log π_∅ (-inf without the class)
             prior_term += float(stats.N_empty * np.log(params.empty_weight or 0.0))
     sse = expected_sse(stats, params.faces, params.background, pose=pose)
-    gauss = float(gaussian_log_norm(K * H * W, s2)) - float(np.sum(sse / (2.0 * s2)))
-    return prior_term + gauss + stats.entropy_sum + _smoothing_term(params, prior_smoothing)
+    gauss = _gaussian_term(sse, s2, K * H * W)
+    return prior_term + gauss + stats.entropy_sum + _smoothing_term(prior_smoothing, *_priors(params))

@@ -26,7 +26,6 @@ switching to a window at a full sweep (far below rounding).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from types import SimpleNamespace
 
@@ -37,7 +36,9 @@ import scipy.sparse as sp
 from .records import Stats
 from . import kernels
 from .chunk import chunk_spectra, standardized
-from .mstep import MStepInfo, expected_sse, face_sums
+from ._formulas import gaussian_log_norm
+from .mstep import (MStepInfo, _background_from, _expected_log, _gaussian_term, _noise_from, _smoothing_term,
+                    expected_sse, face_sums, prior_from_counts)
 from .rotations import Rotations, RotParams
 
 try:  # the fused loops of the posterior (numba is a dependency; numpy below computes the same)
@@ -56,9 +57,6 @@ Q_THRESHOLD = 1e-24
 MAX_CROPS = 48
 #: bytes of the per-batch work arrays (logits, correlations)
 BATCH_BYTES = 48 * 2**20
-
-_LOG_2PI = math.log(2.0 * math.pi)
-
 
 @dataclass
 class RotPlan:
@@ -112,7 +110,7 @@ def make_rot_plan(params, *, hard=False, dtype=np.float64, workers=1, cache_spec
         cache_spectra=bool(cache_spectra), with_moments=bool(with_moments), lam=lam, logA=logA, log_rho=log_rho,
         filters=filters.astype(cdtype, copy=False), face_sq=np.einsum("crdij,crdij->cr", Tw, T),
         lamB=B * lam[:, None, None], disc_b2=rot.window_sums(np.sum(lam[:, None, None] * B * B, axis=0)),
-        log_const=float(-0.5 * H * W * np.sum(_LOG_2PI + np.log(s2))),
+        log_const=float(gaussian_log_norm(H * W, s2)),
     )
 
 
@@ -478,48 +476,25 @@ def rot_params_from(stats, previous, *, prior_smoothing=0.0, noise_floor=1e-12, 
     alpha = float(prior_smoothing)
     info = MStepInfo()
     N4 = np.maximum(stats.N, 0.0).reshape(C, R, P, Q)
-    A = (N4.sum(axis=1) + alpha) / (K + alpha * C * P * Q)
-    rho = (N4.sum(axis=(0, 2, 3)) + alpha) / (K + alpha * R)
+    A, _ = prior_from_counts(N4.sum(axis=1), K, alpha)
+    rho, _ = prior_from_counts(N4.sum(axis=(0, 2, 3)), K, alpha)
     S = face_sums(stats)  # (C·R, Ch, h, h)
     N_cr = N4.sum(axis=(2, 3))
     F, empty = rot.solve_faces(S.reshape(C, R, Ch, h, h), N_cr, previous.faces)
     info.empty_faces = empty
     cover = rot.coverage(N4.sum(axis=(0, 1)))
-    free = K - cover
-    ok = free > 1e-9 * K
-    B = np.empty((Ch, H, W))
-    np.divide(stats.SX - stats.XC, free, out=B, where=np.broadcast_to(ok, B.shape))
-    if not ok.all():
-        info.n_uncovered = int((~ok).sum())
-        B[:, ~ok] = previous.background[:, ~ok]
+    B = _background_from(stats, cover, K, previous, info)
     new = RotParams(faces=F, background=B, noise_std=previous.noise_std, prior=A, angles=previous.angles.copy(),
                     angle_prior=rho)
     sse = rot_expected_sse(stats, new, rot, S_F=S, cover=cover)
-    if noise == "per_channel":
-        s2 = sse / (K * H * W)
-    else:
-        s2 = np.full(Ch, sse.sum() / (K * H * W * Ch))
-    if not np.isfinite(s2).all():
-        raise FloatingPointError(f"the noise variance became non-finite in the M-step (s² = {s2})")
-    floor2 = float(noise_floor) ** 2
-    if (s2 < floor2).any():
-        s2 = np.maximum(s2, floor2)
-        info.s_floored = True
-    new.noise_std = np.sqrt(s2)
+    new.noise_std = np.sqrt(_noise_from(sse, K, H, W, noise, noise_floor, info))
     return new, info
-
-
-def _smoothing(params, alpha):
-    if alpha > 0:
-        with np.errstate(divide="ignore"):
-            return alpha * (float(np.sum(np.log(params.prior))) + float(np.sum(np.log(params.angle_prior))))
-    return 0.0
 
 
 def rot_objective(stats, params, prior_smoothing=0.0):
     """The objective the rotation EM increases: the (restricted) log-likelihood or MAP joint, plus
     ``α (Σ log A + Σ log ρ)``."""
-    return stats.loglik + _smoothing(params, float(prior_smoothing))
+    return stats.loglik + _smoothing_term(float(prior_smoothing), params.prior, params.angle_prior)
 
 
 def rot_free_energy(stats, params, prior_smoothing=0.0):
@@ -533,7 +508,8 @@ def rot_free_energy(stats, params, prior_smoothing=0.0):
     N4 = stats.N.reshape(C, R, P, Q)
     with np.errstate(divide="ignore", invalid="ignore"):
         logp = np.log(params.prior)[:, None] + np.log(params.angle_prior)[None, :, None, None]
-        prior_term = float(np.sum(np.where(N4 > 0, N4 * logp, 0.0)))
+        prior_term = _expected_log(N4, logp)
     sse = rot_expected_sse(stats, params)
-    gauss = -0.5 * K * H * W * float(np.sum(_LOG_2PI + np.log(s2))) - float(np.sum(sse / (2.0 * s2)))
-    return prior_term + gauss + stats.entropy_sum + _smoothing(params, float(prior_smoothing))
+    gauss = _gaussian_term(sse, s2, K * H * W)
+    return prior_term + gauss + stats.entropy_sum + _smoothing_term(float(prior_smoothing), params.prior,
+                                                                    params.angle_prior)
