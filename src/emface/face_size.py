@@ -47,6 +47,7 @@ import numpy as np
 from .em import EMSettings, fit_restarts
 from .engine import params_from
 from .engine._formulas import gaussian_profile
+from .engine.poses import grid_shape
 from .executor import LocalExecutor
 from .init import auto_start
 from .model import FaceMixture
@@ -220,7 +221,7 @@ def _walk(stage, shape, bounds, reach, rng, record, tag, scale=1, escape=False, 
             hh, ww = h + mg[0] + mg[1], w + mg[2] + mg[3]
             if not (h0 <= hh <= h1 and w0 <= ww <= w1):
                 return None
-            sc, st = stage.profile((hh, ww), _moved(pos, mg, (H - hh + 1, W - ww + 1)), lab)
+            sc, st = stage.profile((hh, ww), _moved(pos, mg, grid_shape((H, W), (hh, ww))), lab)
             record.append(dict(shape=(hh * scale, ww * scale), score=float(sc), stage=tag))
             return sc, st
 
