@@ -114,7 +114,10 @@ def rotation(K=1500, R=36, seed=3):
     diff = np.deg2rad(np.asarray(summary.angles) - angles)
     offset = float(np.rad2deg(np.angle(np.exp(1j * diff).mean())))
     err = np.abs((np.rad2deg(diff) - offset + 180) % 360 - 180)
-    upright = ndimage.rotate(est.faces_[0], offset, reshape=False, order=3, mode="nearest")
+    # the fitted window outside the disc shows the background, not the face: it carries no evidence
+    # about F, so fill it with the disc's mean before turning, or its values bleed into the disc's rim
+    fitted = np.where(disc, est.faces_[0], float(est.faces_[0][disc].mean()))
+    upright = ndimage.rotate(fitted, offset, reshape=False, order=3, mode="nearest")
     print(f"rotation any angle, K={K}, rotations={R}: positions within 1 px {near:.1%} (exact {exact:.1%}), "
           f"angles within 10° {np.mean(err <= 10):.1%} (offset {offset:.1f}°), "
           f"face corr in the disc {_corr(upright, face, disc):.4f}, {t:.1f} s")
