@@ -195,12 +195,13 @@ def probe_gains(chunk, params, positions, labels):
     B_win = B[rows[:, :, None], cols[:, None, :]]
     F_k = F[c]
     m = face[:, None].astype(np.float64)  # the window's share of μ: none for "no face"
-    r_sum = r.reshape(n, -1, Ch).sum(axis=1, dtype=np.float64)  # (n, Ch)
+    # (n, Ch); einsum, not .sum(axis=1): a reduction over the middle axis with Ch innermost is 4x slower
+    r_sum = np.einsum("npd->nd", r.reshape(n, -1, Ch), dtype=np.float64)
     r_B = np.einsum("nijd,ijd->nd", r, B, dtype=np.float64) if r.dtype == np.float64 else \
         np.einsum("nijd,ijd->nd", r.astype(np.float64), B)
     r_mu = r_B + m * (np.einsum("nijd,nijd->nd", r_win, F_k - B_win))  # Σ r μ
-    mu_sum = B.sum(axis=(0, 1)) + m * (F_k - B_win).sum(axis=(1, 2))  # Σ μ
-    mu_sq = (B * B).sum(axis=(0, 1)) + m * (F_k * F_k - B_win * B_win).sum(axis=(1, 2))  # ||μ||²
+    mu_sum = B.sum(axis=(0, 1)) + m * np.einsum("nijd->nd", F_k - B_win)  # Σ μ
+    mu_sq = (B * B).sum(axis=(0, 1)) + m * np.einsum("nijd->nd", F_k * F_k - B_win * B_win)  # ||μ||²
     x_sum = v * (r_sum - o * H * W)
     x_mu = v * (r_mu - o * mu_sum)
     ones = np.ones((n, 1))
