@@ -22,9 +22,9 @@ from .callbacks import FitReporter
 from .distributed import is_dask, make_executor
 from .em import ConvergenceWarning, fit_restarts
 from .engine import costs
-from .engine.brightness import brightness_test, probe_gains, start_gains
+from .engine.brightness import brightness_test, probe_sample, start_gains, test_sample
 from .errors import MisfitWarning, ModelFileError, one_line
-from .executor import EngineConfig
+from .executor import EngineConfig, single_threaded_blas
 from .fitted import FittedState, bad_value, read_state, write_state
 from . import rotation_model
 from .model import FaceMixture
@@ -176,17 +176,18 @@ class FaceEM(PosteriorMixin, BaseEstimator):
 
     @staticmethod
     def _brightness_auto(executor, model, best):
-        """"auto"'s test at the fitted θ of the note's model (`emface.engine.brightness.brightness_test`)."""
-        K = executor.n_images
-        st = best.stats
+        """"auto"'s test at the fitted θ of the note's model (`emface.engine.brightness.brightness_test`),
+        on a sample of the frames (`emface.engine.brightness.test_sample`): its cost does not grow with K."""
+        st, bounds = best.stats, executor.source.bounds
         if st is None or st.positions is None:  # no per-image answers kept: one brightness pass from a = 1, b = 0
-            gains, offsets = start_gains(K, 1)
+            ids = [i for i, _ in test_sample(bounds)]  # over the sample's whole chunks
+            gains, offsets = start_gains(executor.n_images, 1)
             probe = replace(best.params, gains=gains, offsets=offsets)
-            return brightness_test(executor.pass_stats(probe, hard=model.hard, per_image=False).ecm_gain, K, 1)
-        src = executor.source
-        gain = sum(float(probe_gains(src.chunk(i), best.params, st.positions[a:b], st.labels[a:b]).sum())
-                   for i, (a, b) in enumerate(src.bounds))
-        return brightness_test(gain, K, 1)
+            gain = executor.pass_stats(probe, hard=model.hard, per_image=False, chunks=ids).ecm_gain
+            return brightness_test(gain, sum(bounds[i][1] - bounds[i][0] for i in ids), 1)
+        with single_threaded_blas():  # a thin product per chunk: BLAS threads cost more than they give
+            gain, n = probe_sample(executor.source, best.params, st.positions, st.labels)
+        return brightness_test(gain, n, 1)
 
     def _saved_settings(self):
         settings = {k: val for k, val in self.get_params().items()

@@ -39,13 +39,21 @@ from . import kernels
 from .chunk import Chunk, chunk_spectra, standardized
 
 __all__ = ["BRIGHTNESS", "GAIN_MIN", "brightness_pass", "group_map", "normalize", "weighted_normalisers",
-           "brightness_test", "probe_gains", "TEST_LEVEL", "start_gains"]
+           "brightness_test", "probe_gains", "probe_sample", "test_sample", "TEST_LEVEL", "TEST_FRAMES",
+           "start_gains"]
 
 #: the values of the estimator's option
 BRIGHTNESS = ("auto", "fixed", "per_image", "per_channel")
 
 #: the "auto" test's level: per-image brightness is fitted when the note's model is rejected at it
 TEST_LEVEL = 1e-3
+
+#: the frames the "auto" test reads (`test_sample`): a sample of this size spread over the stack, so the
+#: test costs the same whatever K (all frames of a smaller stack)
+TEST_FRAMES = 256
+
+#: the fewest chunks the sample is spread over (when the stack has that many)
+_TEST_MIN_CHUNKS = 8
 
 #: the smallest gain: a gain is positive; a frame whose best gain would be below this gets this one
 GAIN_MIN = 1e-3
@@ -182,36 +190,106 @@ def probe_gains(chunk, params, positions, labels):
     r = chunk.data  # raw (n, H, W, Ch); working units x = (r - o)·v: sums of x from sums of r
     o, v = float(chunk.offset), float(chunk.inv_scale)
     n, H, W, Ch = r.shape
-    h, w = params.face_shape
     lam = 1.0 / (2.0 * params.noise_std ** 2)
     B = np.moveaxis(params.background, 0, -1)  # (H, W, Ch)
-    F = np.moveaxis(params.faces, 1, -1)  # (C, h, w, Ch)
-    face = np.asarray(labels) >= 0
-    c = np.where(face, labels, 0)
-    rows = np.asarray(positions[:, 0])[:, None] + np.arange(h)  # (n, h); "no face" rows are masked below
-    cols = np.asarray(positions[:, 1])[:, None] + np.arange(w)
-    rows, cols = np.where(face[:, None], rows, 0), np.where(face[:, None], cols, 0)
-    r_win = r[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]].astype(np.float64)  # (n, h, w, Ch)
-    B_win = B[rows[:, :, None], cols[:, None, :]]
-    F_k = F[c]
-    m = face[:, None].astype(np.float64)  # the window's share of μ: none for "no face"
-    # Σ r and Σ r∘B per channel, (n, Ch) each, in one float64 matrix product over the whole frames:
-    # columns d of M pick channel d (Σ r), columns Ch + d weigh it by B (Σ r∘B)
-    M = np.zeros((H * W * Ch, 2 * Ch))
-    for d in range(Ch):
-        M[d::Ch, d] = 1.0
-        M[d::Ch, Ch + d] = B[..., d].ravel()
-    sums = r.reshape(n, -1).astype(np.float64, copy=False) @ M
-    r_sum, r_B = sums[:, :Ch], sums[:, Ch:]
-    r_mu = r_B + m * (np.einsum("nijd,nijd->nd", r_win, F_k - B_win))  # Σ r μ
-    mu_sum = B.sum(axis=(0, 1)) + m * np.einsum("nijd->nd", F_k - B_win)  # Σ μ
-    mu_sq = (B * B).sum(axis=(0, 1)) + m * np.einsum("nijd->nd", F_k * F_k - B_win * B_win)  # ||μ||²
+    sums = _frame_sums(r, B)
+    r_sum = sums[:, :Ch]  # Σ r per channel
+    r_mu = sums[:, Ch:]  # Σ r∘μ, μ = B so far: the window's share is added below
+    mu_sum = np.repeat(B.sum(axis=(0, 1))[None], n, axis=0)  # Σ μ
+    mu_sq = np.repeat(np.einsum("ijd,ijd->d", B, B)[None], n, axis=0)  # ||μ||²
+    _add_windows(r, B, np.moveaxis(params.faces, 1, -1), positions, labels, r_mu, mu_sum, mu_sq)
     x_sum = v * (r_sum - o * H * W)
     x_mu = v * (r_mu - o * mu_sum)
     ones = np.ones((n, 1))
     _, _, gain = _normal_solve((x_mu @ lam)[:, None], (mu_sq @ lam)[:, None], (mu_sum @ lam)[:, None],
                                (x_sum @ lam)[:, None], np.array([lam.sum() * H * W]), ones, 0.0 * ones)
     return gain
+
+
+def _frame_sums(r, B):
+    """Σ r and Σ r∘B per channel over whole frames r (n, H, W, Ch), (n, 2·Ch) float64, in one matrix
+    product: columns d of M pick channel d, columns Ch + d weigh it by B."""
+    n, H, W, Ch = r.shape
+    M = np.zeros((H * W * Ch, 2 * Ch))
+    for d in range(Ch):
+        M[d::Ch, d] = 1.0
+        M[d::Ch, Ch + d] = B[..., d].ravel()
+    return r.reshape(n, -1).astype(np.float64, copy=False) @ M
+
+
+def _add_windows(r, B, F, positions, labels, r_mu, mu_sum, mu_sq):
+    """Replace B by the face F[c] (C, h, w, Ch) in each frame's window at its (label, position), in place:
+    ``Σ r∘μ += Σ_win r∘(F_c - B)``, ``Σ μ += Σ_win (F_c - B)``, ``||μ||² += Σ_win (F_c² - B²)``.
+    Label -1 ("no face") leaves μ = B. One h×w slice of r and of B per frame (no copy of the frames)."""
+    h, w = F.shape[1:3]
+    F_sum = np.einsum("cijd->cd", F)
+    F_sq = np.einsum("cijd,cijd->cd", F, F)
+    for k in np.flatnonzero(np.asarray(labels) >= 0):
+        c, i, j = int(labels[k]), int(positions[k, 0]), int(positions[k, 1])
+        B_win = B[i:i + h, j:j + w]
+        r_mu[k] += np.einsum("ijd,ijd->d", r[k, i:i + h, j:j + w], F[c] - B_win)
+        mu_sum[k] += F_sum[c] - np.einsum("ijd->d", B_win)
+        mu_sq[k] += F_sq[c] - np.einsum("ijd,ijd->d", B_win, B_win)
+
+
+def test_sample(bounds, size=TEST_FRAMES):
+    """The frames of the "auto" test: ``[(chunk number, frames), ...]``, the first `frames` of each chunk.
+
+    Every frame when the stack has at most `size`; else about `size` frames:
+    the first frames of each of ``max(8, ⌈size / chunk length⌉)`` chunks evenly
+    spaced over the stack (only those chunks are read). The choice depends on
+    the stack's shape alone, never on its values: under the note's model the
+    sample's statistic is χ² with 2·(frames in the sample) degrees of freedom,
+    as the whole stack's is with 2K, so the test keeps its level.
+
+    Parameters
+    ----------
+    bounds : list of (start, stop)
+        The source's chunks, in order.
+    size : int
+
+    Returns
+    -------
+    list of (int, int)
+    """
+    K = bounds[-1][1] if bounds else 0
+    if K <= size:
+        return [(i, b - a) for i, (a, b) in enumerate(bounds)]
+    longest = max(b - a for a, b in bounds)
+    k = min(len(bounds), max(_TEST_MIN_CHUNKS, -(-size // longest)))
+    ids = np.unique(np.round(np.linspace(0, len(bounds) - 1, k)).astype(np.int64))
+    per = -(-size // len(ids))
+    out = []
+    for i in ids:
+        a, b = bounds[i]
+        out.append((int(i), min(per, b - a)))
+    return out
+
+
+def probe_sample(source, params, positions, labels, size=TEST_FRAMES):
+    """`probe_gains` summed over the test's sample of a source's frames (`test_sample`).
+
+    Parameters
+    ----------
+    source : ArraySource (or any source with ``bounds`` and ``chunk(i)``)
+    params : Params, working units
+    positions : int ndarray (K, 2); labels : int ndarray (K,)
+        Every frame's most probable position and face.
+    size : int
+
+    Returns
+    -------
+    (float, int)
+        The summed gain and the number of frames it sums.
+    """
+    gain, n = 0.0, 0
+    for i, m in test_sample(source.bounds, size):
+        a = source.bounds[i][0]
+        chunk = source.chunk(i)
+        sub = Chunk(np.asarray(chunk.data)[:m], chunk.offset, chunk.inv_scale)
+        gain += float(probe_gains(sub, params, positions[a:a + m], labels[a:a + m]).sum())
+        n += m
+    return gain, n
 
 
 def _channels(v, gmap):
@@ -369,7 +447,9 @@ def brightness_test(ecm_gain, n_images, n_groups, level=TEST_LEVEL):
     towards the note's model): the summed `probe_gains` (the MAP joint's gain
     with each image at its most probable position; what `FaceEM` uses, with
     no FFT) or `Stats.ecm_gain` of one brightness pass from a = 1, b = 0 (the
-    log-likelihood's).
+    log-likelihood's). `n_images` is the number of images summed: `FaceEM`
+    sums a sample of `TEST_FRAMES` of them (`test_sample`); the test is then
+    the same test on those images, at the same level.
 
     Returns
     -------
