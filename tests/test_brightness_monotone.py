@@ -10,7 +10,7 @@ import warnings
 
 import numpy as np
 import pytest
-import reference_brightness as rb
+import reference as brute
 from conftest import random_problem, seed_of
 
 from emface import FaceEM
@@ -62,5 +62,5 @@ def test_objective_is_the_brute_force_log_likelihood(mode):
         est = FaceEM((4, 5), brightness=mode, max_iter=5, tol=0, random_state=0, n_init=1, shift_escape=False).fit(X)
     g = est.gains_.reshape(len(X), -1)
     o = est.offsets_.reshape(len(X), -1)
-    ref = rb.log_likelihood(X, est.faces_, est.background_, est.noise_std_, est.prior_, g, o)
+    ref = brute.log_likelihood(X, est.faces_, est.background_, est.noise_std_, est.prior_, g, o)
     assert est.lower_bound_ == pytest.approx(ref / len(X), rel=1e-10)
