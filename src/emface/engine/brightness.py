@@ -232,7 +232,7 @@ def _add_windows(r, B, F, positions, labels, r_mu, mu_sum, mu_sq):
         mu_sq[k] += F_sq[c] - np.einsum("ijd,ijd->d", B_win, B_win)
 
 
-def test_sample(bounds, size=TEST_FRAMES):
+def test_sample(bounds, size=None):
     """The frames of the "auto" test: ``[(chunk number, frames), ...]``, the first `frames` of each chunk.
 
     Every frame when the stack has at most `size`; else about `size` frames:
@@ -246,12 +246,14 @@ def test_sample(bounds, size=TEST_FRAMES):
     ----------
     bounds : list of (start, stop)
         The source's chunks, in order.
-    size : int
+    size : int, optional
+        Default `TEST_FRAMES`.
 
     Returns
     -------
     list of (int, int)
     """
+    size = TEST_FRAMES if size is None else int(size)
     K = bounds[-1][1] if bounds else 0
     if K <= size:
         return [(i, b - a) for i, (a, b) in enumerate(bounds)]
@@ -266,7 +268,7 @@ def test_sample(bounds, size=TEST_FRAMES):
     return out
 
 
-def probe_sample(source, params, positions, labels, size=TEST_FRAMES):
+def probe_sample(source, params, positions, labels, size=None):
     """`probe_gains` summed over the test's sample of a source's frames (`test_sample`).
 
     Parameters
@@ -275,7 +277,8 @@ def probe_sample(source, params, positions, labels, size=TEST_FRAMES):
     params : Params, working units
     positions : int ndarray (K, 2); labels : int ndarray (K,)
         Every frame's most probable position and face.
-    size : int
+    size : int, optional
+        Default `TEST_FRAMES`.
 
     Returns
     -------
