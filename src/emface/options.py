@@ -379,11 +379,12 @@ OPTIONS = (
            '``"per_channel"`` one per image and channel (white balance). With\n'
            '``"auto"`` the fit is the note\'s model, then, once it has converged, a\n'
            'likelihood-ratio test at the fitted θ asks whether a gain and offset\n'
-           'per image explain the frames better (2ΔlogL against χ² with 2K\n'
-           'degrees of freedom, level 1e-3); only if they do is the stack refitted\n'
-           'with ``"per_image"`` (`brightness_`, `brightness_test_`). Frames whose\n'
-           'brightness does not change thus cost one cheap pass more than\n'
-           '``"fixed"``; a fit stopped by `max_iter` keeps the note\'s model.\n'
+           'per image explain the frames better (2ΔlogL on a sample of about 256\n'
+           'frames spread over the stack against χ² with 2 degrees of freedom per\n'
+           'frame, level 1e-3); only if they do is the stack refitted with\n'
+           '``"per_image"`` (`brightness_`, `brightness_test_`). Frames whose\n'
+           'brightness does not change thus cost the sums of those frames more\n'
+           'than ``"fixed"``; a fit stopped by `max_iter` keeps the note\'s model.\n'
            'Per-image brightness runs batch EM on this machine (not on a Dask\n'
            'cluster).',
            kind="choice", choices=_BRIGHTNESS, flag="--brightness",
