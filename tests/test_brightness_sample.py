@@ -1,4 +1,4 @@
-"""The "auto" test on a sample of the frames (`emface.engine.brightness.test_sample`).
+"""The "auto" test on a sample of the frames (`emface.engine.brightness.probe_frames`).
 
 Its cost must not grow with K: it reads about `TEST_FRAMES` frames, the first
 ones of chunks spread evenly over the stack, and its statistic is the sum of
@@ -26,14 +26,14 @@ def _bounds(K, n):
 @pytest.mark.parametrize("K,n", [(1, 1), (5, 2), (256, 21), (100, 100)])
 def test_small_stacks_are_read_whole(K, n):
     bounds = _bounds(K, n)
-    assert br.test_sample(bounds, 256) == [(i, b - a) for i, (a, b) in enumerate(bounds)]
+    assert br.probe_frames(bounds, 256) == [(i, b - a) for i, (a, b) in enumerate(bounds)]
 
 
 @pytest.mark.parametrize("K,n,size", [(2000, 21, 256), (20000, 1000, 256), (257, 1, 256), (5000, 7, 100),
                                       (1000, 600, 256), (300, 50, 10)])
 def test_a_large_stack_gives_about_size_frames_over_chunks_spread_evenly(K, n, size):
     bounds = _bounds(K, n)
-    sample = br.test_sample(bounds, size)
+    sample = br.probe_frames(bounds, size)
     ids = [i for i, _ in sample]
     assert ids == sorted(set(ids)) and ids[0] == 0 and ids[-1] == len(bounds) - 1
     assert len(ids) == min(len(bounds), max(8, -(-size // n)))
@@ -44,7 +44,7 @@ def test_a_large_stack_gives_about_size_frames_over_chunks_spread_evenly(K, n, s
     assert size - short <= total <= size + len(ids) and total < K
     gaps = np.diff(ids)
     assert gaps.max() - gaps.min() <= 1  # evenly spaced
-    assert br.test_sample(bounds, size) == sample  # the stack's shape alone decides
+    assert br.probe_frames(bounds, size) == sample  # the stack's shape alone decides
 
 
 class _Source:
@@ -69,7 +69,7 @@ def test_probe_sample_is_the_brute_force_gain_of_the_sampled_frames(Ch, C):
     src = _Source(X / 0.5 + 3.0, 3, 3.0, 0.5)  # raw frames, x = (raw - 3)·0.5
     size = 9
     got, n = br.probe_sample(src, theta, pos, labels, size)
-    frames = [src.bounds[i][0] + r for i, m in br.test_sample(src.bounds, size) for r in range(m)]
+    frames = [src.bounds[i][0] + r for i, m in br.probe_frames(src.bounds, size) for r in range(m)]
     assert n == len(frames) < K and 6 in frames
     F, B, s, _ = ref_args(theta)
     assert close(got, sum(brute.map_gain(X[k], F, B, s, labels[k], pos[k]) for k in frames))

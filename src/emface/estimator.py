@@ -22,7 +22,7 @@ from .callbacks import FitReporter
 from .distributed import is_dask, make_executor
 from .em import ConvergenceWarning, fit_restarts
 from .engine import costs
-from .engine.brightness import brightness_test, probe_sample, start_gains, test_sample
+from .engine.brightness import brightness_test, probe_frames, probe_sample, start_gains
 from .errors import MisfitWarning, ModelFileError, one_line
 from .executor import EngineConfig, single_threaded_blas
 from .fitted import FittedState, bad_value, read_state, write_state
@@ -177,10 +177,10 @@ class FaceEM(PosteriorMixin, BaseEstimator):
     @staticmethod
     def _brightness_auto(executor, model, best):
         """"auto"'s test at the fitted θ of the note's model (`emface.engine.brightness.brightness_test`),
-        on a sample of the frames (`emface.engine.brightness.test_sample`): its cost does not grow with K."""
+        on a sample of the frames (`emface.engine.brightness.probe_frames`): its cost does not grow with K."""
         st, bounds = best.stats, executor.source.bounds
         if st is None or st.positions is None:  # no per-image answers kept: one brightness pass from a = 1, b = 0
-            ids = [i for i, _ in test_sample(bounds)]  # over the sample's whole chunks
+            ids = [i for i, _ in probe_frames(bounds)]  # over the sample's whole chunks
             gains, offsets = start_gains(executor.n_images, 1)
             probe = replace(best.params, gains=gains, offsets=offsets)
             gain = executor.pass_stats(probe, hard=model.hard, per_image=False, chunks=ids).ecm_gain

@@ -39,7 +39,7 @@ from . import kernels
 from .chunk import Chunk, chunk_spectra, standardized
 
 __all__ = ["BRIGHTNESS", "GAIN_MIN", "brightness_pass", "group_map", "normalize", "weighted_normalisers",
-           "brightness_test", "probe_gains", "probe_sample", "test_sample", "TEST_LEVEL", "TEST_FRAMES",
+           "brightness_test", "probe_gains", "probe_frames", "probe_sample", "TEST_LEVEL", "TEST_FRAMES",
            "start_gains"]
 
 #: the values of the estimator's option
@@ -48,7 +48,7 @@ BRIGHTNESS = ("auto", "fixed", "per_image", "per_channel")
 #: the "auto" test's level: per-image brightness is fitted when the note's model is rejected at it
 TEST_LEVEL = 1e-3
 
-#: the frames the "auto" test reads (`test_sample`): a sample of this size spread over the stack, so the
+#: the frames the "auto" test reads (`probe_frames`): a sample of this size spread over the stack, so the
 #: test costs the same whatever K (all frames of a smaller stack)
 TEST_FRAMES = 256
 
@@ -232,7 +232,7 @@ def _add_windows(r, B, F, positions, labels, r_mu, mu_sum, mu_sq):
         mu_sq[k] += F_sq[c] - np.einsum("ijd,ijd->d", B_win, B_win)
 
 
-def test_sample(bounds, size=None):
+def probe_frames(bounds, size=None):
     """The frames of the "auto" test: ``[(chunk number, frames), ...]``, the first `frames` of each chunk.
 
     Every frame when the stack has at most `size`; else about `size` frames:
@@ -269,7 +269,7 @@ def test_sample(bounds, size=None):
 
 
 def probe_sample(source, params, positions, labels, size=None):
-    """`probe_gains` summed over the test's sample of a source's frames (`test_sample`).
+    """`probe_gains` summed over the test's sample of a source's frames (`probe_frames`).
 
     Parameters
     ----------
@@ -286,7 +286,7 @@ def probe_sample(source, params, positions, labels, size=None):
         The summed gain and the number of frames it sums.
     """
     gain, n = 0.0, 0
-    for i, m in test_sample(source.bounds, size):
+    for i, m in probe_frames(source.bounds, size):
         a = source.bounds[i][0]
         chunk = source.chunk(i)
         sub = Chunk(np.asarray(chunk.data)[:m], chunk.offset, chunk.inv_scale)
@@ -451,7 +451,7 @@ def brightness_test(ecm_gain, n_images, n_groups, level=TEST_LEVEL):
     with each image at its most probable position; what `FaceEM` uses, with
     no FFT) or `Stats.ecm_gain` of one brightness pass from a = 1, b = 0 (the
     log-likelihood's). `n_images` is the number of images summed: `FaceEM`
-    sums a sample of `TEST_FRAMES` of them (`test_sample`); the test is then
+    sums a sample of `TEST_FRAMES` of them (`probe_frames`); the test is then
     the same test on those images, at the same level.
 
     Returns
