@@ -63,6 +63,8 @@ class Plan:
     #: fused kernels, and the arrays on a torch device (`torch_backend.device_plan`)
     device_arrays: object = field(default=None, repr=False, compare=False)
     _channels_last: tuple | None = field(default=None, repr=False, compare=False)
+    #: what `sparse_faces` derives from this θ (its reference, and its changes from earlier θ's)
+    sparse_cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     def channels_last(self):
         """(λ·B, B, F) channels last, (H, W, Ch) and (C, h, w, Ch), as the fused CPU kernels read them."""
