@@ -1,0 +1,205 @@
+"""Skipping the faces an image's posterior cannot reach (`engine.sparse_faces`) changes nothing, bit for bit.
+
+The bounds are checked three ways: every face they skip has, in the exact
+logits of the brute-force reference, a posterior below exp underflow; a pass
+that skips gives the same q, sums and per-image outputs as one that computes
+every face; and whole fits give the same θ and an objective that never
+decreases.
+"""
+
+import math
+
+import numpy as np
+import pytest
+
+import reference as ref
+from conftest import random_problem, ref_args
+from emface import FaceEM
+from emface.engine import _numba_kernels as nk
+from emface.engine import sparse_faces
+from emface.engine.chunk import Chunk, chunk_spectra
+from emface.engine.estep import chunk_stats
+from emface.engine.plan import make_plan
+from emface.engine.records import Params
+
+MARGIN = sparse_faces.MARGIN
+STATS = ("N", "S_F", "XC", "SX", "SXX", "loglik", "entropy_sum", "N_empty", "S_F_hat", "labels", "positions",
+         "image_loglik", "max_prob", "entropy", "class_prob", "near", "chi2", "empty_prob")
+
+
+def _problem(seed, *, C=3, Ch=1, K=12, H=14, W=13, h=4, w=5, s=0.08, per_channel=False, empty=False):
+    """A θ whose faces are far apart in nats (small s), its images (n, H, W, Ch), and a nearby θ."""
+    rng = np.random.default_rng(seed)
+    theta, X, _, _ = random_problem(rng, K, H, W, h, w, n_faces=C, n_channels=Ch, s=None if per_channel else s,
+                                    per_channel=per_channel)
+    if per_channel:
+        theta = Params(theta.faces, theta.background, theta.noise_std * s, theta.prior)
+        X = ref_images(rng, theta, K)
+    if empty:
+        theta = Params(theta.faces, theta.background, theta.noise_std, theta.prior * 0.9, 0.1)
+    X = X.reshape(K, H, W, Ch)
+    near = Params(theta.faces + 0.01 * rng.normal(size=theta.faces.shape),
+                  theta.background + 0.01 * rng.normal(size=theta.background.shape),
+                  theta.noise_std * 1.05, _reweighed(rng, theta.prior, theta.empty_weight), theta.empty_weight)
+    return theta, near, X
+
+
+def ref_images(rng, theta, K):
+    from conftest import sample_images
+
+    return sample_images(rng, theta, K)[0]
+
+
+def _reweighed(rng, A, pi0):
+    A = A * rng.uniform(0.5, 1.5, size=A.shape)
+    return A / A.sum() * (1.0 - (pi0 or 0.0))
+
+
+def _plan(theta, hard=False, dtype=np.float64):
+    return make_plan(theta, hard=hard, backend="numba", route="fft", workers=1, dtype=dtype)
+
+
+def _passes(X, thetas, hard, margin, monkeypatch, dtype=np.float64):
+    """chunk_stats of one chunk under each θ in turn, faces skipped as `margin` allows: [(stats, q, skipped)]."""
+    monkeypatch.setattr(sparse_faces, "MARGIN", margin)
+    chunk = Chunk(np.ascontiguousarray(X))
+    out = []
+    for theta in thetas:
+        plan = _plan(theta, hard, dtype)
+        skip, _ = sparse_faces.skip_mask(chunk, plan, 1e-13 if dtype == np.float64 else 1e-6)
+        stats, q = chunk_stats(chunk, plan, output="q")
+        out.append((stats, q, 0 if skip is None else int(skip.sum())))
+    return out
+
+
+def _same(a, b):
+    for name in STATS:
+        x, y = getattr(a, name), getattr(b, name)
+        if x is None or y is None:
+            assert x is None and y is None, name
+        else:
+            assert np.array_equal(np.asarray(x), np.asarray(y), equal_nan=True), name
+
+
+CASES = [
+    dict(),
+    dict(Ch=3),
+    dict(Ch=2, per_channel=True),
+    dict(empty=True),
+    dict(C=5, K=20),
+]
+
+
+@pytest.mark.parametrize("hard", [False, True])
+@pytest.mark.parametrize("case", CASES, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()) or "grey")
+def test_a_pass_that_skips_faces_equals_one_that_computes_them_all(case, hard, monkeypatch):
+    theta, near, X = _problem(7, **case)
+    thetas = [theta, near, near, theta]
+    every = _passes(X, thetas, hard, math.inf, monkeypatch)
+    sparse = _passes(X, thetas, hard, MARGIN, monkeypatch)
+    assert all(s == 0 for _, _, s in every)
+    assert sparse[0][2] == 0  # the chunk's first pass has no bounds yet
+    assert sum(s for _, _, s in sparse[1:]) > 0  # this problem does skip faces
+    for (a, qa, _), (b, qb, _) in zip(every, sparse):
+        _same(a, b)
+        assert np.array_equal(qa, qb)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_skipped_face_is_below_underflow_in_the_exact_logits(seed, monkeypatch):
+    """The bound against the brute-force log joint: every skipped (k, c) has max_d log p(x_k, c, d) far below."""
+    rng = np.random.default_rng(100 + seed)
+    theta, near, X = _problem(seed, C=4, K=16, Ch=1 + seed % 2)
+    # larger and larger steps from θ: the bounds must hold however far θ moves
+    scale = [0.0, 0.01, 0.05, 0.2, 1.0, 3.0][seed]
+    far = Params(theta.faces + scale * rng.normal(size=theta.faces.shape),
+                 theta.background + scale * rng.normal(size=theta.background.shape),
+                 theta.noise_std * (1 + scale), _reweighed(rng, theta.prior, None))
+    chunk = Chunk(np.ascontiguousarray(X))
+    chunk_stats(chunk, _plan(theta))
+    skip, _ = sparse_faces.skip_mask(chunk, _plan(far), 1e-13)
+    lj = ref.log_joint(X, *ref_args(far))  # (K, C, P, Q)
+    K, C = lj.shape[:2]
+    top = lj.reshape(K, -1).max(axis=1)
+    per_face = lj.reshape(K, C, -1).max(axis=2)
+    if scale <= 0.05:
+        assert skip is not None and skip.any()
+    if skip is not None:
+        mask = skip.astype(bool)
+        assert (per_face[mask] < np.broadcast_to(top[:, None] - 745.2, (K, C))[mask]).all()
+
+
+def test_soft_hard_and_float32_fits_are_the_same_with_and_without_skipping(monkeypatch):
+    theta, _, X = _problem(11, C=3, K=40, H=20, W=18, h=6, w=5, s=0.1)
+    skipped = []
+    real = sparse_faces.skip_mask
+
+    def counted(chunk, plan, rel_eps):
+        skip, carried = real(chunk, plan, rel_eps)
+        skipped.append(0 if skip is None else int(skip.sum()))
+        return skip, carried
+
+    monkeypatch.setattr(sparse_faces, "skip_mask", counted)
+    for kw in (dict(), dict(hard=True), dict(dtype="float32")):
+        fits = []
+        for margin in (math.inf, MARGIN):
+            monkeypatch.setattr(sparse_faces, "MARGIN", margin)
+            skipped.clear()
+            est = FaceEM((6, 5), n_faces=3, max_iter=8, tol=0, random_state=0, **kw).fit(X[..., 0])
+            fits.append(est)
+        assert sum(skipped) > 0, kw  # the last fit skipped faces
+        a, b = fits
+        for name in ("faces_", "background_", "noise_std_", "prior_"):
+            assert np.array_equal(getattr(a, name), getattr(b, name)), (kw, name)
+        assert np.array_equal(a._history_full, b._history_full), kw
+        assert np.array_equal(a.posterior_summary(X[..., 0]).positions, b.posterior_summary(X[..., 0]).positions)
+
+
+def test_the_objective_never_decreases_while_faces_are_skipped(monkeypatch):
+    """Plain EM with the engine's passes under θ_t: each θ_t+1 = M-step(E-step(θ_t)) raises log p."""
+    from emface.engine import objective, params_from
+
+    theta, _, X = _problem(5, C=3, K=30, H=16, W=16, h=5, w=5, s=0.15)
+    rng = np.random.default_rng(0)
+    cur = Params(theta.faces + 0.3 * rng.normal(size=theta.faces.shape), theta.background, theta.noise_std * 2,
+                 np.full(theta.prior.shape, 1.0 / theta.prior.size))
+    chunk = Chunk(np.ascontiguousarray(X))
+    last = -np.inf
+    skipped = 0
+    for _ in range(8):
+        plan = _plan(cur)
+        skip, _ = sparse_faces.skip_mask(chunk, plan, 1e-13)
+        skipped += 0 if skip is None else int(skip.sum())
+        stats = chunk_stats(chunk, plan)
+        obj = objective(stats, cur)
+        assert obj >= last - 1e-9 * abs(obj)
+        assert np.isclose(stats.loglik, ref.log_likelihood(X, *ref_args(cur)), rtol=1e-10)
+        last = obj
+        cur, _ = params_from(stats, cur)
+    assert skipped > 0
+
+
+def test_window_norms_and_pair_products_against_direct_sums():
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(5, 9, 11, 2)) + 3.0
+    off, inv = 1.5, 0.7
+    out = np.empty(5)
+    nk.window_norms_serial(X, off, inv, 4, 3, out)
+    x = (X - off) * inv
+    want = [max(float(np.sum(x[k, i:i + 4, j:j + 3] ** 2)) for i in range(6) for j in range(9)) for k in range(5)]
+    assert np.allclose(out, want, rtol=1e-12)
+    chunk = Chunk(X, off, inv)
+    chunk.cache.sq = np.einsum("khwc,khwc->kc", x, x)
+    Xn = sparse_faces.window_norms(chunk, (4, 3))
+    assert (Xn ** 2 >= np.asarray(want)).all() and np.allclose(Xn ** 2, want, rtol=1e-10)
+    theta = Params(rng.normal(size=(3, 2, 4, 3)), rng.normal(size=(2, 9, 11)), np.array([0.5, 0.9]),
+                   np.full((3, 6, 9), 1.0 / 162))
+    plan = _plan(theta)
+    sp = chunk_spectra(chunk, plan)
+    full = np.empty((5, 3) + sp.shape[2:], dtype=complex)
+    nk.spectral_product_serial(sp, plan.filters, full)
+    kk = np.array([0, 4, 2, 2], dtype=np.int64)
+    cc = np.array([1, 0, 2, 0], dtype=np.int64)
+    pairs = np.empty((4,) + sp.shape[2:], dtype=complex)
+    nk.spectral_product_pairs(sp, plan.filters, kk, cc, pairs)
+    assert np.array_equal(pairs, full[kk, cc])
