@@ -203,3 +203,31 @@ def test_window_norms_and_pair_products_against_direct_sums():
     pairs = np.empty((4,) + sp.shape[2:], dtype=complex)
     nk.spectral_product_pairs(sp, plan.filters, kk, cc, pairs)
     assert np.array_equal(pairs, full[kk, cc])
+
+
+@pytest.mark.parametrize("s", [0.3, 1.0, 3.0])
+@pytest.mark.parametrize("Ch", [1, 2])
+def test_the_dense_route_transforms_only_the_faces_an_image_reaches(s, Ch):
+    """S_F and XC by FFTs of the faces above Q_THRESHOLD equal the crops' sums and the reference's M-step."""
+    from emface.engine import params_from
+    from emface.engine.mstep import face_sums
+
+    rng = np.random.default_rng(int(10 * s) + Ch)
+    theta, X, _, _ = random_problem(rng, 10, 12, 11, 4, 3, n_faces=4, n_channels=Ch, s=s)
+    X = X.reshape(10, 12, 11, Ch)
+    sums = []
+    for max_sparse in (0, 10**6):  # every image dense; every image by crops
+        plan = _plan(theta)
+        plan.max_sparse = max_sparse
+        stats, q = chunk_stats(Chunk(np.ascontiguousarray(X)), plan, output="q")
+        sums.append((face_sums(stats), stats.XC, stats))
+    (SF_d, XC_d, st_d), (SF_c, XC_c, _) = sums
+    assert st_d.S_F_hat is not None
+    scale = np.abs(SF_c).max()
+    assert np.allclose(SF_d, SF_c, rtol=1e-10, atol=1e-12 * scale)
+    assert np.allclose(XC_d, XC_c, rtol=1e-10, atol=1e-12 * np.abs(XC_c).max())
+    # and the M-step from the dense sums is the reference's, from the posterior q
+    new, _ = params_from(st_d, theta)
+    F, _, _, _ = ref.m_step(X, q, 4, 3, previous_F=np.moveaxis(theta.faces, 1, -1),
+                            previous_B=np.moveaxis(theta.background, 0, -1))
+    assert np.allclose(np.moveaxis(new.faces, 1, -1), F, rtol=1e-10, atol=1e-12 * np.abs(F).max())

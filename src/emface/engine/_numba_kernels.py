@@ -335,7 +335,7 @@ def _bg_rss(x, off, inv, B, lam):
 def fused_pass(
     X, off, inv, corr, out, logA, boxB2, Bw, B, lam, F, F2, BBw, log_const, log_empty, hard, mode, thr,
     max_sparse, rel_eps, band, with_moments, sq, have_sq, offsets, N_part, SF_part, XC_part, SX_part, SXX_part,
-    dense, pos, ll, maxp, ent, cprob, near, chi2, qe, skip, gain, best, best_gain,
+    dense, pos, ll, maxp, ent, cprob, near, chi2, qe, skip, gain, best, best_gain, dense_faces,
 ):
     """One E-step and the M-step sums for a chunk.
 
@@ -377,6 +377,8 @@ def fused_pass(
     N_part, SF_part, XC_part, SX_part, SXX_part : (n_blocks, ...) float64, zeroed
         Partial sums, one per block.
     dense : (n,) uint8, out -- 1 where the dense route must finish S_F and XC.
+    dense_faces : (n, C) uint8, out -- where `dense`: 1 for the faces with some q above `thr`
+        (the others add nothing measurable to S_F: the dense route leaves them out too).
     pos : (n,) int64, out -- flat argmax over (C, P, Q).
     ll, maxp, ent : (n,) float64, out. cprob : (n, C) float64, out.
     near : (n, m) float64, out -- the prior-free gains of the neighbouring corners (`_neighbour_gains`);
@@ -504,6 +506,13 @@ def fused_pass(
                     dense[k] = 0
                 else:
                     dense[k] = 1
+                    # the faces with a probability above `thr`: only those get the dense route's FFT
+                    for c in range(C):
+                        dense_faces[k, c] = 0
+                    for u in range(nnz):
+                        t = nz[u]
+                        if of[t] > thr:
+                            dense_faces[k, t // (P * Q)] = 1
 
 
 serial_and_parallel(globals(), ("fused_pass",))

@@ -32,7 +32,9 @@ __all__ = ["chunk_stats", "stats_from_q", "stats_from_positions", "Q_THRESHOLD"]
 #: Posterior probabilities at or below this add nothing measurable to S_F or
 #: XC and are skipped by the crop route: all of them together weigh less than
 #: C·P·Q·1e-24 of an image, far below float64 rounding (1.1e-16) for any grid
-#: under 10⁷ (face, position) pairs. N, the log-likelihood and q keep every term.
+#: under 10⁷ (face, position) pairs. The dense (FFT) route likewise leaves out
+#: an image's faces whose every probability is at or below it (it keeps every
+#: term of the faces it transforms). N, the log-likelihood and q keep every term.
 Q_THRESHOLD = 1e-24
 
 
@@ -292,12 +294,13 @@ def _numba_pass(chunk, plan, output):
     skip_arr = np.zeros((n, C), dtype=np.uint8) if skip is None else skip
     gain = np.full((n, C), np.nan) if carried is None else carried  # the kernel writes the faces it computes
     best, best_gain = np.empty(n, dtype=np.int64), np.empty(n)
+    dense_faces = np.zeros((n, C), dtype=np.uint8)
     nk.pick("fused_pass", work, parts[0].shape[0])(
         chunk.data, float(chunk.offset), float(chunk.inv_scale), corr, out, plan.logA, plan.box_b2,
         Bw_last, B_last, plan.lam, F_last, plan.face_sq, plan.bg_sq, plan.log_const, plan.log_empty, plan.hard,
         mode, Q_THRESHOLD, plan.max_sparse, rel_eps, band, plan.with_moments, sq, have_sq, offsets, *parts, dense,
         arg, ll,
-        maxp, ent, cprob, near, chi2, qe, skip_arr, gain, best, best_gain,
+        maxp, ent, cprob, near, chi2, qe, skip_arr, gain, best, best_gain, dense_faces,
     )
     chunk.cache.sq = sq
     if bounded:
@@ -307,7 +310,8 @@ def _numba_pass(chunk, plan, output):
         idx = np.flatnonzero(dense)
         if idx.size:
             sp = chunk_spectra(chunk, plan, xs)
-            S_F_hat = kernels.frequency_face_sums(sp[idx], out[idx], (H, W), workers=plan.workers)
+            kk, cc = np.nonzero(dense_faces[idx])
+            S_F_hat = kernels.frequency_face_sums_at(sp[idx], out[idx], (H, W), kk, cc, workers=plan.workers)
             nk.pick("coverage_xc", idx.size * (C * P * Q + Ch * H * W), parts[2].shape[0])(
                 chunk.data, float(chunk.offset), float(chunk.inv_scale), out, idx.astype(np.int64), *plan.face_shape,
                 parts[2])
