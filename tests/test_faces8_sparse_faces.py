@@ -22,7 +22,7 @@ from emface.engine.estep import chunk_stats
 from emface.engine.plan import make_plan
 from emface.engine.records import Params
 
-MARGIN = sparse_faces.MARGIN
+MARGIN, MARGIN_HARD = sparse_faces.MARGIN, sparse_faces.MARGIN_HARD
 STATS = ("N", "S_F", "XC", "SX", "SXX", "loglik", "entropy_sum", "N_empty", "S_F_hat", "labels", "positions",
          "image_loglik", "max_prob", "entropy", "class_prob", "near", "chi2", "empty_prob")
 
@@ -62,6 +62,7 @@ def _plan(theta, hard=False, dtype=np.float64):
 def _passes(X, thetas, hard, margin, monkeypatch, dtype=np.float64):
     """chunk_stats of one chunk under each θ in turn, faces skipped as `margin` allows: [(stats, q, skipped)]."""
     monkeypatch.setattr(sparse_faces, "MARGIN", margin)
+    monkeypatch.setattr(sparse_faces, "MARGIN_HARD", margin if margin == math.inf else MARGIN_HARD)
     chunk = Chunk(np.ascontiguousarray(X))
     out = []
     for theta in thetas:
@@ -105,9 +106,11 @@ def test_a_pass_that_skips_faces_equals_one_that_computes_them_all(case, hard, m
         assert np.array_equal(qa, qb)
 
 
+@pytest.mark.parametrize("hard", [False, True])
 @pytest.mark.parametrize("seed", range(6))
-def test_a_skipped_face_is_below_underflow_in_the_exact_logits(seed, monkeypatch):
-    """The bound against the brute-force log joint: every skipped (k, c) has max_d log p(x_k, c, d) far below."""
+def test_a_skipped_face_is_below_underflow_in_the_exact_logits(seed, hard, monkeypatch):
+    """The bound against the brute-force log joint: every skipped (k, c) has max_d log p(x_k, c, d) far below
+    (soft: below exp underflow; hard: below the arg-max by more than the rounding)."""
     rng = np.random.default_rng(100 + seed)
     theta, near, X = _problem(seed, C=4, K=16, Ch=1 + seed % 2)
     # larger and larger steps from θ: the bounds must hold however far θ moves
@@ -116,8 +119,8 @@ def test_a_skipped_face_is_below_underflow_in_the_exact_logits(seed, monkeypatch
                  theta.background + scale * rng.normal(size=theta.background.shape),
                  theta.noise_std * (1 + scale), _reweighed(rng, theta.prior, None))
     chunk = Chunk(np.ascontiguousarray(X))
-    chunk_stats(chunk, _plan(theta))
-    skip, _ = sparse_faces.skip_mask(chunk, _plan(far), 1e-13)
+    chunk_stats(chunk, _plan(theta, hard))
+    skip, _ = sparse_faces.skip_mask(chunk, _plan(far, hard), 1e-13)
     lj = ref.log_joint(X, *ref_args(far))  # (K, C, P, Q)
     K, C = lj.shape[:2]
     top = lj.reshape(K, -1).max(axis=1)
@@ -126,7 +129,8 @@ def test_a_skipped_face_is_below_underflow_in_the_exact_logits(seed, monkeypatch
         assert skip is not None and skip.any()
     if skip is not None:
         mask = skip.astype(bool)
-        assert (per_face[mask] < np.broadcast_to(top[:, None] - 745.2, (K, C))[mask]).all()
+        below = 2.0 if hard else 745.2
+        assert (per_face[mask] < np.broadcast_to(top[:, None] - below, (K, C))[mask]).all()
 
 
 def test_soft_hard_and_float32_fits_are_the_same_with_and_without_skipping(monkeypatch):
@@ -144,6 +148,7 @@ def test_soft_hard_and_float32_fits_are_the_same_with_and_without_skipping(monke
         fits = []
         for margin in (math.inf, MARGIN):
             monkeypatch.setattr(sparse_faces, "MARGIN", margin)
+            monkeypatch.setattr(sparse_faces, "MARGIN_HARD", margin if margin == math.inf else MARGIN_HARD)
             skipped.clear()
             est = FaceEM((6, 5), n_faces=3, max_iter=8, tol=0, random_state=0, **kw).fit(X[..., 0])
             fits.append(est)

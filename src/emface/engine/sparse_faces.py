@@ -26,10 +26,11 @@ A face with ``UB_kc < LB_k - MARGIN`` is skipped for image k: its logits are
 -inf, which the softmax turns into the 0.0 that their exp would have given
 (`_numba_kernels.LOG_CUTOFF`); MARGIN covers the underflow's 745.2 nats and
 the rounding of the expanded logits of both passes (at most `ERR_MAX` nats
-each, else nothing is skipped). A skipped face's g_kc is carried forward as
+each, else nothing is skipped). Hard EM needs only the arg-max: there the
+margin is `MARGIN_HARD`, the rounding alone. A skipped face's g_kc is carried forward as
 its bound, so the bound loosens until the face is computed again. The first
-pass of a chunk, a pass after the parameters jumped (over-relaxation, a new
-run) and hard EM all stay exact: a loose bound skips nothing.
+pass of a chunk, or a pass after the parameters jumped (over-relaxation, a
+new run), computes every face: a loose bound skips nothing.
 """
 
 from __future__ import annotations
@@ -41,11 +42,14 @@ import numpy as np
 
 from .poses import Translations
 
-__all__ = ["MARGIN", "ERR_MAX", "FaceBounds", "skip_mask", "remember", "window_norms"]
+__all__ = ["MARGIN", "MARGIN_HARD", "ERR_MAX", "FaceBounds", "skip_mask", "remember", "window_norms"]
 
 #: nats below the best logit's lower bound under which a face's logits are skipped: exp underflows to 0.0
 #: below -745.2, and the expanded logits of the two passes are each within ERR_MAX nats of the exact ones
 MARGIN = 800.0
+#: the same for hard EM, whose posterior is the arg-max alone: a face whose logits are all this far below
+#: the best's lower bound cannot hold the arg-max (the rounding of both passes is within 4·ERR_MAX)
+MARGIN_HARD = 10.0
 #: the largest rounding (nats) of an image's expanded logits (``rel_eps·(max ||F||²_λ + ||x'||²_λ + ||B||²_λ)``,
 #: as `_numba_kernels.fused_pass` estimates it) at which its faces may be skipped
 ERR_MAX = 1.0
@@ -157,7 +161,7 @@ def skip_mask(chunk, plan, rel_eps):
     lb = (plan.logA.reshape(-1)[state.best] + state.best_gain - dF2[cb] + down - 2.0 * X * (nF[cb] + beta))
     ub = max_logA[None, :] + carried
     with np.errstate(invalid="ignore"):
-        skip = ub < (lb - MARGIN)[:, None]  # NaN anywhere: not skipped
+        skip = ub < (lb - (MARGIN_HARD if plan.hard else MARGIN))[:, None]  # NaN anywhere: not skipped
     skip[np.arange(n), cb] = False
     err = _errors(plan, chunk.cache.sq, rel_eps)
     skip[~((err <= ERR_MAX) & (state.err <= ERR_MAX))] = False
