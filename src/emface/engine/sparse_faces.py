@@ -1,11 +1,11 @@
-"""Faces an image's posterior cannot reach: their correlations are skipped, and nothing changes, bit for bit.
+"""Faces an image's posterior cannot reach: their correlations, logits and exponentials are skipped.
 
 With several faces an image's posterior usually sits on one of them: the
-logits of the others lie hundreds of nats below the best, where ``exp``
-underflows to exactly 0.0. Their correlations -- a spectral product and an
-inverse FFT per image and face, most of an E-step's time at C = 8 -- then
-change nothing: not q, not N, S_F or XC, not the log-likelihood, the entropy
-or any per-image output. A chunk remembers from its last pass, made under
+logits of the others lie hundreds of nats below the best. Their correlations
+-- a spectral product and an inverse FFT per image and face, most of an
+E-step's time at C = 8 -- and their C·P·Q exponentials buy probabilities
+below `estep.Q_THRESHOLD` (1e-24), the level at which the M-step's sums
+already leave entries out. A chunk remembers from its last pass, made under
 θ_o, each face's best ``g_kc = max_d -L_k(c, d)`` (the logit without log A)
 and the ``-L`` of its best (face, corner) (c°, d°). Under the next θ_n
 (MODEL.md: ``-L(c, d) = -||F_c||²_λ + ||B_window(d)||²_λ + 2<x'_window(d), λ(F_c - B_window(d))>``)
@@ -23,14 +23,17 @@ and the best logit is at least its value at (c°, d°),
     LB_k = log A_n(c°, d°) + g°_k - Δ||F_c°||²_λ + min_d Δbox(λB²) - 2·X_k·(||Δ(λF_c°)|| + β).
 
 A face with ``UB_kc < LB_k - MARGIN`` is skipped for image k: its logits are
--inf, which the softmax turns into the 0.0 that their exp would have given
-(`_numba_kernels.LOG_CUTOFF`); MARGIN covers the underflow's 745.2 nats and
-the rounding of the expanded logits of both passes (at most `ERR_MAX` nats
-each, else nothing is skipped). Hard EM needs only the arg-max: there the
-margin is `MARGIN_HARD`, the rounding alone. A skipped face's g_kc is carried forward as
-its bound, so the bound loosens until the face is computed again. The first
-pass of a chunk, or a pass after the parameters jumped (over-relaxation, a
-new run), computes every face: a loose bound skips nothing.
+-inf, its q exactly 0. MARGIN is ``-log Q_THRESHOLD`` (55.3 nats) plus the
+rounding of the expanded logits of both passes (at most `ERR_MAX` nats each,
+else nothing is skipped), so every q set to 0 was at most Q_THRESHOLD: all
+of them together weigh less than C·P·Q·1e-24 of an image, below float64's
+rounding of the log-likelihood, of N and of the sums (the bound changes by
+that relative amount at most). Hard EM needs only the arg-max: there the
+margin is `MARGIN_HARD`, the rounding alone, and nothing changes, bit for bit.
+A skipped face's g_kc is carried forward as its bound, so the bound loosens
+until the face is computed again. The first pass of a chunk, or a pass after
+the parameters jumped (over-relaxation, a new run), computes every face: a
+loose bound skips nothing.
 """
 
 from __future__ import annotations
@@ -44,15 +47,16 @@ from .poses import Translations
 
 __all__ = ["MARGIN", "MARGIN_HARD", "ERR_MAX", "FaceBounds", "skip_mask", "remember", "window_norms"]
 
-#: nats below the best logit's lower bound under which a face's logits are skipped: exp underflows to 0.0
-#: below -745.2, and the expanded logits of the two passes are each within ERR_MAX nats of the exact ones
-MARGIN = 800.0
-#: the same for hard EM, whose posterior is the arg-max alone: a face whose logits are all this far below
-#: the best's lower bound cannot hold the arg-max (the rounding of both passes is within 4·ERR_MAX)
-MARGIN_HARD = 10.0
 #: the largest rounding (nats) of an image's expanded logits (``rel_eps·(max ||F||²_λ + ||x'||²_λ + ||B||²_λ)``,
 #: as `_numba_kernels.fused_pass` estimates it) at which its faces may be skipped
 ERR_MAX = 1.0
+#: nats below the best logit's lower bound under which a face's logits are skipped (soft EM): its every q
+#: is then at most 1e-24 (`estep.Q_THRESHOLD`, -log = 55.3 nats), the expanded logits of the two passes
+#: being each within ERR_MAX nats of the exact ones
+MARGIN = 24.0 * math.log(10.0) + 4.0 * ERR_MAX + 1.0
+#: the same for hard EM, whose posterior is the arg-max alone: a face whose logits are all this far below
+#: the best's lower bound cannot hold the arg-max (the rounding of both passes is within 4·ERR_MAX)
+MARGIN_HARD = 10.0
 
 
 @dataclass
