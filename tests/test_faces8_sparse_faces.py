@@ -233,7 +233,7 @@ def test_the_dense_route_transforms_only_the_faces_an_image_reaches(s, Ch):
     sums = []
     for max_sparse in (0, 10**6):  # every image dense; every image by crops
         plan = _plan(theta)
-        plan.max_sparse = max_sparse
+        plan.max_sparse = plan.max_sparse_face = max_sparse
         stats, q = chunk_stats(Chunk(np.ascontiguousarray(X)), plan, output="q")
         sums.append((face_sums(stats), stats.XC, stats))
     (SF_d, XC_d, st_d), (SF_c, XC_c, _) = sums

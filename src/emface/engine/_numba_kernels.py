@@ -360,7 +360,9 @@ def fused_pass(
     thr : float
         Smallest q that counts in the sparse sums.
     max_sparse : int
-        Images with more (face, corner) pairs above `thr` go to the dense route.
+        Images with more (face, corner) pairs above `thr` than this many per face
+        they reach (a face with some q above `thr`) go to the dense route, whose
+        cost is one FFT per face reached.
     rel_eps, band : float
         Relative rounding of the correlations (about 1e-13 in float64, 1e-6 in
         float32) and the band of nats below the best in which logits are
@@ -377,7 +379,7 @@ def fused_pass(
     N_part, SF_part, XC_part, SX_part, SXX_part : (n_blocks, ...) float64, zeroed
         Partial sums, one per block.
     dense : (n,) uint8, out -- 1 where the dense route must finish S_F and XC.
-    dense_faces : (n, C) uint8, out -- where `dense`: 1 for the faces with some q above `thr`
+    dense_faces : (n, C) uint8, out -- soft EM: 1 for the faces with some q above `thr`
         (the others add nothing measurable to S_F: the dense route leaves them out too).
     pos : (n,) int64, out -- flat argmax over (C, P, Q).
     ll, maxp, ent : (n,) float64, out. cprob : (n, C) float64, out.
@@ -501,18 +503,20 @@ def fused_pass(
                     cprob[k, t // (P * Q)] += of[t]  # the face of flat index t (`_formulas.decode`)
                     mean_la += of[t] * logAf[t]
                 chi2[k] = fm.expected_chi2(la_sub, mean_la - mean_logit)
-                if cnt <= max_sparse:
+                # the faces with a probability above `thr`: the dense route transforms only those
+                reached = 0
+                for c in range(C):
+                    dense_faces[k, c] = 0
+                for u in range(nnz):
+                    t = nz[u]
+                    if of[t] > thr and dense_faces[k, t // (P * Q)] == 0:
+                        dense_faces[k, t // (P * Q)] = 1
+                        reached += 1
+                if cnt <= max_sparse * reached:
                     _add_crops_at(x, off, inv, of, nz, nnz, thr, P, Q, SFb, XCb)
                     dense[k] = 0
                 else:
                     dense[k] = 1
-                    # the faces with a probability above `thr`: only those get the dense route's FFT
-                    for c in range(C):
-                        dense_faces[k, c] = 0
-                    for u in range(nnz):
-                        t = nz[u]
-                        if of[t] > thr:
-                            dense_faces[k, t // (P * Q)] = 1
 
 
 serial_and_parallel(globals(), ("fused_pass",))

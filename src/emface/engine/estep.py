@@ -298,7 +298,7 @@ def _numba_pass(chunk, plan, output):
     nk.pick("fused_pass", work, parts[0].shape[0])(
         chunk.data, float(chunk.offset), float(chunk.inv_scale), corr, out, plan.logA, plan.box_b2,
         Bw_last, B_last, plan.lam, F_last, plan.face_sq, plan.bg_sq, plan.log_const, plan.log_empty, plan.hard,
-        mode, Q_THRESHOLD, plan.max_sparse, rel_eps, band, plan.with_moments, sq, have_sq, offsets, *parts, dense,
+        mode, Q_THRESHOLD, plan.max_sparse_face, rel_eps, band, plan.with_moments, sq, have_sq, offsets, *parts, dense,
         arg, ll,
         maxp, ent, cprob, near, chi2, qe, skip_arr, gain, best, best_gain, dense_faces,
     )
