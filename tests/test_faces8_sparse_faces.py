@@ -266,3 +266,13 @@ def test_skipped_faces_whose_probabilities_were_not_zero_change_the_pass_only_by
     assert (qa[dropped] <= Q_THRESHOLD).all()
     _same(every[1][0], sparse[1][0], exact=False)
     assert np.allclose(qa, qb, rtol=1e-13, atol=Q_THRESHOLD)
+
+
+def test_bounds_of_other_working_units_are_not_used(monkeypatch):
+    """A chunk whose map to working units changed (a new standardisation) computes every face again."""
+    theta, near, X = _problem(7)
+    chunk = Chunk(np.ascontiguousarray(X))
+    chunk_stats(chunk, _plan(theta))
+    assert sparse_faces.skip_mask(chunk, _plan(near), 1e-13)[0] is not None
+    moved = Chunk(chunk.data, 0.5, 2.0, chunk.cache)
+    assert sparse_faces.skip_mask(moved, _plan(near), 1e-13) == (None, None)

@@ -84,6 +84,7 @@ class FaceBounds:
     best: np.ndarray
     best_gain: np.ndarray
     err: np.ndarray
+    units: tuple = ()  # the chunk's (offset, inv_scale): its gains hold for images in these units only
 
 
 def _reference(plan):
@@ -153,7 +154,8 @@ def skip_mask(chunk, plan, rel_eps):
     state = chunk.cache.faces
     n = chunk.n
     C = plan.face_sq.shape[0]
-    if (state is None or state.gain.shape != (n, C) or state.ref.faces_w.shape != plan.faces_w.shape
+    if (state is None or state.units != _units(chunk) or state.gain.shape != (n, C)
+            or state.ref.faces_w.shape != plan.faces_w.shape
             or state.ref.box_b2.shape != plan.box_b2.shape or chunk.cache.sq is None
             or chunk.cache.sq.shape[0] != n):
         return None, None
@@ -176,4 +178,9 @@ def skip_mask(chunk, plan, rel_eps):
 
 def remember(chunk, plan, rel_eps, gain, best, best_gain):
     """Keep the pass's bounds in the chunk's cache for the next one (`gain` holds the carried ones where skipped)."""
-    chunk.cache.faces = FaceBounds(_reference(plan), gain, best, best_gain, _errors(plan, chunk.cache.sq, rel_eps))
+    chunk.cache.faces = FaceBounds(_reference(plan), gain, best, best_gain, _errors(plan, chunk.cache.sq, rel_eps),
+                                   _units(chunk))
+
+
+def _units(chunk):
+    return (float(chunk.offset), float(chunk.inv_scale))
