@@ -92,10 +92,13 @@ def _summed_area_xb(x, off, inv, Bw, sat, row, SX, SXX, with_moments):
 
 
 @nb.njit(**_OPTS)
-def _logits(corr, sat, logA, boxB2, F2, h, w, xb2, out):
+def _logits(corr, sat, logA, boxB2, F2, h, w, xb2, out, skip, gain):
     """Write the logits of every (face, corner) into ``out`` (C, P, Q); return (max, flat argmax).
 
     ``xb2`` (P, Q) is scratch: the class-free part ``2·box(x'·λB) - box(λB²)``.
+    A face with ``skip[c]`` (its posterior is bounded below exp underflow, `sparse_faces`)
+    gets logits -inf and its correlations are not read; every other face's
+    ``max_d -L(c, d)`` goes to ``gain[c]`` (over every corner, also where log A = -inf).
     """
     C, P, Q = out.shape
     for i in range(P):
@@ -105,18 +108,28 @@ def _logits(corr, sat, logA, boxB2, F2, h, w, xb2, out):
     mx = -np.inf
     am = 0
     for c in range(C):
+        if skip[c]:
+            for i in range(P):
+                for j in range(Q):
+                    out[c, i, j] = -np.inf
+            continue
         f2 = F2[c]
+        g = -np.inf
         for i in range(P):
             for j in range(Q):
+                L = fm.expanded_loss(f2, corr[c, i, j], xb2[i, j])
+                if -L > g:
+                    g = -L
                 la = logA[c, i, j]
                 if la == -np.inf:
                     v = -np.inf
                 else:
-                    v = la - fm.expanded_loss(f2, corr[c, i, j], xb2[i, j])
+                    v = la - L
                 out[c, i, j] = v
                 if v > mx:
                     mx = v
                     am = (c * P + i) * Q + j
+        gain[c] = g
     return mx, am
 
 
@@ -322,7 +335,7 @@ def _bg_rss(x, off, inv, B, lam):
 def fused_pass(
     X, off, inv, corr, out, logA, boxB2, Bw, B, lam, F, F2, BBw, log_const, log_empty, hard, mode, thr,
     max_sparse, rel_eps, band, with_moments, sq, have_sq, offsets, N_part, SF_part, XC_part, SX_part, SXX_part,
-    dense, pos, ll, maxp, ent, cprob, near, chi2, qe,
+    dense, pos, ll, maxp, ent, cprob, near, chi2, qe, skip, gain, best, best_gain, dense_faces,
 ):
     """One E-step and the M-step sums for a chunk.
 
@@ -347,7 +360,9 @@ def fused_pass(
     thr : float
         Smallest q that counts in the sparse sums.
     max_sparse : int
-        Images with more (face, corner) pairs above `thr` go to the dense route.
+        Images with more (face, corner) pairs above `thr` than this many per face
+        they reach (a face with some q above `thr`) go to the dense route, whose
+        cost is one FFT per face reached.
     rel_eps, band : float
         Relative rounding of the correlations (about 1e-13 in float64, 1e-6 in
         float32) and the band of nats below the best in which logits are
@@ -364,6 +379,8 @@ def fused_pass(
     N_part, SF_part, XC_part, SX_part, SXX_part : (n_blocks, ...) float64, zeroed
         Partial sums, one per block.
     dense : (n,) uint8, out -- 1 where the dense route must finish S_F and XC.
+    dense_faces : (n, C) uint8, out -- soft EM: 1 for the faces with some q above `thr`
+        (the others add nothing measurable to S_F: the dense route leaves them out too).
     pos : (n,) int64, out -- flat argmax over (C, P, Q).
     ll, maxp, ent : (n,) float64, out. cprob : (n, C) float64, out.
     near : (n, m) float64, out -- the prior-free gains of the neighbouring corners (`_neighbour_gains`);
@@ -371,6 +388,12 @@ def fused_pass(
     chi2 : (n,) float64, out -- ``E_q Σ_ch ||x' - μ||² / s_ch²`` (`kernels.expected_residual`), here as
         ``2 (log_const - frame + E_q[log A] - E_q[logit])``: the joint is ``logit + frame``.
     qe : (n,) float64, out -- the posterior of "no face" (0 without it).
+    skip : (n, C) uint8
+        1 where face c's correlations were not computed for image k: its
+        logits are -inf (`sparse_faces` has bounded them below exp underflow).
+    gain : (n, C) float64, out -- ``max_d -L_k(c, d)`` of every face not skipped (skipped: untouched).
+    best, best_gain : (n,) int64 and float64, out -- the flat arg-max over the faces' logits
+        (the "no face" class left out, before any refinement) and its ``-L``.
     """
     n, H, W, Ch = X.shape
     C, P, Q = logA.shape
@@ -399,7 +422,13 @@ def fused_pass(
             # Σ_ch λ_ch ||x'_ch - B_ch||², from the image's norms and the SAT's total
             rss = xx - 2.0 * xb + BBw
             o = out[k]
-            mx, am = _logits(corr[k], sat, logA, boxB2, F2, h, w, xb2, o)
+            mx, am = _logits(corr[k], sat, logA, boxB2, F2, h, w, xb2, o, skip[k], gain[k])
+            bc, bi, bj = fm.decode(am, P, Q)
+            best[k] = am
+            if skip[k, bc]:  # every logit -inf: no face was computed to be the best
+                best_gain[k] = -np.inf
+            else:
+                best_gain[k] = -fm.expanded_loss(F2[bc], corr[k, bc, bi, bj], xb2[bi, bj])
             f2max = 0.0
             for c in range(C):
                 f2max = max(f2max, F2[c])
@@ -474,7 +503,16 @@ def fused_pass(
                     cprob[k, t // (P * Q)] += of[t]  # the face of flat index t (`_formulas.decode`)
                     mean_la += of[t] * logAf[t]
                 chi2[k] = fm.expected_chi2(la_sub, mean_la - mean_logit)
-                if cnt <= max_sparse:
+                # the faces with a probability above `thr`: the dense route transforms only those
+                reached = 0
+                for c in range(C):
+                    dense_faces[k, c] = 0
+                for u in range(nnz):
+                    t = nz[u]
+                    if of[t] > thr and dense_faces[k, t // (P * Q)] == 0:
+                        dense_faces[k, t // (P * Q)] = 1
+                        reached += 1
+                if cnt <= max_sparse * reached:
                     _add_crops_at(x, off, inv, of, nz, nnz, thr, P, Q, SFb, XCb)
                     dense[k] = 0
                 else:

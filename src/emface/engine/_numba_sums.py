@@ -218,6 +218,51 @@ def spectral_product(xhat, filters, out):
                         o[r, f] += xhat[k, ch, r, f] * filters[c, ch, r, f]
 
 
+def spectral_product_pairs(xhat, filters, kk, cc, out):
+    """``out[t] = Σ_ch xhat[kk[t], ch] · filters[cc[t], ch]``: `spectral_product` for listed (image, face) pairs.
+
+    The route of `sparse_faces`: only the faces an image's posterior can reach are correlated.
+    """
+    m = kk.shape[0]
+    Ch, H, Wr = xhat.shape[1], xhat.shape[2], xhat.shape[3]
+    for t in nb.prange(m):
+        k = kk[t]
+        c = cc[t]
+        o = out[t]
+        for r in range(H):
+            for f in range(Wr):
+                o[r, f] = xhat[k, 0, r, f] * filters[c, 0, r, f]
+        for ch in range(1, Ch):
+            for r in range(H):
+                for f in range(Wr):
+                    o[r, f] += xhat[k, ch, r, f] * filters[c, ch, r, f]
+
+
+def window_norms(X, off, inv, h, w, out):
+    """out[k] = max over the h×w windows of ``Σ_ch ||x'_k,ch(window)||²``, through a summed-area table.
+
+    The bound of `sparse_faces`: ``|<x'_window, Δ>| <= sqrt(out[k]) ||Δ||`` at every corner.
+    """
+    n, H, W, Ch = X.shape
+    for k in nb.prange(n):
+        x = X[k]
+        sat = np.zeros((H + 1, W + 1))
+        for r in range(H):
+            run = 0.0
+            for c in range(W):
+                for ch in range(Ch):
+                    v = (x[r, c, ch] - off) * inv
+                    run += v * v
+                sat[r + 1, c + 1] = sat[r, c + 1] + run
+        best = 0.0
+        for i in range(H - h + 1):
+            for j in range(W - w + 1):
+                v = fm.window_total(sat[i + h, j + w], sat[i, j + w], sat[i + h, j], sat[i, j])
+                if v > best:
+                    best = v
+        out[k] = best
+
+
 def standardize(X, off, inv, out):
     """out = (X - off) * inv with the channels moved first: X (n, H, W, Ch) -> out (n, Ch, H, W)."""
     n = X.shape[0]
@@ -232,5 +277,5 @@ def standardize(X, off, inv, out):
 
 #: the kernels with a parallel loop; each also exists serially as ``<name>_serial`` (`serial_and_parallel`)
 PARALLEL = ("coverage_xc", "accumulate", "accumulate_at_positions", "standardize", "block_moments",
-            "spectral_product")
+            "spectral_product", "spectral_product_pairs", "window_norms")
 serial_and_parallel(globals(), PARALLEL)

@@ -24,6 +24,10 @@ class ChunkCache:
     spectra: object = None
     key: tuple | None = None
     sq: np.ndarray | None = None  # (n, Ch): each image's ||x'_ch||², in working units
+    #: `sparse_faces`: ((h, w, offset, inv_scale), (n,) the largest norm of an image's h×w windows)
+    window_norms: tuple | None = None
+    #: `sparse_faces.FaceBounds` of the last pass with several faces: what bounds the next pass's logits
+    faces: object = None
 
     @property
     def nbytes(self):

@@ -22,7 +22,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from .records import Stats
-from . import kernels
+from . import kernels, sparse_faces
 from .chunk import chunk_spectra, standardized
 from .plan import resolve_backend
 from .poses import Translations
@@ -32,7 +32,9 @@ __all__ = ["chunk_stats", "stats_from_q", "stats_from_positions", "Q_THRESHOLD"]
 #: Posterior probabilities at or below this add nothing measurable to S_F or
 #: XC and are skipped by the crop route: all of them together weigh less than
 #: C·P·Q·1e-24 of an image, far below float64 rounding (1.1e-16) for any grid
-#: under 10⁷ (face, position) pairs. N, the log-likelihood and q keep every term.
+#: under 10⁷ (face, position) pairs. The dense (FFT) route likewise leaves out
+#: an image's faces whose every probability is at or below it (it keeps every
+#: term of the faces it transforms). N, the log-likelihood and q keep every term.
 Q_THRESHOLD = 1e-24
 
 
@@ -224,6 +226,31 @@ def _fused_product(xhat, filters):
     return out
 
 
+def _pair_correlations(sp, plan, skip):
+    """`kernels.correlate_fft` for the (image, face) pairs not skipped (`sparse_faces`), (n, C, P, Q).
+
+    The skipped pairs' entries are left unset: the fused pass does not read them.
+    """
+    from . import _numba_kernels as nk
+
+    n, C = skip.shape
+    kk, cc = np.nonzero(skip == 0)
+    H, W = plan.image_shape
+    P, Q = plan.grid_shape
+    Wr = sp.shape[-1]
+
+    def product(xhat, filters):
+        y = np.empty((kk.size, H, Wr), dtype=np.result_type(xhat.dtype, filters.dtype))
+        nk.pick("spectral_product_pairs", y.size * xhat.shape[1], 2)(xhat, filters, kk, cc, y)
+        return y
+
+    z = kernels.correlate_fft(sp, plan.filters, (P, Q), (H, W), idft_rows=plan.idft_rows, workers=plan.workers,
+                              product=product)
+    corr = np.empty((n, C, P, Q), dtype=z.dtype)
+    corr[kk, cc] = z
+    return corr
+
+
 def _numba_pass(chunk, plan, output):
     from . import _numba_kernels as nk
 
@@ -232,6 +259,11 @@ def _numba_pass(chunk, plan, output):
     n, Ch = chunk.data.shape[0], chunk.data.shape[3]
     C = plan.n_faces
     xs = None
+    mode = 1 if output == "log_joint" else 0
+    # the FFT route (the only one with bounds) correlates in the plan's precision
+    bounded = mode == 0 and sparse_faces.applies(plan, C)
+    skip_eps = 1e-6 if plan.dtype == np.float32 else 1e-13
+    skip, carried = sparse_faces.skip_mask(chunk, plan, skip_eps) if bounded else (None, None)
     if plan.route == "direct":
         xs = standardized(chunk, plan.dtype)
         corr = kernels.correlate_direct(xs, plan.faces_w.astype(plan.dtype), (P, Q))
@@ -239,8 +271,11 @@ def _numba_pass(chunk, plan, output):
         if chunk.cache.spectra is None and not (plan.cache_spectra and chunk.cache.keep_spectra):
             xs = standardized(chunk, plan.dtype)
         sp = chunk_spectra(chunk, plan, xs)
-        corr = kernels.correlate_fft(sp, plan.filters, (P, Q), (H, W), idft_rows=plan.idft_rows,
-                                     workers=plan.workers, product=_fused_product)
+        if skip is None:
+            corr = kernels.correlate_fft(sp, plan.filters, (P, Q), (H, W), idft_rows=plan.idft_rows,
+                                         workers=plan.workers, product=_fused_product)
+        else:
+            corr = _pair_correlations(sp, plan, skip)
     # never `corr` itself, though the direct route's is float64 and contiguous: the neighbour gains read the
     # correlations after the logits are written (over them, the gains came out wrong on that route)
     out = np.empty((n,) + plan.pose.prior_shape(C))
@@ -251,26 +286,32 @@ def _numba_pass(chunk, plan, output):
     cprob = np.empty((n, C))
     offsets = plan.pose.neighbours
     near = np.empty((n, len(offsets)))
-    mode = 1 if output == "log_joint" else 0
     Bw_last, B_last, F_last = plan.channels_last()
     rel_eps, band = (1e-6, 2.0) if corr.dtype == np.float32 else (1e-13, 40.0)
     work = n * (C * P * Q + Ch * H * W)
     have_sq = chunk.cache.sq is not None and chunk.cache.sq.shape == (n, Ch)
     sq = chunk.cache.sq if have_sq else np.empty((n, Ch))
+    skip_arr = np.zeros((n, C), dtype=np.uint8) if skip is None else skip
+    gain = np.full((n, C), np.nan) if carried is None else carried  # the kernel writes the faces it computes
+    best, best_gain = np.empty(n, dtype=np.int64), np.empty(n)
+    dense_faces = np.zeros((n, C), dtype=np.uint8)
     nk.pick("fused_pass", work, parts[0].shape[0])(
         chunk.data, float(chunk.offset), float(chunk.inv_scale), corr, out, plan.logA, plan.box_b2,
         Bw_last, B_last, plan.lam, F_last, plan.face_sq, plan.bg_sq, plan.log_const, plan.log_empty, plan.hard,
-        mode, Q_THRESHOLD, plan.max_sparse, rel_eps, band, plan.with_moments, sq, have_sq, offsets, *parts, dense,
+        mode, Q_THRESHOLD, plan.max_sparse_face, rel_eps, band, plan.with_moments, sq, have_sq, offsets, *parts, dense,
         arg, ll,
-        maxp, ent, cprob, near, chi2, qe,
+        maxp, ent, cprob, near, chi2, qe, skip_arr, gain, best, best_gain, dense_faces,
     )
     chunk.cache.sq = sq
+    if bounded:
+        sparse_faces.remember(chunk, plan, skip_eps, gain, best, best_gain)
     S_F_hat = None
     if mode == 0:
         idx = np.flatnonzero(dense)
         if idx.size:
             sp = chunk_spectra(chunk, plan, xs)
-            S_F_hat = kernels.frequency_face_sums(sp[idx], out[idx], (H, W), workers=plan.workers)
+            kk, cc = np.nonzero(dense_faces[idx])
+            S_F_hat = kernels.frequency_face_sums_at(sp[idx], out[idx], (H, W), kk, cc, workers=plan.workers)
             nk.pick("coverage_xc", idx.size * (C * P * Q + Ch * H * W), parts[2].shape[0])(
                 chunk.data, float(chunk.offset), float(chunk.inv_scale), out, idx.astype(np.int64), *plan.face_shape,
                 parts[2])

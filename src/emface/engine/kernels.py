@@ -51,6 +51,7 @@ __all__ = [
     "moments",
     "crops",
     "frequency_face_sums",
+    "frequency_face_sums_at",
     "accumulate",
 ]
 
@@ -445,6 +446,38 @@ def frequency_face_sums(xhat, q, image_shape, *, workers=1):
     real = xp.float32 if xhat.dtype == xp.complex64 else xp.float64
     qhat = _rfft2(xp, xp.astype(q, real), s=image_shape, workers=workers)  # (n, C, H, W//2+1)
     return _sum_over_images(xhat, xp.conj(qhat))
+
+
+def frequency_face_sums_at(xhat, q, image_shape, kk, cc, *, workers=1):
+    """`frequency_face_sums` over the listed (image, face) pairs only (numpy): the others add nothing.
+
+    ``S_F_hat[c, ch] = Σ_(k : (k, c) listed) rfft2(x_k,ch) · conj(rfft2(q_k(c)))``; one
+    forward FFT per listed pair (the fused route lists the faces an image's
+    posterior reaches, `estep.Q_THRESHOLD`), in one batched call.
+
+    Parameters
+    ----------
+    xhat : complex array (n, Ch, H, W//2+1)
+    q : array (n, C, P, Q)
+    image_shape : (H, W)
+    kk, cc : int arrays (m,)
+        The pairs' images and faces.
+
+    Returns
+    -------
+    complex128 array (C, Ch, H, W//2+1)
+    """
+    n, C = q.shape[:2]
+    real = np.float32 if xhat.dtype == np.complex64 else np.float64
+    out = np.zeros((C,) + xhat.shape[1:], dtype=np.complex128)
+    if kk.size == 0:
+        return out
+    qhat = sfft.rfft2(q[kk, cc].astype(real, copy=False), s=image_shape, axes=(-2, -1), workers=workers)
+    np.conjugate(qhat, out=qhat)
+    for c in np.unique(cc):
+        sel = np.flatnonzero(cc == c)
+        out[c] = np.einsum("kd...,k...->d...", xhat[kk[sel]], qhat[sel], dtype=np.complex128)
+    return out
 
 
 def accumulate(x, q, pose, *, xhat=None, positions=None, labels=None, workers=1):

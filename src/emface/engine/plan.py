@@ -59,10 +59,14 @@ class Plan:
     filters: np.ndarray | None  # (C, Ch, H, W//2+1)  conj(rfft2(λ·F))
     idft_rows: np.ndarray | None
     max_sparse: int
+    #: the fused route's crops-or-FFT threshold per face an image reaches (`costs.max_sparse_positions` of one face)
+    max_sparse_face: int = 1
     #: per-backend copies made on first use: the channels-last arrays of the
     #: fused kernels, and the arrays on a torch device (`torch_backend.device_plan`)
     device_arrays: object = field(default=None, repr=False, compare=False)
     _channels_last: tuple | None = field(default=None, repr=False, compare=False)
+    #: what `sparse_faces` derives from this θ (its reference, and its changes from earlier θ's)
+    sparse_cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     def channels_last(self):
         """(λ·B, B, F) channels last, (H, W, Ch) and (C, h, w, Ch), as the fused CPU kernels read them."""
@@ -154,4 +158,5 @@ def make_plan(params, *, hard=False, dtype=np.float64, backend=None, route=None,
         filters=kernels.face_filters(faces_w, (H, W), cdtype) if fft else None,
         idft_rows=kernels.partial_idft_matrix(P, H, cdtype) if (fft and costs.use_partial_idft(P, H)) else None,
         max_sparse=costs.max_sparse_positions((H, W), (h, w), cached=cache_spectra, n_faces=C, n_channels=Ch),
+        max_sparse_face=costs.max_sparse_positions((H, W), (h, w), cached=cache_spectra, n_faces=1, n_channels=Ch),
     )
