@@ -144,7 +144,8 @@ class RotParams(Params):
     def from_params(cls, params, angles, angle_prior=None):
         """θ with rotations from a `Params` (its angle prior uniform unless given)."""
         return cls(faces=params.faces, background=params.background, noise_std=params.noise_std,
-                   prior=params.prior, empty_weight=params.empty_weight, angles=angles, angle_prior=angle_prior)
+                   prior=params.prior, empty_weight=params.empty_weight, gains=params.gains, offsets=params.offsets,
+                   angles=angles, angle_prior=angle_prior)
 
     def copy(self):
         return RotParams.from_params(Params.copy(self), self.angles.copy(), self.angle_prior.copy())

@@ -37,6 +37,7 @@ from .records import Stats
 from . import kernels
 from .chunk import chunk_spectra, standardized
 from ._formulas import gaussian_log_norm
+from .brightness import weighted_normalisers
 from .mstep import (MStepInfo, _background_from, _expected_log, _gaussian_term, _noise_from, _smoothing_term,
                     expected_sse, face_sums, prior_from_counts)
 from .rotations import Rotations, RotParams
@@ -116,8 +117,10 @@ def make_rot_plan(params, *, hard=False, dtype=np.float64, workers=1, cache_spec
 
 # ----------------------------------------------------------------------------- one batch of images
 
-def _batch_logits(plan, xhat, x64, idx):
-    """Logits and losses of a batch over its angles `idx` (n, m): (n, C, m, P, Q) each, and base (n,)."""
+def _batch_logits(plan, xhat, x64, idx, weights=None):
+    """Logits and losses of a batch over its angles `idx` (n, m): (n, C, m, P, Q) each, and base (n,).
+
+    `weights` (n,), optional: each image's loss (and base) times w_k (brightness: w_k = a_k², `rotbright`)."""
     n, Ch = x64.shape[:2]
     C = plan.logA.shape[0]
     R = plan.rot.n_angles
@@ -142,7 +145,7 @@ def _batch_logits(plan, xhat, x64, idx):
     xbt = 2.0 * xb - plan.disc_b2
     face_sq = np.ascontiguousarray(plan.face_sq[:, idx].transpose(1, 0, 2))  # (n, C, m)
     log_rho = np.ascontiguousarray(plan.log_rho[idx])  # (n, m)
-    if _nb is not None:
+    if _nb is not None and weights is None:
         lg = np.empty_like(loss)
         _nb.loss_and_logits(loss.reshape(n, C, m, P * Q), face_sq, xbt.reshape(n, P * Q),
                             np.ascontiguousarray(plan.logA.reshape(C, P * Q)), log_rho, lg.reshape(n, C, m, P * Q))
@@ -150,9 +153,12 @@ def _batch_logits(plan, xhat, x64, idx):
         loss *= -2.0
         loss += xbt[:, None, None]
         loss += face_sq[..., None, None]
+        if weights is not None:
+            loss *= weights[:, None, None, None, None]
         lg = (plan.logA[None, :, None] + log_rho[:, None, :, None, None]) - loss
     resid = x64 - plan.params.background
-    base = plan.log_const - np.einsum("kd,d->k", np.einsum("kdij,kdij->kd", resid, resid), plan.lam)
+    rss = np.einsum("kd,d->k", np.einsum("kdij,kdij->kd", resid, resid), plan.lam)
+    base = plan.log_const - (rss if weights is None else weights * rss)
     return lg, loss, base
 
 
@@ -220,8 +226,10 @@ def _scatter_rows(target, rows, values, weights=None):
     flat += S @ values.reshape(e, -1)
 
 
-def _batch_sums(plan, acc, x64, xhat, q, idx, qd):
-    """Add a batch's M-step sums (N, S_F crops, S_F_hat, XC) under q (n, C, m, P, Q) over angles idx (n, m)."""
+def _batch_sums(plan, acc, x64, xhat, q, idx, qd, weights=None):
+    """Add a batch's M-step sums (N, S_F crops, S_F_hat, XC) under q (n, C, m, P, Q) over angles idx (n, m).
+
+    `weights` (n,), optional: image k's S_F and XC shares times u_k (N stays the posterior's counts)."""
     n, C, m, P, Q = q.shape
     R = plan.rot.n_angles
     h = plan.rot.face_shape[0]
@@ -233,15 +241,20 @@ def _batch_sums(plan, acc, x64, xhat, q, idx, qd):
     else:
         _scatter_rows(acc.N, cls.ravel(), qf.reshape(n * C * m, P * Q))
     cov = plan.rot.coverage(qd, plan.workers)  # (n, H, W)
+    if weights is not None:
+        cov *= weights[:, None, None]
     acc.XC += np.einsum("kdhw,khw->dhw", x64, cov)
     big = qf > Q_THRESHOLD
     sparse = np.count_nonzero(big.reshape(n, -1), axis=1) <= MAX_CROPS
     if sparse.any():
         k, e, i, j = np.nonzero(big & sparse[:, None, None, None])
-        _scatter_rows(acc.S_F, cls[k, e], _gather_windows(x64, k, i, j, h), qf[k, e, i, j])
+        wq = qf[k, e, i, j] if weights is None else qf[k, e, i, j] * weights[k]
+        _scatter_rows(acc.S_F, cls[k, e], _gather_windows(x64, k, i, j, h), wq)
     dense = np.flatnonzero(~sparse)
     if dense.size:
         qh = np.conj(sfft.rfft2(qf[dense], s=(H, W), axes=(-2, -1), workers=plan.workers))  # (nd, C·m, H, Wr)
+        if weights is not None:
+            qh *= weights[dense, None, None, None]
         xd = xhat[dense].astype(np.complex128)
         if acc.S_F_hat is None:
             acc.S_F_hat = np.zeros((C * R, xd.shape[1], H, xd.shape[-1]), dtype=np.complex128)
@@ -252,7 +265,8 @@ def _batch_sums(plan, acc, x64, xhat, q, idx, qd):
             _scatter_rows(acc.S_F_hat, cls[dense].ravel(), prod.reshape((-1,) + prod.shape[2:]))
 
 
-def chunk_pass(chunk, plan, centres, *, full=True, width=2, per_image=True, output=None, with_moments=None):
+def chunk_pass(chunk, plan, centres, *, full=True, width=2, per_image=True, output=None, with_moments=None,
+               weights=None, on_posterior=None):
     """The rotation E-step on one chunk and its sufficient statistics.
 
     Parameters
@@ -271,6 +285,13 @@ def chunk_pass(chunk, plan, centres, *, full=True, width=2, per_image=True, outp
         (stats, new_centres, array). These passes score every angle and keep no windows.
     with_moments : bool, optional
         Compute SX and SXX; None: as the plan says.
+    weights : ndarray (n,), optional
+        Each image's loss times w_k (per-image brightness, `emface.engine.rotbright`: w_k = a_k²).
+    on_posterior : callable, optional
+        ``on_posterior(rows, idx, post) -> u or None``, called per batch before its sums (rows: the
+        batch's images in the chunk; idx (n, m) their angles; post: ``q`` (soft, else None),
+        ``qd`` (n, P, Q), ``el`` (n,) ``E_q[loss]``, ``hard`` (c, angle index, i, j) or None); a
+        returned u (n,) weighs each image's S_F and XC (`emface.engine.rotbright`'s ECM step).
 
     Returns
     -------
@@ -308,12 +329,12 @@ def chunk_pass(chunk, plan, centres, *, full=True, width=2, per_image=True, outp
                 idx = np.broadcast_to(np.arange(R), (g.size, R))
             else:
                 idx = _windows(centres[g], R, width)
-            lg, loss, base = _batch_logits(plan, xhat[g], x64[g], idx)
+            lg, loss, base = _batch_logits(plan, xhat[g], x64[g], idx, None if weights is None else weights[g])
             if output == "log_joint":
                 out[g] = lg + base[:, None, None, None, None]
             choose = centres_in[g] if (full and output is None) else None
             cen = _batch_posterior(plan, acc, pi, g, lg, loss, base, idx, x64[g], xhat[g], output, out, choose,
-                                   width)
+                                   width, on_posterior)
             new_centres[g] = centres[g] if cen is None else cen
     with_m = plan.with_moments if with_moments is None else with_moments
     SX, SXX = kernels.moments(x64) if with_m else (None, None)
@@ -369,7 +390,7 @@ def _soft_posterior(lg, loss, choose, width):
     return lg, mx + np.log(z), arg, 1.0 / z, ang / z[:, None], el, qcd, cen
 
 
-def _batch_posterior(plan, acc, pi, g, lg, loss, base, idx, x64, xhat, output, out, choose, width):
+def _batch_posterior(plan, acc, pi, g, lg, loss, base, idx, x64, xhat, output, out, choose, width, on_posterior=None):
     """The posterior of a batch, its per-image summaries and its sums; returns the new windows (or None)."""
     n, C, m, P, Q = lg.shape
     rows = np.arange(n)
@@ -413,10 +434,15 @@ def _batch_posterior(plan, acc, pi, g, lg, loss, base, idx, x64, xhat, output, o
         for k in range(m):
             out[g, :, idx[:, k]] = qq[:, :, k]
     if output != "log_joint":
+        qd = None if plan.hard else qcd.sum(axis=1)
+        u = None
+        if on_posterior is not None:
+            u = on_posterior(g, idx, SimpleNamespace(q=q, qd=qd, el=el,
+                                                     hard=(c, idx[rows, j], i, jj) if plan.hard else None))
         if plan.hard:
-            _hard_sums(plan, acc, x64, c, idx[rows, j], i, jj)
+            _hard_sums(plan, acc, x64, c, idx[rows, j], i, jj, u)
         else:
-            _batch_sums(plan, acc, x64, xhat, q, idx, qcd.sum(axis=1))
+            _batch_sums(plan, acc, x64, xhat, q, idx, qd, u)
     return cen
 
 
@@ -426,18 +452,20 @@ def _one_hot(shape, arg):
     return q
 
 
-def _hard_sums(plan, acc, x64, c, r, i, j):
-    """The sums of one-hot posteriors at (face c, angle r, corner (i, j)): counts, crops and disc coverages."""
+def _hard_sums(plan, acc, x64, c, r, i, j, weights=None):
+    """The sums of one-hot posteriors at (face c, angle r, corner (i, j)): counts, crops and disc coverages
+    (image k's crop and coverage times ``weights[k]`` when given)."""
     n = len(c)
     R = plan.rot.n_angles
     h = plan.rot.face_shape[0]
     P, Q = plan.grid_shape
     cls = c * R + r
     np.add.at(acc.N, (cls, i, j), 1.0)
-    _scatter_rows(acc.S_F, cls, _gather_windows(x64, np.arange(n), i, j, h))
+    _scatter_rows(acc.S_F, cls, _gather_windows(x64, np.arange(n), i, j, h), weights)
     D = plan.rot.mask
     for k in range(n):  # a disc pasted per image: h² values each
-        acc.XC[:, i[k]:i[k] + h, j[k]:j[k] + h] += x64[k, :, i[k]:i[k] + h, j[k]:j[k] + h] * D
+        wD = D if weights is None else weights[k] * D
+        acc.XC[:, i[k]:i[k] + h, j[k]:j[k] + h] += x64[k, :, i[k]:i[k] + h, j[k]:j[k] + h] * wD
 
 
 # ----------------------------------------------------------------------------- M-step and objectives
@@ -453,9 +481,8 @@ def rot_expected_sse(stats, params, rot=None, S_F=None, cover=None):
     C = params.n_faces
     R = params.angles.size
     rot = rot or Rotations(params.image_shape, params.face_shape, params.angles)
-    if cover is None:
-        P, Q = rot.grid_shape
-        cover = rot.coverage(stats.N.reshape(C, R, P, Q).sum(axis=(0, 1)))
+    if cover is None:  # the disc's coverage (a_k²-weighted with per-image brightness)
+        cover = weighted_normalisers(stats, params.n_channels, rot)[1]
     return expected_sse(stats, _templates_flat(rot, params.faces), params.background, S_F=S_F, cover=cover)
 
 
@@ -479,11 +506,12 @@ def rot_params_from(stats, previous, *, prior_smoothing=0.0, noise_floor=1e-12, 
     A, _ = prior_from_counts(N4.sum(axis=1), K, alpha)
     rho, _ = prior_from_counts(N4.sum(axis=(0, 2, 3)), K, alpha)
     S = face_sums(stats)  # (C·R, Ch, h, h)
-    N_cr = N4.sum(axis=(2, 3))
-    F, empty = rot.solve_faces(S.reshape(C, R, Ch, h, h), N_cr, previous.faces)
+    # N_(c,r), the disc's coverage and K; a_k²-weighted with per-image brightness (one gain per image:
+    # every channel's weights are the same, `emface.engine.rotbright`)
+    Nw, cover, Kw = weighted_normalisers(stats, Ch, rot)
+    F, empty = rot.solve_faces(S.reshape(C, R, Ch, h, h), Nw[:, 0].reshape(C, R), previous.faces)
     info.empty_faces = empty
-    cover = rot.coverage(N4.sum(axis=(0, 1)))
-    B = _background_from(stats, cover, K, previous, info)
+    B = _background_from(stats, cover, Kw, previous, info)
     new = RotParams(faces=F, background=B, noise_std=previous.noise_std, prior=A, angles=previous.angles.copy(),
                     angle_prior=rho)
     sse = rot_expected_sse(stats, new, rot, S_F=S, cover=cover)
