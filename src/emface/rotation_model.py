@@ -26,16 +26,25 @@ given (an over-relaxed candidate that is rejected changes nothing). The bound
 is that of the restricted posteriors: it never decreases (see `rotstep`).
 Incremental sweeps and passes without per-image output score all angles.
 
+**Per-image brightness** (``brightness_groups=1``: one gain a_k and one offset
+b_k per image; not per channel): the pass is `emface.engine.rotbright.chunk_pass`
+(the E-step given (a, b), their ECM update, the sums with the new (a, b)), and
+the M-step fixes mean(a) = 1 by scaling F and B. The offsets' mean is not fixed
+(see `emface.engine.rotbright`). ``brightness="auto"``'s likelihood-ratio test
+runs as for translations, its statistic from one pass over all angles from
+a = 1, b = 0 (`RotationMixture.brightness_gain`).
+
 The moves of `FaceMixture` (shift escape, split and merge) are translation
 moves; with rotations there are none.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from .engine.brightness import normalize
 from .model import FaceMixture
 
 __all__ = ["RotationMixture", "ANGLE_SEARCHES"]
@@ -49,6 +58,12 @@ def _rotstep():
     from .engine import rotstep
 
     return rotstep
+
+
+def _rotbright():
+    from .engine import rotbright
+
+    return rotbright
 
 
 def _rot_params():
@@ -111,10 +126,17 @@ class RotationMixture(FaceMixture):
                              cache_spectra=cached)
         pending = st["centres"].copy()
 
+        terms = None if params.gains is None else _rotbright().bright_terms(plan)
+
         def one(chunk, bounds, wm):
             a, b = bounds
-            stats, cen = _rotstep().chunk_pass(chunk, plan, st["centres"][a:b], full=full, width=self.width,
-                                    per_image=per_image, with_moments=wm)
+            ab = executor._brightness(params, a, b)
+            if ab is None:
+                stats, cen = _rotstep().chunk_pass(chunk, plan, st["centres"][a:b], full=full, width=self.width,
+                                                   per_image=per_image, with_moments=wm)
+            else:  # per-image brightness: the E-step given (a, b), their ECM update, the weighted sums
+                stats, cen = _rotbright().chunk_pass(chunk, plan, st["centres"][a:b], *ab, full=full,
+                                                     width=self.width, per_image=per_image, terms=terms)
             pending[a:b] = cen
             return stats
 
@@ -138,7 +160,18 @@ class RotationMixture(FaceMixture):
             params.prior = np.array(previous.prior, copy=True)
             params.angle_prior = np.array(previous.angle_prior, copy=True)
         self._schedule(stats)
-        return params, info
+        return self._with_brightness(params, stats, previous), info
+
+    def _with_brightness(self, params, stats, previous):
+        """θ with the (a, b) of the E-step's images, mean gain 1 (F and B scaled: exact), or `previous`'s.
+
+        The offsets' mean is not fixed with rotations (`emface.engine.rotbright`'s docstring: a common
+        shift of F, B and the offsets is no exact reparametrisation on the disc's interpolated rim).
+        """
+        if self.brightness_groups and stats.gains is not None and len(stats.gains) == self.n_images:
+            F, B, a, _ = normalize(params.faces, params.background, stats.gains, np.zeros_like(stats.offsets))
+            return replace(params, faces=F, background=B, gains=a, offsets=np.array(stats.offsets, copy=True))
+        return super()._with_brightness(params, stats, previous)
 
     def _schedule(self, stats):
         st = self._state
@@ -166,7 +199,9 @@ class RotationMixture(FaceMixture):
         return False
 
     def start(self, params):
-        """θ with the angle grid and prior: a `Params` start gets ρ uniform."""
+        """θ with the angle grid and prior (a `Params` start gets ρ uniform) and, with per-image
+        brightness, every image's (a, b) (a = 1, b = 0 when it has none)."""
+        params = super().start(params)
         RotParams = _rot_params()
         if isinstance(params, RotParams) and np.array_equal(params.angles, self.angles):
             return params
@@ -192,6 +227,16 @@ class RotationMixture(FaceMixture):
     def moves(self):
         return []
 
+    def brightness_gain(self, executor, params):
+        """What fitting a gain and an offset per image gains at θ (working units): the summed ECM gain
+        (`Stats.ecm_gain`) of one pass over all angles from a = 1, b = 0, for
+        `emface.engine.brightness.brightness_test` (brightness="auto")."""
+        from .engine.brightness import start_gains
+
+        gains, offsets = start_gains(executor.n_images, 1)
+        probe = replace(self.start(params), gains=gains, offsets=offsets)
+        return float(rotation_pass(executor, probe)[0].ecm_gain)
+
 
 # ----------------------------------------------------------------------------- what the estimator asks
 
@@ -215,9 +260,9 @@ def check_settings(est, X=None):
                          f"got {tuple(fs)}")
     if est.empty_frames:
         raise ValueError("rotations do not support empty_frames=True yet")
-    if getattr(est, "brightness", "fixed") in ("per_image", "per_channel"):
-        raise ValueError(f"rotations do not support brightness={est.brightness!r} yet: with rotations the fit "
-                         "is the note's brightness (brightness='auto' fits it as 'fixed')")
+    if getattr(est, "brightness", "fixed") == "per_channel":
+        raise ValueError("rotations fit one gain and one offset per image, not per channel: use "
+                         "brightness='per_image' (or 'auto') with rotations")
     if est.device != "cpu" or est.backend == "torch":
         raise ValueError("rotations run on the CPU (numpy and scipy): the torch backend does not support them")
     if est.scheduler is not None or (X is not None and type(X).__module__.startswith("dask.")):
@@ -225,19 +270,28 @@ def check_settings(est, X=None):
     return angles
 
 
-def rotation_pass(executor, params, *, output=None):
+def rotation_pass(executor, params, *, output=None, fit_steps=0):
     """One soft pass over all angles under θ (`RotParams`): Stats, and with `output` ("q" or "log_joint")
-    the array (K, C, R, P, Q) of every image."""
+    the array (K, C, R, P, Q) of every image.
+
+    With per-image brightness (``params.gains``, one row per image of the pass) `fit_steps`
+    alternations of the E-step and the (a, b) update come first (new images, from a = 1, b = 0)."""
     rs = _rotstep()
     plan = rs.make_rot_plan(params, dtype=executor.config.dtype, workers=executor.config.workers,
                          cache_spectra=False)
     C, R = params.n_faces, params.angles.size
     P, Q = params.grid_shape
     full = None if output is None else np.empty((executor.n_images, C, R, P, Q))
+    terms = None if params.gains is None else _rotbright().bright_terms(plan)
 
     def one(chunk, bounds, wm):
         a, b = bounds
-        res = rs.chunk_pass(chunk, plan, np.full(b - a, -1), full=True, output=output, with_moments=wm)
+        ab = executor._brightness(params, a, b)
+        if ab is None:
+            res = rs.chunk_pass(chunk, plan, np.full(b - a, -1), full=True, output=output, with_moments=wm)
+        else:
+            res = _rotbright().chunk_pass(chunk, plan, np.full(b - a, -1), *ab, full=True, output=output,
+                                          fit_steps=fit_steps, terms=terms)
         if output is not None:
             full[a:b] = res[2]
         return res[0]
