@@ -96,7 +96,6 @@ class _Update:
         R = self.plan.rot.n_angles
         n, m = idx.shape
         a0, b0 = self.a0[g], self.b0[g]
-        w = a0 * a0
         if post.hard is None:
             q = post.q
             C = q.shape[1]
@@ -110,7 +109,7 @@ class _Update:
             c, r, i, j = post.hard
             EFF, ESF = t.FF[c, r], t.SF[c, r]
             Eb2, Elb = t.disc_b2[i, j], t.disc_lb[i, j]
-        el = post.el / w  # E_q L' of x' (the pass weighs the loss by a⁰²)
+        el = post.el  # E_q L' of x' (unweighted)
         Mxm_p = self.xBp[g] + 0.5 * (EFF - Eb2 - el)
         Mmm = t.BBsum + EFF - Eb2
         Mm = t.LBsum + ESF - Elb

@@ -54,10 +54,13 @@ __all__ = ["RotPlan", "make_rot_plan", "chunk_pass", "rot_params_from", "rot_obj
 SETTLE = 1e-12
 #: posterior entries at or below this add nothing measurable to the sums (see `stats.Q_THRESHOLD`)
 Q_THRESHOLD = 1e-24
-#: images whose posterior has at most this many entries above Q_THRESHOLD sum crops, not spectra
+#: (image, face-angle) units whose posterior has at most this many entries above Q_THRESHOLD sum crops
+#: (h² multiply-adds each), the others sum in the frequency domain (an FFT each)
 MAX_CROPS = 48
-#: bytes of the per-batch work arrays (logits, correlations)
-BATCH_BYTES = 48 * 2**20
+#: bytes of the per-batch work arrays (spectral products, correlations, losses, logits)
+BATCH_BYTES = 64 * 2**20
+#: blocks of the corners per (image, face) in the fused normalisation (threads work on the blocks)
+_BLOCKS = 8
 
 @dataclass
 class RotPlan:
@@ -117,49 +120,81 @@ def make_rot_plan(params, *, hard=False, dtype=np.float64, workers=1, cache_spec
 
 # ----------------------------------------------------------------------------- one batch of images
 
-def _batch_logits(plan, xhat, x64, idx, weights=None):
-    """Logits and losses of a batch over its angles `idx` (n, m): (n, C, m, P, Q) each, and base (n,).
+def _weights(w, n):
+    """A per-image weight (n,) float64: all ones for None."""
+    if w is None:
+        return np.ones(n)
+    w = np.ascontiguousarray(w, dtype=np.float64).reshape(-1)
+    if w.shape != (n,):
+        raise ValueError(f"per-image weights must have one value per image ({n}), got shape {w.shape}")
+    return w
 
-    `weights` (n,), optional: each image's loss (and base) times w_k (brightness: w_k = a_k², `rotbright`)."""
+
+def _batch_logits(plan, xhat, x64, idx, w=None):
+    """Logits and losses of a batch over its angles `idx` (n, m), each image's loss weighted by w (n,).
+
+    ``lg = log A(c, d) + log ρ_r - w_k·L_k(c, r, d)`` (w None: all ones, the note's model). Returns a
+    namespace: lg and loss (n, C, m, P, Q), base (n,), and each (face, angle)'s largest logit umax
+    (n, C, m) with its first corner uarg (flat over P·Q).
+    """
     n, Ch = x64.shape[:2]
     C = plan.logA.shape[0]
     R = plan.rot.n_angles
     m = idx.shape[1]
     P, Q = plan.grid_shape
     H, W = plan.image_shape
+    w = _weights(w, n)
+    idx = np.ascontiguousarray(idx, dtype=np.int64)
     fil = plan.filters.reshape(C, R, Ch, H, -1)
-    every = m == R and np.array_equal(idx, np.broadcast_to(np.arange(R), idx.shape))
-    if every:
-        y = xhat[:, None, None, 0] * fil[None, :, :, 0]
-        for ch in range(1, Ch):
-            y += xhat[:, None, None, ch] * fil[None, :, :, ch]
-    else:
-        y = xhat[:, None, None, 0] * fil[:, idx, 0].transpose(1, 0, 2, 3, 4)
-        for ch in range(1, Ch):
-            y += xhat[:, None, None, ch] * fil[:, idx, ch].transpose(1, 0, 2, 3, 4)
-    y = y.reshape(n, C * m, H, -1)
-    loss = kernels.correlate_fft(xhat, y, (P, Q), (H, W), workers=plan.workers,
-                                 product=lambda a, b: b).reshape(n, C, m, P, Q)
-    loss = np.ascontiguousarray(loss, dtype=np.float64)
     xb = plan.rot.window_sums(np.einsum("kdhw,dhw->khw", x64, plan.lamB), plan.workers)  # (n, P, Q)
     xbt = 2.0 * xb - plan.disc_b2
     face_sq = np.ascontiguousarray(plan.face_sq[:, idx].transpose(1, 0, 2))  # (n, C, m)
     log_rho = np.ascontiguousarray(plan.log_rho[idx])  # (n, m)
-    if _nb is not None and weights is None:
+    loss = np.empty((n, C, m, P, Q))
+    if _nb is not None:
+        y = np.empty((n, C, m) + fil.shape[-2:], dtype=np.result_type(xhat.dtype, fil.dtype))
+        _nb.product(xhat, fil, idx, y)
+        corr = kernels.correlate_fft(xhat, y.reshape(n, C * m, H, -1), (P, Q), (H, W), workers=plan.workers,
+                                     product=lambda a, b: b)
+        del y
         lg = np.empty_like(loss)
-        _nb.loss_and_logits(loss.reshape(n, C, m, P * Q), face_sq, xbt.reshape(n, P * Q),
-                            np.ascontiguousarray(plan.logA.reshape(C, P * Q)), log_rho, lg.reshape(n, C, m, P * Q))
+        umax = np.empty((n, C, m))
+        uarg = np.empty((n, C, m), dtype=np.int64)
+        _nb.logits(corr, face_sq.reshape(n, C * m), xbt.reshape(n, P * Q),
+                   np.ascontiguousarray(plan.logA.reshape(C, P * Q)), log_rho, w, m, loss.reshape(n, C * m, P * Q),
+                   lg.reshape(n, C * m, P * Q), umax.reshape(n, C * m), uarg.reshape(n, C * m))
     else:
+        if m == R and np.array_equal(idx, np.broadcast_to(np.arange(R), idx.shape)):
+            y = xhat[:, None, None, 0] * fil[None, :, :, 0]
+            for ch in range(1, Ch):
+                y += xhat[:, None, None, ch] * fil[None, :, :, ch]
+        else:
+            y = xhat[:, None, None, 0] * fil[:, idx, 0].transpose(1, 0, 2, 3, 4)
+            for ch in range(1, Ch):
+                y += xhat[:, None, None, ch] * fil[:, idx, ch].transpose(1, 0, 2, 3, 4)
+        loss[...] = kernels.correlate_fft(xhat, y.reshape(n, C * m, H, -1), (P, Q), (H, W), workers=plan.workers,
+                                          product=lambda a, b: b).reshape(n, C, m, P, Q)
         loss *= -2.0
         loss += xbt[:, None, None]
         loss += face_sq[..., None, None]
-        if weights is not None:
-            loss *= weights[:, None, None, None, None]
-        lg = (plan.logA[None, :, None] + log_rho[:, None, :, None, None]) - loss
+        lg = (plan.logA[None, :, None] + log_rho[:, None, :, None, None]) - w[:, None, None, None, None] * loss
+        flat = lg.reshape(n, C, m, P * Q)
+        uarg = np.argmax(flat, axis=3)
+        umax = np.take_along_axis(flat, uarg[..., None], axis=3)[..., 0]
     resid = x64 - plan.params.background
-    rss = np.einsum("kd,d->k", np.einsum("kdij,kdij->kd", resid, resid), plan.lam)
-    base = plan.log_const - (rss if weights is None else weights * rss)
-    return lg, loss, base
+    # the background's share of the loss, weighted as the rest: w_k·||x_k - B||² (brightness: x' = (x - b)/a,
+    # w = a², so base is log p of the frame with every face's loss relative to it, `rotbright`)
+    base = plan.log_const - w * np.einsum("kd,d->k", np.einsum("kdij,kdij->kd", resid, resid), plan.lam)
+    return SimpleNamespace(lg=lg, loss=loss, base=base, umax=umax, uarg=uarg, w=w)
+
+
+def _image_max(umax, uarg, PQ):
+    """Each image's largest logit and its first flat index over (face, angle, corner), from the units'."""
+    n = umax.shape[0]
+    rows = np.arange(n)
+    flat = umax.reshape(n, -1)
+    best = np.argmax(flat, axis=1)
+    return flat[rows, best], best * PQ + uarg.reshape(n, -1)[rows, best]
 
 
 def _choose_sets(la, old, width, hard):
@@ -226,47 +261,69 @@ def _scatter_rows(target, rows, values, weights=None):
     flat += S @ values.reshape(e, -1)
 
 
-def _batch_sums(plan, acc, x64, xhat, q, idx, qd, weights=None):
-    """Add a batch's M-step sums (N, S_F crops, S_F_hat, XC) under q (n, C, m, P, Q) over angles idx (n, m).
+def _crop_entries(q, nnz):
+    """The entries above `Q_THRESHOLD` of the units summed by crops (at most `MAX_CROPS` of them each):
+    images k, units u, corners (flat) d and values, in (k, u, d) order. q (n, E, P·Q); nnz (n, E)."""
+    units = np.argwhere((nnz > 0) & (nnz <= MAX_CROPS))
+    if _nb is not None:
+        counts = nnz[units[:, 0], units[:, 1]]
+        starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        d = np.empty(int(starts[-1]), dtype=np.int64)
+        v = np.empty(int(starts[-1]))
+        _nb.entries(q, units, starts, Q_THRESHOLD, d, v)
+        return np.repeat(units[:, 0], counts), np.repeat(units[:, 1], counts), d, v
+    keep = np.zeros(nnz.shape, dtype=bool)
+    keep[units[:, 0], units[:, 1]] = True
+    k, u, d = np.nonzero((q > Q_THRESHOLD) & keep[:, :, None])
+    return k, u, d, q[k, u, d]
 
-    `weights` (n,), optional: image k's S_F and XC shares times u_k (N stays the posterior's counts)."""
+
+def _batch_sums(plan, acc, x64, xhat, q, idx, qd, nnz, sw=None):
+    """Add a batch's M-step sums under q (n, C, m, P, Q) over angles idx (n, m): N, and S_F, S_F_hat and XC
+    with each image's share weighted by sw (n,; None: ones).
+
+    Each (image, class) unit with at most `MAX_CROPS` entries above
+    `Q_THRESHOLD` (nnz (n, C·m)) adds its crops, those with more add in the
+    frequency domain, those with none add nothing measurable. qd (n, P, Q):
+    the posterior over corners.
+    """
     n, C, m, P, Q = q.shape
     R = plan.rot.n_angles
     h = plan.rot.face_shape[0]
     H, W = plan.image_shape
-    cls = (np.arange(C)[None, :, None] * R + idx[:, None, :]).reshape(n, C * m)  # (face, angle) class per entry
-    qf = q.reshape(n, C * m, P, Q)
+    cls = (np.arange(C)[None, :, None] * R + idx[:, None, :]).reshape(n, C * m)  # (face, angle) class per unit
+    qf = q.reshape(n, C * m, P * Q)
     if m == R:
-        acc.N += qf.sum(axis=0)
+        acc.N += qf.sum(axis=0).reshape(acc.N.shape)
     else:
         _scatter_rows(acc.N, cls.ravel(), qf.reshape(n * C * m, P * Q))
     cov = plan.rot.coverage(qd, plan.workers)  # (n, H, W)
-    if weights is not None:
-        cov *= weights[:, None, None]
+    if sw is not None:
+        cov *= sw[:, None, None]
     acc.XC += np.einsum("kdhw,khw->dhw", x64, cov)
-    big = qf > Q_THRESHOLD
-    sparse = np.count_nonzero(big.reshape(n, -1), axis=1) <= MAX_CROPS
-    if sparse.any():
-        k, e, i, j = np.nonzero(big & sparse[:, None, None, None])
-        wq = qf[k, e, i, j] if weights is None else qf[k, e, i, j] * weights[k]
-        _scatter_rows(acc.S_F, cls[k, e], _gather_windows(x64, k, i, j, h), wq)
-    dense = np.flatnonzero(~sparse)
-    if dense.size:
-        qh = np.conj(sfft.rfft2(qf[dense], s=(H, W), axes=(-2, -1), workers=plan.workers))  # (nd, C·m, H, Wr)
-        if weights is not None:
-            qh *= weights[dense, None, None, None]
-        xd = xhat[dense].astype(np.complex128)
-        if acc.S_F_hat is None:
-            acc.S_F_hat = np.zeros((C * R, xd.shape[1], H, xd.shape[-1]), dtype=np.complex128)
-        if m == R:
-            acc.S_F_hat += np.einsum("kdhw,kehw->edhw", xd, qh)
+    k, u, d, v = _crop_entries(qf, nnz)
+    if k.size:
+        i, j = np.divmod(d, Q)
+        if sw is not None:
+            v = v * sw[k]
+        if _nb is not None:
+            _nb.crop_sums(x64, k, cls[k, u], i, j, v, acc.S_F)
         else:
-            prod = xd[:, None] * qh[:, :, None]  # (nd, C·m, Ch, H, Wr)
-            _scatter_rows(acc.S_F_hat, cls[dense].ravel(), prod.reshape((-1,) + prod.shape[2:]))
+            _scatter_rows(acc.S_F, cls[k, u], _gather_windows(x64, k, i, j, h), v)
+    kd, ud = np.nonzero(nnz > MAX_CROPS)
+    if kd.size:
+        qd_ = qf[kd, ud].reshape(-1, P, Q)
+        if sw is not None:
+            qd_ = qd_ * sw[kd, None, None]
+        qh = np.conj(sfft.rfft2(qd_, s=(H, W), axes=(-2, -1), workers=plan.workers))  # (e, H, Wr)
+        if acc.S_F_hat is None:
+            acc.S_F_hat = np.zeros((C * R, x64.shape[1], H, qh.shape[-1]), dtype=np.complex128)
+        prod = xhat[kd].astype(np.complex128) * qh[:, None]  # (e, Ch, H, Wr)
+        _scatter_rows(acc.S_F_hat, cls[kd, ud], prod)
 
 
 def chunk_pass(chunk, plan, centres, *, full=True, width=2, per_image=True, output=None, with_moments=None,
-               weights=None, on_posterior=None):
+               weights=None, sum_weights=None, on_posterior=None):
     """The rotation E-step on one chunk and its sufficient statistics.
 
     Parameters
@@ -285,13 +342,18 @@ def chunk_pass(chunk, plan, centres, *, full=True, width=2, per_image=True, outp
         (stats, new_centres, array). These passes score every angle and keep no windows.
     with_moments : bool, optional
         Compute SX and SXX; None: as the plan says.
-    weights : ndarray (n,), optional
-        Each image's loss times w_k (per-image brightness, `emface.engine.rotbright`: w_k = a_k²).
+    weights : array (n,), optional
+        A weight on each image's whole loss: its logits are
+        ``log A + log ρ - w_k·L_k`` (None: all ones, the note's model).
+    sum_weights : array (n,), optional
+        A weight on each image's share of the face and coverage sums (S_F and
+        XC; N is not weighted). None: all ones.
     on_posterior : callable, optional
-        ``on_posterior(rows, idx, post) -> u or None``, called per batch before its sums (rows: the
-        batch's images in the chunk; idx (n, m) their angles; post: ``q`` (soft, else None),
-        ``qd`` (n, P, Q), ``el`` (n,) ``E_q[loss]``, ``hard`` (c, angle index, i, j) or None); a
-        returned u (n,) weighs each image's S_F and XC (`emface.engine.rotbright`'s ECM step).
+        ``on_posterior(rows, idx, post) -> sum weights (n,) or None``, called per batch before its sums
+        (rows: the batch's images in the chunk; idx (n, m) their angles; post: ``q`` (soft, else None),
+        ``qd`` (n, P, Q), ``el`` (n,) the unweighted ``E_q[L]``, ``hard`` (c, angle index, i, j) or
+        None); what it returns replaces `sum_weights` for the batch (`emface.engine.rotbright`'s ECM
+        update of each image's brightness, whose sums take the updated gains and offsets).
 
     Returns
     -------
@@ -306,6 +368,8 @@ def chunk_pass(chunk, plan, centres, *, full=True, width=2, per_image=True, outp
     R = plan.rot.n_angles
     P, Q = plan.grid_shape
     h = plan.rot.face_shape[0]
+    w_all = _weights(weights, n)
+    sw_all = None if sum_weights is None else _weights(sum_weights, n)
     centres = np.asarray(centres, dtype=np.int64).copy()
     if full or output is not None:
         centres_in = centres
@@ -317,11 +381,12 @@ def chunk_pass(chunk, plan, centres, *, full=True, width=2, per_image=True, outp
                          chi2=np.empty(n))
     new_centres = centres.copy()
     out = None if output is None else np.full((n, C, R, P, Q), -np.inf if output == "log_joint" else 0.0)
+    Wr = W // 2 + 1
     for group in (np.flatnonzero(centres < 0), np.flatnonzero(centres >= 0)):
         if group.size == 0:
             continue
         m = R if centres[group[0]] < 0 else _windows(np.zeros(1, dtype=np.int64), R, width).shape[1]
-        per = 8 * C * m * P * Q * 5 + 16 * C * m * H * (W // 2 + 1) + 8 * Ch * H * W * 4
+        per = C * m * (16 * H * Wr + 8 * P * W + 8 * P * Q * 3) + 8 * Ch * H * W * 4
         step = max(1, BATCH_BYTES // per)
         for a in range(0, group.size, step):
             g = group[a:a + step]
@@ -329,12 +394,12 @@ def chunk_pass(chunk, plan, centres, *, full=True, width=2, per_image=True, outp
                 idx = np.broadcast_to(np.arange(R), (g.size, R))
             else:
                 idx = _windows(centres[g], R, width)
-            lg, loss, base = _batch_logits(plan, xhat[g], x64[g], idx, None if weights is None else weights[g])
+            bl = _batch_logits(plan, xhat[g], x64[g], idx, w_all[g])
             if output == "log_joint":
-                out[g] = lg + base[:, None, None, None, None]
+                out[g] = bl.lg + bl.base[:, None, None, None, None]
             choose = centres_in[g] if (full and output is None) else None
-            cen = _batch_posterior(plan, acc, pi, g, lg, loss, base, idx, x64[g], xhat[g], output, out, choose,
-                                   width, on_posterior)
+            cen = _batch_posterior(plan, acc, pi, g, bl, idx, x64[g], xhat[g], output, out, choose, width,
+                                   None if sw_all is None else sw_all[g], on_posterior)
             new_centres[g] = centres[g] if cen is None else cen
     with_m = plan.with_moments if with_moments is None else with_moments
     SX, SXX = kernels.moments(x64) if with_m else (None, None)
@@ -356,17 +421,23 @@ def chunk_pass(chunk, plan, centres, *, full=True, width=2, per_image=True, outp
     return stats, new_centres
 
 
-def _soft_posterior(lg, loss, choose, width):
+def _soft_posterior(bl, choose, width):
     """Soft posterior of a batch, q (n, C, m, P, Q) written over the logits, restricted to new windows when
     `choose` (the old centres) is given. Returns q, top (log-sum-exp), arg, maxp, the per-angle marginal
-    (n, m), ``E_q[L]`` (n,), the marginal over angles (n, C, P, Q), and the new centres (or None)."""
+    (n, m), ``E_q[L]`` (n,), the marginal over angles (n, C, P, Q), the count of entries above
+    `Q_THRESHOLD` per (face, angle) (n, C·m), and the new centres (or None)."""
+    lg, loss = bl.lg, bl.loss
     n, C, m, P, Q = lg.shape
+    mx, arg = _image_max(bl.umax, bl.uarg, P * Q)
     flat = lg.reshape(n, C, m, P * Q)
-    arg = np.argmax(lg.reshape(n, -1), axis=1)
-    mx = lg.reshape(n, -1)[np.arange(n), arg]
-    flat -= mx[:, None, None, None]
-    np.exp(flat, out=flat)  # numpy's vectorised exp beats a loop's
-    ang = flat.sum(axis=(1, 3))  # (n, m)
+    if _nb is not None:
+        usum = np.empty((n, C * m))
+        _nb.exp_units(lg.reshape(n, C * m, P * Q), mx, usum)
+        ang = usum.reshape(n, C, m).sum(axis=1)
+    else:
+        flat -= mx[:, None, None, None]
+        np.exp(flat, out=flat)
+        ang = flat.sum(axis=(1, 3))  # (n, m)
     cen = None
     allowed = np.ones((n, m), dtype=bool)
     if choose is not None:
@@ -377,9 +448,12 @@ def _soft_posterior(lg, loss, choose, width):
     z = ang.sum(axis=1)
     weight = allowed / z[:, None]
     if _nb is not None:
-        el = np.empty(n)
+        el_b = np.empty((n, C, _BLOCKS))
         qcd = np.empty((n, C, P * Q))
-        _nb.normalise(flat, weight, loss.reshape(n, C, m, P * Q), el, qcd)
+        cnt = np.empty((n, C * m, _BLOCKS), dtype=np.int64)
+        _nb.normalise(flat, weight, loss.reshape(n, C, m, P * Q), Q_THRESHOLD, _BLOCKS, el_b, qcd, cnt)
+        el = el_b.sum(axis=(1, 2))
+        nnz = cnt.sum(axis=2)
         qcd = qcd.reshape(n, C, P, Q)
     else:
         flat *= weight[:, None, :, None]
@@ -387,21 +461,20 @@ def _soft_posterior(lg, loss, choose, width):
             el = np.einsum("ij,ij->i", flat.reshape(n, -1), np.where(flat > 0, loss.reshape(flat.shape), 0.0)
                            .reshape(n, -1))
         qcd = lg.sum(axis=2)
-    return lg, mx + np.log(z), arg, 1.0 / z, ang / z[:, None], el, qcd, cen
+        nnz = np.count_nonzero(flat > Q_THRESHOLD, axis=3).reshape(n, C * m)
+    return lg, mx + np.log(z), arg, 1.0 / z, ang / z[:, None], el, qcd, nnz, cen
 
 
-def _batch_posterior(plan, acc, pi, g, lg, loss, base, idx, x64, xhat, output, out, choose, width, on_posterior=None):
+def _batch_posterior(plan, acc, pi, g, bl, idx, x64, xhat, output, out, choose, width, sw=None, on_posterior=None):
     """The posterior of a batch, its per-image summaries and its sums; returns the new windows (or None)."""
+    lg, loss, base, w = bl.lg, bl.loss, bl.base, bl.w
     n, C, m, P, Q = lg.shape
     rows = np.arange(n)
     if plan.hard:
-        flat = lg.reshape(n, -1)
-        arg = np.argmax(flat, axis=1)
-        top = flat[rows, arg]
+        top, arg = _image_max(bl.umax, bl.uarg, P * Q)
         cen = None
         if choose is not None:
-            la = lg.transpose(0, 2, 1, 3, 4).reshape(n, m, -1).max(axis=2)
-            cen, _ = _choose_sets(la, choose, width, True)
+            cen, _ = _choose_sets(bl.umax.max(axis=1), choose, width, True)
         maxp, ent = np.ones(n), np.zeros(n)
         c, rem = np.divmod(arg, m * P * Q)
         j, d = np.divmod(rem, P * Q)
@@ -411,7 +484,7 @@ def _batch_posterior(plan, acc, pi, g, lg, loss, base, idx, x64, xhat, output, o
         el = loss.reshape(n, -1)[rows, arg]
         q = None
     else:
-        q, top, arg, maxp, qr, el, qcd, cen = _soft_posterior(lg, loss, choose, width)
+        q, top, arg, maxp, qr, el, qcd, nnz, cen = _soft_posterior(bl, choose, width)
         c, rem = np.divmod(arg, m * P * Q)
         j, d = np.divmod(rem, P * Q)
         i, jj = np.divmod(d, Q)
@@ -420,29 +493,29 @@ def _batch_posterior(plan, acc, pi, g, lg, loss, base, idx, x64, xhat, output, o
             logA = np.where(np.isfinite(plan.logA), plan.logA, 0.0)
             logr = np.where(np.isfinite(plan.log_rho), plan.log_rho, 0.0)[idx]
         prior_part = np.einsum("kcpq,cpq->k", qcd, logA) + np.einsum("kj,kj->k", qr, logr)
-        ent = np.maximum(top - (prior_part - el), 0.0)  # H(q) = log Z - E_q[logit]
+        ent = np.maximum(top - (prior_part - w * el), 0.0)  # H(q) = log Z - E_q[logit]
     pi.arg[g, 0], pi.arg[g, 1], pi.arg[g, 2] = c, i, jj
     pi.r[g] = idx[rows, j]
     pi.ll[g] = top + base
     pi.maxp[g] = maxp
     pi.ent[g] = ent
     pi.cprob[g] = cprob
-    pi.near[g] = kernels.neighbour_gains(loss.reshape(n, C * m, P, Q), arg)
-    pi.chi2[g] = 2.0 * ((plan.log_const - base) + el)
+    pi.near[g] = w[:, None] * kernels.neighbour_gains(loss.reshape(n, C * m, P, Q), arg)
+    pi.chi2[g] = 2.0 * ((plan.log_const - base) + w * el)
     if output == "q":
         qq = q if q is not None else _one_hot(lg.shape, arg)
         for k in range(m):
             out[g, :, idx[:, k]] = qq[:, :, k]
     if output != "log_joint":
         qd = None if plan.hard else qcd.sum(axis=1)
-        u = None
         if on_posterior is not None:
-            u = on_posterior(g, idx, SimpleNamespace(q=q, qd=qd, el=el,
-                                                     hard=(c, idx[rows, j], i, jj) if plan.hard else None))
+            upd = on_posterior(g, idx, SimpleNamespace(q=q, qd=qd, el=el,
+                                                       hard=(c, idx[rows, j], i, jj) if plan.hard else None))
+            sw = sw if upd is None else upd
         if plan.hard:
-            _hard_sums(plan, acc, x64, c, idx[rows, j], i, jj, u)
+            _hard_sums(plan, acc, x64, c, idx[rows, j], i, jj, sw)
         else:
-            _batch_sums(plan, acc, x64, xhat, q, idx, qd, u)
+            _batch_sums(plan, acc, x64, xhat, q, idx, qd, nnz, sw)
     return cen
 
 
@@ -452,20 +525,22 @@ def _one_hot(shape, arg):
     return q
 
 
-def _hard_sums(plan, acc, x64, c, r, i, j, weights=None):
+def _hard_sums(plan, acc, x64, c, r, i, j, sw=None):
     """The sums of one-hot posteriors at (face c, angle r, corner (i, j)): counts, crops and disc coverages
-    (image k's crop and coverage times ``weights[k]`` when given)."""
+    (crops and coverages weighted by sw (n,), None: ones)."""
     n = len(c)
     R = plan.rot.n_angles
     h = plan.rot.face_shape[0]
-    P, Q = plan.grid_shape
     cls = c * R + r
+    v = np.ones(n) if sw is None else np.asarray(sw, dtype=np.float64)
     np.add.at(acc.N, (cls, i, j), 1.0)
-    _scatter_rows(acc.S_F, cls, _gather_windows(x64, np.arange(n), i, j, h), weights)
+    if _nb is not None:
+        _nb.crop_sums(x64, np.arange(n), cls, i, j, v, acc.S_F)
+    else:
+        _scatter_rows(acc.S_F, cls, _gather_windows(x64, np.arange(n), i, j, h), v)
     D = plan.rot.mask
     for k in range(n):  # a disc pasted per image: h² values each
-        wD = D if weights is None else weights[k] * D
-        acc.XC[:, i[k]:i[k] + h, j[k]:j[k] + h] += x64[k, :, i[k]:i[k] + h, j[k]:j[k] + h] * wD
+        acc.XC[:, i[k]:i[k] + h, j[k]:j[k] + h] += x64[k, :, i[k]:i[k] + h, j[k]:j[k] + h] * (D * v[k])
 
 
 # ----------------------------------------------------------------------------- M-step and objectives
