@@ -141,3 +141,22 @@ def test_cli_writes_gain_offset_and_angle_columns(tmp_path):
         rows = list(csv.DictReader(fh))
     assert len(rows) == 40 and {"angle", "gain", "offset"} <= set(rows[0])
     assert abs(np.mean([float(row["gain"]) for row in rows]) - 1.0) < 1e-6
+
+
+def test_checkpoint_resume_and_out_of_core(tmp_path):
+    X, *_ = _stack(40, 18, 8, 6, 0.4, seed=7)
+    ck = tmp_path / "ck.npz"
+    _fit(FaceEM((8, 8), rotations=6, brightness="per_image", random_state=0, max_iter=4, tol=0.0, checkpoint=ck,
+                checkpoint_every=2, n_init=1), X)
+    est = FaceEM.resume(ck)
+    assert est.gains_ is not None and est.gains_.shape == (40,)
+    _fit(est, X)
+    assert est.n_iter_ >= 4 and est.brightness_ == "per_image"
+    mm = np.lib.format.open_memmap(tmp_path / "x.npy", mode="w+", dtype=np.float64, shape=X.shape)
+    mm[:] = X
+    mm.flush()
+    a = _fit(FaceEM((8, 8), rotations=6, brightness="per_image", random_state=0, n_init=1, max_iter=15), X)
+    b = _fit(FaceEM((8, 8), rotations=6, brightness="per_image", random_state=0, n_init=1, max_iter=15,
+                    max_memory="2MB"), np.load(tmp_path / "x.npy", mmap_mode="r"))
+    assert np.array_equal(a.positions_, b.positions_)
+    assert np.allclose(a.gains_, b.gains_, atol=1e-8) and np.allclose(a.face_, b.face_, atol=1e-6)
