@@ -161,3 +161,24 @@ def crop_sums(x, ek, ecls, ei, ej, eq, S_F):
             for ch in range(Ch):
                 for b in range(h):
                     S_F[r, ch, a, b] += v * x[k, ch, i + a, j + b]
+
+
+@nb.njit(**OPTS)
+def near_gains(loss, arg, Q, offsets, out):
+    """`kernels.neighbour_gains` of a batch: ``out[k, t] = L(c*, r*, d*) - L(c*, r*, d* + offsets[t])``,
+    -inf off the grid. loss (n, E, P·Q); arg (n,) flat over (E, P·Q); offsets (T, 2); out (n, T)."""
+    n, E, PQ = loss.shape
+    P = PQ // Q
+    for k in range(n):
+        u = arg[k] // PQ
+        d = arg[k] % PQ
+        i = d // Q
+        j = d % Q
+        top = loss[k, u, d]
+        for t in range(offsets.shape[0]):
+            ii = i + offsets[t, 0]
+            jj = j + offsets[t, 1]
+            if 0 <= ii < P and 0 <= jj < Q:
+                out[k, t] = top - loss[k, u, ii * Q + jj]
+            else:
+                out[k, t] = -np.inf

@@ -36,7 +36,7 @@ import scipy.sparse as sp
 from .records import Stats
 from . import kernels
 from .chunk import chunk_spectra, standardized
-from ._formulas import gaussian_log_norm
+from ._formulas import NEAR_OFFSETS, gaussian_log_norm
 from .brightness import weighted_normalisers
 from .mstep import (MStepInfo, _background_from, _expected_log, _gaussian_term, _noise_from, _smoothing_term,
                     expected_sse, face_sums, prior_from_counts)
@@ -500,7 +500,7 @@ def _batch_posterior(plan, acc, pi, g, bl, idx, x64, xhat, output, out, choose, 
     pi.maxp[g] = maxp
     pi.ent[g] = ent
     pi.cprob[g] = cprob
-    pi.near[g] = w[:, None] * kernels.neighbour_gains(loss.reshape(n, C * m, P, Q), arg)
+    pi.near[g] = w[:, None] * _near(loss, arg)
     pi.chi2[g] = 2.0 * ((plan.log_const - base) + w * el)
     if output == "q":
         qq = q if q is not None else _one_hot(lg.shape, arg)
@@ -517,6 +517,16 @@ def _batch_posterior(plan, acc, pi, g, bl, idx, x64, xhat, output, out, choose, 
         else:
             _batch_sums(plan, acc, x64, xhat, q, idx, qd, nnz, sw)
     return cen
+
+
+def _near(loss, arg):
+    """`kernels.neighbour_gains` of the batch's losses (n, C, m, P, Q) about each image's arg-max (flat)."""
+    n, C, m, P, Q = loss.shape
+    if _nb is None:
+        return kernels.neighbour_gains(loss.reshape(n, C * m, P, Q), arg)
+    out = np.empty((n, len(NEAR_OFFSETS)))
+    _nb.near_gains(loss.reshape(n, C * m, P * Q), np.ascontiguousarray(arg, dtype=np.int64), Q, NEAR_OFFSETS, out)
+    return out
 
 
 def _one_hot(shape, arg):
