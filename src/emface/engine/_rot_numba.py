@@ -32,10 +32,10 @@ def product(xhat, fil, idx, y):
     n, Ch, H, Wr = xhat.shape
     C = fil.shape[0]
     m = idx.shape[1]
-    for t in nb.prange(n * C * m):
-        k = t // (C * m)
-        c = (t // m) % C
-        j = t % m
+    for t in nb.prange(n * C * m):  # the image innermost: a full sweep reads each filter once per thread
+        k = t % n
+        c = t // (n * m)
+        j = (t // n) % m
         r = idx[k, j]
         for a in range(H):
             for b in range(Wr):
