@@ -22,6 +22,25 @@ the posterior mass outside that window is at most `SETTLE` (a loss of at most
 better; else all angles. The bound reported is that of the restricted q, so
 it never decreases between full sweeps, and by at most `SETTLE` per image
 switching to a window at a full sweep (far below rounding).
+
+**Per-image weights.** ``chunk_pass(weights=w)`` scales each image's whole
+loss, ``logit = log A + log ρ - w_k·L_k`` (the brightness model's ``a_k²``
+on the standardised image), and ``sum_weights`` each image's share of S_F and
+XC; both default to ones (the note's model, bit for bit).
+
+**Where the time goes, and how it is spent** (128×128, 48×48: P·Q = 6,561
+corners; a full sweep scores 36 angles, a window 5). A batch of images is
+cut into *units*, one per (image, face, angle): per unit one spectral product
+and one inverse FFT of the P rows and Q columns kept (about two thirds of a
+full sweep's time: the floor of this method), then fused Numba loops
+(`_rot_numba`, threads over units, float64): losses, logits and each unit's
+maximum in one pass; the exponentials in a second (an entry more than 746
+nats below the image's maximum is exactly 0 in float64 and skips its
+``exp``), then the normalisation with ``E_q[L]``, the marginal over angles and
+each unit's count of entries above `Q_THRESHOLD`. The sums choose per unit:
+at most `MAX_CROPS` entries add their crops (and, if all an image's units
+do, their discs to XC), more add in the frequency domain (one FFT). The numpy
+route below each call computes the same (tests hold them together to 1e-12).
 """
 
 from __future__ import annotations
