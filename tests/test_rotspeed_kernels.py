@@ -227,3 +227,20 @@ def test_units_mix_crops_and_spectra(monkeypatch):
     N, S, XC, _ = ref.sums(X, q, theta.face_shape[0])
     assert close(face_sums(stats).reshape(S.shape[:2] + (1, 6, 6)), np.moveaxis(S, -1, 2))
     assert close(stats.XC, np.moveaxis(XC, -1, 0))
+
+
+def test_cover_sums_are_the_discs_of_the_entries():
+    n, Ch, H, W, h = 3, 2, 9, 8, 4
+    x = RNG.normal(size=(n, Ch, H, W))
+    e = 7
+    k = RNG.integers(0, n, e)
+    i = RNG.integers(0, H - h + 1, e)
+    j = RNG.integers(0, W - h + 1, e)
+    v = RNG.random(e)
+    D = (RNG.random((h, h)) > 0.3).astype(float)
+    XC = np.zeros((Ch, H, W))
+    nbk.cover_sums(x, k, i, j, v, D, XC)
+    want = np.zeros_like(XC)
+    for t in range(e):
+        want[:, i[t]:i[t] + h, j[t]:j[t] + h] += v[t] * D * x[k[t], :, i[t]:i[t] + h, j[t]:j[t] + h]
+    assert close(XC, want, 1e-12)

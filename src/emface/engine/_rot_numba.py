@@ -32,10 +32,10 @@ def product(xhat, fil, idx, y):
     n, Ch, H, Wr = xhat.shape
     C = fil.shape[0]
     m = idx.shape[1]
-    for t in nb.prange(n * C * m):
-        k = t // (C * m)
-        c = (t // m) % C
-        j = t % m
+    for t in nb.prange(n * C * m):  # the image innermost: a full sweep reads each filter once per thread
+        k = t % n
+        c = t // (n * m)
+        j = (t // n) % m
         r = idx[k, j]
         for a in range(H):
             for b in range(Wr):
@@ -182,3 +182,20 @@ def near_gains(loss, arg, Q, offsets, out):
                 out[k, t] = top - loss[k, u, ii * Q + jj]
             else:
                 out[k, t] = -np.inf
+
+
+@nb.njit(parallel=True, **OPTS)
+def cover_sums(x, ek, ei, ej, eq, D, XC):
+    """``XC[:, ei[e]:ei[e]+h, ej[e]:ej[e]+h] += eq[e] · D ∘ x[ek[e], :, same window]`` for every entry e, in
+    order (threads over the image's rows). x (n, Ch, H, W); D (h, h) float 0/1; XC (Ch, H, W)."""
+    Ch, H = XC.shape[0], XC.shape[1]
+    h = D.shape[0]
+    for y in nb.prange(H):
+        for e in range(ek.shape[0]):
+            a = y - ei[e]
+            if a < 0 or a >= h:
+                continue
+            k, j, v = ek[e], ej[e], eq[e]
+            for ch in range(Ch):
+                for b in range(h):
+                    XC[ch, y, j + b] += (v * D[a, b]) * x[k, ch, y, j + b]

@@ -22,6 +22,25 @@ the posterior mass outside that window is at most `SETTLE` (a loss of at most
 better; else all angles. The bound reported is that of the restricted q, so
 it never decreases between full sweeps, and by at most `SETTLE` per image
 switching to a window at a full sweep (far below rounding).
+
+**Per-image weights.** ``chunk_pass(weights=w)`` scales each image's whole
+loss, ``logit = log A + log ρ - w_k·L_k`` (the brightness model's ``a_k²``
+on the standardised image), and ``sum_weights`` each image's share of S_F and
+XC; both default to ones (the note's model, bit for bit).
+
+**Where the time goes, and how it is spent** (128×128, 48×48: P·Q = 6,561
+corners; a full sweep scores 36 angles, a window 5). A batch of images is
+cut into *units*, one per (image, face, angle): per unit one spectral product
+and one inverse FFT of the P rows and Q columns kept (about two thirds of a
+full sweep's time: the floor of this method), then fused Numba loops
+(`_rot_numba`, threads over units, float64): losses, logits and each unit's
+maximum in one pass; the exponentials in a second (an entry more than 746
+nats below the image's maximum is exactly 0 in float64 and skips its
+``exp``), then the normalisation with ``E_q[L]``, the marginal over angles and
+each unit's count of entries above `Q_THRESHOLD`. The sums choose per unit:
+at most `MAX_CROPS` entries add their crops (and, if all an image's units
+do, their discs to XC), more add in the frequency domain (one FFT). The numpy
+route below each call computes the same (tests hold them together to 1e-12).
 """
 
 from __future__ import annotations
@@ -283,9 +302,11 @@ def _batch_sums(plan, acc, x64, xhat, q, idx, qd, nnz, sw=None):
     with each image's share weighted by sw (n,; None: ones).
 
     Each (image, class) unit with at most `MAX_CROPS` entries above
-    `Q_THRESHOLD` (nnz (n, C·m)) adds its crops, those with more add in the
-    frequency domain, those with none add nothing measurable. qd (n, P, Q):
-    the posterior over corners.
+    `Q_THRESHOLD` (nnz (n, C·m)) adds its crops to S_F, those with more add
+    in the frequency domain, those with none add nothing measurable. XC: an
+    image whose units all add crops adds its entries' discs (``q·D∘x`` on
+    each window), the others ``x ∘ (qd ⊛ D)`` by FFT, with qd (n, P, Q) the
+    posterior over corners.
     """
     n, C, m, P, Q = q.shape
     R = plan.rot.n_angles
@@ -297,25 +318,33 @@ def _batch_sums(plan, acc, x64, xhat, q, idx, qd, nnz, sw=None):
         acc.N += qf.sum(axis=0).reshape(acc.N.shape)
     else:
         _scatter_rows(acc.N, cls.ravel(), qf.reshape(n * C * m, P * Q))
-    cov = plan.rot.coverage(qd, plan.workers)  # (n, H, W)
-    if sw is not None:
-        cov *= sw[:, None, None]
-    acc.XC += np.einsum("kdhw,khw->dhw", x64, cov)
+    spectral = nnz > MAX_CROPS
+    by_fft = np.flatnonzero(spectral.any(axis=1))
+    if by_fft.size:
+        cov = plan.rot.coverage(qd[by_fft], plan.workers)  # (e, H, W)
+        if sw is not None:
+            cov *= sw[by_fft, None, None]
+        acc.XC += np.einsum("kdhw,khw->dhw", x64[by_fft], cov)
     k, u, d, v = _crop_entries(qf, nnz)
     if k.size:
         i, j = np.divmod(d, Q)
         if sw is not None:
             v = v * sw[k]
+        disc = ~spectral.any(axis=1)[k]
+        D = plan.rot.mask.astype(np.float64)
         if _nb is not None:
             _nb.crop_sums(x64, k, cls[k, u], i, j, v, acc.S_F)
+            _nb.cover_sums(x64, k[disc], i[disc], j[disc], v[disc], D, acc.XC)
         else:
             _scatter_rows(acc.S_F, cls[k, u], _gather_windows(x64, k, i, j, h), v)
-    kd, ud = np.nonzero(nnz > MAX_CROPS)
+            for e in np.flatnonzero(disc):
+                acc.XC[:, i[e]:i[e] + h, j[e]:j[e] + h] += (v[e] * D) * x64[k[e], :, i[e]:i[e] + h, j[e]:j[e] + h]
+    kd, ud = np.nonzero(spectral)
     if kd.size:
-        qd_ = qf[kd, ud].reshape(-1, P, Q)
+        qs = qf[kd, ud].reshape(-1, P, Q)
         if sw is not None:
-            qd_ = qd_ * sw[kd, None, None]
-        qh = np.conj(sfft.rfft2(qd_, s=(H, W), axes=(-2, -1), workers=plan.workers))  # (e, H, Wr)
+            qs = qs * sw[kd, None, None]
+        qh = np.conj(sfft.rfft2(qs, s=(H, W), axes=(-2, -1), workers=plan.workers))  # (e, H, Wr)
         if acc.S_F_hat is None:
             acc.S_F_hat = np.zeros((C * R, x64.shape[1], H, qh.shape[-1]), dtype=np.complex128)
         prod = xhat[kd].astype(np.complex128) * qh[:, None]  # (e, Ch, H, Wr)
