@@ -450,6 +450,7 @@ def _soft_posterior(bl, choose, width):
     n, C, m, P, Q = lg.shape
     mx, arg = _image_max(bl.umax, bl.uarg, P * Q)
     flat = lg.reshape(n, C, m, P * Q)
+    usum = None
     if _nb is not None:
         usum = np.empty((n, C * m))
         _nb.exp_units(lg.reshape(n, C * m, P * Q), mx, usum)
@@ -471,7 +472,7 @@ def _soft_posterior(bl, choose, width):
         el_b = np.empty((n, C, _BLOCKS))
         qcd = np.empty((n, C, P * Q))
         cnt = np.empty((n, C * m, _BLOCKS), dtype=np.int64)
-        _nb.normalise(flat, weight, loss.reshape(n, C, m, P * Q), Q_THRESHOLD, _BLOCKS, el_b, qcd, cnt)
+        _nb.normalise(flat, usum, weight, loss.reshape(n, C, m, P * Q), Q_THRESHOLD, _BLOCKS, el_b, qcd, cnt)
         el = el_b.sum(axis=(1, 2))
         nnz = cnt.sum(axis=2)
         qcd = qcd.reshape(n, C, P, Q)
