@@ -13,13 +13,15 @@ angle) pairs as its classes: ``N`` (C·R, P, Q), ``S_F`` (C·R, Ch, h, h) =
 templates as faces is the expected residual.
 
 **Sparse angle search** (Neal and Hinton, 1998). Each image has a set of
-angles its posterior may use: all of them, or a window of ``2·width + 1``
-grid steps about a centre; q is 0 outside. `chunk_pass` takes each image's
-set (`centres`, -1: all angles). On a full sweep (``full=True``) every angle
-is scored and each image gets a new set: the window about its best angle when
-the posterior mass outside that window is at most `SETTLE` (a loss of at most
-`SETTLE` nats in its bound) and, if it had a window before, that window is not
-better; else all angles. The bound reported is that of the restricted q, so
+angles its posterior may use: all of them, or a window of ``2·half + 1``
+grid steps about a centre (half = 0, ..., `width`); q is 0 outside.
+`chunk_pass` takes each image's set (`centres`, -1: all angles). On a full
+sweep (``full=True``) every angle is scored and each image gets a new set:
+the narrowest window about its best angle whose posterior mass outside is at
+most `SETTLE` (a loss of at most `SETTLE` nats in its bound; a sharp
+posterior keeps 1 or 3 angles, so a pass over the windows scores fewer than
+2·width + 1 angles an image) and, if it had a window before, that window is
+not better; else all angles. Hard EM keeps the full width. The bound reported is that of the restricted q, so
 it never decreases between full sweeps, and by at most `SETTLE` per image
 switching to a window at a full sweep (far below rounding).
 
@@ -214,34 +216,59 @@ def _image_max(umax, uarg, PQ):
 
 
 def _choose_sets(la, old, width, hard):
-    """New angle windows from per-angle scores la (n, R): (centres (n,), allowed (n, R) bool).
+    """New angle windows from per-angle scores la (n, R): (windows (n,), allowed (n, R) bool).
 
     Soft EM: la is each angle's log-sum-exp of the logits (hard EM: their
-    maximum); an image gets the window about its best angle when the window
-    loses at most `SETTLE` of its mass (hard EM: always, the maximum is
-    inside), unless its previous window scores higher (then it keeps that
-    one: its bound never drops); else all angles.
+    maximum); an image gets the narrowest window (half-width 0 to `width`)
+    about its best angle that loses at most `SETTLE` of its mass (hard EM:
+    always, the full width: the maximum is inside), unless its previous
+    window scores higher (then it keeps that one: its bound never drops);
+    else all angles (-1). Windows are coded as `_window_code` gives them.
     """
     n, R = la.shape
     red = (lambda a, axis: np.max(a, axis=axis)) if hard else _lse
     total = red(la, 1)
     best = np.argmax(la, axis=1)
+    half = np.full(n, width, dtype=np.int64)
     inside = red(np.take_along_axis(la, _windows(best, R, width), axis=1), 1)
     with np.errstate(invalid="ignore"):
-        lost = 1.0 - np.exp(np.minimum(inside - total, 0.0))
-    settled = np.isfinite(total) & (hard | (lost <= SETTLE))
-    centres = np.where(settled, best, -1)
-    had = (old >= 0) & (old < R)
+        settled = np.isfinite(total) & (hard | (1.0 - np.exp(np.minimum(inside - total, 0.0)) <= SETTLE))
+        for w in range(width - 1, -1, -1) if not hard else ():
+            ins = red(np.take_along_axis(la, _windows(best, R, w), axis=1), 1)
+            ok = settled & (1.0 - np.exp(np.minimum(ins - total, 0.0)) <= SETTLE)
+            half = np.where(ok, w, half)
+            inside = np.where(ok, ins, inside)
+    centres = np.where(settled, _window_code(best, half, R, width), -1)
+    had = (old >= 0) & (old < R * (width + 1))
     if had.any():
-        old_in = red(np.take_along_axis(la, _windows(np.where(had, old, 0), R, width), axis=1), 1)
+        old_in = np.full(n, -np.inf)
+        for c, w, rows in _window_groups(np.where(had, old, -1), R, width):
+            old_in[rows] = red(np.take_along_axis(la[rows], _windows(c, R, w), axis=1), 1)
         centres = np.where(had & settled & (old_in > inside), old, centres)
     allowed = np.ones((n, R), dtype=bool)
     sp = centres >= 0
     if sp.any():
         allowed[sp] = False
-        w = _windows(centres[sp], R, width)
-        allowed[np.repeat(np.flatnonzero(sp), w.shape[1]), w.ravel()] = True
+        for c, w, rows in _window_groups(centres, R, width):
+            win = _windows(c, R, w)
+            allowed[np.repeat(rows, win.shape[1]), win.ravel()] = True
     return centres, allowed
+
+
+def _window_code(centre, half, R, width):
+    """An image's window as one int: ``centre + R·(width - half)`` (a code below R: the full half-width, as
+    the windows were coded before they could be narrower). -1 codes all angles."""
+    return np.asarray(centre) + R * (width - np.asarray(half))
+
+
+def _window_groups(codes, R, width):
+    """The images with a window, grouped by half-width: (centres, half-width, rows) per group, widest first."""
+    codes = np.asarray(codes)
+    half = width - codes // R
+    for w in range(width, -1, -1):
+        rows = np.flatnonzero((codes >= 0) & (half == w))
+        if rows.size:
+            yield codes[rows] % R, w, rows
 
 
 def _lse(a, axis):
@@ -357,7 +384,9 @@ def chunk_pass(chunk, plan, centres, *, full=True, width=2, per_image=True, outp
     chunk : Chunk
     plan : RotPlan
     centres : int array (n,)
-        Each image's angle window (its centre's index), -1 for all angles.
+        Each image's angle window, -1 for all angles: its centre's index
+        (half-width `width`), or ``centre + R·(width - half)`` for a narrower
+        window (the codes this function returns).
     full : bool
         Score every angle and choose new windows (a full sweep); else each
         image scores only its own set.
@@ -402,18 +431,19 @@ def chunk_pass(chunk, plan, centres, *, full=True, width=2, per_image=True, outp
     new_centres = centres.copy()
     out = None if output is None else np.full((n, C, R, P, Q), -np.inf if output == "log_joint" else 0.0)
     Wr = W // 2 + 1
-    for group in (np.flatnonzero(centres < 0), np.flatnonzero(centres >= 0)):
+    groups = [(None, -1, np.flatnonzero(centres < 0))] + list(_window_groups(centres, R, width))
+    for _, half, group in groups:
         if group.size == 0:
             continue
-        m = R if centres[group[0]] < 0 else _windows(np.zeros(1, dtype=np.int64), R, width).shape[1]
+        m = R if half < 0 else _windows(np.zeros(1, dtype=np.int64), R, half).shape[1]
         per = C * m * (16 * H * Wr + 8 * P * W + 8 * P * Q * 3) + 8 * Ch * H * W * 4
         step = max(1, BATCH_BYTES // per)
         for a in range(0, group.size, step):
             g = group[a:a + step]
-            if centres[g[0]] < 0:
+            if half < 0:
                 idx = np.broadcast_to(np.arange(R), (g.size, R))
             else:
-                idx = _windows(centres[g], R, width)
+                idx = _windows(centres[g] % R, R, half)
             bl = _batch_logits(plan, xhat[g], x64[g], idx, w_all[g])
             if output == "log_joint":
                 out[g] = bl.lg + bl.base[:, None, None, None, None]
