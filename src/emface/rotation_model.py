@@ -16,9 +16,10 @@ ints; -1: all angles). The schedule:
   iteration whose gain per image was below `stall` (the bound stalls: the
   estimator sets it to its `tol`), and before EM may stop (the loop asks
   `confirm_converged`: a run never ends on a sparse pass);
-- a sweep scores every angle and gives each image the window of
-  ``2·width + 1`` angles about its best one when its posterior leaves at most
-  `emface.engine.rotstep.SETTLE` outside it (hard EM: always), else all angles;
+- a sweep scores every angle and gives each image the narrowest window of
+  ``2·half + 1`` angles (half ≤ width) about its best one whose posterior
+  leaves at most `emface.engine.rotstep.SETTLE` outside it (hard EM: always,
+  half = width), else all angles;
 - the other passes score each image's window only, q = 0 elsewhere;
 - an over-relaxed candidate (`emface.em.run_em`) whose pass would sweep
   scores the windows instead, once: if it is rejected the plain EM step's
