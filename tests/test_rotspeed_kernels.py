@@ -11,6 +11,7 @@ from conftest import close
 from emface.engine import _rot_numba as nbk
 from emface.engine import kernels
 from emface.engine import rotstep as rs
+from emface.engine import rotsums
 from emface.engine._formulas import NEAR_OFFSETS
 from emface.engine.chunk import Chunk
 from emface.engine.mstep import face_sums
@@ -166,11 +167,17 @@ def _weighted_log_joint(theta, X, w):
     return lp + b + w[:, None, None, None, None] * (lj - lp - b)
 
 
+def _numpy_route(monkeypatch):
+    """The numpy route of the pass and of its sums (no fused loops)."""
+    monkeypatch.setattr(rs, "_nb", None)
+    monkeypatch.setattr(rotsums, "_nb", None)
+
+
 @pytest.mark.parametrize("fused", [True, False])
 def test_loss_weights_against_brute_force(monkeypatch, fused):
     theta, X = _problem(0)
     if not fused:
-        monkeypatch.setattr(rs, "_nb", None)
+        _numpy_route(monkeypatch)
     w = np.array([0.5, 1.0, 1.7])
     plan = rs.make_rot_plan(theta, cache_spectra=False)
     stats, _, out = rs.chunk_pass(Chunk(X), plan, np.full(3, -1), output="log_joint", weights=w)
@@ -193,7 +200,7 @@ def test_loss_weights_against_brute_force(monkeypatch, fused):
 def test_sum_weights_against_brute_force(monkeypatch, fused, hard):
     theta, X = _problem(1)
     if not fused:
-        monkeypatch.setattr(rs, "_nb", None)
+        _numpy_route(monkeypatch)
     w = np.array([0.5, 1.0, 1.7])
     sw = np.array([2.0, 0.25, 1.5])
     C, R = theta.n_faces, len(theta.angles)
@@ -225,7 +232,7 @@ def test_units_mix_crops_and_spectra(monkeypatch):
     nnz = np.count_nonzero(q > rs.Q_THRESHOLD, axis=(3, 4))
     limit = 17
     assert (nnz[nnz > 0] <= limit).any() and (nnz > limit).any()
-    monkeypatch.setattr(rs, "MAX_CROPS", limit)
+    monkeypatch.setattr(rotsums, "MAX_CROPS", limit)
     plan = rs.make_rot_plan(theta, cache_spectra=False)
     stats, _ = rs.chunk_pass(Chunk(X), plan, np.full(4, -1), full=False)
     N, S, XC, _ = ref.sums(X, q, theta.face_shape[0])

@@ -22,23 +22,27 @@ def _setup(**kw):
     return ex, model, start
 
 
-def test_a_candidate_defers_a_due_sweep_once():
-    ex, model, theta = _setup()
+def test_a_candidate_defers_a_due_sweep():
+    ex, model, theta = _setup(sweep_every=2)
     stats = model.e_step(ex, theta)  # the first pass sweeps and gives windows
     theta, _ = model.m_step(stats, theta)
     assert model.full_passes == 1
     model._state["next_full"] = True  # a sweep is due
-    cand = model.extrapolate(theta, theta, 1.5)
-    model.e_step(ex, cand)  # the candidate scores the windows
+    model.e_step(ex, model.extrapolate(theta, theta, 1.5))  # the candidate scores the windows
     assert (model.full_passes, model.sparse_passes) == (1, 1)
     model.e_step(ex, theta)  # rejected: the plain step sweeps
     assert (model.full_passes, model.sparse_passes) == (2, 1)
-    # a candidate after a deferral sweeps (no second deferral in a row)
-    model._state["next_full"] = True
+    # accepted candidates defer the sweep until 2·sweep_every passes have gone without one
+    model._state.update(next_full=True, since_full=2)
     model.e_step(ex, model.extrapolate(theta, theta, 1.5))
-    model._state["next_full"] = True
+    assert (model.full_passes, model.sparse_passes) == (2, 2)
+    model._state.update(next_full=True, since_full=3)
     model.e_step(ex, model.extrapolate(theta, theta, 1.5))
     assert (model.full_passes, model.sparse_passes) == (3, 2)
+    # a plain pass that is due sweeps
+    model._state.update(next_full=True, since_full=0)
+    model.e_step(ex, theta)
+    assert (model.full_passes, model.sparse_passes) == (4, 2)
 
 
 def test_bound_never_decreases_with_deferred_sweeps():

@@ -22,10 +22,11 @@ ints; -1: all angles). The schedule:
   half = width), else all angles;
 - the other passes score each image's window only, q = 0 elsewhere;
 - an over-relaxed candidate (`emface.em.run_em`) whose pass would sweep
-  scores the windows instead, once: if it is rejected the plain EM step's
-  pass sweeps, else the next pass does (a rejected candidate no longer costs
-  a sweep of all angles; the candidate is kept only if its restricted bound
-  is higher, so the bound still never decreases).
+  scores the windows instead: if it is rejected the plain EM step's pass
+  sweeps, else a later pass does, at the latest after ``2·sweep_every``
+  passes without a sweep (a rejected candidate no longer costs a sweep of all
+  angles; a candidate is kept only if its restricted bound is higher, so the
+  bound still never decreases).
 
 The windows an M-step adopts are those of the pass whose statistics it is
 given (an over-relaxed candidate that is rejected changes nothing). The bound
@@ -101,7 +102,7 @@ class RotationMixture(FaceMixture):
     def reset(self):
         """Forget the images' angle windows (a new stack, or a new run)."""
         self._state.update(centres=None, next_full=True, since_full=0, passes=[], last_full=True,
-                           last_loglik=None, candidate=False, deferred=False)
+                           last_loglik=None, candidate=False)
 
     # ------------------------------------------------------------------ the steps
     def e_step(self, executor, params, *, chunks=None, per_image=True, with_moments=None):
@@ -111,9 +112,10 @@ class RotationMixture(FaceMixture):
         if st["centres"] is None or len(st["centres"]) != K:
             st["centres"] = np.full(K, -1, dtype=np.int64)
         batch = chunks is None and per_image
-        # an over-relaxed candidate defers a due sweep once: the plain step sweeps if it is rejected
-        defer = st.pop("candidate", False) and st["next_full"] and not st.get("deferred", False)
-        st["deferred"] = defer
+        # an over-relaxed candidate defers a due sweep (the plain step sweeps if it is rejected), up to
+        # 2·sweep_every passes without one
+        defer = (st.pop("candidate", False) and st["next_full"]
+                 and st["since_full"] + 1 < 2 * self.sweep_every)
         full = not batch or self.angle_search == "full" or (st["next_full"] and not defer)
         cached = getattr(executor.source, "cache_budget", 0) > 0
         plan = _rotstep().make_rot_plan(params, hard=self.hard, dtype=executor.config.dtype, workers=executor.config.workers,
