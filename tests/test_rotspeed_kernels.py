@@ -11,6 +11,7 @@ from conftest import close
 from emface.engine import _rot_numba as nbk
 from emface.engine import kernels
 from emface.engine import rotstep as rs
+from emface.engine import rotsums
 from emface.engine._formulas import NEAR_OFFSETS
 from emface.engine.chunk import Chunk
 from emface.engine.mstep import face_sums
@@ -80,13 +81,15 @@ def test_normalise_is_the_numpy_expression(blocks):
     n, C, m, PQ = 3, 2, 4, 23
     e = RNG.random((n, C, m, PQ)) * (RNG.random((n, C, m, PQ)) > 0.3)
     e[0, 0, 0, :5] = 1e-30
+    e[1, 1, 2] = 0.0  # a unit that underflowed whole: skipped
+    usum = e.reshape(n, C * m, PQ).sum(axis=2)
     weight = RNG.random((n, m)) * (RNG.random((n, m)) > 0.2)
     loss = RNG.normal(size=(n, C, m, PQ))
     el = np.empty((n, C, blocks))
     qcd = np.empty((n, C, PQ))
     cnt = np.empty((n, C * m, blocks), dtype=np.int64)
     q = e.copy()
-    nbk.normalise(q, weight, loss, 1e-24, blocks, el, qcd, cnt)
+    nbk.normalise(q, usum, weight, loss, 1e-24, blocks, el, qcd, cnt)
     want = e * weight[:, None, :, None]
     assert close(q, want, 1e-12)
     assert close(el.sum(axis=(1, 2)), np.einsum("kcjd,kcjd->k", want, np.where(want > 0, loss, 0.0)), 1e-12)
@@ -162,11 +165,17 @@ def _weighted_log_joint(theta, X, w):
     return lp + c + w[:, None, None, None, None] * (lj - lp - c)
 
 
+def _numpy_route(monkeypatch):
+    """The numpy route of the pass and of its sums (no fused loops)."""
+    monkeypatch.setattr(rs, "_nb", None)
+    monkeypatch.setattr(rotsums, "_nb", None)
+
+
 @pytest.mark.parametrize("fused", [True, False])
 def test_loss_weights_against_brute_force(monkeypatch, fused):
     theta, X = _problem(0)
     if not fused:
-        monkeypatch.setattr(rs, "_nb", None)
+        _numpy_route(monkeypatch)
     w = np.array([0.5, 1.0, 1.7])
     plan = rs.make_rot_plan(theta, cache_spectra=False)
     stats, _, out = rs.chunk_pass(Chunk(X), plan, np.full(3, -1), output="log_joint", weights=w)
@@ -189,7 +198,7 @@ def test_loss_weights_against_brute_force(monkeypatch, fused):
 def test_sum_weights_against_brute_force(monkeypatch, fused, hard):
     theta, X = _problem(1)
     if not fused:
-        monkeypatch.setattr(rs, "_nb", None)
+        _numpy_route(monkeypatch)
     w = np.array([0.5, 1.0, 1.7])
     sw = np.array([2.0, 0.25, 1.5])
     C, R = theta.n_faces, len(theta.angles)
@@ -221,7 +230,7 @@ def test_units_mix_crops_and_spectra(monkeypatch):
     nnz = np.count_nonzero(q > rs.Q_THRESHOLD, axis=(3, 4))
     limit = 17
     assert (nnz[nnz > 0] <= limit).any() and (nnz > limit).any()
-    monkeypatch.setattr(rs, "MAX_CROPS", limit)
+    monkeypatch.setattr(rotsums, "MAX_CROPS", limit)
     plan = rs.make_rot_plan(theta, cache_spectra=False)
     stats, _ = rs.chunk_pass(Chunk(X), plan, np.full(4, -1), full=False)
     N, S, XC, _ = ref.sums(X, q, theta.face_shape[0])
@@ -244,3 +253,13 @@ def test_cover_sums_are_the_discs_of_the_entries():
     for t in range(e):
         want[:, i[t]:i[t] + h, j[t]:j[t] + h] += v[t] * D * x[k[t], :, i[t]:i[t] + h, j[t]:j[t] + h]
     assert close(XC, want, 1e-12)
+
+
+def test_single_precision_correlations_run_the_same_loops():
+    """A float32 plan (complex64 spectra and products) goes through the fused loops as float64 does."""
+    theta, X = _problem(3)
+    a = rs.chunk_pass(Chunk(X), rs.make_rot_plan(theta, cache_spectra=False), np.full(3, -1))[0]
+    b = rs.chunk_pass(Chunk(X), rs.make_rot_plan(theta, dtype=np.float32, cache_spectra=False), np.full(3, -1))[0]
+    assert np.array_equal(a.positions, b.positions) and np.array_equal(a.angle_index, b.angle_index)
+    assert close(b.image_loglik, a.image_loglik, 1e-5)
+    assert close(face_sums(b), face_sums(a), 1e-4)

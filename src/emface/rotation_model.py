@@ -16,10 +16,17 @@ ints; -1: all angles). The schedule:
   iteration whose gain per image was below `stall` (the bound stalls: the
   estimator sets it to its `tol`), and before EM may stop (the loop asks
   `confirm_converged`: a run never ends on a sparse pass);
-- a sweep scores every angle and gives each image the window of
-  ``2·width + 1`` angles about its best one when its posterior leaves at most
-  `emface.engine.rotstep.SETTLE` outside it (hard EM: always), else all angles;
-- the other passes score each image's window only, q = 0 elsewhere.
+- a sweep scores every angle and gives each image the narrowest window of
+  ``2·half + 1`` angles (half ≤ width) about its best one whose posterior
+  leaves at most `emface.engine.rotstep.SETTLE` outside it (hard EM: always,
+  half = width), else all angles;
+- the other passes score each image's window only, q = 0 elsewhere;
+- an over-relaxed candidate (`emface.em.run_em`) whose pass would sweep
+  scores the windows instead: if it is rejected the plain EM step's pass
+  sweeps, else a later pass does, at the latest after ``2·sweep_every``
+  passes without a sweep (a rejected candidate no longer costs a sweep of all
+  angles; a candidate is kept only if its restricted bound is higher, so the
+  bound still never decreases).
 
 The windows an M-step adopts are those of the pass whose statistics it is
 given (an over-relaxed candidate that is rejected changes nothing). The bound
@@ -110,7 +117,7 @@ class RotationMixture(FaceMixture):
     def reset(self):
         """Forget the images' angle windows (a new stack, or a new run)."""
         self._state.update(centres=None, next_full=True, since_full=0, passes=[], last_full=True,
-                           last_loglik=None)
+                           last_loglik=None, candidate=False)
 
     # ------------------------------------------------------------------ the steps
     def e_step(self, executor, params, *, chunks=None, per_image=True, with_moments=None):
@@ -120,7 +127,11 @@ class RotationMixture(FaceMixture):
         if st["centres"] is None or len(st["centres"]) != K:
             st["centres"] = np.full(K, -1, dtype=np.int64)
         batch = chunks is None and per_image
-        full = not batch or self.angle_search == "full" or st["next_full"]
+        # an over-relaxed candidate defers a due sweep (the plain step sweeps if it is rejected), up to
+        # 2·sweep_every passes without one
+        defer = (st.pop("candidate", False) and st["next_full"]
+                 and st["since_full"] + 1 < 2 * self.sweep_every)
+        full = not batch or self.angle_search == "full" or (st["next_full"] and not defer)
         cached = getattr(executor.source, "cache_budget", 0) > 0
         plan = _rotstep().make_rot_plan(params, hard=self.hard, dtype=executor.config.dtype, workers=executor.config.workers,
                              cache_spectra=cached)
@@ -214,7 +225,8 @@ class RotationMixture(FaceMixture):
         return _rotstep().rot_free_energy(stats, params, self.prior_smoothing)
 
     def extrapolate(self, old, new, eta):
-        """`FaceMixture.extrapolate`, and ρ moved in log space as A is."""
+        """`FaceMixture.extrapolate`, and ρ moved in log space as A is (the next pass is a candidate's)."""
+        self._state["candidate"] = True
         base = super().extrapolate(old, new, eta)
         pos = (new.angle_prior > 0) & (old.angle_prior > 0)
         lr = np.full(new.angle_prior.shape, -np.inf)

@@ -100,10 +100,11 @@ def exp_units(lg, mx, usum):
 
 
 @nb.njit(parallel=True, **OPTS)
-def normalise(e, weight, loss, thr, n_blocks, el, qcd, cnt):
+def normalise(e, usum, weight, loss, thr, n_blocks, el, qcd, cnt):
     """In place ``q = e · weight[k, j]`` (weight: 1/Z where the angle is allowed, else 0), with the partial
     sums of block b of the corners: ``el[k, c, b] = Σ_(j, d∈b, q>0) q·loss``, ``qcd[k, c, d] = Σ_j q``,
-    ``cnt[k, c·m + j, b] = #{d ∈ b: q > thr}``.
+    ``cnt[k, c·m + j, b] = #{d ∈ b: q > thr}``. A unit whose e sum to 0 (usum (n, C·m), from `exp_units`)
+    is all zeros and is skipped (most units of a sharp posterior in a sweep of all angles).
 
     e, loss (n, C, m, PQ); weight (n, m); el (n, C, n_blocks), qcd (n, C, PQ), cnt (n, C·m, n_blocks) out.
     """
@@ -119,6 +120,9 @@ def normalise(e, weight, loss, thr, n_blocks, el, qcd, cnt):
             qcd[k, c, d] = 0.0
         acc = 0.0
         for j in range(m):
+            if usum[k, c * m + j] == 0.0:
+                cnt[k, c * m + j, b] = 0
+                continue
             wj = weight[k, j]
             count = 0
             for d in range(lo, hi):

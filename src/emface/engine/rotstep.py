@@ -13,13 +13,15 @@ angle) pairs as its classes: ``N`` (C·R, P, Q), ``S_F`` (C·R, Ch, h, h) =
 templates as faces is the expected residual.
 
 **Sparse angle search** (Neal and Hinton, 1998). Each image has a set of
-angles its posterior may use: all of them, or a window of ``2·width + 1``
-grid steps about a centre; q is 0 outside. `chunk_pass` takes each image's
-set (`centres`, -1: all angles). On a full sweep (``full=True``) every angle
-is scored and each image gets a new set: the window about its best angle when
-the posterior mass outside that window is at most `SETTLE` (a loss of at most
-`SETTLE` nats in its bound) and, if it had a window before, that window is not
-better; else all angles. The bound reported is that of the restricted q, so
+angles its posterior may use: all of them, or a window of ``2·half + 1``
+grid steps about a centre (half = 0, ..., `width`); q is 0 outside.
+`chunk_pass` takes each image's set (`centres`, -1: all angles). On a full
+sweep (``full=True``) every angle is scored and each image gets a new set:
+the narrowest window about its best angle whose posterior mass outside is at
+most `SETTLE` (a loss of at most `SETTLE` nats in its bound; a sharp
+posterior keeps 1 or 3 angles, so a pass over the windows scores fewer than
+2·width + 1 angles an image) and, if it had a window before, that window is
+not better; else all angles. Hard EM keeps the full width. The bound reported is that of the restricted q, so
 it never decreases between full sweeps, and by at most `SETTLE` per image
 switching to a window at a full sweep (far below rounding).
 
@@ -50,7 +52,6 @@ from types import SimpleNamespace
 
 import numpy as np
 import scipy.fft as sfft
-import scipy.sparse as sp
 
 from .records import Stats
 from . import kernels
@@ -60,6 +61,8 @@ from .brightness import weighted_normalisers
 from .mstep import (MStepInfo, _background_from, _expected_log, _gaussian_term, _noise_from, _smoothing_term,
                     expected_sse, face_sums, prior_from_counts)
 from .rotations import Rotations, RotParams
+from .rotsums import Q_THRESHOLD, _batch_sums, _hard_sums
+from .rotwindows import SETTLE, _choose_sets, _window_groups, _windows
 
 try:  # the fused loops of the posterior (numba is a dependency; numpy below computes the same)
     from . import _rot_numba as _nb
@@ -69,13 +72,6 @@ except ImportError:  # pragma: no cover
 __all__ = ["RotPlan", "make_rot_plan", "chunk_pass", "rot_params_from", "rot_objective", "rot_free_energy",
            "rot_expected_sse", "SETTLE", "Q_THRESHOLD"]
 
-#: largest posterior mass an image may leave outside its angle window (its bound loses at most this, in nats)
-SETTLE = 1e-12
-#: posterior entries at or below this add nothing measurable to the sums (see `stats.Q_THRESHOLD`)
-Q_THRESHOLD = 1e-24
-#: (image, face-angle) units whose posterior has at most this many entries above Q_THRESHOLD sum crops
-#: (h² multiply-adds each), the others sum in the frequency domain (an FFT each)
-MAX_CROPS = 48
 #: bytes of the per-batch work arrays (spectral products, correlations, losses, logits)
 BATCH_BYTES = 64 * 2**20
 #: blocks of the corners per (image, face) in the fused normalisation (threads work on the blocks)
@@ -216,141 +212,6 @@ def _image_max(umax, uarg, PQ):
     return flat[rows, best], best * PQ + uarg.reshape(n, -1)[rows, best]
 
 
-def _choose_sets(la, old, width, hard):
-    """New angle windows from per-angle scores la (n, R): (centres (n,), allowed (n, R) bool).
-
-    Soft EM: la is each angle's log-sum-exp of the logits (hard EM: their
-    maximum); an image gets the window about its best angle when the window
-    loses at most `SETTLE` of its mass (hard EM: always, the maximum is
-    inside), unless its previous window scores higher (then it keeps that
-    one: its bound never drops); else all angles.
-    """
-    n, R = la.shape
-    red = (lambda a, axis: np.max(a, axis=axis)) if hard else _lse
-    total = red(la, 1)
-    best = np.argmax(la, axis=1)
-    inside = red(np.take_along_axis(la, _windows(best, R, width), axis=1), 1)
-    with np.errstate(invalid="ignore"):
-        lost = 1.0 - np.exp(np.minimum(inside - total, 0.0))
-    settled = np.isfinite(total) & (hard | (lost <= SETTLE))
-    centres = np.where(settled, best, -1)
-    had = (old >= 0) & (old < R)
-    if had.any():
-        old_in = red(np.take_along_axis(la, _windows(np.where(had, old, 0), R, width), axis=1), 1)
-        centres = np.where(had & settled & (old_in > inside), old, centres)
-    allowed = np.ones((n, R), dtype=bool)
-    sp = centres >= 0
-    if sp.any():
-        allowed[sp] = False
-        w = _windows(centres[sp], R, width)
-        allowed[np.repeat(np.flatnonzero(sp), w.shape[1]), w.ravel()] = True
-    return centres, allowed
-
-
-def _lse(a, axis):
-    mx = np.max(a, axis=axis, keepdims=True)
-    mx = np.where(np.isfinite(mx), mx, 0.0)
-    with np.errstate(divide="ignore"):
-        return np.squeeze(mx, axis) + np.log(np.sum(np.exp(a - mx), axis=axis))
-
-
-def _windows(centres, R, width):
-    """Angle indices of the windows about `centres` (n,): (n, m), m = min(R, 2·width + 1)."""
-    w = min(width, (R - 1) // 2)
-    offs = np.arange(-w, w + 1)
-    if 2 * w + 1 < R or R == 1:
-        return (np.asarray(centres)[:, None] + offs[None, :]) % R
-    return np.broadcast_to(np.arange(R), (len(centres), R)).copy()
-
-
-def _gather_windows(x64, k, i, j, h):
-    """The h×h windows of images k at corners (i, j), (e, Ch·h·h), without copying whole images."""
-    n, Ch, H, W = x64.shape
-    offs = (np.arange(h)[:, None] * W + np.arange(h)[None, :]).ravel()
-    flat = x64.reshape(n, Ch, H * W)
-    return flat[k[:, None, None], np.arange(Ch)[None, :, None], (i * W + j)[:, None, None] + offs[None, None, :]]
-
-
-def _scatter_rows(target, rows, values, weights=None):
-    """``target[rows[e]] += weights[e] · values[e]`` as one sparse product (target (M, ...), values (e, ...))."""
-    e = len(rows)
-    w = np.ones(e) if weights is None else weights
-    S = sp.csr_matrix((w, (rows, np.arange(e))), shape=(target.shape[0], e))
-    flat = target.reshape(target.shape[0], -1)
-    flat += S @ values.reshape(e, -1)
-
-
-def _crop_entries(q, nnz):
-    """The entries above `Q_THRESHOLD` of the units summed by crops (at most `MAX_CROPS` of them each):
-    images k, units u, corners (flat) d and values, in (k, u, d) order. q (n, E, P·Q); nnz (n, E)."""
-    units = np.argwhere((nnz > 0) & (nnz <= MAX_CROPS))
-    if _nb is not None:
-        counts = nnz[units[:, 0], units[:, 1]]
-        starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-        d = np.empty(int(starts[-1]), dtype=np.int64)
-        v = np.empty(int(starts[-1]))
-        _nb.entries(q, units, starts, Q_THRESHOLD, d, v)
-        return np.repeat(units[:, 0], counts), np.repeat(units[:, 1], counts), d, v
-    keep = np.zeros(nnz.shape, dtype=bool)
-    keep[units[:, 0], units[:, 1]] = True
-    k, u, d = np.nonzero((q > Q_THRESHOLD) & keep[:, :, None])
-    return k, u, d, q[k, u, d]
-
-
-def _batch_sums(plan, acc, x64, xhat, q, idx, qd, nnz, sw=None):
-    """Add a batch's M-step sums under q (n, C, m, P, Q) over angles idx (n, m): N, and S_F, S_F_hat and XC
-    with each image's share weighted by sw (n,; None: ones).
-
-    Each (image, class) unit with at most `MAX_CROPS` entries above
-    `Q_THRESHOLD` (nnz (n, C·m)) adds its crops to S_F, those with more add
-    in the frequency domain, those with none add nothing measurable. XC: an
-    image whose units all add crops adds its entries' discs (``q·D∘x`` on
-    each window), the others ``x ∘ (qd ⊛ D)`` by FFT, with qd (n, P, Q) the
-    posterior over corners.
-    """
-    n, C, m, P, Q = q.shape
-    R = plan.rot.n_angles
-    h = plan.rot.face_shape[0]
-    H, W = plan.image_shape
-    cls = (np.arange(C)[None, :, None] * R + idx[:, None, :]).reshape(n, C * m)  # (face, angle) class per unit
-    qf = q.reshape(n, C * m, P * Q)
-    if m == R:
-        acc.N += qf.sum(axis=0).reshape(acc.N.shape)
-    else:
-        _scatter_rows(acc.N, cls.ravel(), qf.reshape(n * C * m, P * Q))
-    spectral = nnz > MAX_CROPS
-    by_fft = np.flatnonzero(spectral.any(axis=1))
-    if by_fft.size:
-        cov = plan.rot.coverage(qd[by_fft], plan.workers)  # (e, H, W)
-        if sw is not None:
-            cov *= sw[by_fft, None, None]
-        acc.XC += np.einsum("kdhw,khw->dhw", x64[by_fft], cov)
-    k, u, d, v = _crop_entries(qf, nnz)
-    if k.size:
-        i, j = np.divmod(d, Q)
-        if sw is not None:
-            v = v * sw[k]
-        disc = ~spectral.any(axis=1)[k]
-        D = plan.rot.mask.astype(np.float64)
-        if _nb is not None:
-            _nb.crop_sums(x64, k, cls[k, u], i, j, v, acc.S_F)
-            _nb.cover_sums(x64, k[disc], i[disc], j[disc], v[disc], D, acc.XC)
-        else:
-            _scatter_rows(acc.S_F, cls[k, u], _gather_windows(x64, k, i, j, h), v)
-            for e in np.flatnonzero(disc):
-                acc.XC[:, i[e]:i[e] + h, j[e]:j[e] + h] += (v[e] * D) * x64[k[e], :, i[e]:i[e] + h, j[e]:j[e] + h]
-    kd, ud = np.nonzero(spectral)
-    if kd.size:
-        qs = qf[kd, ud].reshape(-1, P, Q)
-        if sw is not None:
-            qs = qs * sw[kd, None, None]
-        qh = np.conj(sfft.rfft2(qs, s=(H, W), axes=(-2, -1), workers=plan.workers))  # (e, H, Wr)
-        if acc.S_F_hat is None:
-            acc.S_F_hat = np.zeros((C * R, x64.shape[1], H, qh.shape[-1]), dtype=np.complex128)
-        prod = xhat[kd].astype(np.complex128) * qh[:, None]  # (e, Ch, H, Wr)
-        _scatter_rows(acc.S_F_hat, cls[kd, ud], prod)
-
-
 def chunk_pass(chunk, plan, centres, *, full=True, width=2, per_image=True, output=None, with_moments=None,
                weights=None, sum_weights=None, on_posterior=None):
     """The rotation E-step on one chunk and its sufficient statistics.
@@ -360,7 +221,9 @@ def chunk_pass(chunk, plan, centres, *, full=True, width=2, per_image=True, outp
     chunk : Chunk
     plan : RotPlan
     centres : int array (n,)
-        Each image's angle window (its centre's index), -1 for all angles.
+        Each image's angle window, -1 for all angles: its centre's index
+        (half-width `width`), or ``centre + R·(width - half)`` for a narrower
+        window (the codes this function returns).
     full : bool
         Score every angle and choose new windows (a full sweep); else each
         image scores only its own set.
@@ -411,18 +274,19 @@ def chunk_pass(chunk, plan, centres, *, full=True, width=2, per_image=True, outp
     new_centres = centres.copy()
     out = None if output is None else np.full((n, C, R, P, Q), -np.inf if output == "log_joint" else 0.0)
     Wr = W // 2 + 1
-    for group in (np.flatnonzero(centres < 0), np.flatnonzero(centres >= 0)):
+    groups = [(None, -1, np.flatnonzero(centres < 0))] + list(_window_groups(centres, R, width))
+    for _, half, group in groups:
         if group.size == 0:
             continue
-        m = R if centres[group[0]] < 0 else _windows(np.zeros(1, dtype=np.int64), R, width).shape[1]
+        m = R if half < 0 else _windows(np.zeros(1, dtype=np.int64), R, half).shape[1]
         per = C * m * (16 * H * Wr + 8 * P * W + 8 * P * Q * 3) + 8 * Ch * H * W * 4
         step = max(1, BATCH_BYTES // per)
         for a in range(0, group.size, step):
             g = group[a:a + step]
-            if centres[g[0]] < 0:
+            if half < 0:
                 idx = np.broadcast_to(np.arange(R), (g.size, R))
             else:
-                idx = _windows(centres[g], R, width)
+                idx = _windows(centres[g] % R, R, half)
             bl = _batch_logits(plan, xhat[g], x64[g], idx, w_all[g])
             if output == "log_joint":
                 out[g] = bl.lg + bl.base[:, None, None, None, None]
@@ -459,6 +323,7 @@ def _soft_posterior(bl, choose, width):
     n, C, m, P, Q = lg.shape
     mx, arg = _image_max(bl.umax, bl.uarg, P * Q)
     flat = lg.reshape(n, C, m, P * Q)
+    usum = None
     if _nb is not None:
         usum = np.empty((n, C * m))
         _nb.exp_units(lg.reshape(n, C * m, P * Q), mx, usum)
@@ -480,7 +345,7 @@ def _soft_posterior(bl, choose, width):
         el_b = np.empty((n, C, _BLOCKS))
         qcd = np.empty((n, C, P * Q))
         cnt = np.empty((n, C * m, _BLOCKS), dtype=np.int64)
-        _nb.normalise(flat, weight, loss.reshape(n, C, m, P * Q), Q_THRESHOLD, _BLOCKS, el_b, qcd, cnt)
+        _nb.normalise(flat, usum, weight, loss.reshape(n, C, m, P * Q), Q_THRESHOLD, _BLOCKS, el_b, qcd, cnt)
         el = el_b.sum(axis=(1, 2))
         nnz = cnt.sum(axis=2)
         qcd = qcd.reshape(n, C, P, Q)
@@ -562,24 +427,6 @@ def _one_hot(shape, arg):
     q = np.zeros(shape)
     q.reshape(shape[0], -1)[np.arange(shape[0]), arg] = 1.0
     return q
-
-
-def _hard_sums(plan, acc, x64, c, r, i, j, sw=None):
-    """The sums of one-hot posteriors at (face c, angle r, corner (i, j)): counts, crops and disc coverages
-    (crops and coverages weighted by sw (n,), None: ones)."""
-    n = len(c)
-    R = plan.rot.n_angles
-    h = plan.rot.face_shape[0]
-    cls = c * R + r
-    v = np.ones(n) if sw is None else np.asarray(sw, dtype=np.float64)
-    np.add.at(acc.N, (cls, i, j), 1.0)
-    if _nb is not None:
-        _nb.crop_sums(x64, np.arange(n), cls, i, j, v, acc.S_F)
-    else:
-        _scatter_rows(acc.S_F, cls, _gather_windows(x64, np.arange(n), i, j, h), v)
-    D = plan.rot.mask
-    for k in range(n):  # a disc pasted per image: h² values each
-        acc.XC[:, i[k]:i[k] + h, j[k]:j[k] + h] += x64[k, :, i[k]:i[k] + h, j[k]:j[k] + h] * (D * v[k])
 
 
 # ----------------------------------------------------------------------------- M-step and objectives
