@@ -14,7 +14,9 @@ the default `FaceEM` and only the options named. Figures:
 - the fitted face's correlation with the truth (inside the disc for rotations,
   after turning the fitted face by the one global angle offset);
 - angles within 10° of the truth after that offset;
-- the wall time of the whole fit.
+- the wall time of the whole fit (rotation and cost: also its CPU seconds, all threads, and its
+  iterations: on a shared machine the CPU time is the steadier figure; on a quiet one the wall time of
+  these fits is at most their CPU time).
 """
 
 from __future__ import annotations

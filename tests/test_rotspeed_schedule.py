@@ -43,6 +43,11 @@ def test_a_candidate_defers_a_due_sweep():
     model._state.update(next_full=True, since_full=0)
     model.e_step(ex, theta)
     assert (model.full_passes, model.sparse_passes) == (4, 2)
+    # the sweep that confirms convergence is not deferred
+    model._state.update(last_full=False, since_full=0)
+    assert not model.confirm_converged()
+    model.e_step(ex, model.extrapolate(theta, theta, 1.5))
+    assert (model.full_passes, model.sparse_passes) == (5, 2) and not model._state["confirming"]
 
 
 def test_bound_never_decreases_with_deferred_sweeps():

@@ -26,7 +26,8 @@ ints; -1: all angles). The schedule:
   sweeps, else a later pass does, at the latest after ``2·sweep_every``
   passes without a sweep (a rejected candidate no longer costs a sweep of all
   angles; a candidate is kept only if its restricted bound is higher, so the
-  bound still never decreases).
+  bound still never decreases). The sweep that confirms convergence is not
+  deferred (the run is about to stop).
 
 The windows an M-step adopts are those of the pass whose statistics it is
 given (an over-relaxed candidate that is rejected changes nothing). The bound
@@ -117,7 +118,7 @@ class RotationMixture(FaceMixture):
     def reset(self):
         """Forget the images' angle windows (a new stack, or a new run)."""
         self._state.update(centres=None, next_full=True, since_full=0, passes=[], last_full=True,
-                           last_loglik=None, candidate=False)
+                           last_loglik=None, candidate=False, confirming=False)
 
     # ------------------------------------------------------------------ the steps
     def e_step(self, executor, params, *, chunks=None, per_image=True, with_moments=None):
@@ -128,10 +129,11 @@ class RotationMixture(FaceMixture):
             st["centres"] = np.full(K, -1, dtype=np.int64)
         batch = chunks is None and per_image
         # an over-relaxed candidate defers a due sweep (the plain step sweeps if it is rejected), up to
-        # 2·sweep_every passes without one
-        defer = (st.pop("candidate", False) and st["next_full"]
+        # 2·sweep_every passes without one, and not the sweep that confirms convergence
+        defer = (st.pop("candidate", False) and st["next_full"] and not st["confirming"]
                  and st["since_full"] + 1 < 2 * self.sweep_every)
         full = not batch or self.angle_search == "full" or (st["next_full"] and not defer)
+        st["confirming"] = st["confirming"] and not full
         cached = getattr(executor.source, "cache_budget", 0) > 0
         plan = _rotstep().make_rot_plan(params, hard=self.hard, dtype=executor.config.dtype, workers=executor.config.workers,
                              cache_spectra=cached)
@@ -206,7 +208,7 @@ class RotationMixture(FaceMixture):
         st = self._state
         if st["last_full"] or self.angle_search == "full":
             return True
-        st["next_full"] = True
+        st["next_full"] = st["confirming"] = True
         return False
 
     def start(self, params):
