@@ -181,3 +181,127 @@ def m_step(X, q, angles, F_prev, B_prev, alpha=0.0):
                             sse += q[k, c, r, i, j] * np.sum((X[k] - mean_image(T, B, i, j)) ** 2)
     s = np.full(Ch, math.sqrt(sse / (K * H * W * Ch)))
     return F, B, s, A, rho
+
+
+# ----------------------------------------------------------------------------- per-image brightness
+# X_k = a_k·μ_(c,r,d) + b_k + noise, one gain and one offset per image (gains, offsets: (K,)).
+
+def log_joint_bright(X, F, B, s, A, rho, angles, gains, offsets):
+    """log p(X_k, c, r, d | a_k, b_k, θ) with every mean image built, scaled and shifted: (K, C, R, P, Q)."""
+    K, H, W, Ch = X.shape
+    C, h = F.shape[:2]
+    R = len(angles)
+    P, Q = H - h + 1, W - h + 1
+    const = sum(-0.5 * H * W * math.log(2 * math.pi * s[ch] ** 2) for ch in range(Ch))
+    out = np.empty((K, C, R, P, Q))
+    for c in range(C):
+        for r in range(R):
+            T = rotate(F[c], angles[r])
+            for i in range(P):
+                for j in range(Q):
+                    mu = mean_image(T, B, i, j)
+                    for k in range(K):
+                        res = X[k] - gains[k] * mu - offsets[k]
+                        ll = const - sum(np.sum(res[..., ch] ** 2) / (2 * s[ch] ** 2) for ch in range(Ch))
+                        out[k, c, r, i, j] = ll + math.log(A[c, i, j]) + math.log(rho[r]) \
+                            if A[c, i, j] > 0 and rho[r] > 0 else -math.inf
+    return out
+
+
+def posterior_bright(X, *theta_ab):
+    lj = log_joint_bright(X, *theta_ab)
+    flat = lj.reshape(len(X), -1)
+    e = np.exp(flat - flat.max(axis=1, keepdims=True))
+    return (e / e.sum(axis=1, keepdims=True)).reshape(lj.shape)
+
+
+def log_likelihood_bright(X, *theta_ab):
+    flat = log_joint_bright(X, *theta_ab).reshape(len(X), -1)
+    m = flat.max(axis=1)
+    return m + np.log(np.exp(flat - m[:, None]).sum(axis=1))
+
+
+def update_brightness(X, F, B, s, angles, q):
+    """argmin over (a_k, b_k) of ``E_q Σ_ch ||X_k - a μ - b||² / (2 s_ch²)``: weighted least squares over
+    every (face, angle, corner, pixel) row, one problem per image. Returns gains, offsets (K,)."""
+    K, H, W, Ch = X.shape
+    C, h = F.shape[:2]
+    R = len(angles)
+    P, Q = H - h + 1, W - h + 1
+    a = np.empty(K)
+    b = np.empty(K)
+    Ts = [[rotate(F[c], angles[r]) for r in range(R)] for c in range(C)]
+    for k in range(K):
+        rows, rhs = [], []
+        for c in range(C):
+            for r in range(R):
+                for i in range(P):
+                    for j in range(Q):
+                        if q[k, c, r, i, j] == 0:
+                            continue
+                        mu = mean_image(Ts[c][r], B, i, j)
+                        for ch in range(Ch):
+                            wgt = math.sqrt(q[k, c, r, i, j] / (2 * s[ch] ** 2))
+                            rows.append(np.stack([wgt * mu[..., ch].ravel(), np.full(H * W, wgt)], axis=1))
+                            rhs.append(wgt * X[k, ..., ch].ravel())
+        a[k], b[k] = np.linalg.lstsq(np.concatenate(rows), np.concatenate(rhs), rcond=None)[0]
+    return a, b
+
+
+def m_step_bright(X, q, angles, F_prev, B_prev, gains, offsets, alpha=0.0):
+    """The M-step given each image's (a_k, b_k), from the definitions: A and ρ the marginals, F by a dense
+    solve of the normal equations of ``Σ_k E_q ||X_k - a_k μ - b_k||²`` (a_k²-weighted), B per pixel, s²
+    from explicit residuals. Returns F (C, h, h, Ch), B (H, W, Ch), s (Ch,), A, rho."""
+    K, H, W, Ch = X.shape
+    C, R, P, Q = q.shape[1:]
+    h = F_prev.shape[1]
+    D = disc(h)
+    Ms = [rotation_weights(h, ang) for ang in angles]
+    N = q.sum(axis=0)
+    A = (N.sum(axis=1) + alpha) / (K + alpha * C * P * Q)
+    rho = (N.sum(axis=(0, 2, 3)) + alpha) / (K + alpha * R)
+    F = np.array(F_prev, dtype=np.float64, copy=True)
+    for c in range(C):
+        G = np.zeros((h * h, h * h))
+        rhs = np.zeros((h * h, Ch))
+        for k in range(K):
+            y = X[k] - offsets[k]
+            for r in range(R):
+                for i in range(P):
+                    for j in range(Q):
+                        wq = q[k, c, r, i, j]
+                        if wq == 0:
+                            continue
+                        G += wq * gains[k] ** 2 * Ms[r].T @ Ms[r]
+                        rhs += wq * gains[k] * Ms[r].T @ y[i:i + h, j:j + h].reshape(h * h, Ch)
+        if not G.any():
+            continue
+        act = np.diag(G) > 1e-12 * np.diag(G).max()
+        for ch in range(Ch):
+            f = F[c, ..., ch].ravel().copy()
+            f[act] = np.linalg.solve(G[np.ix_(act, act)], rhs[act, ch] - G[np.ix_(act, ~act)] @ f[~act])
+            F[c, ..., ch] = f.reshape(h, h)
+    num = np.zeros((H, W, Ch))
+    den = np.zeros((H, W))
+    for k in range(K):
+        cov = np.zeros((H, W))
+        for i in range(P):
+            for j in range(Q):
+                cov[i:i + h, j:j + h] += q[k, :, :, i, j].sum() * D
+        num += gains[k] * (X[k] - offsets[k]) * (1 - cov)[..., None]
+        den += gains[k] ** 2 * (1 - cov)
+    B = np.array(B_prev, dtype=np.float64, copy=True)
+    ok = den > 1e-9 * np.sum(np.asarray(gains) ** 2)
+    B[ok] = num[ok] / den[ok][:, None]
+    sse = 0.0
+    for c in range(C):
+        for r in range(R):
+            T = rotate(F[c], angles[r])
+            for i in range(P):
+                for j in range(Q):
+                    mu = mean_image(T, B, i, j)
+                    for k in range(K):
+                        if q[k, c, r, i, j] > 0:
+                            sse += q[k, c, r, i, j] * np.sum((X[k] - gains[k] * mu - offsets[k]) ** 2)
+    s = np.full(Ch, math.sqrt(sse / (K * H * W * Ch)))
+    return F, B, s, A, rho

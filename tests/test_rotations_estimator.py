@@ -156,7 +156,7 @@ def test_out_of_core_memmap_matches_in_memory(tmp_path):
     (dict(rotations=0), "rotations"),
     (dict(rotations=[0, 360]), "distinct"),
     (dict(angle_search="some"), "angle_search"),
-    (dict(brightness="per_image"), "brightness"),
+    (dict(brightness="per_channel"), "not per channel"),
 ])
 def test_refusals(kw, match):
     X, *_ = _stack(10, 16, 8, 4, 0.5, seed=9)

@@ -156,7 +156,8 @@ class FaceEM(PosteriorMixin, BaseEstimator):
             return rotation_model.RotationMixture(
                 tuple(face_shape), int(self.n_faces), hard=bool(self.hard), prior_smoothing=float(self.prior_smoothing),
                 noise=self.noise, noise_floor=floor, angles=rotation_model.check_settings(self),
-                angle_search=self.angle_search, stall=float(self.tol))
+                angle_search=self.angle_search, stall=float(self.tol), brightness_groups=int(brightness_groups),
+                n_images=int(src.n_images))
         return FaceMixture(tuple(face_shape), int(self.n_faces), hard=bool(self.hard),
                            prior_smoothing=float(self.prior_smoothing), noise=self.noise, noise_floor=floor,
                            shift_escape=bool(self.shift_escape), split_merge=bool(self.split_merge),
@@ -177,7 +178,10 @@ class FaceEM(PosteriorMixin, BaseEstimator):
     @staticmethod
     def _brightness_auto(executor, model, best):
         """"auto"'s test at the fitted θ of the note's model (`emface.engine.brightness.brightness_test`),
-        on a sample of the frames (`emface.engine.brightness.probe_frames`): its cost does not grow with K."""
+        on a sample of the frames (`emface.engine.brightness.probe_frames`): its cost does not grow with K.
+        With rotations, its statistic comes from one pass over all angles from a = 1, b = 0."""
+        if isinstance(model, rotation_model.RotationMixture):
+            return brightness_test(model.brightness_gain(executor, best.params), executor.n_images, 1)
         st, bounds = best.stats, executor.source.bounds
         if st is None or st.positions is None:  # no per-image answers kept: one brightness pass from a = 1, b = 0
             ids = [i for i, _ in probe_frames(bounds)]  # over the sample's whole chunks
@@ -258,10 +262,9 @@ class FaceEM(PosteriorMixin, BaseEstimator):
                                 else lambda runs: len(runs) < always),  # the rule's draws know no angles
                 accel=getattr(self, "_accel", None) if warm else None)
             # the test is calibrated at the note's converged fit (its maximum-likelihood θ): a fit stopped
-            # by max_iter, a warm start or a cluster's fit keeps the note's model; rotations keep the note's
-            # brightness (rotation_model.check_settings)
+            # by max_iter, a warm start or a cluster's fit keeps the note's model
             if (self.brightness == "auto" and best.converged and not groups and not warm
-                    and not (is_dask(X) or self.scheduler) and self.rotations is None):
+                    and not (is_dask(X) or self.scheduler)):
                 store["brightness_test"] = test = self._brightness_auto(executor, model, best)
                 if test["significant"]:  # refit from the starts with a gain and an offset per image
                     model = self._model((h, w), src, 1)
@@ -270,7 +273,9 @@ class FaceEM(PosteriorMixin, BaseEstimator):
                     starts = schedule.make_starts(src, model, user, v.check_random_state(self.random_state),
                                                   n_runs=most, init=self.init)
                     best, runs = fit_restarts(executor, model, starts, settings, callback=reporter,
-                                              should_restart=schedule.RestartRule(always, executor, model))
+                                              should_restart=(schedule.RestartRule(always, executor, model)
+                                                              if self.rotations is None
+                                                              else lambda runs: len(runs) < always))
         except KeyboardInterrupt as exc:
             best = getattr(exc, "emface_best", None)
             if best is not None:

@@ -398,9 +398,11 @@ OPTIONS = (
            'and the window\'s pixels outside the disc show the background. Each\n'
            'image\'s angle is then latent too (`posterior_summary(X).angles`,\n'
            '`angles_`, `angle_prior_`). Runs on the CPU (numpy, scipy and numba;\n'
-           'not with the torch backend, Dask, ``empty_frames`` or per-image\n'
-           'brightness: ``"auto"`` fits the note\'s brightness); no shift-escape or\n'
-           'split-merge moves. `sample` then also returns each image\'s angle.',
+           'not with the torch backend, Dask, ``empty_frames`` or\n'
+           '``brightness="per_channel"``: with rotations brightness is one gain and\n'
+           'one offset per image, whose mean offset is not fixed at 0); no\n'
+           'shift-escape or split-merge moves. `sample` then also returns each\n'
+           'image\'s angle.',
            special=(None,), check=_check_rotations, flag="--rotations", cli=dict(type=int, metavar="R"),
            cli_doc="Search R in-plane angles (equally spaced over 360 degrees) as well as positions; the face "
                    "window must be square (the face is the disc inscribed in it)."),

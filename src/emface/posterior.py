@@ -185,12 +185,12 @@ class PosteriorMixin:
         try:
             _check_working_range(ex.source)
             params = ex.source.to_working(self._theta if as_training else self._predictive_theta())
+            params, steps = self._new_brightness(params, ex.n_images, as_training)
             if getattr(params, "angles", None) is not None:  # rotations: their own pass (emface.rotation_model)
                 from .rotation_model import rotation_pass
 
-                stats, full = rotation_pass(ex, params, output=output)
+                stats, full = rotation_pass(ex, params, output=output, fit_steps=steps)
                 return ex, stats, full
-            params, steps = self._new_brightness(params, ex.n_images, as_training)
             if output is None:
                 return ex, ex.pass_stats(params, hard=False, fit_steps=steps), None
             stats, full = ex.collect(params, hard=False, output=output, fit_steps=steps)

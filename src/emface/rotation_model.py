@@ -16,15 +16,31 @@ ints; -1: all angles). The schedule:
   iteration whose gain per image was below `stall` (the bound stalls: the
   estimator sets it to its `tol`), and before EM may stop (the loop asks
   `confirm_converged`: a run never ends on a sparse pass);
-- a sweep scores every angle and gives each image the window of
-  ``2·width + 1`` angles about its best one when its posterior leaves at most
-  `emface.engine.rotstep.SETTLE` outside it (hard EM: always), else all angles;
-- the other passes score each image's window only, q = 0 elsewhere.
+- a sweep scores every angle and gives each image the narrowest window of
+  ``2·half + 1`` angles (half ≤ width) about its best one whose posterior
+  leaves at most `emface.engine.rotstep.SETTLE` outside it (hard EM: always,
+  half = width), else all angles;
+- the other passes score each image's window only, q = 0 elsewhere;
+- an over-relaxed candidate (`emface.em.run_em`) whose pass would sweep
+  scores the windows instead: if it is rejected the plain EM step's pass
+  sweeps, else a later pass does, at the latest after ``2·sweep_every``
+  passes without a sweep (a rejected candidate no longer costs a sweep of all
+  angles; a candidate is kept only if its restricted bound is higher, so the
+  bound still never decreases). The sweep that confirms convergence is not
+  deferred (the run is about to stop).
 
 The windows an M-step adopts are those of the pass whose statistics it is
 given (an over-relaxed candidate that is rejected changes nothing). The bound
 is that of the restricted posteriors: it never decreases (see `rotstep`).
 Incremental sweeps and passes without per-image output score all angles.
+
+**Per-image brightness** (``brightness_groups=1``: one gain a_k and one offset
+b_k per image; not per channel): the pass is `emface.engine.rotbright.chunk_pass`
+(the E-step given (a, b), their ECM update, the sums with the new (a, b)), and
+the M-step fixes mean(a) = 1 by scaling F and B. The offsets' mean is not fixed
+(see `emface.engine.rotbright`). ``brightness="auto"``'s likelihood-ratio test
+runs as for translations, its statistic from one pass over all angles from
+a = 1, b = 0 (`RotationMixture.brightness_gain`).
 
 The moves of `FaceMixture` (shift escape, split and merge) are translation
 moves; with rotations there are none.
@@ -32,10 +48,11 @@ moves; with rotations there are none.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from .engine.brightness import normalize
 from .model import FaceMixture
 
 __all__ = ["RotationMixture", "ANGLE_SEARCHES"]
@@ -49,6 +66,12 @@ def _rotstep():
     from .engine import rotstep
 
     return rotstep
+
+
+def _rotbright():
+    from .engine import rotbright
+
+    return rotbright
 
 
 def _rot_params():
@@ -95,7 +118,7 @@ class RotationMixture(FaceMixture):
     def reset(self):
         """Forget the images' angle windows (a new stack, or a new run)."""
         self._state.update(centres=None, next_full=True, since_full=0, passes=[], last_full=True,
-                           last_loglik=None)
+                           last_loglik=None, candidate=False, confirming=False)
 
     # ------------------------------------------------------------------ the steps
     def e_step(self, executor, params, *, chunks=None, per_image=True, with_moments=None):
@@ -105,16 +128,28 @@ class RotationMixture(FaceMixture):
         if st["centres"] is None or len(st["centres"]) != K:
             st["centres"] = np.full(K, -1, dtype=np.int64)
         batch = chunks is None and per_image
-        full = not batch or self.angle_search == "full" or st["next_full"]
+        # an over-relaxed candidate defers a due sweep (the plain step sweeps if it is rejected), up to
+        # 2·sweep_every passes without one, and not the sweep that confirms convergence
+        defer = (st.pop("candidate", False) and st["next_full"] and not st["confirming"]
+                 and st["since_full"] + 1 < 2 * self.sweep_every)
+        full = not batch or self.angle_search == "full" or (st["next_full"] and not defer)
+        st["confirming"] = st["confirming"] and not full
         cached = getattr(executor.source, "cache_budget", 0) > 0
         plan = _rotstep().make_rot_plan(params, hard=self.hard, dtype=executor.config.dtype, workers=executor.config.workers,
                              cache_spectra=cached)
         pending = st["centres"].copy()
 
+        terms = None if params.gains is None else _rotbright().bright_terms(plan)
+
         def one(chunk, bounds, wm):
             a, b = bounds
-            stats, cen = _rotstep().chunk_pass(chunk, plan, st["centres"][a:b], full=full, width=self.width,
-                                    per_image=per_image, with_moments=wm)
+            ab = executor._brightness(params, a, b)
+            if ab is None:
+                stats, cen = _rotstep().chunk_pass(chunk, plan, st["centres"][a:b], full=full, width=self.width,
+                                                   per_image=per_image, with_moments=wm)
+            else:  # per-image brightness: the E-step given (a, b), their ECM update, the weighted sums
+                stats, cen = _rotbright().chunk_pass(chunk, plan, st["centres"][a:b], *ab, full=full,
+                                                     width=self.width, per_image=per_image, terms=terms)
             pending[a:b] = cen
             return stats
 
@@ -138,7 +173,18 @@ class RotationMixture(FaceMixture):
             params.prior = np.array(previous.prior, copy=True)
             params.angle_prior = np.array(previous.angle_prior, copy=True)
         self._schedule(stats)
-        return params, info
+        return self._with_brightness(params, stats, previous), info
+
+    def _with_brightness(self, params, stats, previous):
+        """θ with the (a, b) of the E-step's images, mean gain 1 (F and B scaled: exact), or `previous`'s.
+
+        The offsets' mean is not fixed with rotations (`emface.engine.rotbright`'s docstring: a common
+        shift of F, B and the offsets is no exact reparametrisation on the disc's interpolated rim).
+        """
+        if self.brightness_groups and stats.gains is not None and len(stats.gains) == self.n_images:
+            F, B, a, _ = normalize(params.faces, params.background, stats.gains, np.zeros_like(stats.offsets))
+            return replace(params, faces=F, background=B, gains=a, offsets=np.array(stats.offsets, copy=True))
+        return super()._with_brightness(params, stats, previous)
 
     def _schedule(self, stats):
         st = self._state
@@ -162,11 +208,13 @@ class RotationMixture(FaceMixture):
         st = self._state
         if st["last_full"] or self.angle_search == "full":
             return True
-        st["next_full"] = True
+        st["next_full"] = st["confirming"] = True
         return False
 
     def start(self, params):
-        """θ with the angle grid and prior: a `Params` start gets ρ uniform."""
+        """θ with the angle grid and prior (a `Params` start gets ρ uniform) and, with per-image
+        brightness, every image's (a, b) (a = 1, b = 0 when it has none)."""
+        params = super().start(params)
         RotParams = _rot_params()
         if isinstance(params, RotParams) and np.array_equal(params.angles, self.angles):
             return params
@@ -179,7 +227,8 @@ class RotationMixture(FaceMixture):
         return _rotstep().rot_free_energy(stats, params, self.prior_smoothing)
 
     def extrapolate(self, old, new, eta):
-        """`FaceMixture.extrapolate`, and ρ moved in log space as A is."""
+        """`FaceMixture.extrapolate`, and ρ moved in log space as A is (the next pass is a candidate's)."""
+        self._state["candidate"] = True
         base = super().extrapolate(old, new, eta)
         pos = (new.angle_prior > 0) & (old.angle_prior > 0)
         lr = np.full(new.angle_prior.shape, -np.inf)
@@ -191,6 +240,16 @@ class RotationMixture(FaceMixture):
 
     def moves(self):
         return []
+
+    def brightness_gain(self, executor, params):
+        """What fitting a gain and an offset per image gains at θ (working units): the summed ECM gain
+        (`Stats.ecm_gain`) of one pass over all angles from a = 1, b = 0, for
+        `emface.engine.brightness.brightness_test` (brightness="auto")."""
+        from .engine.brightness import start_gains
+
+        gains, offsets = start_gains(executor.n_images, 1)
+        probe = replace(self.start(params), gains=gains, offsets=offsets)
+        return float(rotation_pass(executor, probe)[0].ecm_gain)
 
 
 # ----------------------------------------------------------------------------- what the estimator asks
@@ -215,9 +274,9 @@ def check_settings(est, X=None):
                          f"got {tuple(fs)}")
     if est.empty_frames:
         raise ValueError("rotations do not support empty_frames=True yet")
-    if getattr(est, "brightness", "fixed") in ("per_image", "per_channel"):
-        raise ValueError(f"rotations do not support brightness={est.brightness!r} yet: with rotations the fit "
-                         "is the note's brightness (brightness='auto' fits it as 'fixed')")
+    if getattr(est, "brightness", "fixed") == "per_channel":
+        raise ValueError("rotations fit one gain and one offset per image, not per channel: use "
+                         "brightness='per_image' (or 'auto') with rotations")
     if est.device != "cpu" or est.backend == "torch":
         raise ValueError("rotations run on the CPU (numpy and scipy): the torch backend does not support them")
     if est.scheduler is not None or (X is not None and type(X).__module__.startswith("dask.")):
@@ -225,19 +284,28 @@ def check_settings(est, X=None):
     return angles
 
 
-def rotation_pass(executor, params, *, output=None):
+def rotation_pass(executor, params, *, output=None, fit_steps=0):
     """One soft pass over all angles under θ (`RotParams`): Stats, and with `output` ("q" or "log_joint")
-    the array (K, C, R, P, Q) of every image."""
+    the array (K, C, R, P, Q) of every image.
+
+    With per-image brightness (``params.gains``, one row per image of the pass) `fit_steps`
+    alternations of the E-step and the (a, b) update come first (new images, from a = 1, b = 0)."""
     rs = _rotstep()
     plan = rs.make_rot_plan(params, dtype=executor.config.dtype, workers=executor.config.workers,
                          cache_spectra=False)
     C, R = params.n_faces, params.angles.size
     P, Q = params.grid_shape
     full = None if output is None else np.empty((executor.n_images, C, R, P, Q))
+    terms = None if params.gains is None else _rotbright().bright_terms(plan)
 
     def one(chunk, bounds, wm):
         a, b = bounds
-        res = rs.chunk_pass(chunk, plan, np.full(b - a, -1), full=True, output=output, with_moments=wm)
+        ab = executor._brightness(params, a, b)
+        if ab is None:
+            res = rs.chunk_pass(chunk, plan, np.full(b - a, -1), full=True, output=output, with_moments=wm)
+        else:
+            res = _rotbright().chunk_pass(chunk, plan, np.full(b - a, -1), *ab, full=True, output=output,
+                                          fit_steps=fit_steps, terms=terms)
         if output is not None:
             full[a:b] = res[2]
         return res[0]

@@ -144,7 +144,8 @@ class RotParams(Params):
     def from_params(cls, params, angles, angle_prior=None):
         """θ with rotations from a `Params` (its angle prior uniform unless given)."""
         return cls(faces=params.faces, background=params.background, noise_std=params.noise_std,
-                   prior=params.prior, empty_weight=params.empty_weight, angles=angles, angle_prior=angle_prior)
+                   prior=params.prior, empty_weight=params.empty_weight, gains=params.gains, offsets=params.offsets,
+                   angles=angles, angle_prior=angle_prior)
 
     def copy(self):
         return RotParams.from_params(Params.copy(self), self.angles.copy(), self.angle_prior.copy())
@@ -304,8 +305,10 @@ class Rotations:
         """``(D ⋆ z)(d)`` over the P×Q corners: z (..., H, W) -> (..., P, Q) float64, by FFT."""
         P, Q = self.grid_shape
         zh = sfft.rfft2(np.asarray(z, dtype=np.float64), axes=(-2, -1), workers=workers)
-        out = sfft.irfft2(zh * np.conj(self.disc_spectrum()), s=self.image_shape, axes=(-2, -1), workers=workers)
-        return out[..., :P, :Q]
+        zh *= np.conj(self.disc_spectrum())
+        # the inverse transform of the P rows and Q columns kept only (as `kernels.correlate_fft`)
+        rows = sfft.ifft(zh, axis=-2, workers=workers, overwrite_x=True)[..., :P, :]
+        return sfft.irfft(rows, n=self.image_shape[1], axis=-1, workers=workers)[..., :Q]
 
     def coverage(self, q, workers=1):
         """``q ⊛ D``, the probability the disc covers each pixel: q (..., P, Q) -> (..., H, W), by FFT.
