@@ -1,7 +1,7 @@
 """Fused CPU loops of the rotation E-step (`rotstep`): the same formulas, threads over (image, class) units.
 
 Each kernel is the numpy expression named in its docstring (`rotstep` keeps
-that numpy route; tests/test_rotspeed_kernels.py holds each kernel to it to
+that numpy route; tests/test_rotation_kernels.py holds each kernel to it to
 1e-12). A *unit* is one (image k, class u) pair of a batch, u = c·m + j over
 the batch's C faces and m angles: units are many even for a batch of a few
 images, so both threads stay busy. Every kernel takes float64 arrays and
