@@ -57,3 +57,30 @@ def test_truth_file_is_written_through_the_atomic_writer(fitted, tmp_path):
     with np.load(link) as z:
         np.testing.assert_array_equal(z["labels"], truth.labels)
     assert [n for n in os.listdir(tmp_path) if n.startswith(".emface-tmp-")] == []
+
+
+def test_summary_and_positions_name_the_brightness_and_angles_fitted(tmp_path):
+    rng = np.random.default_rng(0)
+    X, _ = make_faces(40, (20, 20), (8, 8), random_state=1)
+    X = X * rng.uniform(0.7, 1.3, len(X))[:, None, None]
+    est = FaceEM((8, 8), rotations=4, brightness="per_image", random_state=0, max_iter=3).fit(X)
+    summ = est.posterior_summary()
+    rows = dict(fit_summary_rows(est, summ, "in.npy", X.shape))
+    assert rows["brightness"] == "a gain and an offset per frame"
+    assert rows["angles"] == "4 (sparse search)"
+    write_fit_report(tmp_path / "report.html", est, summ, write_fit_pictures(tmp_path, est), source="in.npy",
+                     image_shape=X.shape)
+    page = (tmp_path / "report.html").read_text()
+    assert "<th>angle</th>" in page and "<th>gain</th>" in page and "<th>offset</th>" in page
+    assert f"<td>{summ.angles[0]:.4g}</td>" in page and f"<td>{summ.gain[0]:.4g}</td>" in page
+
+
+def test_summary_says_what_autos_test_chose(fitted):
+    X, _, est = fitted
+    rows = dict(fit_summary_rows(est, est.posterior_summary(), "in.npy", X.shape))
+    test = est.brightness_test_
+    if test is None:  # the test runs only on converged fits: this one stopped at max_iter
+        assert rows["brightness"] == "fixed (the note's model)"
+    else:
+        assert rows["brightness"].endswith(f"(chosen by the test: p = {test['p_value']:.3g})")
+    assert "angles" not in rows

@@ -183,8 +183,26 @@ def fit_summary_rows(est, summary, source, image_shape, elapsed=0.0, interrupted
         ("converged", "no (interrupted)" if interrupted else ("yes" if est.converged_ else "no")),
         ("objective per image", f"{est.lower_bound_:.6g}"),
         ("noise s", noise_text),
+    ] + _pose_rows(est) + [
         ("mean posterior probability of the chosen position", f"{np.mean(summary.probability):.4f}"),
     ] + misfit_rows(summary) + [("time", f"{elapsed:.1f} s")]
+
+
+def _pose_rows(est):
+    """Summary rows of the options that add latent variables: the brightness model fitted (and what
+    "auto"'s test found) and the angles searched."""
+    rows = []
+    fitted = getattr(est, "brightness_", None)
+    if fitted is not None:
+        test = getattr(est, "brightness_test_", None)
+        chose = f" (chosen by the test: p = {test['p_value']:.3g})" if test else ""
+        rows.append(("brightness", {"fixed": "fixed (the note's model)", "per_image": "a gain and an offset per "
+                                    "frame", "per_channel": "a gain and an offset per frame and channel"}
+                     .get(fitted, fitted) + chose))
+    angles = getattr(est, "angles_", None)
+    if angles is not None:
+        rows.append(("angles", f"{len(angles)} ({getattr(est, 'angle_search', 'sparse')} search)"))
+    return rows
 
 
 def _fit_tables(est, summ, source, image_shape, names, elapsed, interrupted):
@@ -203,11 +221,24 @@ def _fit_tables(est, summ, source, image_shape, names, elapsed, interrupted):
                        ("size", "stage", "criterion per image")))
     runs = [(r["run"], r["n_iter"], "yes" if r["converged"] else "no", f"{r['objectives'][-1]:.6g}",
              ", ".join(str(tuple(e)) for e in r.get("moves", [])) or "-") for r in est.runs_]
+    extra, extra_head = _pose_columns(summ)
     first = [(k, "" if names is None else names[k], int(summ.faces[k]), int(summ.positions[k, 0]),
-              int(summ.positions[k, 1]), f"{summ.probability[k]:.4f}", f"{summ.entropy[k]:.3g}")
+              int(summ.positions[k, 1]), f"{summ.probability[k]:.4f}", f"{summ.entropy[k]:.3g}") + extra(k)
              for k in range(min(K, 25))]
     return tables + [
         ("Runs", runs, ("run", "iterations", "converged", "final objective", "moves")),
         (f"Positions (first {len(first)} of {K}; all in positions.csv)", first,
-         ("index", "file", "face", "row", "col", "probability", "entropy")),
+         ("index", "file", "face", "row", "col", "probability", "entropy") + extra_head),
     ]
+
+
+def _pose_columns(summ):
+    """The positions table's extra columns where the fit has them: angle (degrees), gain and offset (one
+    per frame; per channel they are in positions.csv). Returns (row k -> tuple, header)."""
+    cols = []
+    if getattr(summ, "angles", None) is not None:
+        cols.append(("angle", lambda k: f"{summ.angles[k]:.4g}"))
+    gain, offset = getattr(summ, "gain", None), getattr(summ, "offset", None)
+    if gain is not None and np.ndim(gain) == 1:
+        cols += [("gain", lambda k: f"{gain[k]:.4g}"), ("offset", lambda k: f"{offset[k]:.4g}")]
+    return (lambda k: tuple(f(k) for _, f in cols)), tuple(name for name, _ in cols)
