@@ -70,12 +70,15 @@ def mean_image(T, B, i, j):
     return mu
 
 
-def log_joint(X, F, B, s, A, rho, angles):
-    """log p(X_k, c, r, d | θ) for every image, face, angle and corner: (K, C, R, P, Q)."""
+def log_joint(X, F, B, s, A, rho, angles, gains=None, offsets=None):
+    """log p(X_k, c, r, d | θ) for every image, face, angle and corner: (K, C, R, P, Q). With per-image
+    `gains` and `offsets` (K,) the mean image of image k is ``a_k·μ + b_k`` (a = 1, b = 0 without them)."""
     K, H, W, Ch = X.shape
     C, h = F.shape[:2]
     R = len(angles)
     P, Q = H - h + 1, W - h + 1
+    gains = np.ones(K) if gains is None else np.asarray(gains, dtype=np.float64)
+    offsets = np.zeros(K) if offsets is None else np.asarray(offsets, dtype=np.float64)
     const = sum(-0.5 * H * W * math.log(2 * math.pi * s[ch] ** 2) for ch in range(Ch))
     out = np.empty((K, C, R, P, Q))
     for c in range(C):
@@ -85,11 +88,10 @@ def log_joint(X, F, B, s, A, rho, angles):
                 for j in range(Q):
                     mu = mean_image(T, B, i, j)
                     for k in range(K):
-                        res = X[k] - mu
+                        res = X[k] - gains[k] * mu - offsets[k]
                         ll = const - sum(np.sum(res[..., ch] ** 2) / (2 * s[ch] ** 2) for ch in range(Ch))
-                        with np.errstate(divide="ignore"):
-                            out[k, c, r, i, j] = ll + math.log(A[c, i, j]) + math.log(rho[r]) \
-                                if A[c, i, j] > 0 and rho[r] > 0 else -math.inf
+                        out[k, c, r, i, j] = ll + math.log(A[c, i, j]) + math.log(rho[r]) \
+                            if A[c, i, j] > 0 and rho[r] > 0 else -math.inf
     return out
 
 
@@ -139,87 +141,11 @@ def sums(X, q, h):
     return N, S, XC, cover
 
 
-def m_step(X, q, angles, F_prev, B_prev, alpha=0.0):
-    """The M-step from the definitions: A and ρ the marginals (with α), F minimising the expected residual
-    by a dense solve of its normal equations (pixels no operator reaches keep F_prev), B per pixel, then s².
-
-    Returns F (C, h, h, Ch), B (H, W, Ch), s (Ch,) shared, A (C, P, Q), rho (R,).
-    """
-    K, H, W, Ch = X.shape
-    C, R, P, Q = q.shape[1:]
-    h = F_prev.shape[1]
-    N, S, XC, cover = sums(X, q, h)
-    A = (N.sum(axis=1) + alpha) / (K + alpha * C * P * Q)
-    rho = (N.sum(axis=(0, 2, 3)) + alpha) / (K + alpha * R)
-    Ms = [rotation_weights(h, a) for a in angles]
-    F = np.array(F_prev, dtype=np.float64, copy=True)
-    for c in range(C):
-        Ncr = N[c].sum(axis=(1, 2))
-        if Ncr.sum() == 0:
-            continue
-        G = sum(Ncr[r] * Ms[r].T @ Ms[r] for r in range(R))
-        act = np.diag(G) > 1e-12 * np.diag(G).max()
-        for ch in range(Ch):
-            rhs = sum(Ms[r].T @ S[c, r, ..., ch].ravel() for r in range(R))
-            f = F[c, ..., ch].ravel().copy()
-            f[act] = np.linalg.solve(G[np.ix_(act, act)], rhs[act] - G[np.ix_(act, ~act)] @ f[~act])
-            F[c, ..., ch] = f.reshape(h, h)
-    B = np.array(B_prev, dtype=np.float64, copy=True)
-    free = K - cover
-    for a in range(H):
-        for b in range(W):
-            if free[a, b] > 1e-9 * K:
-                B[a, b] = (X[:, a, b].sum(axis=0) - XC[a, b]) / free[a, b]
-    sse = 0.0
-    for k in range(K):
-        for c in range(C):
-            for r in range(R):
-                T = rotate(F[c], angles[r])
-                for i in range(P):
-                    for j in range(Q):
-                        if q[k, c, r, i, j] > 0:
-                            sse += q[k, c, r, i, j] * np.sum((X[k] - mean_image(T, B, i, j)) ** 2)
-    s = np.full(Ch, math.sqrt(sse / (K * H * W * Ch)))
-    return F, B, s, A, rho
-
-
 # ----------------------------------------------------------------------------- per-image brightness
 # X_k = a_k·μ_(c,r,d) + b_k + noise, one gain and one offset per image (gains, offsets: (K,)).
 
-def log_joint_bright(X, F, B, s, A, rho, angles, gains, offsets):
-    """log p(X_k, c, r, d | a_k, b_k, θ) with every mean image built, scaled and shifted: (K, C, R, P, Q)."""
-    K, H, W, Ch = X.shape
-    C, h = F.shape[:2]
-    R = len(angles)
-    P, Q = H - h + 1, W - h + 1
-    const = sum(-0.5 * H * W * math.log(2 * math.pi * s[ch] ** 2) for ch in range(Ch))
-    out = np.empty((K, C, R, P, Q))
-    for c in range(C):
-        for r in range(R):
-            T = rotate(F[c], angles[r])
-            for i in range(P):
-                for j in range(Q):
-                    mu = mean_image(T, B, i, j)
-                    for k in range(K):
-                        res = X[k] - gains[k] * mu - offsets[k]
-                        ll = const - sum(np.sum(res[..., ch] ** 2) / (2 * s[ch] ** 2) for ch in range(Ch))
-                        out[k, c, r, i, j] = ll + math.log(A[c, i, j]) + math.log(rho[r]) \
-                            if A[c, i, j] > 0 and rho[r] > 0 else -math.inf
-    return out
-
-
-def posterior_bright(X, *theta_ab):
-    lj = log_joint_bright(X, *theta_ab)
-    flat = lj.reshape(len(X), -1)
-    e = np.exp(flat - flat.max(axis=1, keepdims=True))
-    return (e / e.sum(axis=1, keepdims=True)).reshape(lj.shape)
-
-
-def log_likelihood_bright(X, *theta_ab):
-    flat = log_joint_bright(X, *theta_ab).reshape(len(X), -1)
-    m = flat.max(axis=1)
-    return m + np.log(np.exp(flat - m[:, None]).sum(axis=1))
-
+# the brightness versions of the likelihoods are `log_joint`, `posterior` and `log_likelihood` with
+# (gains, offsets) after θ
 
 def update_brightness(X, F, B, s, angles, q):
     """argmin over (a_k, b_k) of ``E_q Σ_ch ||X_k - a μ - b||² / (2 s_ch²)``: weighted least squares over
@@ -248,11 +174,15 @@ def update_brightness(X, F, B, s, angles, q):
     return a, b
 
 
-def m_step_bright(X, q, angles, F_prev, B_prev, gains, offsets, alpha=0.0):
-    """The M-step given each image's (a_k, b_k), from the definitions: A and ρ the marginals, F by a dense
-    solve of the normal equations of ``Σ_k E_q ||X_k - a_k μ - b_k||²`` (a_k²-weighted), B per pixel, s²
-    from explicit residuals. Returns F (C, h, h, Ch), B (H, W, Ch), s (Ch,), A, rho."""
+def m_step(X, q, angles, F_prev, B_prev, gains=None, offsets=None, alpha=0.0):
+    """The M-step from the definitions, given each image's (a_k, b_k) (a = 1, b = 0 without them): A and ρ
+    the marginals (with α), F by a dense solve of the normal equations of ``Σ_k E_q ||X_k - a_k μ - b_k||²``
+    (a_k²-weighted; pixels no operator reaches keep F_prev), B per pixel, s² from explicit residuals.
+
+    Returns F (C, h, h, Ch), B (H, W, Ch), s (Ch,) shared, A (C, P, Q), rho (R,)."""
     K, H, W, Ch = X.shape
+    gains = np.ones(K) if gains is None else np.asarray(gains, dtype=np.float64)
+    offsets = np.zeros(K) if offsets is None else np.asarray(offsets, dtype=np.float64)
     C, R, P, Q = q.shape[1:]
     h = F_prev.shape[1]
     D = disc(h)

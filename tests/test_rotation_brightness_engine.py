@@ -48,14 +48,14 @@ def _pass(theta, X, a, b, hard=False, **kw):
 @pytest.mark.parametrize("seed", [0, 1])
 def test_log_p_and_e_step_match_brute_force(Ch, seed):
     theta, X, a, b = _problem(seed, Ch=Ch)
-    lj = ref.log_joint_bright(X, *_ref(theta, a, b))
+    lj = ref.log_joint(X, *_ref(theta, a, b))
     _, _, out = _pass(theta, X, a, b, output="log_joint")
     fin = np.isfinite(lj)
     assert np.array_equal(np.isfinite(out), fin)
     assert close(out[fin], lj[fin])
     stats, _, q = _pass(theta, X, a, b, output="q")
-    assert close(q, ref.posterior_bright(X, *_ref(theta, a, b)))
-    assert close(stats.image_loglik, ref.log_likelihood_bright(X, *_ref(theta, a, b)))
+    assert close(q, ref.posterior(X, *_ref(theta, a, b)))
+    assert close(stats.image_loglik, ref.log_likelihood(X, *_ref(theta, a, b)))
     flat = lj.reshape(len(X), -1).argmax(axis=1)
     c, r, i, j = np.unravel_index(flat, lj.shape[1:])
     assert np.array_equal(stats.labels, c) and np.array_equal(stats.angle_index, r)
@@ -67,18 +67,18 @@ def test_log_p_and_e_step_match_brute_force(Ch, seed):
 def test_brightness_update_matches_brute_force(hard, Ch):
     theta, X, a, b = _problem(2, Ch=Ch)
     stats, _ = _pass(theta, X, a, b, hard=hard, full=False)
-    lj = ref.log_joint_bright(X, *_ref(theta, a, b))
+    lj = ref.log_joint(X, *_ref(theta, a, b))
     if hard:
         q = np.zeros_like(lj)
         q.reshape(len(X), -1)[np.arange(len(X)), lj.reshape(len(X), -1).argmax(axis=1)] = 1.0
     else:
-        q = ref.posterior_bright(X, *_ref(theta, a, b))
+        q = ref.posterior(X, *_ref(theta, a, b))
     a1, b1 = ref.update_brightness(X, np.moveaxis(theta.faces, 1, -1), np.moveaxis(theta.background, 0, -1),
                                    theta.noise_std, theta.angles, q)
     assert close(stats.gains[:, 0], a1) and close(stats.offsets[:, 0], b1)
     # what the update gained: the expected complete-data log-likelihood's rise under q
     before = np.sum(q * np.where(np.isfinite(lj), lj, 0.0))
-    after_lj = ref.log_joint_bright(X, *_ref(theta, a1, b1))
+    after_lj = ref.log_joint(X, *_ref(theta, a1, b1))
     after = np.sum(q * np.where(np.isfinite(after_lj), after_lj, 0.0))
     assert close(stats.ecm_gain, after - before, rtol=1e-8)
 
@@ -90,15 +90,15 @@ def test_m_step_given_brightness_matches_brute_force(hard, Ch):
     theta, X, a, b = _problem(4, Ch=Ch, s=1.0, **(dict(K=8, C=1) if hard else {}))
     stats, _ = _pass(theta, X, a, b, hard=hard, full=False)
     new, _ = rot_params_from(stats, theta)
-    lj = ref.log_joint_bright(X, *_ref(theta, a, b))
+    lj = ref.log_joint(X, *_ref(theta, a, b))
     if hard:
         q = np.zeros_like(lj)
         q.reshape(len(X), -1)[np.arange(len(X)), lj.reshape(len(X), -1).argmax(axis=1)] = 1.0
     else:
-        q = ref.posterior_bright(X, *_ref(theta, a, b))
+        q = ref.posterior(X, *_ref(theta, a, b))
     a1, b1 = stats.gains[:, 0], stats.offsets[:, 0]
-    F, B, s, A, rho = ref.m_step_bright(X, q, theta.angles, np.moveaxis(theta.faces, 1, -1),
-                                        np.moveaxis(theta.background, 0, -1), a1, b1)
+    F, B, s, A, rho = ref.m_step(X, q, theta.angles, np.moveaxis(theta.faces, 1, -1),
+                             np.moveaxis(theta.background, 0, -1), a1, b1)
     assert close(new.faces, np.moveaxis(F, -1, 1))
     assert close(new.prior, A) and close(new.angle_prior, rho)
     cover = np.zeros(theta.image_shape)
@@ -117,7 +117,7 @@ def test_sums_are_those_of_the_new_brightness():
     """S_F, XC, SX and SXX of the pass: the definitions with each image's updated (a, b), by loops."""
     theta, X, a, b = _problem(6, Ch=2)
     stats, _ = _pass(theta, X, a, b, full=False)
-    q = ref.posterior_bright(X, *_ref(theta, a, b))
+    q = ref.posterior(X, *_ref(theta, a, b))
     a1, b1 = stats.gains[:, 0], stats.offsets[:, 0]
     C, R, P, Q = q.shape[1:]
     h = theta.face_shape[0]
@@ -145,7 +145,7 @@ def test_sparse_windows_and_brightness_free_energy():
     theta, X, a, b = _problem(7, Ch=1, K=4)
     centres = np.array([0, 1, -1, 3])
     stats, _ = _pass(theta, X, a, b, full=False, centres=centres, width=1)
-    lj = ref.log_joint_bright(X, *_ref(theta, a, b))
+    lj = ref.log_joint(X, *_ref(theta, a, b))
     R = len(ANGLES)
     total = 0.0
     for k, cen in enumerate(centres):
@@ -161,11 +161,11 @@ def test_free_energy_under_the_new_brightness():
     """`rot_free_energy` of the pass's sums is the brute-force ELBO with the updated (a, b) at any θ."""
     theta, X, a, b = _problem(8, Ch=2)
     stats, _ = _pass(theta, X, a, b, full=False)
-    q = ref.posterior_bright(X, *_ref(theta, a, b))
+    q = ref.posterior(X, *_ref(theta, a, b))
     a1, b1 = stats.gains[:, 0], stats.offsets[:, 0]
     other, _ = rot_params_from(stats, theta)
     for th in (theta, other):
-        lj = ref.log_joint_bright(X, *_ref(th, a1, b1))
+        lj = ref.log_joint(X, *_ref(th, a1, b1))
         pos = q > 0
         elbo = float(np.sum(q[pos] * lj[pos]) - np.sum(q[pos] * np.log(q[pos])))
         assert close(rot_free_energy(stats, th), elbo)
