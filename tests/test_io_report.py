@@ -82,5 +82,17 @@ def test_summary_says_what_autos_test_chose(fitted):
     if test is None:  # the test runs only on converged fits: this one stopped at max_iter
         assert rows["brightness"] == "fixed (the note's model)"
     else:
-        assert rows["brightness"].endswith(f"(chosen by the test: p = {test['p_value']:.3g})")
+        p = test["p_value"]
+        assert rows["brightness"].endswith(f"(chosen by the test: p = {p:.3g})" if p > 0 else
+                                           "(chosen by the test: p below 1e-300)")
     assert "angles" not in rows
+
+
+@pytest.mark.parametrize("p, text", [(0.0, "p below 1e-300"), (2.5e-7, "p = 2.5e-07")])
+def test_summary_writes_an_underflowed_p_value_as_a_bound(p, text):
+    from types import SimpleNamespace
+
+    from emface.report import _pose_rows
+
+    est = SimpleNamespace(brightness_="per_image", brightness_test_={"p_value": p}, angles_=None)
+    assert dict(_pose_rows(est))["brightness"] == f"a gain and an offset per frame (chosen by the test: {text})"

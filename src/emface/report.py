@@ -195,7 +195,9 @@ def _pose_rows(est):
     fitted = getattr(est, "brightness_", None)
     if fitted is not None:
         test = getattr(est, "brightness_test_", None)
-        chose = f" (chosen by the test: p = {test['p_value']:.3g})" if test else ""
+        p = test["p_value"] if test else None
+        chose = "" if p is None else (f" (chosen by the test: p = {p:.3g})" if p > 0 else
+                                      " (chosen by the test: p below 1e-300)")
         rows.append(("brightness", {"fixed": "fixed (the note's model)", "per_image": "a gain and an offset per "
                                     "frame", "per_channel": "a gain and an offset per frame and channel"}
                      .get(fitted, fitted) + chose))
