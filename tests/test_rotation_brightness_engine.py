@@ -62,17 +62,22 @@ def test_log_p_and_e_step_match_brute_force(Ch, seed):
     assert np.array_equal(stats.positions, np.stack([i, j], axis=1))
 
 
+def _brute_posterior(theta, X, a, b, hard):
+    """The brute force's log joint under (a, b) and its posterior: one-hot at the arg-max for hard EM."""
+    lj = ref.log_joint(X, *_ref(theta, a, b))
+    if not hard:
+        return lj, ref.posterior(X, *_ref(theta, a, b))
+    q = np.zeros_like(lj)
+    q.reshape(len(X), -1)[np.arange(len(X)), lj.reshape(len(X), -1).argmax(axis=1)] = 1.0
+    return lj, q
+
+
 @pytest.mark.parametrize("hard", [False, True])
 @pytest.mark.parametrize("Ch", [1, 2])
 def test_brightness_update_matches_brute_force(hard, Ch):
     theta, X, a, b = _problem(2, Ch=Ch)
     stats, _ = _pass(theta, X, a, b, hard=hard, full=False)
-    lj = ref.log_joint(X, *_ref(theta, a, b))
-    if hard:
-        q = np.zeros_like(lj)
-        q.reshape(len(X), -1)[np.arange(len(X)), lj.reshape(len(X), -1).argmax(axis=1)] = 1.0
-    else:
-        q = ref.posterior(X, *_ref(theta, a, b))
+    lj, q = _brute_posterior(theta, X, a, b, hard)
     a1, b1 = ref.update_brightness(X, np.moveaxis(theta.faces, 1, -1), np.moveaxis(theta.background, 0, -1),
                                    theta.noise_std, theta.angles, q)
     assert close(stats.gains[:, 0], a1) and close(stats.offsets[:, 0], b1)
@@ -90,12 +95,7 @@ def test_m_step_given_brightness_matches_brute_force(hard, Ch):
     theta, X, a, b = _problem(4, Ch=Ch, s=1.0, **(dict(K=8, C=1) if hard else {}))
     stats, _ = _pass(theta, X, a, b, hard=hard, full=False)
     new, _ = rot_params_from(stats, theta)
-    lj = ref.log_joint(X, *_ref(theta, a, b))
-    if hard:
-        q = np.zeros_like(lj)
-        q.reshape(len(X), -1)[np.arange(len(X)), lj.reshape(len(X), -1).argmax(axis=1)] = 1.0
-    else:
-        q = ref.posterior(X, *_ref(theta, a, b))
+    lj, q = _brute_posterior(theta, X, a, b, hard)
     a1, b1 = stats.gains[:, 0], stats.offsets[:, 0]
     F, B, s, A, rho = ref.m_step(X, q, theta.angles, np.moveaxis(theta.faces, 1, -1),
                              np.moveaxis(theta.background, 0, -1), a1, b1)
